@@ -1,0 +1,42 @@
+"""The Flower ClientApp: one virtual node emulates one device (its profile comes from the server).
+
+Messages it handles:
+
+``query``  reply with the device id this node emulates (``partition-id`` in the node config), so the
+           server can map Flower node ids to devices.
+``train``  content ``config`` (ConfigRecord: the device's round settings) and optionally ``adapter``
+           (ArrayRecord: the adapter state to run). Replies ``metrics`` (MetricRecord) and, if the
+           device adapted, ``adapter`` (its new adapter state).
+
+Per-device state lives on the server side (adapters are shared per tier and version), so
+``Context.state`` stays empty; base models are cached per worker process by tier.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.local import run_device_round
+from fl_sim.wire import from_array_record, to_array_record
+
+app = ClientApp()
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    return Message(RecordDict({"device": ConfigRecord({"device_id": int(context.node_config["partition-id"])})}),
+                   reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = dict(msg.content["config"])
+    torch.set_num_threads(int(cfg.get("threads", 1)))
+    adapter = from_array_record(msg.content["adapter"]) if "adapter" in msg.content else None
+    new_state, metrics = run_device_round(cfg, adapter)
+    content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
+    if new_state is not None:
+        content["adapter"] = to_array_record(new_state)
+    return Message(content, reply_to=msg)

@@ -1,0 +1,186 @@
+"""The ``fl-sim`` command line. User mistakes print one line (``fl-sim: error: ...``), never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+
+from . import FlSimError
+
+log = logging.getLogger("fl_sim")
+
+
+def _quiet_libraries():
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    warnings.filterwarnings("ignore")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+
+
+@contextmanager
+def _progress(quiet: bool):
+    if quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as p:
+        yield p
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise FlSimError(f"--model expects ROLE=PATH, got {item!r}")
+        role, path = item.split("=", 1)
+        out[role] = path
+    return out
+
+
+def cmd_pretrain(args) -> int:
+    from .models.zoo import pretrain_zoo, zoo_summary
+
+    t0 = time.time()
+    with _progress(args.quiet) as p:
+        zoo = pretrain_zoo(args.zoo, seed=args.seed, cache_dir=args.cache_dir, overrides=_overrides(args.model),
+                           progress=p)
+    from .report_table import print_rows
+
+    print_rows(zoo_summary(zoo), title=f"model zoo '{args.zoo}'")
+    print(f"pretrain: {time.time() - t0:.1f} s (models cached under {zoo.paths['frontend'].parent})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .models.zoo import pretrain_zoo
+    from .evaluation import check_targets, evaluate_zoo, print_eval
+
+    with _progress(args.quiet) as p:
+        zoo = pretrain_zoo(args.zoo, seed=args.seed, cache_dir=args.cache_dir, overrides=_overrides(args.model),
+                           progress=p)
+    t0 = time.time()
+    table = evaluate_zoo(zoo, n_test=args.n_test, seed=args.seed, cache_dir=args.cache_dir)
+    print_eval(table)
+    checks = check_targets(table)
+    for line in checks:
+        print(line)
+    print(f"evaluate: {time.time() - t0:.1f} s on {args.n_test} test samples per domain")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"table": table, "targets": checks}, f, indent=1)
+    return 0
+
+
+def _set_overrides(items: list[str]) -> dict:
+    import tomllib
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise FlSimError(f"--set expects KEY=VALUE (e.g. strategy.name=fedprox), got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw  # a bare string
+    return out
+
+
+def cmd_run(args) -> int:
+    from .config import load_config
+    from .run import resume_experiment, run_experiment
+
+    if args.resume and args.config:
+        raise FlSimError("give either a config file or --resume RUN_DIR, not both")
+    if not args.resume and not args.config:
+        raise FlSimError("give a config file (e.g. experiments/quickstart.toml) or --resume RUN_DIR")
+    overrides = _set_overrides(args.set)
+    if args.ray_address:
+        overrides["simulation.ray_address"] = args.ray_address
+
+    def on_round(rec):
+        if args.quiet:
+            return
+        acc = rec.get("acc", {})
+        accs = " ".join(f"{d}={100 * v:.1f}" for d, v in acc.items())
+        print(f"round {rec['round']:>3}  t={rec['virtual_time_s']:8.1f}s  devices={rec['participants']}"
+              f"/{rec['sampled']} (stragglers {rec['stragglers']}, failed {rec['failed']})  "
+              f"up={rec['cum_uplink_bytes'] / 1e6:.2f}MB down={rec['cum_downlink_bytes'] / 1e6:.2f}MB  "
+              f"acc% {accs}  [{rec['wall_s']['round']:.1f}s]", flush=True)
+
+    t0 = time.time()
+    with _progress(args.quiet) as p:
+        if args.resume:
+            run_dir = resume_experiment(args.resume, on_round=on_round, progress=p, quiet=args.quiet,
+                                        overrides=overrides)
+        else:
+            cfg = load_config(args.config, overrides)
+            run_dir = run_experiment(cfg, quiet=args.quiet, on_round=on_round, progress=p)
+    print(f"run finished in {time.time() - t0:.0f} s: results in {run_dir}/results.jsonl")
+    print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fl-sim", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--zoo", default="default", help="model zoo preset (default, tiny)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--cache-dir", default=None, help="cache root (default $FL_SIM_CACHE or ~/.cache/fl-sim)")
+        p.add_argument("--model", action="append", metavar="ROLE=PATH",
+                       help="replace a preset model (teacher or a tier) by a local Hugging Face checkpoint")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("pretrain", help="train (or load from cache) the teacher and device tiers")
+    common(p)
+    p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("evaluate", help="exact-match VQA accuracy per model x domain x family, caption BLEU")
+    common(p)
+    p.add_argument("--n-test", type=int, default=300, help="test samples per domain")
+    p.add_argument("--json", default=None, help="also write the table to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("run", help="run an experiment (TOML) on Flower's simulation engine")
+    p.add_argument("config", nargs="?", help="experiment TOML file")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. rounds=5")
+    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (e.g. auto)")
+    p.add_argument("--quiet", action="store_true", help="no per-round lines or progress bars")
+    p.set_defaults(func=cmd_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    _quiet_libraries()
+    import torch
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    try:
+        return args.func(args)
+    except FlSimError as exc:
+        print(f"fl-sim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fl-sim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

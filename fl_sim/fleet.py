@@ -1,0 +1,121 @@
+"""Device profiles and the FedScale-style cost model.
+
+A profile fixes a device's tier, speed, bandwidth, availability and domain schedule. Profiles are drawn
+from the fleet config with the run seed (one independent stream per device) or loaded from a trace
+file (CSV or JSON with the same field names).
+
+Cost model (virtual seconds), after FedScale's ``client_metadata``::
+
+    compute_s  = (n_infer + 3 * n_train) * compute_ms_per_sample / 1000   # backward ~ 2x forward
+    comm_s     = 8 * (down_bytes / downlink_kbps + up_bytes / uplink_kbps) / 1000
+    available  = ((t + phase_s) mod active_period_s) < active_fraction * active_period_s
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import FlSimError
+from .config import FleetConfig
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    device_id: int
+    tier: str
+    compute_ms_per_sample: float
+    uplink_kbps: float
+    downlink_kbps: float
+    active_period_s: float
+    active_fraction: float
+    phase_s: float
+    shift_round: int
+    shift_domain: str
+
+    def available(self, t_s: float) -> bool:
+        return (t_s + self.phase_s) % self.active_period_s < self.active_fraction * self.active_period_s
+
+    def domain_at(self, server_round: int) -> str:
+        return "source" if server_round < self.shift_round else self.shift_domain
+
+    def compute_s(self, n_infer: int, n_train: int) -> float:
+        return (n_infer + 3 * n_train) * self.compute_ms_per_sample / 1000
+
+    def comm_s(self, down_bytes: int, up_bytes: int) -> float:
+        return 8 * (down_bytes / self.downlink_kbps + up_bytes / self.uplink_kbps) / 1000
+
+
+def device_rng(seed: int, device_id: int, *stream: int) -> np.random.Generator:
+    """The random stream of one device (and optionally one round/purpose), independent of all others."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 1_000_003, device_id, *stream]))
+
+
+def _draw(rng, r) -> float:
+    return float(np.exp(rng.uniform(np.log(r.low), np.log(r.high))))
+
+
+def make_fleet(cfg: FleetConfig, tiers: list[str], seed: int) -> list[DeviceProfile]:
+    """Draw ``cfg.num_devices`` profiles (or load ``cfg.trace``)."""
+    if cfg.trace:
+        return load_trace(cfg.trace, tiers)
+    shares = cfg.tiers or {t: 1.0 for t in tiers}
+    tier_names, tier_p = list(shares), np.array(list(shares.values()), float)
+    dom_names, dom_p = list(cfg.shift_domains), np.array(list(cfg.shift_domains.values()), float)
+    out = []
+    for i in range(cfg.num_devices):
+        rng = device_rng(seed, i, 0)
+        period = _draw(rng, cfg.active_period_s)
+        out.append(DeviceProfile(
+            device_id=i,
+            tier=str(rng.choice(tier_names, p=tier_p / tier_p.sum())),
+            compute_ms_per_sample=_draw(rng, cfg.compute_ms_per_sample),
+            uplink_kbps=_draw(rng, cfg.uplink_kbps),
+            downlink_kbps=_draw(rng, cfg.downlink_kbps),
+            active_period_s=period,
+            active_fraction=min(1.0, _draw(rng, cfg.active_fraction)),
+            phase_s=float(rng.uniform(0, period)),
+            shift_round=int(rng.integers(cfg.shift_round[0], cfg.shift_round[1] + 1)),
+            shift_domain=str(rng.choice(dom_names, p=dom_p / dom_p.sum())),
+        ))
+    return out
+
+
+def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
+    """Profiles from a CSV (header = field names) or JSON (list of objects) trace file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlSimError(f"fleet trace not found: {path}")
+    if path.suffix == ".json":
+        rows = json.loads(path.read_text())
+    elif path.suffix == ".csv":
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise FlSimError(f"fleet trace must be .csv or .json, got {path.name}")
+    names = {f.name: f.type for f in fields(DeviceProfile)}
+    out = []
+    for n, row in enumerate(rows):
+        missing = set(names) - set(row)
+        extra = set(row) - set(names)
+        if missing or extra:
+            raise FlSimError(f"fleet trace {path.name} row {n}: missing {sorted(missing)} / unknown {sorted(extra)}")
+        try:
+            p = DeviceProfile(**{k: (int(v) if names[k] == "int" else float(v) if names[k] == "float" else str(v))
+                                 for k, v in row.items()})
+        except ValueError as exc:
+            raise FlSimError(f"fleet trace {path.name} row {n}: {exc}") from None
+        if p.tier not in tiers:
+            raise FlSimError(f"fleet trace {path.name} row {n}: unknown tier {p.tier!r}; allowed: {', '.join(tiers)}")
+        out.append(p)
+    if [p.device_id for p in out] != list(range(len(out))):
+        raise FlSimError(f"fleet trace {path.name}: device_id must be 0..N-1 in order")
+    return out
+
+
+def save_trace(profiles: list[DeviceProfile], path: str | Path) -> None:
+    Path(path).write_text(json.dumps([asdict(p) for p in profiles], indent=1))

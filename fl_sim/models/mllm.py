@@ -1,0 +1,130 @@
+"""Build Imp-style MLLMs with transformers, and turn questions/images into their inputs.
+
+Layout of one sequence (question before the image, which small models learn far more easily)::
+
+    <bos> question words <image> x N <sep> answer words <eos>
+
+N is the number of visual tokens (one per grid cell). Training loss is on the answer only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlavaConfig, LlavaForConditionalGeneration, PhiConfig, SiglipVisionConfig, SiglipVisionModel
+
+from .. import FlSimError
+from ..world.scenes import GRID
+from ..world.tokenizer import BOS, EOS, IMAGE, PAD, SEP
+from .presets import FrontendPreset, ModelPreset
+
+MAX_POSITIONS = 64
+
+
+def vision_config(fe: FrontendPreset, cell_px: int) -> SiglipVisionConfig:
+    return SiglipVisionConfig(hidden_size=fe.hidden, intermediate_size=4 * fe.hidden, num_hidden_layers=fe.layers,
+                              num_attention_heads=fe.heads, image_size=GRID * cell_px, patch_size=cell_px,
+                              num_channels=3)
+
+
+def build_frontend(fe: FrontendPreset, cell_px: int) -> SiglipVisionModel:
+    return SiglipVisionModel(vision_config(fe, cell_px))
+
+
+def build_mllm(preset: ModelPreset, fe: FrontendPreset, cell_px: int, tokenizer) -> LlavaForConditionalGeneration:
+    """A fresh ``LlavaForConditionalGeneration`` (SigLIP + GELU-MLP projector + Phi decoder)."""
+    ids = tokenizer.convert_tokens_to_ids
+    text = PhiConfig(vocab_size=len(tokenizer), hidden_size=preset.hidden, intermediate_size=4 * preset.hidden,
+                     num_hidden_layers=preset.layers, num_attention_heads=preset.heads,
+                     max_position_embeddings=MAX_POSITIONS, pad_token_id=ids(PAD), bos_token_id=ids(BOS),
+                     eos_token_id=ids(EOS), resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+    cfg = LlavaConfig(vision_config=vision_config(fe, cell_px), text_config=text, image_token_index=ids(IMAGE),
+                      vision_feature_select_strategy="full", vision_feature_layer=-1,
+                      image_seq_length=GRID * GRID, projector_hidden_act="gelu",
+                      pad_token_id=ids(PAD), bos_token_id=ids(BOS), eos_token_id=ids(EOS))
+    return LlavaForConditionalGeneration(cfg)
+
+
+def load_mllm(path: str | Path, tokenizer=None) -> LlavaForConditionalGeneration:
+    """Load a local Hugging Face checkpoint (never from a hub) and check it fits the shared tokenizer."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FlSimError(f"no Hugging Face checkpoint (config.json) at {path}")
+    model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True)
+    if tokenizer is not None and model.config.text_config.vocab_size != len(tokenizer):
+        raise FlSimError(f"checkpoint {path} has vocab size {model.config.text_config.vocab_size}, "
+                         f"the shared tokenizer has {len(tokenizer)}")
+    return model.eval()
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class Prompter:
+    """Turns (images, questions, answers) into model inputs with the shared tokenizer."""
+
+    def __init__(self, tokenizer, n_image_tokens: int = GRID * GRID):
+        self.tok = tokenizer
+        self.n_image = n_image_tokens
+        c = tokenizer.convert_tokens_to_ids
+        self.pad, self.bos, self.eos, self.image, self.sep = c(PAD), c(BOS), c(EOS), c(IMAGE), c(SEP)
+
+    def words(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def prompt(self, question: str) -> list[int]:
+        return [self.bos] + self.words(question) + [self.image] * self.n_image + [self.sep]
+
+    @staticmethod
+    def pixels(images) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` -> float ``(B, 3, H, W)`` in [-1, 1]."""
+        x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+        return (x.permute(0, 3, 1, 2) / 127.5) - 1.0
+
+    def train_batch(self, questions, answers) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``, ``attention_mask`` and answer-only ``labels`` (-100 elsewhere)."""
+        seqs, labels = [], []
+        for q, a in zip(questions, answers):
+            p, t = self.prompt(str(q)), self.words(str(a)) + [self.eos]
+            seqs.append(p + t)
+            labels.append([-100] * len(p) + t)
+        n = max(map(len, seqs))
+        ids = torch.full((len(seqs), n), self.pad)
+        lab = torch.full((len(seqs), n), -100)
+        mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, (s, l) in enumerate(zip(seqs, labels)):
+            ids[i, :len(s)], lab[i, :len(l)], mask[i, :len(s)] = torch.tensor(s), torch.tensor(l), 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+    def decode(self, ids) -> str:
+        out = []
+        for t in ids.tolist():
+            if t in (self.eos, self.pad):
+                break
+            out.append(t)
+        return self.tok.decode(out, skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def answer(model, prompter: Prompter, images, questions, max_new_tokens: int = 6, batch_size: int = 256) -> list[str]:
+    """Greedy answers. Prompts are grouped by length, so no padding (and no position shift) is needed."""
+    model.eval()
+    prompts = [prompter.prompt(str(q)) for q in questions]
+    out: list[str] = [""] * len(prompts)
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    images = np.asarray(images)
+    for idx in by_len.values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            ids = torch.tensor([prompts[i] for i in chunk])
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 pixel_values=prompter.pixels(images[chunk]), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=prompter.eos, pad_token_id=prompter.pad)
+            for i, row in zip(chunk, gen[:, ids.shape[1]:]):
+                out[i] = prompter.decode(row)
+    return out

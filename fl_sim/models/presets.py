@@ -1,0 +1,88 @@
+"""Named, validated model presets: the shared vision front-end, the cloud teacher and device tiers.
+
+Every model is an Imp-style MLLM (``LlavaForConditionalGeneration``: SigLIP vision tower, MLP projector,
+Phi decoder). All models share one frozen vision front-end (as CD-CCA shares BLIP-2's), so visual tokens
+are a common currency between device and cloud; they differ in the language model (depth/width), in what
+they were trained on (teacher: every domain; devices: source only) and in weight precision.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import FlSimError
+
+Precision = Literal["fp32", "bf16", "int8", "int4"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FrontendPreset(Strict):
+    """SigLIP vision tower; one patch per grid cell (patch size = cell size)."""
+    hidden: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    steps: int = Field(gt=0, description="stage-A attribute pretraining steps")
+    batch_size: int = 64
+    lr: float = 2e-3
+
+
+class ModelPreset(Strict):
+    """A language model on top of the shared front-end, with its training recipe and precision."""
+    role: Literal["teacher", "device"]
+    hidden: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    precision: Precision = "fp32"
+    group_size: int = Field(32, gt=0, description="int4 quantisation group (input channels)")
+    steps: int = Field(gt=0, description="stage-B training steps")
+    batch_size: int = 64
+    lr: float = 1e-3
+    description: str = ""
+
+
+class ZooPreset(Strict):
+    """A complete world of models: front-end, teacher, and named device tiers."""
+    frontend: FrontendPreset
+    teacher: ModelPreset
+    tiers: dict[str, ModelPreset]
+    description: str = ""
+
+
+def _tier(hidden, layers, heads, precision, steps, desc):
+    return ModelPreset(role="device", hidden=hidden, layers=layers, heads=heads, precision=precision,
+                       steps=steps, description=desc)
+
+
+ZOOS: dict[str, ZooPreset] = {
+    "default": ZooPreset(
+        description="teacher (Phi 256x4, fp32) and three phone tiers trained on source only",
+        frontend=FrontendPreset(hidden=128, layers=2, heads=4, steps=500),
+        teacher=ModelPreset(role="teacher", hidden=256, layers=4, heads=4, steps=2400, lr=1e-3,
+                            description="cloud teacher, all domains"),
+        tiers={
+            "phone-high": _tier(128, 2, 4, "bf16", 1600, "high-end phone: 128x2, bf16 weights"),
+            "phone-mid": _tier(96, 2, 4, "int8", 1600, "mid-range phone: 96x2, int8 per-channel"),
+            "phone-low": _tier(64, 2, 4, "int4", 1600, "low-end phone: 64x2, int4 group-32"),
+        },
+    ),
+    "tiny": ZooPreset(
+        description="seconds-to-train models for tests and smoke runs (accuracy is not meaningful)",
+        frontend=FrontendPreset(hidden=32, layers=1, heads=2, steps=20, batch_size=32),
+        teacher=ModelPreset(role="teacher", hidden=64, layers=2, heads=2, steps=30, batch_size=32),
+        tiers={
+            "tiny-high": _tier(32, 1, 2, "bf16", 20, "tiny tier, bf16"),
+            "tiny-low": _tier(16, 1, 2, "int4", 20, "tiny tier, int4 group-32"),
+        },
+    ),
+}
+
+
+def get_zoo(name: str) -> ZooPreset:
+    if name not in ZOOS:
+        raise FlSimError(f"unknown model zoo preset {name!r}; allowed: {', '.join(ZOOS)}")
+    return ZOOS[name]

@@ -1,0 +1,115 @@
+"""Run one experiment on Flower's simulation engine (Ray backend).
+
+``run_experiment`` resolves the world (zoo, fleet), creates ``runs/<name>/<strategy>-<seed>/``, and
+runs a ``ServerApp`` whose main loop is the strategy's, against ``clients.device:app`` on
+``num_devices`` virtual nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from . import FlSimError
+from .config import ExperimentConfig, load_config, to_toml
+from .fleet import make_fleet, save_trace
+
+log = logging.getLogger(__name__)
+
+# Fail fast instead of retrying for minutes when Ray cannot be reached (measured: 8 s instead of ~12 min).
+RAY_FAIL_FAST = {"RAY_NUM_REDIS_GET_RETRIES": "1", "RAY_py_gcs_connect_timeout_s": "5",
+                 "RAY_gcs_rpc_server_connect_timeout_s": "2"}
+
+
+def run_dir_for(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.output_dir) / cfg.name / f"{cfg.strategy.name}-{cfg.seed}"
+
+
+def backend_config(cfg: ExperimentConfig) -> dict:
+    sim = cfg.simulation
+    init = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
+    if sim.ray_address:
+        init["address"] = sim.ray_address
+    else:
+        init["num_cpus"] = sim.num_cpus or os.cpu_count() or 1
+        init["num_gpus"] = 0
+    return {"client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": 0.0}, "init_args": init}
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False,
+                   on_round=None, progress=None) -> Path:
+    """Run (or continue, if ``run_dir`` holds a checkpoint) ``cfg``; returns the run directory."""
+    for k, v in RAY_FAIL_FAST.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from strategies import STRATEGIES
+    from strategies.base import RunContext
+
+    from .models.zoo import pretrain_zoo
+
+    zoo = pretrain_zoo(cfg.zoo, seed=cfg.seed, cache_dir=cfg.cache_dir, progress=progress)
+    tiers = list(zoo.tiers)
+    fleet = make_fleet(cfg.fleet, tiers, cfg.seed)
+    run_dir = Path(run_dir or run_dir_for(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(to_toml(cfg))
+    save_trace(fleet, run_dir / "fleet.json")
+    ctx = RunContext(cfg=cfg, fleet=fleet, model_paths={k: str(v) for k, v in zoo.paths.items()}, run_dir=run_dir,
+                     train_size=cfg.fleet.train_size, quiet=quiet, on_round=on_round)
+    strategy = STRATEGIES[cfg.strategy.name](ctx)
+    errors: list[BaseException] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid, context) -> None:
+        try:
+            strategy.run(grid)
+        except BaseException as exc:  # surfaced to the caller after the simulation ends
+            errors.append(exc)
+            ctx.abort.set()
+
+    from clients.device import app as client_app
+
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING if not log.isEnabledFor(logging.INFO) else logging.INFO)
+    t0 = time.time()
+    try:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(fleet),
+                       backend_config=backend_config(cfg), verbose_logging=False)
+    except BaseException as exc:
+        ctx.abort.set()
+        cause = exc.__cause__ or exc.__context__ or exc
+        raise FlSimError(f"Flower simulation failed ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})"
+                         f" after {time.time() - t0:.0f} s; completed rounds are kept in {run_dir}") from None
+    finally:
+        _shutdown_ray()
+    if errors:
+        raise FlSimError(f"run failed: {type(errors[0]).__name__}: {errors[0]}; completed rounds are kept in {run_dir}")
+    return run_dir
+
+
+def _shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - shutdown is best effort
+        pass
+
+
+def resume_experiment(run_dir: str | Path, overrides: dict | None = None, **kw) -> Path:
+    """Continue the run in ``run_dir`` from its last checkpoint, with its saved config.
+
+    ``overrides`` may change how it runs (e.g. ``rounds``, ``simulation.*``), not what it simulates.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise FlSimError(f"not a run directory (no config.toml): {run_dir}")
+    return run_experiment(load_config(run_dir / "config.toml", overrides), run_dir=run_dir, **kw)

@@ -1,0 +1,52 @@
+"""Per-process caches shared by the server and the emulated devices: base models with adapters, data.
+
+A Ray worker emulates many devices in turn; it loads each tier's base model once and swaps adapter
+state per device, and loads each domain's split once.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .models.adapters import AdapterConfig, adapter_state, add_adapters
+from .models.mllm import Prompter, load_mllm
+from .world.data import load_split, partition
+from .world.tokenizer import load_tokenizer
+
+
+@lru_cache(maxsize=8)
+def adapted_model(model_path: str, lora_r: int = 8):
+    """``(model, initial_adapter_state)``: the base MLLM at ``model_path`` with LoRA adapters, one copy
+    per process. The initial state (LoRA B = 0, projector = base) makes the model equal to its base."""
+    torch.manual_seed(0)  # the same initial LoRA A in every process
+    model = add_adapters(load_mllm(model_path), AdapterConfig(r=lora_r, alpha=2 * lora_r))
+    model.eval()
+    return model, adapter_state(model)
+
+
+@lru_cache(maxsize=8)
+def base_model(model_path: str):
+    return load_mllm(model_path)
+
+
+@lru_cache(maxsize=4)
+def prompter(cache_dir: str | None) -> Prompter:
+    return Prompter(load_tokenizer(cache_dir))
+
+
+@lru_cache(maxsize=32)
+def split(domain: str, which: str, n: int, seed: int, cache_dir: str | None):
+    return load_split(domain, which, n, seed, 16, cache_dir)
+
+
+@lru_cache(maxsize=32)
+def device_pools(domain: str, n: int, seed: int, cache_dir: str | None, num_devices: int, kind: str, by: str,
+                 alpha: float) -> tuple[np.ndarray, ...]:
+    """Indices of ``domain``'s train split held by each device (a flwr-datasets partition)."""
+    ds = split(domain, "train", n, seed, cache_dir)
+    ds = ds.add_column("row", np.arange(len(ds)))
+    parts = partition(ds, num_devices, by=by, alpha=alpha, seed=seed, kind=kind)
+    return tuple(np.asarray(p["row"], np.int64) for p in parts)

@@ -1,0 +1,89 @@
+"""Domain datasets as Hugging Face ``datasets.Dataset`` (cached on disk) and non-IID device partitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import FlSimError
+from ..cache import cache_root, get_or_build, stable_hash
+from .domains import DOMAINS, FAMILIES, get_domain, make_sample
+
+SPLITS = {"train": 0, "test": 1}
+GENERATOR_VERSION = 1
+
+
+def sample_stream(domain: str, split: str, seed: int, cell_px: int, families=None):
+    """Endless deterministic generator of samples (used for pretraining's fresh batches)."""
+    dom = get_domain(domain)
+    rng = np.random.default_rng([seed, list(DOMAINS).index(domain), SPLITS[split], 7])
+    while True:
+        yield make_sample(dom, rng, split, cell_px, families)
+
+
+def generate(domain: str, split: str, n: int, seed: int, cell_px: int, families=None) -> list[dict]:
+    """``n`` samples of ``domain``/``split``; sample ``i`` depends only on (seed, domain, split, i)."""
+    dom = get_domain(domain)
+    if split not in SPLITS:
+        raise FlSimError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, list(DOMAINS).index(domain), SPLITS[split], i])
+        s = make_sample(dom, rng, split, cell_px, families)
+        s.pop("objects")
+        out.append(s)
+    return out
+
+
+def _features(cell_px: int):
+    from datasets import Array3D, Features, Value
+
+    side = 3 * cell_px
+    return Features({
+        "image": Array3D(shape=(side, side, 3), dtype="uint8"),
+        "question": Value("string"), "answer": Value("string"), "family": Value("string"),
+        "domain": Value("string"), "caption": Value("string"),
+    })
+
+
+def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None):
+    """The cached ``datasets.Dataset`` of ``n`` samples of ``domain``/``split`` (numpy format)."""
+    from datasets import Dataset, load_from_disk
+
+    get_domain(domain)
+    key = stable_hash({"v": GENERATOR_VERSION, "domain": domain, "split": split, "n": n, "seed": seed,
+                       "cell_px": cell_px, "families": FAMILIES})
+    folder = cache_root(cache_dir) / "data" / f"{domain}-{split}-{key}"
+
+    def build(tmp: Path) -> dict:
+        rows = generate(domain, split, n, seed, cell_px)
+        ds = Dataset.from_list(rows, features=_features(cell_px))
+        ds.save_to_disk(str(tmp))
+        return {"domain": domain, "split": split, "n": n}
+
+    get_or_build(folder, build, f"dataset {domain}/{split}")
+    # in memory: a later rebuild of the entry must never pull pages from under a running process
+    return load_from_disk(str(folder), keep_in_memory=True).with_format("numpy")
+
+
+def partition(dataset, num_partitions: int, by: str = "domain", alpha: float = 0.5, seed: int = 0,
+              kind: str = "dirichlet") -> list:
+    """Split ``dataset`` across devices with a flwr-datasets partitioner.
+
+    ``kind="dirichlet"`` draws each device's share of every ``by`` value (domain or answer) from a
+    Dirichlet(``alpha``); ``kind="iid"`` splits uniformly.
+    """
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    if by not in dataset.column_names:
+        raise FlSimError(f"unknown partition column {by!r}; allowed: {', '.join(dataset.column_names)}")
+    if kind == "dirichlet":
+        part = DirichletPartitioner(num_partitions=num_partitions, partition_by=by, alpha=alpha,
+                                    min_partition_size=0, self_balancing=False, seed=seed)
+    elif kind == "iid":
+        part = IidPartitioner(num_partitions=num_partitions)
+    else:
+        raise FlSimError(f"unknown partitioner {kind!r}; allowed: dirichlet, iid")
+    part.dataset = dataset.with_format(None)
+    return [part.load_partition(i).with_format("numpy") for i in range(num_partitions)]

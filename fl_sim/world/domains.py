@@ -1,0 +1,139 @@
+"""Domains: how scenes are drawn and rendered, and what questions are asked about them.
+
+``source``  geometric shapes (circle, square, triangle) in the source palette (red, green, blue, yellow).
+``dusk``    appearance shift: the same shapes at low light with sensor noise, painted in another palette
+            (orange, purple, cyan, pink).
+``novel``   novel-concept shift: shapes the device models never saw in pretraining (cross, diamond, ring).
+``digits``  real data: handwritten digits from scikit-learn's ``load_digits`` (disjoint writers' samples
+            for train and test), painted in the source palette; the digit is the object's "shape".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import FlSimError
+from .scenes import DIGIT_SHAPES, GRID, SIZES, SceneObject, digit_pool, render
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    shapes: tuple[str, ...]
+    colours: tuple[str, ...]
+    brightness: float = 1.0
+    noise_std: float = 0.0
+    description: str = ""
+
+
+DOMAINS: dict[str, Domain] = {
+    "source": Domain("source", ("circle", "square", "triangle"), ("red", "green", "blue", "yellow"),
+                     description="geometric shapes, source palette"),
+    "dusk": Domain("dusk", ("circle", "square", "triangle"), ("orange", "purple", "cyan", "pink"),
+                   brightness=0.5, noise_std=10.0, description="appearance shift: low light, noise, other palette"),
+    "novel": Domain("novel", ("cross", "diamond", "ring"), ("red", "green", "blue", "yellow"),
+                    description="novel-concept shift: unseen shapes"),
+    "digits": Domain("digits", tuple(DIGIT_SHAPES), ("red", "green", "blue", "yellow"),
+                     description="real handwritten digits (scikit-learn load_digits)"),
+}
+SHIFTED = [d for d in DOMAINS if d != "source"]
+FAMILIES = ["exist", "count", "colour", "shape", "position", "caption"]
+VQA_FAMILIES = FAMILIES[:-1]
+COUNT_WORDS = ["zero", "one", "two", "three", "four"]
+
+
+def get_domain(name: str) -> Domain:
+    if name not in DOMAINS:
+        raise FlSimError(f"unknown domain {name!r}; allowed: {', '.join(DOMAINS)}")
+    return DOMAINS[name]
+
+
+def sample_scene(domain: Domain, rng: np.random.Generator, split: str, max_objects: int = 4) -> list[SceneObject]:
+    n = int(rng.integers(1, max_objects + 1))
+    cells = rng.choice(GRID * GRID, size=n, replace=False)
+    pool = digit_pool(split) if domain.name == "digits" else None
+    objs = []
+    for cell in sorted(int(c) for c in cells):
+        shape = str(rng.choice(domain.shapes))
+        digit_index = int(rng.choice(pool[int(shape)])) if pool is not None else -1
+        objs.append(SceneObject(shape, str(rng.choice(domain.colours)), str(rng.choice(SIZES)), cell, digit_index))
+    return objs
+
+
+def caption(objects: list[SceneObject]) -> str:
+    """Row-major description, e.g. ``small red circle top left and large blue square center``."""
+    return " and ".join(f"{o.size} {o.colour} {o.shape} {o.position}" for o in objects)
+
+
+def _unique(objects, key):
+    vals = [key(o) for o in objects]
+    return [o for o, v in zip(objects, vals) if vals.count(v) == 1]
+
+
+def ask(objects: list[SceneObject], domain: Domain, family: str, rng: np.random.Generator) -> tuple[str, str] | None:
+    """A (question, answer) pair of ``family`` about the scene, or ``None`` if the scene cannot support it."""
+    if family == "exist":
+        if rng.random() < 0.5:
+            o = objects[int(rng.integers(len(objects)))]
+            return f"is there a {o.colour} {o.shape} ?", "yes"
+        present = {(o.colour, o.shape) for o in objects}
+        for _ in range(20):
+            c, s = str(rng.choice(domain.colours)), str(rng.choice(domain.shapes))
+            if (c, s) not in present:
+                return f"is there a {c} {s} ?", "no"
+        return None
+    if family == "count":
+        shape = objects[int(rng.integers(len(objects)))].shape if rng.random() < 0.7 else str(rng.choice(domain.shapes))
+        return f"how many {shape} are there ?", COUNT_WORDS[sum(o.shape == shape for o in objects)]
+    if family == "colour":
+        cands = _unique(objects, lambda o: o.shape)
+        if not cands:
+            return None
+        o = cands[int(rng.integers(len(cands)))]
+        return f"what colour is the {o.shape} ?", o.colour
+    if family == "shape":
+        cands = _unique(objects, lambda o: o.colour)
+        if not cands:
+            return None
+        o = cands[int(rng.integers(len(cands)))]
+        return f"what shape is the {o.colour} object ?", o.shape
+    if family == "position":
+        cands = _unique(objects, lambda o: (o.colour, o.shape))
+        if not cands:
+            return None
+        o = cands[int(rng.integers(len(cands)))]
+        return f"where is the {o.colour} {o.shape} ?", o.position
+    if family == "caption":
+        return "describe the image .", caption(objects)
+    raise FlSimError(f"unknown question family {family!r}; allowed: {', '.join(FAMILIES)}")
+
+
+def make_sample(domain: Domain, rng: np.random.Generator, split: str, cell_px: int,
+                families: list[str] | None = None) -> dict:
+    """One sample: a rendered scene with one question of a family drawn uniformly from ``families``."""
+    families = families or FAMILIES
+    while True:
+        objects = sample_scene(domain, rng, split)
+        family = str(rng.choice(families))
+        qa = ask(objects, domain, family, rng)
+        if qa is not None:
+            break
+    image = render(objects, cell_px, rng, domain.brightness, domain.noise_std)
+    return {
+        "image": image, "question": qa[0], "answer": qa[1], "family": family, "domain": domain.name,
+        "caption": caption(objects),
+        "objects": objects,
+    }
+
+
+def corpus_words() -> list[str]:
+    """Every word any question, answer or caption can contain (the closed vocabulary)."""
+    from .scenes import COLOURS, GEOMETRIC_SHAPES, POSITIONS
+
+    words = set("is there a how many are what colour the shape object where describe image and ? .".split())
+    words |= set(COUNT_WORDS) | {"yes", "no"} | set(SIZES) | set(COLOURS) | set(GEOMETRIC_SHAPES) | set(DIGIT_SHAPES)
+    for p in POSITIONS:
+        words |= set(p.split())
+    return sorted(words)

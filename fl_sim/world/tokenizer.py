@@ -1,0 +1,42 @@
+"""The one tokenizer every model shares (teacher and devices), trained offline with ``tokenizers``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..cache import cache_root, get_or_build, stable_hash
+from .domains import DOMAINS, FAMILIES, corpus_words, make_sample
+
+PAD, BOS, EOS, IMAGE, SEP, UNK = "<pad>", "<bos>", "<eos>", "<image>", "<sep>", "<unk>"
+SPECIALS = [PAD, BOS, EOS, IMAGE, SEP, UNK]
+
+
+def _train(folder: Path, n_corpus: int, seed: int) -> dict:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = np.random.default_rng(seed)
+    corpus = []
+    for dom in DOMAINS.values():
+        for _ in range(n_corpus):
+            s = make_sample(dom, rng, "train", cell_px=4, families=FAMILIES)
+            corpus += [s["question"], s["answer"], s["caption"]]
+    corpus.append(" ".join(corpus_words()))  # the closed vocabulary, so rare words are never <unk>
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=SPECIALS, min_frequency=1))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS,
+                                   unk_token=UNK, sep_token=SEP, additional_special_tokens=[IMAGE])
+    fast.save_pretrained(folder)
+    return {"vocab_size": len(fast)}
+
+
+def load_tokenizer(cache_dir: str | None = None, n_corpus: int = 300, seed: int = 0):
+    """Train (once, cached) and load the shared word-level tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    key = stable_hash({"n_corpus": n_corpus, "seed": seed, "vocab": corpus_words(), "specials": SPECIALS})
+    folder = get_or_build(cache_root(cache_dir) / "tokenizer" / key, lambda d: _train(d, n_corpus, seed), "tokenizer")
+    return PreTrainedTokenizerFast.from_pretrained(folder)

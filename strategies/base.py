@@ -1,0 +1,271 @@
+"""FleetStrategy: the server loop researchers need, on Flower's ``Strategy``.
+
+Per round: sample available devices with over-commitment, send each its instructions, collect replies,
+advance a virtual clock with the FedScale cost model, keep the fastest ``clients_per_round`` that meet
+the deadline (the rest are stragglers; devices that raise are failed), aggregate, evaluate on the
+server, log, checkpoint. Subclasses decide what devices receive and how updates are combined:
+
+``downlink(tier)``            adapter state devices of ``tier`` run this round (``None`` = base model)
+``device_settings()``         strategy-specific entries of the device config (local steps, mu, ...)
+``aggregate(tier, updates)``  new tier state from ``[(adapter_state, weight), ...]`` of kept devices
+
+Evaluation is centralised (per tier x domain test sets, plus the teacher for reference), so the
+federated-evaluation hooks of ``Strategy`` send nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import Strategy
+
+from fl_sim import runtime
+from fl_sim.checkpoint import load_checkpoint, save_checkpoint
+from fl_sim.config import ExperimentConfig
+from fl_sim.fleet import DeviceProfile
+from fl_sim.metrics import MetricsLogger
+from fl_sim.models.adapters import load_adapter_state
+from fl_sim.models.evaluate import evaluate
+from fl_sim.wire import from_array_record, payload_bytes, to_array_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """Everything a strategy needs about the run (built by ``fl_sim.run``)."""
+    cfg: ExperimentConfig
+    fleet: list[DeviceProfile]
+    model_paths: dict[str, str]  # tier -> checkpoint dir (and "teacher")
+    run_dir: Path
+    train_size: int
+    quiet: bool = True
+    abort: threading.Event = field(default_factory=threading.Event)
+    on_round: object = None  # callable(record) for console progress
+
+
+def send_and_receive(grid, messages: list, timeout: float, abort: threading.Event) -> list:
+    """``grid.send_and_receive`` that also stops waiting when ``abort`` is set (backend crashed)."""
+    if not messages:
+        return []
+    pending = set(grid.push_messages(messages))
+    out, end = [], time.time() + timeout
+    while pending and time.time() < end and not abort.is_set():
+        got = list(grid.pull_messages(pending))
+        out += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending:
+            time.sleep(0.02)
+    return out
+
+
+class FleetStrategy(Strategy):
+    name = "base"
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.s = ctx.cfg.strategy
+        self.tiers = sorted({p.tier for p in ctx.fleet})
+        self.state: dict[str, dict[str, torch.Tensor]] = {}  # per-tier adapter state
+        self.node_of: dict[int, int] = {}
+        self.clock_s = 0.0
+        self.totals = {"uplink_bytes": 0, "downlink_bytes": 0}
+        self.teacher_acc: dict | None = None
+        self._round_info: dict = {}
+
+    # ----------------------------------------------------------------- hooks for subclasses
+    def downlink(self, tier: str) -> dict[str, torch.Tensor] | None:
+        return self.state.get(tier)
+
+    def device_settings(self) -> dict:
+        return {"local_steps": self.s.local_steps, "proximal_mu": 0.0}
+
+    def aggregate(self, tier: str, updates: list[tuple[dict[str, torch.Tensor], float]]) -> None:
+        total = sum(w for _, w in updates)
+        self.state[tier] = {k: sum(sd[k] * (w / total) for sd, w in updates) for k in updates[0][0]}
+
+    def initial_state(self, tier: str) -> dict[str, torch.Tensor]:
+        _, init = runtime.adapted_model(self.ctx.model_paths[tier], self.s.lora_r)
+        return {k: v.clone() for k, v in init.items()}
+
+    # ----------------------------------------------------------------- Flower Strategy interface
+    def summary(self) -> None:
+        log.info("%s: %d devices, %d per round (over-commit %.2f), deadline %.0f s", self.name,
+                 len(self.ctx.fleet), self.s.clients_per_round, self.s.over_commit, self.s.deadline_s)
+
+    def sample(self, server_round: int) -> tuple[list[DeviceProfile], int]:
+        """Available devices at the current virtual time, ``ceil(K * over_commit)`` drawn from the round's stream."""
+        available = [p for p in self.ctx.fleet if p.available(self.clock_s)]
+        n = min(len(available), math.ceil(self.s.clients_per_round * self.s.over_commit))
+        rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 7, server_round]))
+        chosen = sorted(rng.choice(len(available), size=n, replace=False).tolist()) if n else []
+        return [available[i] for i in chosen], len(available)
+
+    def device_config(self, p: DeviceProfile, server_round: int) -> dict:
+        f, sim = self.cfg.fleet, self.cfg.simulation
+        return {"device_id": p.device_id, "round": server_round, "seed": self.cfg.seed, "tier": p.tier,
+                "domain": p.domain_at(server_round), "model_path": self.ctx.model_paths[p.tier],
+                "lora_r": self.s.lora_r, "batch_size": self.s.batch_size, "lr": self.s.lr, "labels": self.s.labels,
+                "samples_per_round": f.samples_per_round, "train_size": self.ctx.train_size,
+                "num_devices": len(self.ctx.fleet), "partition": f.partition, "partition_by": f.partition_by,
+                "alpha": f.dirichlet_alpha, "crash_prob": f.crash_prob, "cache_dir": self.cfg.cache_dir or "",
+                "threads": sim.threads_per_client} | self.device_settings()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> list[Message]:
+        chosen, n_available = self.sample(server_round)
+        records = {t: (to_array_record(sd) if (sd := self.downlink(t)) is not None else None) for t in self.tiers}
+        messages, down = [], {}
+        for p in chosen:
+            content = RecordDict({"config": ConfigRecord(self.device_config(p, server_round))})
+            if records[p.tier] is not None:
+                content["adapter"] = records[p.tier]
+            down[p.device_id] = payload_bytes(content)
+            messages.append(Message(content=content, dst_node_id=self.node_of[p.device_id],
+                                    message_type=MessageType.TRAIN, group_id=str(server_round)))
+        self._round_info = {"sampled": [p.device_id for p in chosen], "available": n_available, "down": down}
+        return messages
+
+    def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        info = self._round_info
+        device_of = {n: d for d, n in self.node_of.items()}
+        finished, failed, up_total = [], 0, 0
+        for rep in replies:
+            dev = device_of[rep.metadata.src_node_id]
+            if rep.has_error():
+                failed += 1
+                log.info("device %d failed in round %d: %s", dev, server_round, rep.error.reason.splitlines()[-1:])
+                continue
+            up = payload_bytes(rep.content)
+            up_total += up
+            p = self.ctx.fleet[dev]
+            m = rep.content["metrics"]
+            t = p.compute_s(int(m["n_infer"]), int(m["n_train"])) + p.comm_s(info["down"][dev], up)
+            finished.append((t, dev, rep, m))
+        missing = len(info["sampled"]) - len(replies)
+        finished.sort(key=lambda x: (x[0], x[1]))
+        on_time = [f for f in finished if f[0] <= self.s.deadline_s]
+        kept = on_time[:self.s.clients_per_round]
+        # the round ends when the K fastest are in; if fewer make it, the server waits out the deadline
+        target = min(self.s.clients_per_round, len(info["sampled"]))
+        round_s = max(f[0] for f in kept) if kept and len(kept) >= target else self.s.deadline_s
+        by_tier: dict[str, list] = {}
+        for _, dev, rep, m in kept:
+            if "adapter" in rep.content:
+                by_tier.setdefault(self.ctx.fleet[dev].tier, []).append(
+                    (from_array_record(rep.content["adapter"]), float(m["n_train"]) or 1.0))
+        for tier, updates in by_tier.items():
+            self.aggregate(tier, updates)
+        down_total = sum(info["down"].values())
+        self.clock_s += round_s
+        self.totals["uplink_bytes"] += up_total
+        self.totals["downlink_bytes"] += down_total
+        losses = [float(m["loss"]) for *_, m in kept if not math.isnan(float(m["loss"]))]
+        self._round_info |= {
+            "participants": len(kept), "stragglers": len(finished) - len(kept), "failed": failed + missing,
+            "uplink_bytes": up_total, "downlink_bytes": down_total, "round_virtual_s": round_s,
+            "online_acc": float(np.mean([float(m["online_acc"]) for *_, m in kept])) if kept else float("nan"),
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+        }
+        return None, MetricRecord({"participants": len(kept)})
+
+    def configure_evaluate(self, server_round, arrays, config, grid) -> list[Message]:
+        return []  # evaluation is centralised: see ``evaluate_tiers``
+
+    def aggregate_evaluate(self, server_round, replies) -> MetricRecord | None:
+        return None
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate_tiers(self) -> dict:
+        """Accuracy of each tier's current model per domain, tier-share-weighted domain means, overall."""
+        pr = runtime.prompter(self.cfg.cache_dir)
+        sets = {d: runtime.split(d, "test", self.cfg.eval.n_test, self.cfg.seed, self.cfg.cache_dir)
+                for d in ("source", "dusk", "novel", "digits")}
+        if self.teacher_acc is None:
+            t = evaluate(runtime.base_model(self.ctx.model_paths["teacher"]), pr, sets)
+            self.teacher_acc = {d: r["vqa"] for d, r in t.items()}
+        per_tier = {}
+        for tier in self.tiers:
+            model, init = runtime.adapted_model(self.ctx.model_paths[tier], self.s.lora_r)
+            state = self.downlink(tier)
+            load_adapter_state(model, state if state is not None else init)
+            per_tier[tier] = {d: r["vqa"] for d, r in evaluate(model, pr, sets).items()}
+        share = {t: sum(p.tier == t for p in self.ctx.fleet) / len(self.ctx.fleet) for t in self.tiers}
+        by_domain = {d: sum(share[t] * per_tier[t][d] for t in self.tiers) for d in sets}
+        return {"acc": by_domain | {"overall": float(np.mean(list(by_domain.values())))},
+                "acc_tier": per_tier, "teacher_acc": dict(self.teacher_acc)}
+
+    # ----------------------------------------------------------------- the loop
+    def map_nodes(self, grid) -> None:
+        """Wait for every node, then ask each which device it emulates."""
+        deadline = time.time() + self.cfg.simulation.round_timeout_s
+        while len(ids := list(grid.get_node_ids())) < len(self.ctx.fleet):
+            if time.time() > deadline or self.ctx.abort.is_set():
+                raise RuntimeError(f"only {len(ids)} of {len(self.ctx.fleet)} nodes registered")
+            time.sleep(0.05)
+        msgs = [Message(RecordDict({"q": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+                for n in ids]
+        for rep in send_and_receive(grid, msgs, self.cfg.simulation.round_timeout_s, self.ctx.abort):
+            if not rep.has_error():
+                self.node_of[int(rep.content["device"]["device_id"])] = rep.metadata.src_node_id
+        if len(self.node_of) != len(self.ctx.fleet):
+            raise RuntimeError(f"only {len(self.node_of)} of {len(self.ctx.fleet)} devices answered the query")
+
+    def _checkpoint_state(self, server_round: int) -> dict:
+        return {"clock_s": self.clock_s, "totals": self.totals, "teacher_acc": self.teacher_acc,
+                "strategy": self.name}
+
+    def restore(self, state: dict, tensors: dict) -> int:
+        self.clock_s, self.totals, self.teacher_acc = state["clock_s"], state["totals"], state["teacher_acc"]
+        self.state = {g: t for g, t in tensors.items()}
+        return int(state["round"])
+
+    def run(self, grid) -> None:
+        """The experiment: (resume,) map nodes, then ``rounds`` rounds of train/aggregate/evaluate/log."""
+        cfg, run_dir = self.cfg, self.ctx.run_dir
+        logger = MetricsLogger(run_dir)
+        start = 0
+        ck = load_checkpoint(run_dir)
+        if ck is not None:
+            start = self.restore(*ck)
+        else:
+            self.state = {t: self.initial_state(t) for t in self.tiers}
+        logger.truncate_after(start)
+        t_map = time.time()
+        self.map_nodes(grid)
+        log.info("mapped %d nodes in %.1f s", len(self.node_of), time.time() - t_map)
+        try:
+            for r in range(start + 1, cfg.rounds + 1):
+                if self.ctx.abort.is_set():
+                    raise RuntimeError("simulation backend stopped")
+                t0 = time.time()
+                msgs = self.configure_train(r, ArrayRecord(), ConfigRecord(), grid)
+                replies = send_and_receive(grid, msgs, cfg.simulation.round_timeout_s, self.ctx.abort)
+                t1 = time.time()
+                self.aggregate_train(r, replies)
+                t2 = time.time()
+                ev = self.evaluate_tiers() if (r % cfg.eval.every == 0 or r == cfg.rounds) else {}
+                t3 = time.time()
+                info = self._round_info
+                record = {"round": r, "virtual_time_s": self.clock_s, "available": info["available"],
+                          "sampled": len(info["sampled"]),
+                          **{k: info[k] for k in ("participants", "stragglers", "failed", "uplink_bytes",
+                                                  "downlink_bytes", "round_virtual_s", "online_acc", "loss")},
+                          "cum_uplink_bytes": self.totals["uplink_bytes"],
+                          "cum_downlink_bytes": self.totals["downlink_bytes"],
+                          "wall_s": {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t3 - t2}, **ev}
+                save_checkpoint(run_dir, r, self._checkpoint_state(r), self.state)
+                record["wall_s"]["round"] = time.time() - t0
+                logger.log(record)
+                if self.ctx.on_round:
+                    self.ctx.on_round(record)
+        finally:
+            logger.close()

@@ -1,0 +1,31 @@
+import json
+import subprocess
+import sys
+
+
+def _cli(*args, cache_dir):
+    return subprocess.run([sys.executable, "-m", "fl_sim.cli", *args, "--cache-dir", cache_dir, "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_unknown_zoo_is_one_line_error(cache_dir):
+    r = _cli("pretrain", "--zoo", "huge", cache_dir=cache_dir)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["fl-sim: error: unknown model zoo preset 'huge'; allowed: default, tiny"]
+
+
+def test_bad_model_override_is_one_line_error(cache_dir):
+    r = _cli("pretrain", "--zoo", "tiny", "--model", "teacher", cache_dir=cache_dir)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "ROLE=PATH" in r.stderr
+
+
+def test_evaluate_prints_table_and_targets(cache_dir, tiny_zoo, tmp_path):
+    out = tmp_path / "eval.json"
+    r = _cli("evaluate", "--zoo", "tiny", "--n-test", "24", "--json", str(out), cache_dir=cache_dir)
+    assert r.returncode == 0, r.stderr
+    assert "exact-match VQA accuracy" in r.stdout and "teacher" in r.stdout
+    table = json.loads(out.read_text())["table"]
+    assert set(table) == {"teacher", "tiny-high", "tiny-low"}
+    assert set(table["teacher"]) == {"source", "dusk", "novel", "digits"}
+    for row in table["teacher"].values():
+        assert 0.0 <= row["vqa"] <= 1.0 and "bleu" in row

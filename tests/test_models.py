@@ -1,0 +1,151 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fl_sim import FlSimError
+from fl_sim.models.adapters import adapter_state, add_adapters, load_adapter_state, trainable_parameters
+from fl_sim.models.mllm import answer, load_mllm
+from fl_sim.models.quantize import quantize_dequantize, quantize_linears
+from fl_sim.world.data import generate
+
+
+def _batch(zoo, n=4, family=None):
+    samples = generate("source", "test", 40, seed=0, cell_px=16)
+    samples = [s for s in samples if family is None or s["family"] == family][:n]
+    b = zoo.prompter.train_batch([s["question"] for s in samples], [s["answer"] for s in samples])
+    b["pixel_values"] = zoo.prompter.pixels(np.stack([s["image"] for s in samples]))
+    return samples, b
+
+
+def test_forward_backward_generate(tiny_zoo):
+    model = tiny_zoo.tiers["tiny-high"]
+    samples, batch = _batch(tiny_zoo)
+    out = model(**batch)
+    assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.lm_head.weight.grad is not None
+    model.zero_grad()
+    preds = answer(model, tiny_zoo.prompter, np.stack([s["image"] for s in samples]),
+                   [s["question"] for s in samples], max_new_tokens=3)
+    assert len(preds) == len(samples) and all(isinstance(p, str) for p in preds)
+
+
+def test_batched_generation_equals_one_by_one(tiny_zoo):
+    samples = generate("novel", "test", 12, seed=1, cell_px=16)
+    imgs, qs = np.stack([s["image"] for s in samples]), [s["question"] for s in samples]
+    together = answer(tiny_zoo.teacher, tiny_zoo.prompter, imgs, qs, max_new_tokens=4)
+    alone = [answer(tiny_zoo.teacher, tiny_zoo.prompter, imgs[i:i + 1], qs[i:i + 1], max_new_tokens=4)[0]
+             for i in range(len(qs))]
+    assert together == alone
+
+
+def test_teacher_is_bigger_than_every_tier_and_shares_front_end(tiny_zoo):
+    t = tiny_zoo.teacher.model.vision_tower.state_dict()
+    for m in tiny_zoo.tiers.values():
+        assert sum(p.numel() for p in m.parameters()) < sum(p.numel() for p in tiny_zoo.teacher.parameters())
+        for k, v in m.model.vision_tower.state_dict().items():
+            assert torch.equal(v, t[k])
+
+
+@pytest.mark.parametrize("precision,levels,bytes_per", [("int8", 255, 1.0), ("int4", 16, 0.5)])
+def test_quantisation_error_bound_and_packed_bytes(precision, levels, bytes_per):
+    torch.manual_seed(0)
+    w = torch.randn(48, 64)
+    deq, nbytes = quantize_dequantize(w, precision, group_size=32)
+    if precision == "int8":
+        step = w.abs().amax(1, keepdim=True) / 127
+        scales = 48
+    else:
+        step = w.reshape(48, 2, 32).abs().amax(2, keepdim=True).expand(48, 2, 32).reshape(48, 64) / 7
+        scales = 48 * 2
+    assert ((deq - w).abs() <= step / 2 + 1e-6).all()
+    per_row = [len(torch.unique(r)) for r in deq]
+    assert max(per_row) <= levels * (2 if precision == "int4" else 1)
+    assert nbytes == int(w.numel() * bytes_per) + scales * 2
+    bf, bf_bytes = quantize_dequantize(w, "bf16")
+    assert bf_bytes == w.numel() * 2 and (bf - w).abs().max() <= w.abs().max() * 2 ** -8
+    with pytest.raises(ValueError, match="unknown precision"):
+        quantize_dequantize(w, "int3")
+
+
+def test_quantize_linears_reports_all_layers():
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 64))
+    rep = quantize_linears(lin, "int4", 32)
+    assert rep["fp32_linear_bytes"] == 4 * (64 * 32 + 32 * 64)
+    assert rep["packed_linear_bytes"] == (64 * 32) // 2 + 32 * 2 * 2 + (32 * 64) // 2 + 64 * 1 * 2
+    again = quantize_linears(lin, "int4", 32)  # idempotent: already on the grid
+    assert again["max_abs_error"] < 1e-6
+
+
+def test_tier_weights_are_on_their_quantisation_grid(tiny_zoo):
+    low = tiny_zoo.tiers["tiny-low"]
+    assert tiny_zoo.meta["tiny-low"]["precision"] == "int4"
+    rep = quantize_linears(low.model.language_model, "int4", 32)
+    assert rep["max_abs_error"] < 1e-5
+    assert tiny_zoo.meta["tiny-low"]["device_bytes"] < tiny_zoo.meta["tiny-low"]["fp32_bytes"] / 2
+
+
+def test_adapter_state_round_trip_and_only_adapters_train(tiny_zoo, cache_dir):
+    base = load_mllm(tiny_zoo.paths["tiny-high"])
+    frozen_before = {k: v.clone() for k, v in base.state_dict().items()}
+    peft_model = add_adapters(base)
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or "multi_modal_projector" in n for n in names)
+    assert not any("vision_tower" in n for n in names)
+    _, batch = _batch(tiny_zoo)
+    opt = torch.optim.SGD(trainable_parameters(peft_model), lr=0.5)
+    peft_model(**batch).loss.backward()
+    opt.step()
+    state = adapter_state(peft_model)
+    assert state and all("lora_" in k or "multi_modal_projector" in k for k in state)
+    fresh = add_adapters(load_mllm(tiny_zoo.paths["tiny-high"]))
+    load_adapter_state(fresh, state)
+    for k, v in adapter_state(fresh).items():
+        assert torch.equal(v, state[k])
+    with torch.no_grad():
+        a = peft_model(**batch).logits
+        b = fresh(**batch).logits
+    assert torch.allclose(a, b, atol=1e-6)
+    merged = peft_model.get_base_model().state_dict()
+    lm_key = next(k for k in frozen_before if "language_model" in k and k.endswith("fc1.weight"))
+    peft_key = next(k for k in merged if k.endswith(lm_key.split("language_model", 1)[1].replace("fc1.weight", "fc1.base_layer.weight")))
+    assert torch.equal(merged[peft_key], frozen_before[lm_key])  # base weights untouched
+
+
+def test_zoo_is_cached_and_reloads_fast(tiny_zoo, cache_dir):
+    from fl_sim.models.zoo import pretrain_zoo
+
+    t0 = time.time()
+    again = pretrain_zoo("tiny", cache_dir=cache_dir)
+    assert time.time() - t0 < 10
+    for k, v in tiny_zoo.teacher.state_dict().items():
+        assert torch.equal(v, again.teacher.state_dict()[k])
+
+
+def test_corrupt_model_cache_is_rebuilt(cache_dir, tiny_zoo):
+    from fl_sim.models.zoo import pretrain_zoo
+
+    folder = tiny_zoo.paths["tiny-low"]
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    rebuilt = pretrain_zoo("tiny", cache_dir=cache_dir)
+    for k, v in tiny_zoo.tiers["tiny-low"].state_dict().items():
+        assert torch.equal(v, rebuilt.tiers["tiny-low"].state_dict()[k])  # deterministic retrain
+
+
+def test_local_checkpoint_replaces_a_preset(tiny_zoo, cache_dir, tmp_path):
+    from fl_sim.models.zoo import pretrain_zoo
+
+    tiny_zoo.tiers["tiny-high"].save_pretrained(tmp_path / "mine")
+    z = pretrain_zoo("tiny", cache_dir=cache_dir, overrides={"tiny-low": str(tmp_path / "mine")})
+    assert z.meta["tiny-low"]["source"] == str(tmp_path / "mine")
+    for k, v in tiny_zoo.tiers["tiny-high"].state_dict().items():
+        assert torch.equal(v, z.tiers["tiny-low"].state_dict()[k])
+    with pytest.raises(FlSimError, match="no Hugging Face checkpoint"):
+        pretrain_zoo("tiny", cache_dir=cache_dir, overrides={"teacher": str(tmp_path / "nothing")})
+    with pytest.raises(FlSimError, match="unknown model role 'phone-x'"):
+        pretrain_zoo("tiny", cache_dir=cache_dir, overrides={"phone-x": str(tmp_path / "mine")})
+    with pytest.raises(FlSimError, match="unknown model zoo preset 'huge'; allowed: default, tiny"):
+        pretrain_zoo("huge", cache_dir=cache_dir)

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from fl_sim import FlSimError
+from fl_sim.world.data import generate, load_split, partition
+from fl_sim.world.domains import DOMAINS, FAMILIES, get_domain
+from fl_sim.world.scenes import digit_pool
+
+
+def test_generator_is_deterministic_per_seed():
+    a = generate("novel", "train", 20, seed=3, cell_px=8)
+    b = generate("novel", "train", 20, seed=3, cell_px=8)
+    c = generate("novel", "train", 20, seed=4, cell_px=8)
+    for x, y in zip(a, b):
+        assert np.array_equal(x["image"], y["image"]) and x["question"] == y["question"] and x["answer"] == y["answer"]
+    assert any(not np.array_equal(x["image"], z["image"]) for x, z in zip(a, c))
+
+
+def test_sample_i_does_not_depend_on_n():
+    a = generate("dusk", "test", 5, seed=0, cell_px=8)
+    b = generate("dusk", "test", 12, seed=0, cell_px=8)
+    assert all(x["question"] == y["question"] and np.array_equal(x["image"], y["image"]) for x, y in zip(a, b))
+
+
+def test_domains_cover_every_family_and_differ():
+    for name in DOMAINS:
+        samples = generate(name, "train", 200, seed=0, cell_px=8)
+        assert {s["family"] for s in samples} == set(FAMILIES)
+        assert all(s["image"].shape == (24, 24, 3) and s["image"].dtype == np.uint8 for s in samples)
+    src = np.mean([s["image"].mean() for s in generate("source", "test", 50, 0, 8)])
+    dusk = np.mean([s["image"].mean() for s in generate("dusk", "test", 50, 0, 8)])
+    assert dusk < 0.7 * src  # low light
+    novel_words = " ".join(s["caption"] for s in generate("novel", "test", 50, 0, 8))
+    assert not any(w in novel_words.split() for w in ("circle", "square", "triangle"))
+
+
+def test_digit_writers_are_disjoint_between_splits():
+    tr, te = digit_pool("train"), digit_pool("test")
+    for c in range(10):
+        assert len(tr[c]) and len(te[c]) and not set(tr[c]) & set(te[c])
+
+
+def test_answers_are_consistent_with_captions():
+    for s in generate("source", "test", 200, 0, 8):
+        objs = [o.split() for o in s["caption"].split(" and ")]
+        if s["family"] == "count":
+            shape = s["question"].split()[2]
+            n = sum(o[2] == shape for o in objs)
+            assert s["answer"] == ["zero", "one", "two", "three", "four"][n]
+        if s["family"] == "exist":
+            _, _, _, colour, shape, _ = s["question"].split()
+            assert (s["answer"] == "yes") == any(o[1] == colour and o[2] == shape for o in objs)
+
+
+def test_unknown_domain_is_one_line_error():
+    with pytest.raises(FlSimError, match="unknown domain 'moon'; allowed: source, dusk, novel, digits"):
+        get_domain("moon")
+    with pytest.raises(FlSimError, match="unknown split"):
+        generate("source", "val", 1, 0, 8)
+
+
+def test_dataset_cache_hit_and_corruption(cache_dir):
+    from pathlib import Path
+
+    ds = load_split("source", "test", 30, seed=0, cell_px=8, cache_dir=cache_dir)
+    assert len(ds) == 30 and ds[0]["image"].shape == (24, 24, 3)
+    folder = next(Path(cache_dir, "data").glob("source-test-*"))
+    stamp = (folder / "MANIFEST.json").stat().st_mtime_ns
+    again = load_split("source", "test", 30, seed=0, cell_px=8, cache_dir=cache_dir)
+    assert (folder / "MANIFEST.json").stat().st_mtime_ns == stamp  # hit: not rebuilt
+    arrow = next(folder.glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])  # truncate: a corrupt entry
+    rebuilt = load_split("source", "test", 30, seed=0, cell_px=8, cache_dir=cache_dir)
+    assert [r for r in rebuilt["question"]] == [r for r in again["question"]]
+    assert np.array_equal(rebuilt[3]["image"], ds[3]["image"])
+
+
+def test_dirichlet_partition_is_non_iid(cache_dir):
+    from datasets import concatenate_datasets
+
+    parts_in = concatenate_datasets([load_split(d, "train", 60, 0, 8, cache_dir) for d in DOMAINS])
+    parts = partition(parts_in, 6, by="domain", alpha=0.2, seed=1)
+    assert sum(len(p) for p in parts) == len(parts_in)
+    shares = [np.mean(np.asarray(p["domain"]) == "source") for p in parts if len(p)]
+    assert max(shares) - min(shares) > 0.3
+    with pytest.raises(FlSimError, match="unknown partition column"):
+        partition(parts_in, 2, by="weather")
