@@ -14,14 +14,10 @@ Per-device state lives on the server side (adapters are shared per tier and vers
 
 from __future__ import annotations
 
-import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.local import run_device_round
-from fl_sim.wire import from_array_record, to_array_record
-
-app = ClientApp()
+app = ClientApp()  # heavy imports (torch, transformers) happen on the first train message, not at load
 
 
 @app.query()
@@ -32,6 +28,11 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    import torch
+
+    from clients.local import run_device_round
+    from fl_sim.wire import from_array_record, to_array_record
+
     cfg = dict(msg.content["config"])
     torch.set_num_threads(int(cfg.get("threads", 1)))
     adapter = from_array_record(msg.content["adapter"]) if "adapter" in msg.content else None

@@ -27,6 +27,7 @@ def _quiet_libraries():
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 @contextmanager

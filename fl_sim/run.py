@@ -76,8 +76,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bo
 
     from clients.device import app as client_app
 
-    for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING if not log.isEnabledFor(logging.INFO) else logging.INFO)
+    if os.environ.get("FL_SIM_DEBUG_FLWR"):
+        logging.getLogger("flwr").setLevel(logging.DEBUG)
     t0 = time.time()
     try:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(fleet),

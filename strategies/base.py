@@ -213,11 +213,15 @@ class FleetStrategy(Strategy):
             time.sleep(0.05)
         msgs = [Message(RecordDict({"q": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
                 for n in ids]
+        errors = []
         for rep in send_and_receive(grid, msgs, self.cfg.simulation.round_timeout_s, self.ctx.abort):
-            if not rep.has_error():
+            if rep.has_error():
+                errors.append(rep.error.reason.strip().splitlines()[-1] if rep.error.reason else str(rep.error.code))
+            else:
                 self.node_of[int(rep.content["device"]["device_id"])] = rep.metadata.src_node_id
         if len(self.node_of) != len(self.ctx.fleet):
-            raise RuntimeError(f"only {len(self.node_of)} of {len(self.ctx.fleet)} devices answered the query")
+            raise RuntimeError(f"only {len(self.node_of)} of {len(self.ctx.fleet)} devices answered the query"
+                               + (f" (first error: {errors[0]})" if errors else ""))
 
     def _checkpoint_state(self, server_round: int) -> dict:
         return {"clock_s": self.clock_s, "totals": self.totals, "teacher_acc": self.teacher_acc,

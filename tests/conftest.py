@@ -21,3 +21,12 @@ def tiny_zoo(cache_dir):
     from fl_sim.models.zoo import pretrain_zoo
 
     return pretrain_zoo("tiny", cache_dir=cache_dir)
+
+
+def pytest_configure(config):
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

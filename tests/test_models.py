@@ -128,11 +128,13 @@ def test_corrupt_model_cache_is_rebuilt(cache_dir, tiny_zoo):
     from fl_sim.models.zoo import pretrain_zoo
 
     folder = tiny_zoo.paths["tiny-low"]
+    # loaded weights may be memory-mapped from the file: snapshot them before corrupting it
+    before = {k: v.clone() for k, v in tiny_zoo.tiers["tiny-low"].state_dict().items()}
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])
     rebuilt = pretrain_zoo("tiny", cache_dir=cache_dir)
-    for k, v in tiny_zoo.tiers["tiny-low"].state_dict().items():
-        assert torch.equal(v, rebuilt.tiers["tiny-low"].state_dict()[k])  # deterministic retrain
+    for k, v in before.items():
+        assert torch.equal(v, rebuilt.tiers["tiny-low"].state_dict()[k]), k  # deterministic retrain
 
 
 def test_local_checkpoint_replaces_a_preset(tiny_zoo, cache_dir, tmp_path):

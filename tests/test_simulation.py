@@ -16,7 +16,7 @@ BASE = {"zoo": "tiny", "rounds": 2, "seed": 5,
         "strategy": {"name": "fedavg", "clients_per_round": 3, "over_commit": 1.0, "local_steps": 1,
                      "batch_size": 4},
         "eval": {"n_test": 12},
-        "simulation": {"num_cpus": 2, "round_timeout_s": 120}}
+        "simulation": {"num_cpus": 2, "round_timeout_s": 300}}
 
 
 def _cfg(tmp_path, cache_dir, **over):

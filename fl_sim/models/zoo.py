@@ -26,7 +26,7 @@ from .quantize import quantize_linears
 from .train import train_answers, train_frontend
 
 log = logging.getLogger(__name__)
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclass
@@ -66,6 +66,7 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
                  cell_px: int, seed: int, tokenizer, progress) -> dict:
     from transformers import SiglipVisionModel
 
+    torch.manual_seed(seed)
     model = build_mllm(preset, zoo.frontend, cell_px, tokenizer)
     model.model.vision_tower.load_state_dict(SiglipVisionModel.from_pretrained(frontend_dir).state_dict())
     domains = list(DOMAINS) if preset.role == "teacher" else ["source"]
@@ -103,6 +104,7 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     fe_dir = root / f"frontend-{fe_key}"
 
     def build_fe(tmp: Path) -> dict:
+        torch.manual_seed(seed)
         fe = build_frontend(zoo.frontend, cell_px)
         metrics = train_frontend(fe, zoo.frontend, cell_px, seed, _progress_factory(progress, "stage A front-end"))
         fe.save_pretrained(tmp)
