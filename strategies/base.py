@@ -35,6 +35,7 @@ from fl_sim.metrics import MetricsLogger
 from fl_sim.models.adapters import load_adapter_state
 from fl_sim.models.evaluate import evaluate
 from fl_sim.wire import from_array_record, payload_bytes, to_array_record
+from fl_sim.world.domains import DOMAINS
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class FleetStrategy(Strategy):
         """Accuracy of each tier's current model per domain, tier-share-weighted domain means, overall."""
         pr = runtime.prompter(self.cfg.cache_dir)
         sets = {d: runtime.split(d, "test", self.cfg.eval.n_test, self.cfg.seed, self.cfg.cache_dir)
-                for d in ("source", "dusk", "novel", "digits")}
+                for d in DOMAINS}
         if self.teacher_acc is None:
             t = evaluate(runtime.base_model(self.ctx.model_paths["teacher"]), pr, sets)
             self.teacher_acc = {d: r["vqa"] for d, r in t.items()}
@@ -260,7 +261,7 @@ class FleetStrategy(Strategy):
                 t3 = time.time()
                 info = self._round_info
                 record = {"round": r, "virtual_time_s": self.clock_s, "available": info["available"],
-                          "sampled": len(info["sampled"]),
+                          "sampled": len(info["sampled"]), "sampled_ids": info["sampled"],
                           **{k: info[k] for k in ("participants", "stragglers", "failed", "uplink_bytes",
                                                   "downlink_bytes", "round_virtual_s", "online_acc", "loss")},
                           "cum_uplink_bytes": self.totals["uplink_bytes"],

@@ -1,0 +1,99 @@
+"""Scale: many registered devices, a sample per round; framework overhead against a plain PyTorch loop.
+
+    python benchmarks/scale.py [--devices 1000] [--per-round 50] [--rounds 3] [--zoo default]
+
+Prints wall time per round, peak RSS (this process plus its Ray workers, sampled every 0.5 s) and the
+overhead ratio: Flower round wall time (send -> all replies) divided by the time the same devices' work
+(``clients.local.run_device_round`` with the same configs) takes in one plain loop in this process.
+Targets (issue 3): peak RSS <= 8 GiB, overhead ratio <= 1.5.
+"""
+
+import argparse
+import tempfile
+import threading
+import time
+
+import psutil
+
+from fl_sim.cli import _quiet_libraries
+
+
+def _rss_tree() -> int:
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--per-round", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--zoo", default="default")
+    ap.add_argument("--strategy", default="fedavg")
+    args = ap.parse_args()
+    _quiet_libraries()
+    import torch
+
+    from clients.local import run_device_round
+    from fl_sim.config import parse_config
+    from fl_sim.metrics import read_results
+    from fl_sim.run import run_experiment
+    from strategies import STRATEGIES
+    from strategies.base import RunContext
+
+    out = tempfile.mkdtemp(prefix="fl-sim-scale-")
+    cfg = parse_config({"name": "scale", "zoo": args.zoo, "rounds": args.rounds, "output_dir": out,
+                        "fleet": {"num_devices": args.devices, "active_fraction": {"low": 1.0, "high": 1.0}},
+                        "strategy": {"name": args.strategy, "clients_per_round": args.per_round,
+                                     "over_commit": 1.0},
+                        "eval": {"n_test": 20, "every": 1000}})
+    peak, stop = [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_tree())
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+    t0 = time.time()
+    run_dir = run_experiment(cfg, quiet=True)
+    total = time.time() - t0
+    stop.set()
+    res = read_results(run_dir)
+
+    # the same devices' work in a plain loop (same configs, initial adapters), 2 threads, one process
+    from fl_sim.fleet import load_trace
+    from fl_sim.models.zoo import pretrain_zoo
+
+    zoo = pretrain_zoo(args.zoo, cache_dir=cfg.cache_dir)
+    fleet = load_trace(run_dir / "fleet.json", list(zoo.tiers))
+    s = STRATEGIES[args.strategy](RunContext(cfg, fleet, {k: str(v) for k, v in zoo.paths.items()}, run_dir,
+                                             cfg.fleet.train_size))
+    s.state = {t: s.initial_state(t) for t in s.tiers}
+    torch.set_num_threads(2)
+    plain = []
+    for rec in res:
+        t = time.time()
+        for dev in rec["sampled_ids"]:
+            run_device_round(s.device_config(fleet[dev], rec["round"]), s.downlink(fleet[dev].tier))
+        plain.append(time.time() - t)
+    print(f"devices {args.devices}, {args.per_round} per round, {args.rounds} rounds, zoo {args.zoo}")
+    for rec, p in zip(res, plain):
+        ratio = rec["wall_s"]["train"] / p
+        print(f"round {rec['round']}: flower train phase {rec['wall_s']['train']:.1f} s, plain loop {p:.1f} s, "
+              f"overhead ratio {ratio:.2f}; whole round {rec['wall_s']['round']:.1f} s")
+    steady = [r["wall_s"]["train"] / p for r, p in zip(res[1:], plain[1:])] or [res[0]["wall_s"]["train"] / plain[0]]
+    print(f"overhead ratio (rounds after the first, which includes worker start-up): "
+          f"{sum(steady) / len(steady):.2f}   target <= 1.5")
+    print(f"peak RSS (driver + Ray workers): {peak[0] / 2**30:.2f} GiB   target <= 8 GiB")
+    print(f"total wall time incl. Ray start and node mapping: {total:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
