@@ -71,7 +71,7 @@ def main():
     from fl_sim.fleet import load_trace
     from fl_sim.models.zoo import pretrain_zoo
 
-    zoo = pretrain_zoo(args.zoo, cache_dir=cfg.cache_dir)
+    zoo = pretrain_zoo(args.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir)
     fleet = load_trace(run_dir / "fleet.json", list(zoo.tiers))
     s = STRATEGIES[args.strategy](RunContext(cfg, fleet, {k: str(v) for k, v in zoo.paths.items()}, run_dir,
                                              cfg.fleet.train_size))

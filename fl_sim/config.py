@@ -52,6 +52,9 @@ class FleetConfig(Section):
 
     @model_validator(mode="after")
     def _domains(self):
+        for key, shares in (("tiers", self.tiers), ("shift_domains", self.shift_domains)):
+            if any(v < 0 for v in shares.values()) or (shares and sum(shares.values()) <= 0):
+                raise ValueError(f"{key} shares must be >= 0 with a positive sum, got {shares}")
         for d in self.shift_domains:
             if d not in DOMAINS:
                 raise ValueError(f"unknown domain {d!r} in shift_domains; allowed: {', '.join(DOMAINS)}")
@@ -91,6 +94,7 @@ class ExperimentConfig(Section):
     seed: int = 0
     rounds: int = Field(3, ge=1)
     zoo: str = "default"
+    zoo_seed: int = Field(0, description="seed the model zoo was pretrained with (independent of the run seed)")
     cache_dir: str | None = None
     output_dir: str = "runs"
     fleet: FleetConfig = FleetConfig()

@@ -109,6 +109,10 @@ def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
                                  for k, v in row.items()})
         except ValueError as exc:
             raise FlSimError(f"fleet trace {path.name} row {n}: {exc}") from None
+        bad = [k for k in ("compute_ms_per_sample", "uplink_kbps", "downlink_kbps", "active_period_s")
+               if getattr(p, k) <= 0]
+        if bad or not 0 < p.active_fraction <= 1:
+            raise FlSimError(f"fleet trace {path.name} row {n}: {bad or ['active_fraction']} out of range")
         if p.tier not in tiers:
             raise FlSimError(f"fleet trace {path.name} row {n}: unknown tier {p.tier!r}; allowed: {', '.join(tiers)}")
         out.append(p)

@@ -25,19 +25,26 @@ class MetricsLogger:
     On resume, ``truncate_after(round)`` drops lines past the last checkpoint so no round is doubled.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, first_round: int = 1):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "results.jsonl"
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            # purge_step drops events of rounds past the checkpoint that an interrupted run had written
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=first_round)
 
     def truncate_after(self, last_round: int) -> None:
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["round"] <= last_round]
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["round"] <= last_round:
+                    keep.append(line)
+            except (ValueError, KeyError):  # a line cut short by a kill
+                continue
         self.path.write_text("".join(k + "\n" for k in keep))
 
     def log(self, record: dict) -> None:

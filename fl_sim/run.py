@@ -53,7 +53,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bo
 
     from .models.zoo import pretrain_zoo
 
-    zoo = pretrain_zoo(cfg.zoo, seed=cfg.seed, cache_dir=cfg.cache_dir, progress=progress)
+    zoo = pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, progress=progress)
     tiers = list(zoo.tiers)
     fleet = make_fleet(cfg.fleet, tiers, cfg.seed)
     run_dir = Path(run_dir or run_dir_for(cfg))
@@ -76,8 +76,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bo
 
     from clients.device import app as client_app
 
-    if os.environ.get("FL_SIM_DEBUG_FLWR"):
-        logging.getLogger("flwr").setLevel(logging.DEBUG)
+    # Flower logs every simulation step at DEBUG; keep the console to our per-round lines
+    logging.getLogger("flwr").setLevel(logging.DEBUG if os.environ.get("FL_SIM_DEBUG_FLWR") else logging.WARNING)
     t0 = time.time()
     try:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(fleet),
@@ -110,6 +110,9 @@ def resume_experiment(run_dir: str | Path, overrides: dict | None = None, **kw) 
     ``overrides`` may change how it runs (e.g. ``rounds``, ``simulation.*``), not what it simulates.
     """
     run_dir = Path(run_dir)
+    for key in overrides or {}:
+        if key != "rounds" and not key.startswith(("simulation.", "eval.")):
+            raise FlSimError(f"cannot change {key!r} when resuming (only rounds, simulation.*, eval.*)")
     if not (run_dir / "config.toml").is_file():
         raise FlSimError(f"not a run directory (no config.toml): {run_dir}")
     return run_experiment(load_config(run_dir / "config.toml", overrides), run_dir=run_dir, **kw)

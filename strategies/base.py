@@ -172,6 +172,7 @@ class FleetStrategy(Strategy):
         losses = [float(m["loss"]) for *_, m in kept if not math.isnan(float(m["loss"]))]
         self._round_info |= {
             "participants": len(kept), "stragglers": len(finished) - len(kept), "failed": failed + missing,
+            "late": len(finished) - len(on_time),
             "uplink_bytes": up_total, "downlink_bytes": down_total, "round_virtual_s": round_s,
             "online_acc": float(np.mean([float(m["online_acc"]) for *_, m in kept])) if kept else float("nan"),
             "loss": float(np.mean(losses)) if losses else float("nan"),
@@ -192,13 +193,13 @@ class FleetStrategy(Strategy):
                 for d in DOMAINS}
         if self.teacher_acc is None:
             t = evaluate(runtime.base_model(self.ctx.model_paths["teacher"]), pr, sets)
-            self.teacher_acc = {d: r["vqa"] for d, r in t.items()}
+            self.teacher_acc = {d: r.get("vqa", float("nan")) for d, r in t.items()}
         per_tier = {}
         for tier in self.tiers:
             model, init = runtime.adapted_model(self.ctx.model_paths[tier], self.s.lora_r)
             state = self.downlink(tier)
             load_adapter_state(model, state if state is not None else init)
-            per_tier[tier] = {d: r["vqa"] for d, r in evaluate(model, pr, sets).items()}
+            per_tier[tier] = {d: r.get("vqa", float("nan")) for d, r in evaluate(model, pr, sets).items()}
         share = {t: sum(p.tier == t for p in self.ctx.fleet) / len(self.ctx.fleet) for t in self.tiers}
         by_domain = {d: sum(share[t] * per_tier[t][d] for t in self.tiers) for d in sets}
         return {"acc": by_domain | {"overall": float(np.mean(list(by_domain.values())))},
@@ -236,13 +237,15 @@ class FleetStrategy(Strategy):
     def run(self, grid) -> None:
         """The experiment: (resume,) map nodes, then ``rounds`` rounds of train/aggregate/evaluate/log."""
         cfg, run_dir = self.cfg, self.ctx.run_dir
-        logger = MetricsLogger(run_dir)
         start = 0
         ck = load_checkpoint(run_dir)
         if ck is not None:
+            if ck[0].get("strategy") != self.name:
+                raise RuntimeError(f"checkpoint in {run_dir} is of strategy {ck[0].get('strategy')!r}, not {self.name!r}")
             start = self.restore(*ck)
         else:
             self.state = {t: self.initial_state(t) for t in self.tiers}
+        logger = MetricsLogger(run_dir, first_round=start + 1)
         logger.truncate_after(start)
         t_map = time.time()
         self.map_nodes(grid)
@@ -262,14 +265,14 @@ class FleetStrategy(Strategy):
                 info = self._round_info
                 record = {"round": r, "virtual_time_s": self.clock_s, "available": info["available"],
                           "sampled": len(info["sampled"]), "sampled_ids": info["sampled"],
-                          **{k: info[k] for k in ("participants", "stragglers", "failed", "uplink_bytes",
+                          **{k: info[k] for k in ("participants", "stragglers", "late", "failed", "uplink_bytes",
                                                   "downlink_bytes", "round_virtual_s", "online_acc", "loss")},
                           "cum_uplink_bytes": self.totals["uplink_bytes"],
                           "cum_downlink_bytes": self.totals["downlink_bytes"],
                           "wall_s": {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t3 - t2}, **ev}
-                save_checkpoint(run_dir, r, self._checkpoint_state(r), self.state)
                 record["wall_s"]["round"] = time.time() - t0
-                logger.log(record)
+                logger.log(record)  # before the checkpoint: a resume re-runs (and truncates) an unsaved round
+                save_checkpoint(run_dir, r, self._checkpoint_state(r), self.state)
                 if self.ctx.on_round:
                     self.ctx.on_round(record)
         finally:

@@ -2,8 +2,8 @@
 
 Devices have no labels in the real setting, so by default (``strategy.labels = "pseudo"``) they
 self-train on their own answers; ``labels = "oracle"`` uses the true answers (an optimistic baseline).
-Aggregation is the sample-weighted mean of the kept devices' adapter states, separately per tier
-(tiers have different architectures). Inherits the loop and averaging from ``FleetStrategy``.
+Aggregation is the mean of the kept devices' adapter states weighted by samples trained (equal weights
+when every device runs the same local steps), separately per tier (tiers differ in architecture). Inherits the loop and averaging from ``FleetStrategy``.
 """
 
 from strategies.base import FleetStrategy

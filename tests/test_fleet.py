@@ -86,10 +86,12 @@ def test_sampling_is_deterministic_and_respects_availability(tmp_path):
     fleet = make_fleet(cfg.fleet, ["tiny-high", "tiny-low"], cfg.seed)
     s1 = FedAvg(RunContext(cfg, fleet, {}, tmp_path, 100))
     s2 = FedAvg(RunContext(cfg, fleet, {}, tmp_path, 100))
-    for r in (1, 2, 3):
+    for r, clock in ((1, 0.0), (2, 700.0), (3, 1900.0)):
+        s1.clock_s = s2.clock_s = clock
         a, n_av = s1.sample(r)
         b, _ = s2.sample(r)
         assert [p.device_id for p in a] == [p.device_id for p in b]
-        assert len(a) == 7 and all(p.available(s1.clock_s) for p in a)  # ceil(5 * 1.3)
-        assert n_av == sum(p.available(0.0) for p in fleet)
+        assert len(a) == 7 and all(p.available(clock) for p in a)  # ceil(5 * 1.3)
+        assert n_av == sum(p.available(clock) for p in fleet) < len(fleet)
+    s1.clock_s = 0.0
     assert [p.device_id for p in s1.sample(1)[0]] != [p.device_id for p in s1.sample(2)[0]]
