@@ -55,7 +55,8 @@ def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tupl
     data = draw_samples(cfg)
     preds = answer(model, pr, data["image"], data["question"], max_new_tokens=28)
     vqa = data["family"] != "caption"
-    online_acc = float(np.mean([p == a for p, a in zip(np.asarray(preds)[vqa], data["answer"][vqa])])) if vqa.any() else 0.0
+    online_acc = (float(np.mean([p == a for p, a in zip(np.asarray(preds)[vqa], data["answer"][vqa])]))
+                  if vqa.any() else float("nan"))
     metrics = {"n_infer": len(preds), "n_train": 0, "online_acc": online_acc, "loss": float("nan")}
     if cfg["local_steps"] <= 0:
         metrics["wall_s"] = time.time() - t0

@@ -174,7 +174,8 @@ class FleetStrategy(Strategy):
             "participants": len(kept), "stragglers": len(finished) - len(kept), "failed": failed + missing,
             "late": len(finished) - len(on_time),
             "uplink_bytes": up_total, "downlink_bytes": down_total, "round_virtual_s": round_s,
-            "online_acc": float(np.mean([float(m["online_acc"]) for *_, m in kept])) if kept else float("nan"),
+            "online_acc": (float(np.nanmean([float(m["online_acc"]) for *_, m in kept]))
+                           if kept and any(not math.isnan(float(m["online_acc"])) for *_, m in kept) else float("nan")),
             "loss": float(np.mean(losses)) if losses else float("nan"),
         }
         return None, MetricRecord({"participants": len(kept)})
@@ -247,6 +248,7 @@ class FleetStrategy(Strategy):
             self.state = {t: self.initial_state(t) for t in self.tiers}
         logger = MetricsLogger(run_dir, first_round=start + 1)
         logger.truncate_after(start)
+        self.summary()
         t_map = time.time()
         self.map_nodes(grid)
         log.info("mapped %d nodes in %.1f s", len(self.node_of), time.time() - t_map)
