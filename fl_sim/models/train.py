@@ -89,7 +89,7 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
         lab = _cell_labels(held)
         acc = {name: float((lg.argmax(-1) == lab[..., k]).float().mean())
                for k, (name, lg) in enumerate(zip(["shape", "colour", "size", "row", "column"], forward(held)))}
-    return {"seconds": time.time() - t0, "steps": fe.steps, "final_loss": float(loss), "cell_accuracy": acc}
+    return {"seconds": time.time() - t0, "steps": fe.steps, "final_loss": loss.item(), "cell_accuracy": acc}
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
