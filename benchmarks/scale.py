@@ -62,7 +62,7 @@ def main():
 
     threading.Thread(target=watch, daemon=True).start()
     t0 = time.time()
-    run_dir = run_experiment(cfg, quiet=True)
+    run_dir = run_experiment(cfg)
     total = time.time() - t0
     stop.set()
     res = read_results(run_dir)
@@ -73,8 +73,7 @@ def main():
 
     zoo = pretrain_zoo(args.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir)
     fleet = load_trace(run_dir / "fleet.json", list(zoo.tiers))
-    s = STRATEGIES[args.strategy](RunContext(cfg, fleet, {k: str(v) for k, v in zoo.paths.items()}, run_dir,
-                                             cfg.fleet.train_size))
+    s = STRATEGIES[args.strategy](RunContext(cfg, fleet, {k: str(v) for k, v in zoo.paths.items()}, run_dir))
     s.state = {t: s.initial_state(t) for t in s.tiers}
     torch.set_num_threads(2)
     plain = []

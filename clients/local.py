@@ -6,8 +6,6 @@ baseline in ``benchmarks/scale.py``, so both measure the very same work.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -44,7 +42,6 @@ def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tupl
     labels ("pseudo" = own answers, "oracle" = true answers), proximal_mu, crash_prob and data settings.
     ``adapter`` is the adapter state the device runs (``None`` = its base model).
     """
-    t0 = time.time()
     rng = device_rng(cfg["seed"], cfg["device_id"], cfg["round"], 2)
     if cfg.get("crash_prob", 0.0) > 0 and rng.random() < cfg["crash_prob"]:
         raise DeviceCrash(f"device {cfg['device_id']} crashed in round {cfg['round']} (simulated)")
@@ -59,7 +56,6 @@ def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tupl
                   if vqa.any() else float("nan"))
     metrics = {"n_infer": len(preds), "n_train": 0, "online_acc": online_acc, "loss": float("nan")}
     if cfg["local_steps"] <= 0:
-        metrics["wall_s"] = time.time() - t0
         return None, metrics
     targets = list(preds) if cfg["labels"] == "pseudo" else list(data["answer"])
     params = trainable_parameters(model)
@@ -81,6 +77,5 @@ def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tupl
         opt.step()
         losses.append(float(loss))
     model.eval()
-    metrics |= {"n_train": cfg["local_steps"] * min(cfg["batch_size"], n), "loss": float(np.mean(losses)),
-                "wall_s": time.time() - t0}
+    metrics |= {"n_train": cfg["local_steps"] * min(cfg["batch_size"], n), "loss": float(np.mean(losses))}
     return adapter_state(model), metrics

@@ -125,11 +125,11 @@ def cmd_run(args) -> int:
     t0 = time.time()
     with _progress(args.quiet) as p:
         if args.resume:
-            run_dir = resume_experiment(args.resume, on_round=on_round, progress=p, quiet=args.quiet,
+            run_dir = resume_experiment(args.resume, on_round=on_round, progress=p,
                                         overrides=overrides)
         else:
             cfg = load_config(args.config, overrides)
-            run_dir = run_experiment(cfg, quiet=args.quiet, on_round=on_round, progress=p)
+            run_dir = run_experiment(cfg, on_round=on_round, progress=p)
     print(f"run finished in {time.time() - t0:.0f} s: results in {run_dir}/results.jsonl")
     print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0

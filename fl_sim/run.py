@@ -38,7 +38,7 @@ def backend_config(cfg: ExperimentConfig) -> dict:
     return {"client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": 0.0}, "init_args": init}
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bool = False,
+def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
                    on_round=None, progress=None) -> Path:
     """Run (or continue, if ``run_dir`` holds a checkpoint) ``cfg``; returns the run directory."""
     for k, v in RAY_FAIL_FAST.items():
@@ -61,7 +61,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, quiet: bo
     (run_dir / "config.toml").write_text(to_toml(cfg))
     save_trace(fleet, run_dir / "fleet.json")
     ctx = RunContext(cfg=cfg, fleet=fleet, model_paths={k: str(v) for k, v in zoo.paths.items()}, run_dir=run_dir,
-                     train_size=cfg.fleet.train_size, quiet=quiet, on_round=on_round)
+                     on_round=on_round)
     strategy = STRATEGIES[cfg.strategy.name](ctx)
     errors: list[BaseException] = []
     server_app = ServerApp()

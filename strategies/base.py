@@ -47,8 +47,6 @@ class RunContext:
     fleet: list[DeviceProfile]
     model_paths: dict[str, str]  # tier -> checkpoint dir (and "teacher")
     run_dir: Path
-    train_size: int
-    quiet: bool = True
     abort: threading.Event = field(default_factory=threading.Event)
     on_round: object = None  # callable(record) for console progress
 
@@ -116,7 +114,7 @@ class FleetStrategy(Strategy):
         return {"device_id": p.device_id, "round": server_round, "seed": self.cfg.seed, "tier": p.tier,
                 "domain": p.domain_at(server_round), "model_path": self.ctx.model_paths[p.tier],
                 "lora_r": self.s.lora_r, "batch_size": self.s.batch_size, "lr": self.s.lr, "labels": self.s.labels,
-                "samples_per_round": f.samples_per_round, "train_size": self.ctx.train_size,
+                "samples_per_round": f.samples_per_round, "train_size": f.train_size,
                 "num_devices": len(self.ctx.fleet), "partition": f.partition, "partition_by": f.partition_by,
                 "alpha": f.dirichlet_alpha, "crash_prob": f.crash_prob, "cache_dir": self.cfg.cache_dir or "",
                 "threads": sim.threads_per_client} | self.device_settings()

@@ -84,8 +84,8 @@ def test_sampling_is_deterministic_and_respects_availability(tmp_path):
 
     cfg = parse_config({"zoo": "tiny", "seed": 3, "fleet": {"num_devices": 40}, "strategy": {"clients_per_round": 5}})
     fleet = make_fleet(cfg.fleet, ["tiny-high", "tiny-low"], cfg.seed)
-    s1 = FedAvg(RunContext(cfg, fleet, {}, tmp_path, 100))
-    s2 = FedAvg(RunContext(cfg, fleet, {}, tmp_path, 100))
+    s1 = FedAvg(RunContext(cfg, fleet, {}, tmp_path))
+    s2 = FedAvg(RunContext(cfg, fleet, {}, tmp_path))
     for r, clock in ((1, 0.0), (2, 700.0), (3, 1900.0)):
         s1.clock_s = s2.clock_s = clock
         a, n_av = s1.sample(r)

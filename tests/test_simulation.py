@@ -27,7 +27,7 @@ def _cfg(tmp_path, cache_dir, **over):
 @pytest.fixture(scope="module")
 def fedavg_run(tmp_path_factory, cache_dir, tiny_zoo):
     tmp = tmp_path_factory.mktemp("sim")
-    run_dir = run_experiment(_cfg(tmp, cache_dir), quiet=True)
+    run_dir = run_experiment(_cfg(tmp, cache_dir))
     return tmp, run_dir, read_results(run_dir)
 
 
@@ -74,7 +74,7 @@ def test_bytes_equal_serialized_payloads(fedavg_run, cache_dir):
     from fl_sim.models.zoo import pretrain_zoo
 
     zoo = pretrain_zoo("tiny", seed=cfg.zoo_seed, cache_dir=cache_dir)
-    s = FedAvg(RunContext(cfg, fleet, {k: str(v) for k, v in zoo.paths.items()}, run_dir, 64))
+    s = FedAvg(RunContext(cfg, fleet, {k: str(v) for k, v in zoo.paths.items()}, run_dir))
     s.state = {t: s.initial_state(t) for t in s.tiers}
     chosen, _ = s.sample(1)
     expected = 0
@@ -96,7 +96,7 @@ def test_resume_equals_uninterrupted(fedavg_run, cache_dir, tmp_path):
     cut = tmp_path / "cut"
     shutil.copytree(run_dir, cut)
     shutil.rmtree(cut / "checkpoint" / "round-00002")
-    resume_experiment(cut, quiet=True)
+    resume_experiment(cut)
     resumed = read_results(cut)
     assert [r["round"] for r in resumed] == [1, 2]
     for a, b in zip(full, resumed):
@@ -107,7 +107,7 @@ def test_resume_equals_uninterrupted(fedavg_run, cache_dir, tmp_path):
 
 def test_failing_devices_are_counted_and_round_goes_on(tmp_path, cache_dir, tiny_zoo):
     cfg = _cfg(tmp_path, cache_dir, **{"strategy.name": "source-only", "fleet.crash_prob": 0.5, "rounds": 2})
-    res = read_results(run_experiment(cfg, quiet=True))
+    res = read_results(run_experiment(cfg))
     assert [r["round"] for r in res] == [1, 2]
     assert sum(r["failed"] for r in res) >= 1
     assert all(r["participants"] + r["failed"] == r["sampled"] for r in res)
