@@ -7,6 +7,9 @@ Messages it handles:
 ``train``  content ``config`` (ConfigRecord: the device's round settings) and optionally ``adapter``
            (ArrayRecord: the adapter state to run). Replies ``metrics`` (MetricRecord) and, if the
            device adapted, ``adapter`` (its new adapter state).
+           With ``config["mode"] == "cdcca"`` the downlink is ``dwc_full`` (a dense refresh) or
+           ``dwc_chain`` (DWC payloads; array ``"<i>/<name>"`` is array ``name`` of the i-th payload) and
+           the reply carries ``upload`` (the UTS upload arrays) instead of an adapter.
 
 Per-device state lives on the server side (adapters are shared per tier and version), so
 ``Context.state`` stays empty; base models are cached per worker process by tier.
@@ -14,7 +17,7 @@ Per-device state lives on the server side (adapters are shared per tier and vers
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 app = ClientApp()  # heavy imports (torch, transformers) happen on the first train message, not at load
@@ -35,9 +38,30 @@ def train(msg: Message, context: Context) -> Message:
 
     cfg = dict(msg.content["config"])
     torch.set_num_threads(int(cfg.get("threads", 1)))
+    if cfg.get("mode") == "cdcca":
+        return _cdcca(msg, cfg)
     adapter = from_array_record(msg.content["adapter"]) if "adapter" in msg.content else None
     new_state, metrics = run_device_round(cfg, adapter)
     content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
     if new_state is not None:
         content["adapter"] = to_array_record(new_state)
+    return Message(content, reply_to=msg)
+
+
+def _cdcca(msg: Message, cfg: dict) -> Message:
+    from clients.local import run_cdcca_round
+    from fl_sim.wire import from_array_record
+
+    downlink = None
+    if "dwc_full" in msg.content:
+        downlink = {"full": from_array_record(msg.content["dwc_full"])}
+    elif "dwc_chain" in msg.content:
+        chain: dict[int, dict] = {}
+        for key, arr in msg.content["dwc_chain"].items():
+            i, name = key.split("/", 1)
+            chain.setdefault(int(i), {})[name] = arr.numpy()
+        downlink = {"chain": [chain[i] for i in sorted(chain)]}
+    upload, metrics = run_cdcca_round(cfg, downlink)
+    content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
+                          "upload": ArrayRecord({k: Array(v) for k, v in upload.items()})})
     return Message(content, reply_to=msg)

@@ -35,11 +35,20 @@ def draw_samples(cfg: dict) -> dict:
     return {k: rows[k] for k in ("image", "question", "answer", "family")}
 
 
+def answer_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` mean entropy of the next-token distributions at the answer positions (TENT's objective)."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    mask = (labels[:, 1:] != -100).float()
+    return (ent * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
 def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tuple[dict | None, dict]:
     """One device round. Returns ``(new adapter state or None, metrics)``.
 
     ``cfg`` holds: device_id, round, seed, domain, model_path, lora_r, local_steps, batch_size, lr,
-    labels ("pseudo" = own answers, "oracle" = true answers), proximal_mu, crash_prob and data settings.
+    labels ("pseudo" = own answers, "oracle" = true answers), proximal_mu, objective ("ce", or "entropy"
+    for TENT), crash_prob and data settings.
     ``adapter`` is the adapter state the device runs (``None`` = its base model).
     """
     rng = device_rng(cfg["seed"], cfg["device_id"], cfg["round"], 2)
@@ -69,7 +78,10 @@ def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tupl
         batch = pr.train_batch([data["question"][i] for i in sel], [targets[i] for i in sel])
         labels = batch.pop("labels")
         logits = model(**batch, pixel_values=pr.pixels(data["image"][sel])).logits
-        loss = per_sample_loss(logits, labels).mean()
+        if cfg.get("objective", "ce") == "entropy":  # TENT: minimise the entropy of the own answers
+            loss = answer_entropy(logits, labels).mean()
+        else:
+            loss = per_sample_loss(logits, labels).mean()
         if anchor is not None:  # FedProx proximal term
             loss = loss + cfg["proximal_mu"] / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
         opt.zero_grad()
@@ -79,3 +91,115 @@ def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tupl
     model.eval()
     metrics |= {"n_train": cfg["local_steps"] * min(cfg["batch_size"], n), "loss": float(np.mean(losses))}
     return adapter_state(model), metrics
+
+
+# ---------------------------------------------------------------- CD-CCA devices: apply DWC, run UTS
+def held_weights(cfg: dict, initial: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
+    """The adapter weights a device at ``version`` holds (version 0 = the tier's initial adapters).
+
+    Devices of one tier at one version hold identical weights, so they are stored once per tier and
+    version (``<dwc_dir>/<tier>/w<version>.safetensors``) instead of once per device.
+    """
+    if version == 0:
+        return {k: v.clone() for k, v in initial.items()}
+    from safetensors.torch import load_file
+
+    return load_file(f"{cfg['dwc_dir']}/{cfg['tier']}/w{version}.safetensors")
+
+
+def apply_downlink(cfg: dict, initial: dict, downlink: dict | None) -> tuple[dict, int, str]:
+    """``(weights, version, rejection reason or "")`` after applying this round's downlink.
+
+    ``downlink`` is ``{"full": state}`` (a dense refresh to ``target_version``) or ``{"chain": [payload,
+    ...]}`` (DWC payloads taking ``held_version`` to ``target_version``, applied in order). A malformed
+    downlink is rejected as a whole: the device keeps what it held.
+    """
+    from fl_sim import dwc
+
+    u, v = int(cfg["held_version"]), int(cfg["target_version"])
+    held = held_weights(cfg, initial, u)
+    if not downlink:
+        return held, u, ""
+    try:
+        if "full" in downlink:
+            full = downlink["full"]
+            if set(full) != set(held) or any(full[k].shape != held[k].shape for k in held):
+                raise dwc.PayloadError("full refresh does not match the adapter's tensors")
+            if any(not torch.isfinite(t).all() for t in full.values()):
+                raise dwc.PayloadError("full refresh contains NaN or inf")
+            return full, v, ""
+        w = held
+        if len(downlink["chain"]) != v - u:
+            raise dwc.PayloadError(f"{len(downlink['chain'])} payloads for versions {u}->{v}")
+        for payload in downlink["chain"]:
+            w = dwc.apply(w, dwc.decode(payload, w))
+        return w, v, ""
+    except dwc.PayloadError as exc:
+        return held, u, str(exc)
+
+
+def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict]:
+    """One CD-CCA device round: apply the downlink, answer the stream, upload what UTS selects.
+
+    Returns ``(upload arrays, metrics)``. The device does not train: adaptation happens in the cloud.
+    """
+    from fl_sim import uts
+    from fl_sim.models.mllm import _llava, answer_with_stats, visual_tokens
+
+    rng = device_rng(cfg["seed"], cfg["device_id"], cfg["round"], 2)
+    if cfg.get("crash_prob", 0.0) > 0 and rng.random() < cfg["crash_prob"]:
+        raise DeviceCrash(f"device {cfg['device_id']} crashed in round {cfg['round']} (simulated)")
+    model, initial = runtime.adapted_model(cfg["model_path"], cfg["lora_r"])
+    weights, version, rejected = apply_downlink(cfg, initial, downlink)
+    load_adapter_state(model, weights)
+    pr = runtime.prompter(cfg["cache_dir"] or None)
+    data = draw_samples(cfg)
+    vis = visual_tokens(model, pr.pixels(data["image"]))
+    preds, stats = answer_with_stats(model, pr, vis, data["question"], max_new_tokens=28)
+    vqa = data["family"] != "caption"
+    online_acc = (float(np.mean([p == a for p, a in zip(np.asarray(preds)[vqa], data["answer"][vqa])]))
+                  if vqa.any() else float("nan"))
+    # stage 1: which samples
+    if cfg["uts_method"] == "off":
+        kept = np.arange(len(preds))
+    else:
+        unc = uts.sample_uncertainty(stats, cfg["uts_method"], rng)
+        kept = uts.select_samples(unc, cfg["uts_budget"], cfg.get("uts_min_uncertainty"))
+    questions = [pr.words(str(data["question"][i])) for i in kept]
+    if cfg["uts_upload"] == "images":
+        upload = uts.encode_upload(questions, images=np.asarray(data["image"])[kept])
+    else:
+        # stage 2: which visual tokens of those samples
+        v = vis[torch.as_tensor(kept, dtype=torch.long)]
+        if cfg["uts_tokens"] == "off" or len(kept) == 0:
+            mask = torch.ones(v.shape[:2], dtype=torch.bool)
+        else:
+            if cfg["uts_tokens"] == "mc_dropout":
+                g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+                scores = uts.token_uncertainty_mc(_llava(model).model.multi_modal_projector, v,
+                                                  cfg["uts_mc_passes"], cfg["uts_mc_p"], g)
+            else:
+                scores = uts.token_uncertainty_novelty(v, runtime.reference_token(cfg["model_path"],
+                                                                                  cfg["cache_dir"] or None))
+            mask = uts.select_tokens(scores, cfg["uts_keep_tokens"])
+        upload = uts.encode_upload(questions, vis=v, mask=mask)
+    if cfg.get("corrupt_prob", 0.0) > 0 and rng.random() < cfg["corrupt_prob"]:
+        upload = corrupt(upload, rng)
+    metrics = {"n_infer": len(preds), "n_train": 0, "online_acc": online_acc, "loss": float("nan"),
+               "uploaded": len(kept), "version": version, "downlink_rejected": int(bool(rejected))}
+    return upload, metrics
+
+
+def corrupt(upload: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Fault injection (``fleet.corrupt_prob``): a truncated, NaN-poisoned or mis-shaped upload."""
+    out = dict(upload)
+    key = "images" if "images" in out else "tokens"
+    kind = int(rng.integers(3))
+    if kind == 0:
+        out[key] = out[key].reshape(-1)[:-1]
+    elif kind == 1 and key == "tokens" and out[key].size:
+        out[key] = out[key].copy()
+        out[key].reshape(-1)[0] = np.nan
+    else:
+        out["q_len"] = np.concatenate([out["q_len"], np.asarray([3], np.uint8)])
+    return out

@@ -100,6 +100,15 @@ def _set_overrides(items: list[str]) -> dict:
     return out
 
 
+def _print_round(rec) -> None:
+    acc = rec.get("acc", {})
+    accs = " ".join(f"{d}={100 * v:.1f}" for d, v in acc.items())
+    print(f"round {rec['round']:>3}  t={rec['virtual_time_s']:8.1f}s  devices={rec['participants']}"
+          f"/{rec['sampled']} (stragglers {rec['stragglers']}, failed {rec['failed']})  "
+          f"up={rec['cum_uplink_bytes'] / 1e6:.2f}MB down={rec['cum_downlink_bytes'] / 1e6:.2f}MB  "
+          f"acc% {accs}  [{rec['wall_s']['round']:.1f}s]", flush=True)
+
+
 def cmd_run(args) -> int:
     from .config import load_config
     from .run import resume_experiment, run_experiment
@@ -112,15 +121,7 @@ def cmd_run(args) -> int:
     if args.ray_address:
         overrides["simulation.ray_address"] = args.ray_address
 
-    def on_round(rec):
-        if args.quiet:
-            return
-        acc = rec.get("acc", {})
-        accs = " ".join(f"{d}={100 * v:.1f}" for d, v in acc.items())
-        print(f"round {rec['round']:>3}  t={rec['virtual_time_s']:8.1f}s  devices={rec['participants']}"
-              f"/{rec['sampled']} (stragglers {rec['stragglers']}, failed {rec['failed']})  "
-              f"up={rec['cum_uplink_bytes'] / 1e6:.2f}MB down={rec['cum_downlink_bytes'] / 1e6:.2f}MB  "
-              f"acc% {accs}  [{rec['wall_s']['round']:.1f}s]", flush=True)
+    on_round = None if args.quiet else _print_round
 
     t0 = time.time()
     with _progress(args.quiet) as p:
@@ -163,7 +164,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (e.g. auto)")
     p.add_argument("--quiet", action="store_true", help="no per-round lines or progress bars")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", help="run a grid of strategies x seeds on one fleet and write report.md")
+    p.add_argument("config", help="comparison TOML file (e.g. experiments/compare.toml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of every run, e.g. rounds=4")
+    p.add_argument("--quiet", action="store_true", help="no per-round lines or progress bars")
+    p.set_defaults(func=cmd_compare)
     return ap
+
+
+def cmd_compare(args) -> int:
+    from .compare import run_compare
+
+    overrides = _set_overrides(args.set)
+
+    def on_run(i, n, label, seed, state):
+        if not args.quiet:
+            print(f"[{i + 1}/{n}] {label} seed {seed}: {'already complete' if state == 'done' else 'running'}",
+                  flush=True)
+
+    t0 = time.time()
+    with _progress(args.quiet) as p:
+        out = run_compare(args.config, overrides, on_run=on_run, on_round=None if args.quiet else _print_round,
+                          progress=p)
+    print(f"comparison finished in {time.time() - t0:.0f} s: report in {out}/report.md")
+    print(f"TensorBoard: tensorboard --logdir {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import FlSimError
+from .akd import AKDConfig
+from .dwc import DWCConfig
+from .uts import UTSConfig
 from .world.domains import DOMAINS, SHIFTED
 
 
@@ -49,6 +52,7 @@ class FleetConfig(Section):
     trace: str | None = Field(None, description="CSV or JSON file of device profiles (overrides the draws)")
     train_size: int = Field(2000, ge=1, description="train-split samples per domain, shared out among devices")
     crash_prob: float = Field(0.0, ge=0, le=1, description="chance a device raises during a round (fault injection)")
+    corrupt_prob: float = Field(0.0, ge=0, le=1, description="chance a CD-CCA upload is malformed (fault injection)")
 
     @model_validator(mode="after")
     def _domains(self):
@@ -74,6 +78,9 @@ class StrategyConfig(Section):
     labels: Literal["pseudo", "oracle"] = "pseudo"
     proximal_mu: float = Field(0.01, ge=0)
     lora_r: int = Field(8, ge=1)
+    uts: UTSConfig = UTSConfig()
+    akd: AKDConfig = AKDConfig()
+    dwc: DWCConfig = DWCConfig()
 
 
 class EvalConfig(Section):

@@ -50,3 +50,18 @@ def device_pools(domain: str, n: int, seed: int, cache_dir: str | None, num_devi
     ds = ds.add_column("row", np.arange(len(ds)))
     parts = partition(ds, num_devices, by=by, alpha=alpha, seed=seed, kind=kind)
     return tuple(np.asarray(p["row"], np.int64) for p in parts)
+
+
+@lru_cache(maxsize=8)
+def reference_token(model_path: str, cache_dir: str | None) -> torch.Tensor:
+    """``(D_vision,)`` mean visual token of the shared front-end over 256 fixed source images.
+
+    Device and cloud compute the same vector (the front-end is shared and frozen): the device scores
+    token novelty against it, the cloud fills tokens that were not uploaded with it.
+    """
+    from .models.mllm import visual_tokens
+
+    ds = split("source", "train", 256, 0, cache_dir)
+    with torch.no_grad():
+        vis = visual_tokens(base_model(model_path), prompter(cache_dir).pixels(np.asarray(ds["image"])))
+    return vis.mean((0, 1))

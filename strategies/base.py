@@ -80,6 +80,7 @@ class FleetStrategy(Strategy):
         self.totals = {"uplink_bytes": 0, "downlink_bytes": 0}
         self.teacher_acc: dict | None = None
         self._round_info: dict = {}
+        self._tier_records: dict = {}
 
     # ----------------------------------------------------------------- hooks for subclasses
     def downlink(self, tier: str) -> dict[str, torch.Tensor] | None:
@@ -91,6 +92,28 @@ class FleetStrategy(Strategy):
     def aggregate(self, tier: str, updates: list[tuple[dict[str, torch.Tensor], float]]) -> None:
         total = sum(w for _, w in updates)
         self.state[tier] = {k: sum(sd[k] * (w / total) for sd, w in updates) for k in updates[0][0]}
+
+    def update(self, server_round: int, kept: list, replied: list) -> dict:
+        """Absorb the round: ``kept`` and ``replied`` (kept + stragglers) are ``[(device, reply, metrics)]``.
+
+        Default: per-tier weighted mean of the kept devices' adapters. Returns extra metrics to log.
+        """
+        by_tier: dict[str, list] = {}
+        for dev, rep, m in kept:
+            if "adapter" in rep.content:
+                by_tier.setdefault(self.ctx.fleet[dev].tier, []).append(
+                    (from_array_record(rep.content["adapter"]), float(m["n_train"]) or 1.0))
+        for tier, updates in by_tier.items():
+            self.aggregate(tier, updates)
+        return {}
+
+    def device_weights(self, tier: str) -> dict[str, torch.Tensor] | None:
+        """The adapter state a device of ``tier`` runs now (what evaluation measures)."""
+        return self.downlink(tier)
+
+    def init_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Server state at round 0 (tensor groups, checkpointed every round): one adapter state per tier."""
+        return {t: self.initial_state(t) for t in self.tiers}
 
     def initial_state(self, tier: str) -> dict[str, torch.Tensor]:
         _, init = runtime.adapted_model(self.ctx.model_paths[tier], self.s.lora_r)
@@ -119,14 +142,22 @@ class FleetStrategy(Strategy):
                 "alpha": f.dirichlet_alpha, "crash_prob": f.crash_prob, "cache_dir": self.cfg.cache_dir or "",
                 "threads": sim.threads_per_client} | self.device_settings()
 
+    def downlink_records(self, p: DeviceProfile, server_round: int) -> dict:
+        """Records sent to device ``p`` besides its config (default: its tier's adapter state, if any)."""
+        if p.tier not in self._tier_records:
+            sd = self.downlink(p.tier)
+            self._tier_records[p.tier] = to_array_record(sd) if sd is not None else None
+        rec = self._tier_records[p.tier]
+        return {"adapter": rec} if rec is not None else {}
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> list[Message]:
         chosen, n_available = self.sample(server_round)
-        records = {t: (to_array_record(sd) if (sd := self.downlink(t)) is not None else None) for t in self.tiers}
+        self._tier_records = {}  # one record per tier, shared by its devices
         messages, down = [], {}
         for p in chosen:
             content = RecordDict({"config": ConfigRecord(self.device_config(p, server_round))})
-            if records[p.tier] is not None:
-                content["adapter"] = records[p.tier]
+            for key, rec in self.downlink_records(p, server_round).items():
+                content[key] = rec
             down[p.device_id] = payload_bytes(content)
             messages.append(Message(content=content, dst_node_id=self.node_of[p.device_id],
                                     message_type=MessageType.TRAIN, group_id=str(server_round)))
@@ -156,15 +187,10 @@ class FleetStrategy(Strategy):
         # the round ends when the K fastest are in; if fewer make it, the server waits out the deadline
         target = min(self.s.clients_per_round, len(info["sampled"]))
         round_s = max(f[0] for f in kept) if kept and len(kept) >= target else self.s.deadline_s
-        by_tier: dict[str, list] = {}
-        for _, dev, rep, m in kept:
-            if "adapter" in rep.content:
-                by_tier.setdefault(self.ctx.fleet[dev].tier, []).append(
-                    (from_array_record(rep.content["adapter"]), float(m["n_train"]) or 1.0))
-        for tier, updates in by_tier.items():
-            self.aggregate(tier, updates)
+        extra = self.update(server_round, [(dev, rep, m) for _, dev, rep, m in kept],
+                            [(dev, rep, m) for _, dev, rep, m in finished])
         down_total = sum(info["down"].values())
-        self.clock_s += round_s
+        self.clock_s += round_s + extra.get("cloud_s", 0.0)  # cloud work (if any) follows the uploads
         self.totals["uplink_bytes"] += up_total
         self.totals["downlink_bytes"] += down_total
         losses = [float(m["loss"]) for *_, m in kept if not math.isnan(float(m["loss"]))]
@@ -174,7 +200,7 @@ class FleetStrategy(Strategy):
             "uplink_bytes": up_total, "downlink_bytes": down_total, "round_virtual_s": round_s,
             "online_acc": (float(np.nanmean([float(m["online_acc"]) for *_, m in kept]))
                            if kept and any(not math.isnan(float(m["online_acc"])) for *_, m in kept) else float("nan")),
-            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "loss": float(np.mean(losses)) if losses else float("nan"), "extra": extra,
         }
         return None, MetricRecord({"participants": len(kept)})
 
@@ -196,7 +222,7 @@ class FleetStrategy(Strategy):
         per_tier = {}
         for tier in self.tiers:
             model, init = runtime.adapted_model(self.ctx.model_paths[tier], self.s.lora_r)
-            state = self.downlink(tier)
+            state = self.device_weights(tier)
             load_adapter_state(model, state if state is not None else init)
             per_tier[tier] = {d: r.get("vqa", float("nan")) for d, r in evaluate(model, pr, sets).items()}
         share = {t: sum(p.tier == t for p in self.ctx.fleet) / len(self.ctx.fleet) for t in self.tiers}
@@ -243,7 +269,7 @@ class FleetStrategy(Strategy):
                 raise RuntimeError(f"checkpoint in {run_dir} is of strategy {ck[0].get('strategy')!r}, not {self.name!r}")
             start = self.restore(*ck)
         else:
-            self.state = {t: self.initial_state(t) for t in self.tiers}
+            self.state = self.init_state()
         logger = MetricsLogger(run_dir, first_round=start + 1)
         logger.truncate_after(start)
         self.summary()
@@ -269,7 +295,8 @@ class FleetStrategy(Strategy):
                                                   "downlink_bytes", "round_virtual_s", "online_acc", "loss")},
                           "cum_uplink_bytes": self.totals["uplink_bytes"],
                           "cum_downlink_bytes": self.totals["downlink_bytes"],
-                          "wall_s": {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t3 - t2}, **ev}
+                          "wall_s": {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t3 - t2},
+                          **info["extra"], **ev}
                 record["wall_s"]["round"] = time.time() - t0
                 logger.log(record)  # before the checkpoint: a resume re-runs (and truncates) an unsaved round
                 save_checkpoint(run_dir, r, self._checkpoint_state(r), self.state)

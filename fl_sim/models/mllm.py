@@ -140,3 +140,68 @@ def answer(model, prompter: Prompter, images, questions, max_new_tokens: int = 6
             for i, row in zip(chunk, gen[:, ids.shape[1]:]):
                 out[i] = prompter.decode(row)
     return out
+
+
+# ---------------------------------------------------------------- visual tokens as a common currency
+def _llava(model):
+    """The ``LlavaForConditionalGeneration`` inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@torch.no_grad()
+def visual_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``(B, N, D_vision)`` features of the shared frozen front-end: what the projector consumes."""
+    tower = _llava(model).model.vision_tower
+    return tower(pixel_values, output_hidden_states=True).hidden_states[-1]
+
+
+def embed_with_tokens(model, input_ids: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+    """Input embeddings with the ``<image>`` placeholders replaced by ``projector(vis)``.
+
+    Equals what ``model(input_ids, pixel_values)`` builds internally when ``vis = visual_tokens(pixels)``,
+    but lets the cloud run a model on uploaded (possibly partial) visual tokens instead of images.
+    """
+    llava = _llava(model)
+    emb = llava.get_input_embeddings()(input_ids)
+    feats = llava.model.multi_modal_projector(vis.to(emb.dtype))
+    mask = (input_ids == llava.config.image_token_index).unsqueeze(-1).expand_as(emb)
+    return emb.masked_scatter(mask, feats)
+
+
+@torch.no_grad()
+def answer_with_stats(model, prompter: Prompter, vis: torch.Tensor, questions, max_new_tokens: int = 6,
+                      batch_size: int = 256) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Greedy answers from visual tokens, with per-sample uncertainty statistics of the generated answer.
+
+    ``confidence``: product over generated tokens (up to and including ``<eos>``) of the max probability
+    (the CD-CCA score); ``entropy``: mean token entropy; ``margin``: mean gap between the top two
+    probabilities.
+    """
+    model.eval()
+    prompts = [prompter.prompt(str(q)) for q in questions]
+    n = len(prompts)
+    out: list[str] = [""] * n
+    stats = {k: np.zeros(n) for k in ("confidence", "entropy", "margin")}
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    for idx in by_len.values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            ids = torch.tensor([prompts[i] for i in chunk])
+            emb = embed_with_tokens(model, ids, vis[chunk])
+            gen = model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompter.eos,
+                                 pad_token_id=prompter.pad, output_logits=True, return_dict_in_generate=True)
+            probs = torch.stack(gen.logits, 1).float().softmax(-1)  # (b, steps, V)
+            seq = gen.sequences[:, -probs.shape[1]:]
+            top2 = probs.topk(2, dim=-1).values
+            ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+            for j, i in enumerate(chunk):
+                out[i] = prompter.decode(seq[j])
+                ends = (seq[j] == prompter.eos).nonzero()
+                L = int(ends[0]) + 1 if len(ends) else seq.shape[1]
+                stats["confidence"][i] = float(top2[j, :L, 0].prod())
+                stats["entropy"][i] = float(ent[j, :L].mean())
+                stats["margin"][i] = float((top2[j, :L, 0] - top2[j, :L, 1]).mean())
+    return out, stats

@@ -130,7 +130,7 @@ def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: in
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss)
+        ema = float(loss.detach()) if ema is None else 0.95 * ema + 0.05 * float(loss.detach())
         if progress:
             progress(step + 1, steps, ema)
     model.eval()

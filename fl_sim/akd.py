@@ -1,0 +1,172 @@
+"""AKD, adapter-based knowledge distillation in the cloud (no Flower here).
+
+The teacher answers every uploaded sample once (``teacher_targets``): its greedy answer is the
+pseudo-label, and its logits and last hidden states on ``prompt + pseudo-label`` are kept with the sample,
+so a sample distilled for several tiers over several rounds costs one teacher pass. A cloud copy of a
+device tier then trains its adapters (LoRA + projector) only, with
+
+    w_ce   * CE(student, pseudo-label)                                  (answer tokens)
+  + w_kl   * T^2 KL(softmax(teacher/T) || softmax(student/T))          (answer tokens)
+  + w_feat * MSE(align(student hidden), teacher hidden)                 (every non-pad position)
+
+where ``align`` is a learned linear map from the student's width to the teacher's (trained with the
+adapters, kept in the cloud). A zero weight switches a term off. ``ReplayBuffer`` keeps a bounded,
+uniform (reservoir) sample of past uploads so that training on new domains does not erase old ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models.mllm import MAX_POSITIONS, Prompter, answer_with_stats, embed_with_tokens
+from .models.train import per_sample_loss
+
+
+class AKDConfig(BaseModel):
+    """``[strategy.akd]``: cloud distillation per round and tier (a zero weight switches a term off)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(16, ge=0, description="adapter training steps per tier per round")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    w_ce: float = Field(1.0, ge=0, description="CE on teacher pseudo-labels")
+    w_kl: float = Field(1.0, ge=0, description="logit distillation (KL with temperature)")
+    w_feat: float = Field(0.5, ge=0, description="feature distillation (MSE after a learned projection)")
+    temperature: float = Field(2.0, gt=0)
+    replay: int = Field(1024, ge=0, description="replay buffer capacity (samples); 0 = no replay")
+    max_new_tokens: int = Field(28, ge=1)
+    cloud_ms_per_sample: float = Field(1.0, ge=0, description="virtual cloud time per teacher/student sample pass")
+
+
+TARGET_KEYS = ("vis", "input_ids", "attention_mask", "labels", "t_logits", "t_hidden")
+
+
+def _pad(t: torch.Tensor, length: int, value) -> torch.Tensor:
+    return F.pad(t, (0, length - t.shape[1]), value=value)
+
+
+@torch.no_grad()
+def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: list[str],
+                    max_new_tokens: int = 28, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """Pseudo-labels, logits and hidden states of the teacher for ``(vis, questions)``.
+
+    Sequences are padded to ``MAX_POSITIONS`` so targets of different rounds stack into one buffer;
+    logits and hidden states are stored in fp16.
+    """
+    pseudo, _ = answer_with_stats(teacher, prompter, vis, questions, max_new_tokens)
+    batch = prompter.train_batch(questions, pseudo)
+    L = MAX_POSITIONS
+    ids, mask, labels = (_pad(batch["input_ids"], L, prompter.pad), _pad(batch["attention_mask"], L, 0),
+                         _pad(batch["labels"], L, -100))
+    logits, hidden = [], []
+    teacher.eval()
+    for s in range(0, len(questions), batch_size):
+        sl = slice(s, s + batch_size)
+        n = int(mask[sl].sum(1).max())
+        out = teacher(inputs_embeds=embed_with_tokens(teacher, ids[sl, :n], vis[sl]), attention_mask=mask[sl, :n],
+                      output_hidden_states=True)
+        logits.append(F.pad(out.logits, (0, 0, 0, L - n)).half())
+        hidden.append(F.pad(out.hidden_states[-1], (0, 0, 0, L - n)).half())
+    return {"vis": vis.float(), "input_ids": ids, "attention_mask": mask, "labels": labels,
+            "t_logits": torch.cat(logits), "t_hidden": torch.cat(hidden)}
+
+
+def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tensor], cfg: AKDConfig) -> dict:
+    """The weighted AKD loss on a batch of targets, and each term (floats) for logging."""
+    n = int(batch["attention_mask"].sum(1).max())
+    ids, mask, labels = batch["input_ids"][:, :n], batch["attention_mask"][:, :n], batch["labels"][:, :n]
+    out = student(inputs_embeds=embed_with_tokens(student, ids, batch["vis"]), attention_mask=mask,
+                  output_hidden_states=cfg.w_feat > 0)
+    terms = {}
+    if cfg.w_ce > 0:
+        terms["ce"] = per_sample_loss(out.logits, labels).mean()
+    if cfg.w_kl > 0:
+        ans = labels[:, 1:] != -100  # positions that predict an answer token
+        T = cfg.temperature
+        s = out.logits[:, :-1][ans].float() / T
+        t = batch["t_logits"][:, :n][:, :-1][ans].float() / T
+        terms["kl"] = F.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="batchmean") * T * T
+    if cfg.w_feat > 0:
+        keep = mask.bool()
+        h = align(out.hidden_states[-1][keep])
+        terms["feat"] = F.mse_loss(h, batch["t_hidden"][:, :n][keep].float())
+    weights = {"ce": cfg.w_ce, "kl": cfg.w_kl, "feat": cfg.w_feat}
+    total = sum(weights[k] * v for k, v in terms.items())
+    return {"loss": total, **{k: float(v.detach()) for k, v in terms.items()}}
+
+
+def train_adapters(student, align: torch.nn.Module | None, draw, cfg: AKDConfig, seed: int) -> dict:
+    """``cfg.steps`` AdamW steps on the student's trainable (adapter) parameters and ``align``.
+
+    ``draw(step)`` returns a batch of targets. Returns mean loss terms.
+    """
+    torch.manual_seed(seed)
+    params = [p for p in student.parameters() if p.requires_grad]
+    if align is not None and cfg.w_feat > 0:
+        params += list(align.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    student.train()
+    logs: dict[str, list[float]] = {}
+    for step in range(cfg.steps):
+        out = akd_loss(student, align, draw(step), cfg)
+        opt.zero_grad()
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        for k, v in out.items():
+            logs.setdefault(k, []).append(float(v))
+    student.eval()
+    return {k: float(np.mean(v)) for k, v in logs.items()}
+
+
+def take(targets: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    return {k: v[idx] for k, v in targets.items()}
+
+
+def concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    parts = [p for p in parts if p and len(p["input_ids"])]
+    return {k: torch.cat([p[k] for p in parts]) for k in TARGET_KEYS} if parts else {}
+
+
+def size(targets: dict) -> int:
+    return len(targets["input_ids"]) if targets else 0
+
+
+class ReplayBuffer:
+    """A bounded uniform sample (reservoir sampling) of every target ever added; seeded, checkpointable."""
+
+    def __init__(self, capacity: int, seed: int):
+        self.capacity, self.seed = capacity, seed
+        self.data: dict[str, torch.Tensor] = {}
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return size(self.data)
+
+    def add(self, targets: dict[str, torch.Tensor]) -> None:
+        if self.capacity <= 0 or not size(targets):
+            return
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 11, self.seen]))
+        room = self.capacity - len(self)
+        head = take(targets, range(min(room, size(targets))))
+        self.data = concat([self.data, head])
+        for i in range(size(head), size(targets)):
+            j = int(rng.integers(self.seen + i + 1))
+            if j < self.capacity:
+                for k in TARGET_KEYS:
+                    self.data[k][j] = targets[k][i]
+        self.seen += size(targets)
+
+    def sample(self, k: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        n = len(self)
+        return take(self.data, rng.choice(n, size=min(k, n), replace=False)) if n else {}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return dict(self.data) | {"seen": torch.tensor([self.seen])}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.seen = int(tensors.get("seen", torch.tensor([0]))[0])
+        self.data = {k: tensors[k] for k in TARGET_KEYS if k in tensors}

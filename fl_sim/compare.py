@@ -1,0 +1,131 @@
+"""``fl-sim compare``: a grid of strategies (and ablations) x seeds on the same fleet, then a report.
+
+A comparison file names a base experiment and the variants to run on it::
+
+    name = "compare"
+    base = "shift.toml"                  # relative to this file
+    seeds = [0, 1]
+    [set]                                # overrides for every run (dotted keys)
+    rounds = 10
+    [[runs]]
+    label = "cdcca-random"
+    strategy = "cdcca"
+    set = { "strategy.uts.method" = "random" }
+
+Runs go to ``<output_dir>/<name>/<label>-<seed>/`` (one TensorBoard logdir for the whole grid:
+``tensorboard --logdir <output_dir>/<name>``). A finished run is skipped and an interrupted one resumes
+from its checkpoint, so re-running the command after a crash continues where it stopped. Runs are
+sequential: each one already spreads its devices over every core through Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import FlSimError
+from .config import ExperimentConfig, _explain, load_config
+from .metrics import read_results
+from .report import RunRef, build_report
+
+log = logging.getLogger(__name__)
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    strategy: str
+    set: dict[str, object] = Field(default_factory=dict)
+
+
+class CompareConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "compare"
+    base: str
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    set: dict[str, object] = Field(default_factory=dict)
+    baseline: str = "source-only"
+    runs: list[Variant] = Field(min_length=1)
+
+
+def load_compare(path: str | Path, overrides: dict | None = None) -> tuple[CompareConfig, list[tuple[Variant, int, ExperimentConfig]]]:
+    """The comparison and its fully validated grid ``[(variant, seed, experiment config)]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlSimError(f"comparison file not found: {path}")
+    try:
+        cmp = CompareConfig.model_validate(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise FlSimError(f"malformed TOML in {path}: {exc}") from None
+    except ValidationError as exc:
+        raise FlSimError(f"invalid comparison {path}: {_explain(exc)}") from None
+    labels = [v.label for v in cmp.runs]
+    if len(set(labels)) != len(labels):
+        raise FlSimError(f"invalid comparison {path}: duplicate run labels")
+    base = (path.parent / cmp.base).resolve()
+    grid = []
+    for v in cmp.runs:
+        for seed in cmp.seeds:
+            over = {**_flat(cmp.set), **_flat(v.set), **(overrides or {}), "strategy.name": v.strategy, "seed": seed,
+                    "name": cmp.name}
+            try:
+                grid.append((v, seed, load_config(base, over)))
+            except FlSimError as exc:
+                raise FlSimError(f"run {v.label!r}: {exc}") from None
+    return cmp, grid
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}, "c.d": 2}`` -> ``{"a.b": 1, "c.d": 2}``."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= _flat(v, key + ".")
+        else:
+            out[key] = v
+    return out
+
+
+def is_complete(run_dir: Path, rounds: int) -> bool:
+    try:
+        res = read_results(run_dir)
+    except (OSError, ValueError):
+        return False
+    return bool(res) and res[-1]["round"] >= rounds
+
+
+def run_compare(path: str | Path, overrides: dict | None = None, on_run=None, on_round=None, progress=None) -> Path:
+    """Run (or continue) the grid in ``path`` and write ``report.md``; returns the comparison directory."""
+    from .run import run_experiment
+
+    cmp, grid = load_compare(path, overrides)
+    out = Path(grid[0][2].output_dir) / cmp.name
+    out.mkdir(parents=True, exist_ok=True)
+    refs, failures = [], []
+    for i, (v, seed, cfg) in enumerate(grid):
+        run_dir = out / f"{v.label}-{seed}"
+        refs.append(RunRef(v.label, seed, run_dir))
+        if is_complete(run_dir, cfg.rounds):
+            if on_run:
+                on_run(i, len(grid), v.label, seed, "done")
+            continue
+        if on_run:
+            on_run(i, len(grid), v.label, seed, "running")
+        try:
+            run_experiment(cfg, run_dir=run_dir, on_round=on_round, progress=progress)
+        except FlSimError as exc:  # keep going: one broken variant must not cost the others
+            failures.append(f"{v.label}-{seed}: {exc}")
+            log.error("run %s-%d failed: %s", v.label, seed, exc)
+    (out / "compare.json").write_text(json.dumps(
+        {"name": cmp.name, "base": cmp.base, "seeds": cmp.seeds, "runs": [v.model_dump() for v in cmp.runs],
+         "failures": failures}, indent=1))
+    build_report(refs, out, title=f"Strategy comparison: {cmp.name}", baseline=cmp.baseline)
+    if failures:
+        raise FlSimError(f"{len(failures)} run(s) failed (report written without them): {failures[0]}")
+    return out
+

@@ -1,0 +1,159 @@
+"""UTS, uncertainty-guided token sampling: what a device uploads to the cloud (pure tensor functions).
+
+Stage 1 (samples): every sample the device sees gets an uncertainty score from its own generated answer
+(``1 - confidence``, where confidence is the product of the max token probabilities, as CD-CCA does;
+or the mean token ``entropy``; or ``1 - margin``; or ``random`` scores for the equal-budget ablation).
+The most uncertain samples are kept, at most ``ceil(budget * n)`` of them per round, and only those above
+``min_uncertainty`` when it is set (e.g. 0.5 = "confidence below 0.5").
+
+Stage 2 (tokens): each visual token of a kept sample (one per grid cell, from the frozen front-end that
+device and cloud share) gets an uncertainty score: ``mc_dropout`` = variance of the device projector's
+output over dropout passes on the token (CD-CCA), or ``novelty`` = squared distance to the front-end's
+mean token (cheap: no extra passes). The most uncertain ``keep_tokens`` share of each sample is kept.
+
+Dropped tokens are not sent at all. An upload is a few numpy arrays:
+
+``tokens``      float16 ``(kept tokens, D)``, the kept visual tokens of every kept sample, in order
+``token_mask``  uint8, ``np.packbits`` of the ``(samples, N)`` keep mask
+``questions``   uint8/uint16 token ids of every kept sample's question, concatenated
+``q_len``       uint8 ``(samples,)`` question lengths
+``images``      uint8 ``(samples, H, W, 3)``, instead of the first two, for the raw-image baseline
+
+The cloud fills dropped tokens with the reference (mean) token before running a model on them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import FlSimError, PayloadError
+
+SAMPLE_METHODS = ("off", "random", "confidence", "entropy", "margin")
+TOKEN_METHODS = ("off", "mc_dropout", "novelty")
+
+
+class UTSConfig(BaseModel):
+    """``[strategy.uts]``: what devices upload."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: Literal["off", "random", "confidence", "entropy", "margin"] = Field(
+        "confidence", description='stage-1 score; "off" uploads every sample')
+    budget: float = Field(0.25, gt=0, le=1, description="max share of a round's samples uploaded")
+    min_uncertainty: float | None = Field(None, description="upload only samples more uncertain than this")
+    tokens: Literal["off", "mc_dropout", "novelty"] = Field("mc_dropout", description='stage-2 score; "off" = all')
+    keep_tokens: float = Field(0.5, gt=0, le=1, description="share of visual tokens kept per sample")
+    mc_passes: int = Field(8, ge=2)
+    mc_p: float = Field(0.1, gt=0, lt=1)
+    upload: Literal["tokens", "images"] = Field("tokens", description='"images" = raw-image baseline')
+
+
+def sample_uncertainty(stats: dict[str, np.ndarray], method: str, rng: np.random.Generator) -> np.ndarray:
+    """Per-sample uncertainty (higher = less sure) from ``answer_with_stats`` statistics."""
+    n = len(stats["confidence"])
+    if method == "confidence":
+        return 1.0 - stats["confidence"]
+    if method == "entropy":
+        return np.asarray(stats["entropy"], float)
+    if method == "margin":
+        return 1.0 - stats["margin"]
+    if method in ("random", "off"):
+        return rng.random(n)
+    raise FlSimError(f"unknown UTS sample method {method!r}; allowed: {', '.join(SAMPLE_METHODS)}")
+
+
+def select_samples(uncertainty: np.ndarray, budget: float, min_uncertainty: float | None = None) -> np.ndarray:
+    """Indices (ascending) of the most uncertain samples: at most ``ceil(budget * n)``, ties by index."""
+    u = np.asarray(uncertainty, float)
+    k = min(len(u), math.ceil(budget * len(u)))
+    order = np.lexsort((np.arange(len(u)), -u))[:k]  # by uncertainty desc, then index asc
+    if min_uncertainty is not None:
+        order = order[u[order] > min_uncertainty]
+    return np.sort(order)
+
+
+@torch.no_grad()
+def token_uncertainty_mc(projector, vis: torch.Tensor, passes: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """``(B, N)``: variance over ``passes`` dropout masks of ``projector(dropout(vis))``, mean over channels."""
+    outs = []
+    for _ in range(passes):
+        keep = (torch.rand(vis.shape, generator=generator) >= p).to(vis.dtype) / (1 - p)
+        outs.append(projector(vis * keep))
+    return torch.stack(outs).var(0, unbiased=False).mean(-1)
+
+
+def token_uncertainty_novelty(vis: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``(B, N)``: mean squared distance of each token to the reference (mean) token."""
+    return ((vis - reference) ** 2).mean(-1)
+
+
+def select_tokens(scores: torch.Tensor, keep: float) -> torch.Tensor:
+    """Boolean ``(B, N)`` mask keeping the ``ceil(keep * N)`` highest-scoring tokens of each sample."""
+    b, n = scores.shape
+    k = max(1, min(n, math.ceil(keep * n)))
+    top = scores.topk(k, dim=1).indices
+    return torch.zeros(b, n, dtype=torch.bool).scatter_(1, top, True)
+
+
+def encode_upload(question_ids: list[list[int]], vis: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                  images: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The upload arrays for kept samples: visual tokens (``vis`` with ``mask``) or raw ``images``."""
+    lens = [len(q) for q in question_ids]
+    if any(ln > 255 for ln in lens):
+        raise FlSimError("a question longer than 255 tokens cannot be uploaded")
+    flat = np.concatenate([np.asarray(q, np.int64) for q in question_ids]) if question_ids else np.zeros(0, np.int64)
+    qdt = np.uint8 if flat.size == 0 or flat.max() < 256 else np.uint16
+    out = {"questions": flat.astype(qdt), "q_len": np.asarray(lens, np.uint8)}
+    if images is not None:
+        out["images"] = np.ascontiguousarray(images, dtype=np.uint8)
+        return out
+    if mask is None:
+        mask = torch.ones(vis.shape[:2], dtype=torch.bool)
+    out["tokens"] = vis[mask].to(torch.float16).numpy()
+    out["token_mask"] = np.packbits(mask.numpy().astype(np.uint8).ravel())
+    return out
+
+
+def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab: int, reference: torch.Tensor | None,
+                  image_shape: tuple[int, ...] | None = None) -> dict:
+    """Validate an upload and rebuild ``{"questions", "vis", "mask"}`` (or ``"images"``).
+
+    Dropped tokens are filled with ``reference``. Raises ``PayloadError`` naming what is wrong.
+    """
+    def need(key, dtypes):
+        if key not in arrays:
+            raise PayloadError(f"upload lacks {key!r}")
+        a = np.asarray(arrays[key])
+        if a.dtype not in dtypes:
+            raise PayloadError(f"upload {key!r} has dtype {a.dtype}, expected {'/'.join(map(str, dtypes))}")
+        return a
+
+    q_len = need("q_len", (np.uint8,)).astype(np.int64)
+    flat = need("questions", (np.uint8, np.uint16)).astype(np.int64)
+    if q_len.ndim != 1 or flat.ndim != 1 or q_len.sum() != flat.size:
+        raise PayloadError(f"upload questions hold {flat.size} ids but q_len sums to {int(q_len.sum())}")
+    if flat.size and flat.max() >= vocab:
+        raise PayloadError(f"upload question id {int(flat.max())} outside the vocabulary ({vocab})")
+    b = len(q_len)
+    questions = [q.tolist() for q in np.split(flat, np.cumsum(q_len)[:-1])] if b else []
+    if "images" in arrays:
+        img = need("images", (np.uint8,))
+        if img.shape != (b, *image_shape):
+            raise PayloadError(f"upload images have shape {img.shape}, expected {(b, *image_shape)}")
+        return {"questions": questions, "images": img}
+    packed = need("token_mask", (np.uint8,))
+    if packed.size != math.ceil(b * n_tokens / 8):
+        raise PayloadError(f"upload token_mask has {packed.size} bytes, expected {math.ceil(b * n_tokens / 8)}")
+    mask = torch.from_numpy(np.unpackbits(packed)[:b * n_tokens].astype(bool).reshape(b, n_tokens))
+    tokens = need("tokens", (np.float16,))
+    if tokens.shape != (int(mask.sum()), dim):
+        raise PayloadError(f"upload tokens have shape {tokens.shape}, expected {(int(mask.sum()), dim)}")
+    if not np.isfinite(tokens).all():
+        raise PayloadError("upload tokens contain NaN or inf")
+    vis = (reference.expand(b, n_tokens, dim).clone() if reference is not None
+           else torch.zeros(b, n_tokens, dim))
+    vis[mask] = torch.from_numpy(tokens.astype(np.float32))
+    return {"questions": questions, "vis": vis, "mask": mask}

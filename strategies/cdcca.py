@@ -1,0 +1,243 @@
+"""cdcca: CD-CCA on the fleet. Devices upload what they are unsure of (UTS), the cloud distils the
+teacher into per-tier adapters (AKD), and sends back compressed adapter updates (DWC).
+
+Round ``r``:
+
+1. Each sampled device receives the DWC downlink that takes the version it holds to its tier's latest
+   version: the chain of stored payloads, or a dense refresh when that is smaller (a device that missed
+   rounds catches up exactly). It applies it, answers its stream, and uploads the UTS selection.
+2. The cloud validates uploads (malformed ones are rejected, logged and counted), lets the teacher label
+   them once (pseudo-labels, logits, hidden states), and trains each tier's cloud copy with AKD on this
+   round's uploads plus a replay buffer of earlier ones.
+3. DWC: the cloud copy's change (plus the error-feedback residual) is compressed into version ``v + 1``;
+   ``held = held + decode(payload)`` is what devices of the tier will hold, and what evaluation measures.
+
+Per-tier versions live in ``<run dir>/dwc/<tier>/`` (``w<v>.safetensors`` the weights devices at version
+``v`` hold, ``p<v>.safetensors`` the payload from ``v - 1``), shared by every device at that version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+from safetensors.numpy import load_file as load_np, save_file as save_np
+from safetensors.torch import save_file
+
+from fl_sim import akd, dwc, runtime, uts
+from fl_sim.cache import read_meta
+from fl_sim.models.adapters import adapter_state, load_adapter_state
+from fl_sim.models.mllm import visual_tokens
+from fl_sim.wire import payload_bytes, to_array_record
+from strategies.base import FleetStrategy
+
+log = logging.getLogger(__name__)
+
+
+class CDCCA(FleetStrategy):
+    name = "cdcca"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.uts, self.akd, self.dwc = self.s.uts, self.s.akd, self.s.dwc
+        self.store = ctx.run_dir / "dwc"
+        self.version = {t: 0 for t in self.tiers}
+        self.dev_version: dict[int, int] = {}
+        self.buffer = akd.ReplayBuffer(self.akd.replay, self.cfg.seed)
+        self.rejected = {"uploads": 0, "downlink": 0}
+        self._chains: dict = {}
+
+    # ------------------------------------------------------------- state: cloud copy, held weights, residual
+    def _group(self, kind: str, tier: str) -> str:
+        return f"{kind}.{tier}"
+
+    def init_state(self):
+        state = {}
+        for t in self.tiers:
+            init = self.initial_state(t)
+            state[self._group("cloud", t)] = {k: v.clone() for k, v in init.items()}
+            state[self._group("held", t)] = {k: v.clone() for k, v in init.items()}
+            state[self._group("ef", t)] = {}
+            torch.manual_seed(self.cfg.seed)
+            align = torch.nn.Linear(self._width(t), self._width("teacher"))
+            state[self._group("align", t)] = {k: v.detach().clone() for k, v in align.state_dict().items()}
+        return state
+
+    def _width(self, role: str) -> int:
+        return runtime.base_model(self.ctx.model_paths[role]).config.text_config.hidden_size
+
+    def device_weights(self, tier):
+        return self.state[self._group("held", tier)]
+
+    def downlink(self, tier):
+        return self.device_weights(tier)
+
+    def _checkpoint_state(self, server_round):
+        self.state["replay"] = self.buffer.state()
+        return super()._checkpoint_state(server_round) | {
+            "version": self.version, "dev_version": {str(k): v for k, v in self.dev_version.items()},
+            "rejected": self.rejected}
+
+    def restore(self, state, tensors):
+        r = super().restore(state, tensors)
+        self.version = {t: int(v) for t, v in state["version"].items()}
+        self.dev_version = {int(k): int(v) for k, v in state["dev_version"].items()}
+        self.rejected = dict(state["rejected"])
+        self.buffer.load_state(tensors.get("replay", {}))
+        return r
+
+    # ------------------------------------------------------------- downlink
+    def device_settings(self) -> dict:
+        u = self.uts
+        return {"mode": "cdcca", "local_steps": 0, "proximal_mu": 0.0, "dwc_dir": str(self.store),
+                "uts_method": u.method, "uts_budget": u.budget, "uts_tokens": u.tokens,
+                "uts_keep_tokens": u.keep_tokens, "uts_mc_passes": u.mc_passes, "uts_mc_p": u.mc_p,
+                "uts_upload": u.upload, "corrupt_prob": self.cfg.fleet.corrupt_prob} | (
+            {"uts_min_uncertainty": u.min_uncertainty} if u.min_uncertainty is not None else {})
+
+    def device_config(self, p, server_round):
+        held = self.dev_version.get(p.device_id, 0)
+        return super().device_config(p, server_round) | {
+            "held_version": held, "target_version": self.version[p.tier]}
+
+    def downlink_records(self, p, server_round):
+        """The cheaper of the payload chain ``held -> latest`` and a dense refresh (cached per tier/version)."""
+        u, v = self.dev_version.get(p.device_id, 0), self.version[p.tier]
+        if u == v:
+            return {}
+        key = (p.tier, u, v)
+        if key not in self._chains:
+            chain = ArrayRecord({f"{i}/{name}": Array(a) for i, w in enumerate(range(u + 1, v + 1))
+                                 for name, a in load_np(str(self.store / p.tier / f"p{w}.safetensors")).items()})
+            full = to_array_record(self.device_weights(p.tier))
+            self._chains[key] = ({"dwc_chain": chain} if payload_bytes(chain) <= payload_bytes(full)
+                                 else {"dwc_full": full})
+        return self._chains[key]
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self._chains = {}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    # ------------------------------------------------------------- cloud side of the round
+    def _decode_uploads(self, kept: list, server_round: int) -> tuple[torch.Tensor, list[str], int]:
+        pr = runtime.prompter(self.cfg.cache_dir)
+        teacher = runtime.base_model(self.ctx.model_paths["teacher"])
+        ref = runtime.reference_token(self.ctx.model_paths["teacher"], self.cfg.cache_dir)
+        n_tok, dim = pr.n_image, ref.shape[0]
+        img_shape = tuple(teacher.config.vision_config.image_size for _ in range(2)) + (3,)
+        vis, questions, rejected = [], [], 0
+        for dev, rep, _ in kept:
+            if "upload" not in rep.content:
+                continue
+            try:
+                arrays = {k: a.numpy() for k, a in rep.content["upload"].items()}
+                up = uts.decode_upload(arrays, n_tok, dim, len(pr.tok), ref, img_shape)
+            except (uts.PayloadError, ValueError, TypeError) as exc:
+                rejected += 1
+                log.warning("round %d: rejected upload of device %d: %s", server_round, dev, exc)
+                continue
+            if not up["questions"]:
+                continue
+            if "images" in up:
+                up["vis"] = visual_tokens(teacher, pr.pixels(up["images"]))  # the shared front-end
+            vis.append(up["vis"])
+            questions += [pr.tok.decode(q, skip_special_tokens=True) for q in up["questions"]]
+        return (torch.cat(vis) if vis else torch.zeros(0, n_tok, dim)), questions, rejected
+
+    def _train_tier(self, tier: str, new: dict, server_round: int) -> dict:
+        model, _ = runtime.adapted_model(self.ctx.model_paths[tier], self.s.lora_r)
+        load_adapter_state(model, self.state[self._group("cloud", tier)])
+        align = torch.nn.Linear(self._width(tier), self._width("teacher"))
+        align.load_state_dict(self.state[self._group("align", tier)])
+        rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 13, server_round, self.tiers.index(tier)]))
+        bs = self.akd.batch_size
+
+        def draw(step):
+            n_new = akd.size(new)
+            k_new = min(n_new, bs if len(self.buffer) == 0 else bs // 2)
+            parts = [akd.take(new, rng.choice(n_new, size=k_new, replace=False))] if k_new else []
+            parts.append(self.buffer.sample(bs - k_new, rng))
+            return akd.concat(parts)
+
+        out = akd.train_adapters(model, align, draw, self.akd, self.cfg.seed + server_round)
+        self.state[self._group("cloud", tier)] = adapter_state(model)
+        self.state[self._group("align", tier)] = {k: v.detach().clone() for k, v in align.state_dict().items()}
+        return out
+
+    def _compress(self, tier: str, before: dict, after: dict, server_round: int) -> dict:
+        """DWC: new version ``v + 1`` of what devices of ``tier`` hold; returns its figures."""
+        ef = dwc.ErrorFeedback(self.dwc)
+        if self.state[self._group("ef", tier)]:
+            ef.load_state(self.state[self._group("ef", tier)])
+        delta = {k: after[k] - before[k] for k in after}
+        payload, sent = ef.step(delta)
+        self.state[self._group("ef", tier)] = ef.state()
+        held = dwc.apply(self.state[self._group("held", tier)], sent)
+        v = self.version[tier] + 1
+        folder = self.store / tier
+        folder.mkdir(parents=True, exist_ok=True)
+        save_np(payload, str(folder / f"p{v}.safetensors"))
+        save_file({k: t.contiguous() for k, t in held.items()}, str(folder / f"w{v}.safetensors"))
+        self.state[self._group("held", tier)] = held
+        self.version[tier] = v
+        wire = payload_bytes(ArrayRecord({k: Array(a) for k, a in payload.items()}))
+        dense = payload_bytes(to_array_record(delta))
+        return {"payload_bytes": wire, "ratio_dense": dense / wire,
+                "ratio_checkpoint": read_meta_bytes(self.ctx.model_paths[tier]) / wire}
+
+    def update(self, server_round, kept, replied):
+        t0 = time.time()
+        for dev, _, m in replied:  # every device that answered applied (or rejected) its downlink
+            self.dev_version[dev] = int(m["version"])
+        rejected_down = sum(int(m["downlink_rejected"]) for *_, m in replied)
+        vis, questions, rejected_up = self._decode_uploads(kept, server_round)
+        self.rejected["uploads"] += rejected_up
+        self.rejected["downlink"] += rejected_down
+        pr = runtime.prompter(self.cfg.cache_dir)
+        new = {}
+        if questions:
+            new = akd.teacher_targets(runtime.base_model(self.ctx.model_paths["teacher"]), pr, vis, questions,
+                                      self.akd.max_new_tokens)
+        extra = {"uploaded_samples": len(questions), "rejected_uploads": rejected_up,
+                 "rejected_downlinks": rejected_down, "replay_size": len(self.buffer)}
+        trained = akd.size(new) > 0 or len(self.buffer) > 0
+        figures = {}
+        for tier in self.tiers:
+            if not trained or self.akd.steps == 0:
+                continue
+            before = dict(self.state[self._group("cloud", tier)])
+            losses = self._train_tier(tier, new, server_round)
+            figures[tier] = losses | self._compress(tier, before, self.state[self._group("cloud", tier)], server_round)
+        self.buffer.add(new)
+        if figures:
+            for key in ("loss", "ce", "kl", "feat", "payload_bytes", "ratio_dense", "ratio_checkpoint"):
+                vals = [f[key] for f in figures.values() if key in f]
+                if vals:
+                    extra[f"akd_{key}" if key in ("loss", "ce", "kl", "feat") else f"dwc_{key}"] = float(np.mean(vals))
+        n_passes = akd.size(new) + len(figures) * self.akd.steps * self.akd.batch_size
+        extra["cloud_s"] = n_passes * self.akd.cloud_ms_per_sample / 1000
+        extra["cloud_wall_s"] = time.time() - t0
+        return extra
+
+
+def read_meta_bytes(model_path: str) -> int:
+    """Bytes of a device checkpoint as stored on the device (from the zoo manifest; fp32 size otherwise)."""
+    from pathlib import Path
+
+    try:
+        return int(read_meta(Path(model_path))["device_bytes"])
+    except (OSError, KeyError, ValueError):
+        return 4 * sum(p.numel() for p in runtime.base_model(model_path).parameters())
+
+
+class CloudKDFull(CDCCA):
+    """The cost upper bound: every raw image uploaded, dense fp32 downlink, same cloud distillation."""
+    name = "cloud-kd-full"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.uts = self.uts.model_copy(update={"method": "off", "tokens": "off", "upload": "images"})
+        self.dwc = self.dwc.model_copy(update={"select": False, "quantize": False})

@@ -1,0 +1,151 @@
+"""UTS and AKD as pure tensor functions (no Flower), on the tiny zoo."""
+
+import numpy as np
+import pytest
+import torch
+
+from fl_sim import akd, uts
+from fl_sim.models.mllm import answer, answer_with_stats, embed_with_tokens, visual_tokens
+
+
+@pytest.fixture(scope="module")
+def world(tiny_zoo, cache_dir):
+    from fl_sim import runtime
+
+    ds = runtime.split("dusk", "train", 48, 0, cache_dir)
+    model, init = runtime.adapted_model(str(tiny_zoo.paths["tiny-high"]), 4)
+    return tiny_zoo, ds, model, init
+
+
+def test_select_samples_respects_budget_order_and_threshold():
+    u = np.array([0.1, 0.9, 0.5, 0.9, 0.3, 0.7])
+    assert uts.select_samples(u, 0.5).tolist() == [1, 3, 5]        # 3 most uncertain, ties by index
+    assert uts.select_samples(u, 0.34).tolist() == [1, 3, 5]       # ceil(0.34 * 6) = 3
+    assert uts.select_samples(u, 1 / 6).tolist() == [1]
+    assert uts.select_samples(u, 1.0, min_uncertainty=0.6).tolist() == [1, 3, 5]
+    assert uts.select_samples(u, 0.5, min_uncertainty=0.8).tolist() == [1, 3]
+
+
+def test_sample_uncertainty_methods():
+    stats = {"confidence": np.array([0.9, 0.2]), "entropy": np.array([0.1, 2.0]), "margin": np.array([0.8, 0.1])}
+    rng = np.random.default_rng(0)
+    for m in ("confidence", "entropy", "margin"):
+        assert np.argmax(uts.sample_uncertainty(stats, m, rng)) == 1
+    assert uts.sample_uncertainty(stats, "random", rng).shape == (2,)
+
+
+def test_select_tokens_keeps_the_top_share():
+    scores = torch.tensor([[0.1, 0.5, 0.3, 0.9], [4.0, 3.0, 2.0, 1.0]])
+    mask = uts.select_tokens(scores, 0.5)
+    assert mask.tolist() == [[False, True, False, True], [True, True, False, False]]
+    assert uts.select_tokens(scores, 0.01).sum(1).tolist() == [1, 1]
+
+
+def test_mc_dropout_scores_flag_tokens_the_projector_is_unsure_of():
+    proj = torch.nn.Linear(4, 4, bias=False)
+    torch.nn.init.eye_(proj.weight)
+    vis = torch.zeros(1, 3, 4)
+    vis[0, 1] = 5.0  # large activations vary most under dropout
+    s = uts.token_uncertainty_mc(proj, vis, passes=16, p=0.5, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (1, 3) and int(s.argmax()) == 1 and float(s[0, 0]) == 0.0
+
+
+def test_upload_round_trip_sends_only_kept_tokens():
+    vis = torch.randn(3, 9, 8)
+    mask = uts.select_tokens(torch.rand(3, 9), 0.5)
+    up = uts.encode_upload([[5, 6], [7], [8, 9, 10]], vis=vis, mask=mask)
+    assert up["tokens"].shape == (int(mask.sum()), 8) and up["tokens"].dtype == np.float16
+    ref = torch.full((8,), 0.25)
+    out = uts.decode_upload(up, 9, 8, 61, ref)
+    assert out["questions"] == [[5, 6], [7], [8, 9, 10]]
+    assert torch.allclose(out["vis"][mask], vis[mask], atol=2e-3)
+    assert torch.equal(out["vis"][~mask], ref.expand(int((~mask).sum()), 8))
+    full = uts.encode_upload([[5]] * 3, vis=vis)
+    assert sum(a.nbytes for a in up.values()) < 0.6 * sum(a.nbytes for a in full.values())
+
+
+@pytest.mark.parametrize("breakage", ["truncated", "nan", "qlen", "vocab", "mask", "missing", "dtype"])
+def test_malformed_uploads_are_rejected(breakage):
+    vis = torch.randn(2, 9, 8)
+    up = uts.encode_upload([[5, 6], [7]], vis=vis, mask=uts.select_tokens(torch.rand(2, 9), 0.5))
+    if breakage == "truncated":
+        up["tokens"] = up["tokens"][:-1]
+    elif breakage == "nan":
+        up["tokens"][0, 0] = np.nan
+    elif breakage == "qlen":
+        up["q_len"] = np.array([2, 2], np.uint8)
+    elif breakage == "vocab":
+        up["questions"] = np.array([5, 6, 200], np.uint8)
+    elif breakage == "mask":
+        up["token_mask"] = up["token_mask"][:-1]
+    elif breakage == "missing":
+        del up["tokens"]
+    else:
+        up["tokens"] = up["tokens"].astype(np.float64)
+    with pytest.raises(uts.PayloadError):
+        uts.decode_upload(up, 9, 8, 61, None)
+
+
+def test_visual_token_path_equals_pixel_path(world):
+    zoo, ds, model, init = world
+    pr = zoo.prompter
+    px = pr.pixels(np.asarray(ds["image"][:6]))
+    batch = pr.train_batch(ds["question"][:6], ds["answer"][:6])
+    batch.pop("labels")
+    with torch.no_grad():
+        a = model(**batch, pixel_values=px).logits
+        b = model(inputs_embeds=embed_with_tokens(model, batch["input_ids"], visual_tokens(model, px)),
+                  attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    preds, stats = answer_with_stats(model, pr, visual_tokens(model, px), ds["question"][:6], max_new_tokens=8)
+    assert preds == answer(model, pr, ds["image"][:6], ds["question"][:6], max_new_tokens=8)
+    assert ((stats["confidence"] > 0) & (stats["confidence"] <= 1)).all() and (stats["entropy"] >= 0).all()
+
+
+def test_akd_lowers_the_loss_and_trains_only_adapters(world):
+    zoo, ds, model, init = world
+    from fl_sim.models.adapters import load_adapter_state
+
+    load_adapter_state(model, init)
+    pr = zoo.prompter
+    vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"][:16])))
+    tg = akd.teacher_targets(zoo.teacher, pr, vis, list(ds["question"][:16]), max_new_tokens=8)
+    assert tg["t_logits"].shape[:2] == tg["input_ids"].shape and tg["t_hidden"].shape[-1] == 64
+    cfg = akd.AKDConfig(steps=25, batch_size=16, lr=5e-3)
+    align = torch.nn.Linear(32, 64)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        before = akd.akd_loss(model, align, tg, cfg)
+    akd.train_adapters(model, align, lambda step: tg, cfg, seed=0)
+    with torch.no_grad():
+        after = akd.akd_loss(model, align, tg, cfg)
+    assert float(after["loss"]) < 0.8 * float(before["loss"])
+    assert after["kl"] < before["kl"] and after["feat"] < before["feat"]
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert any(not torch.equal(p, trainable[n]) for n, p in model.named_parameters() if n in trainable)
+    load_adapter_state(model, init)
+
+
+def test_akd_terms_switch_off():
+    cfg = akd.AKDConfig(w_kl=0, w_feat=0)
+    assert cfg.w_ce == 1 and cfg.w_kl == 0
+
+
+def test_replay_buffer_is_bounded_uniform_and_restorable():
+    def targets(start, n):
+        return {k: torch.arange(start, start + n).float().reshape(n, 1) for k in akd.TARGET_KEYS}
+
+    buf = akd.ReplayBuffer(capacity=50, seed=0)
+    for r in range(20):
+        buf.add(targets(100 * r, 20))
+    assert len(buf) == 50 and buf.seen == 400
+    rounds = (buf.data["input_ids"][:, 0] // 100).long()
+    assert len(set(rounds.tolist())) >= 8  # old rounds survive: not a FIFO of the last 2.5 rounds
+    other = akd.ReplayBuffer(capacity=50, seed=0)
+    other.load_state(buf.state())
+    assert other.seen == 400 and torch.equal(other.data["vis"], buf.data["vis"])
+    s = buf.sample(10, np.random.default_rng(1))
+    assert akd.size(s) == 10
