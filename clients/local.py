@@ -182,7 +182,7 @@ def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict]:
                 scores = uts.token_uncertainty_novelty(v, runtime.reference_token(cfg["model_path"],
                                                                                   cfg["cache_dir"] or None))
             mask = uts.select_tokens(scores, cfg["uts_keep_tokens"])
-        upload = uts.encode_upload(questions, vis=v, mask=mask)
+        upload = uts.encode_upload(questions, vis=v, mask=mask, token_bits=cfg["uts_token_bits"])
     if cfg.get("corrupt_prob", 0.0) > 0 and rng.random() < cfg["corrupt_prob"]:
         upload = corrupt(upload, rng)
     metrics = {"n_infer": len(preds), "n_train": 0, "online_acc": online_acc, "loss": float("nan"),
@@ -197,7 +197,10 @@ def corrupt(upload: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str
     kind = int(rng.integers(3))
     if kind == 0:
         out[key] = out[key].reshape(-1)[:-1]
-    elif kind == 1 and key == "tokens" and out[key].size:
+    elif kind == 1 and "scales" in out and out["scales"].size:
+        out["scales"] = out["scales"].copy()
+        out["scales"][0] = np.nan
+    elif kind == 1 and key == "tokens" and out[key].dtype == np.float16 and out[key].size:
         out[key] = out[key].copy()
         out[key].reshape(-1)[0] = np.nan
     else:

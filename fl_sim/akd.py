@@ -28,19 +28,21 @@ from .models.train import per_sample_loss
 class AKDConfig(BaseModel):
     """``[strategy.akd]``: cloud distillation per round and tier (a zero weight switches a term off)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
-    steps: int = Field(16, ge=0, description="adapter training steps per tier per round")
+    steps: int = Field(40, ge=0, description="adapter training steps per tier per round")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
     w_ce: float = Field(1.0, ge=0, description="CE on teacher pseudo-labels")
     w_kl: float = Field(1.0, ge=0, description="logit distillation (KL with temperature)")
     w_feat: float = Field(0.5, ge=0, description="feature distillation (MSE after a learned projection)")
     temperature: float = Field(2.0, gt=0)
-    replay: int = Field(1024, ge=0, description="replay buffer capacity (samples); 0 = no replay")
+    replay: int = Field(512, ge=0, description="replay buffer capacity (samples); 0 = no replay")
     max_new_tokens: int = Field(28, ge=1)
+    min_teacher_confidence: float = Field(0.0, ge=0, le=1, description=(
+        "distil only samples the teacher answers with at least this confidence (0 = all)"))
     cloud_ms_per_sample: float = Field(1.0, ge=0, description="virtual cloud time per teacher/student sample pass")
 
 
-TARGET_KEYS = ("vis", "input_ids", "attention_mask", "labels", "t_logits", "t_hidden")
+TARGET_KEYS = ("vis", "input_ids", "attention_mask", "labels", "t_logits", "t_hidden", "t_conf")
 
 
 def _pad(t: torch.Tensor, length: int, value) -> torch.Tensor:
@@ -50,12 +52,12 @@ def _pad(t: torch.Tensor, length: int, value) -> torch.Tensor:
 @torch.no_grad()
 def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: list[str],
                     max_new_tokens: int = 28, batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """Pseudo-labels, logits and hidden states of the teacher for ``(vis, questions)``.
+    """Pseudo-labels, logits, hidden states and answer confidence of the teacher for ``(vis, questions)``.
 
     Sequences are padded to ``MAX_POSITIONS`` so targets of different rounds stack into one buffer;
     logits and hidden states are stored in fp16.
     """
-    pseudo, _ = answer_with_stats(teacher, prompter, vis, questions, max_new_tokens)
+    pseudo, stats = answer_with_stats(teacher, prompter, vis, questions, max_new_tokens)
     batch = prompter.train_batch(questions, pseudo)
     L = MAX_POSITIONS
     ids, mask, labels = (_pad(batch["input_ids"], L, prompter.pad), _pad(batch["attention_mask"], L, 0),
@@ -70,7 +72,8 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
         logits.append(F.pad(out.logits, (0, 0, 0, L - n)).half())
         hidden.append(F.pad(out.hidden_states[-1], (0, 0, 0, L - n)).half())
     return {"vis": vis.float(), "input_ids": ids, "attention_mask": mask, "labels": labels,
-            "t_logits": torch.cat(logits), "t_hidden": torch.cat(hidden)}
+            "t_logits": torch.cat(logits), "t_hidden": torch.cat(hidden),
+            "t_conf": torch.as_tensor(stats["confidence"], dtype=torch.float32)}
 
 
 def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tensor], cfg: AKDConfig) -> dict:
@@ -119,6 +122,13 @@ def train_adapters(student, align: torch.nn.Module | None, draw, cfg: AKDConfig,
             logs.setdefault(k, []).append(float(v))
     student.eval()
     return {k: float(np.mean(v)) for k, v in logs.items()}
+
+
+def confident(targets: dict[str, torch.Tensor], min_confidence: float) -> dict[str, torch.Tensor]:
+    """The targets whose teacher answer confidence is at least ``min_confidence`` (a label-noise filter)."""
+    if not size(targets):
+        return targets
+    return take(targets, torch.nonzero(targets["t_conf"] >= min_confidence).flatten().numpy())
 
 
 def take(targets: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:

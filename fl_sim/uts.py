@@ -13,7 +13,9 @@ mean token (cheap: no extra passes). The most uncertain ``keep_tokens`` share of
 
 Dropped tokens are not sent at all. An upload is a few numpy arrays:
 
-``tokens``      float16 ``(kept tokens, D)``, the kept visual tokens of every kept sample, in order
+``tokens``      int8 ``(kept tokens, D)``, the kept visual tokens of every kept sample, in order, with
+``scales``      float16 ``(kept tokens,)`` per-token absmax scales (``token_bits = 8``; ``16`` sends float16
+                tokens and no scales)
 ``token_mask``  uint8, ``np.packbits`` of the ``(samples, N)`` keep mask
 ``questions``   uint8/uint16 token ids of every kept sample's question, concatenated
 ``q_len``       uint8 ``(samples,)`` question lengths
@@ -42,13 +44,14 @@ class UTSConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: Literal["off", "random", "confidence", "entropy", "margin"] = Field(
         "confidence", description='stage-1 score; "off" uploads every sample')
-    budget: float = Field(0.25, gt=0, le=1, description="max share of a round's samples uploaded")
+    budget: float = Field(0.125, gt=0, le=1, description="max share of a round's samples uploaded")
     min_uncertainty: float | None = Field(None, description="upload only samples more uncertain than this")
-    tokens: Literal["off", "mc_dropout", "novelty"] = Field("mc_dropout", description='stage-2 score; "off" = all')
+    tokens: Literal["off", "mc_dropout", "novelty"] = Field("novelty", description='stage-2 score; "off" = all')
     keep_tokens: float = Field(0.5, gt=0, le=1, description="share of visual tokens kept per sample")
     mc_passes: int = Field(8, ge=2)
     mc_p: float = Field(0.1, gt=0, lt=1)
     upload: Literal["tokens", "images"] = Field("tokens", description='"images" = raw-image baseline')
+    token_bits: Literal[8, 16] = Field(8, description="int8 tokens with per-token scales, or float16")
 
 
 def sample_uncertainty(stats: dict[str, np.ndarray], method: str, rng: np.random.Generator) -> np.ndarray:
@@ -99,8 +102,12 @@ def select_tokens(scores: torch.Tensor, keep: float) -> torch.Tensor:
 
 
 def encode_upload(question_ids: list[list[int]], vis: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                  images: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The upload arrays for kept samples: visual tokens (``vis`` with ``mask``) or raw ``images``."""
+                  images: np.ndarray | None = None, token_bits: int = 8) -> dict[str, np.ndarray]:
+    """The upload arrays for kept samples: visual tokens (``vis`` with ``mask``) or raw ``images``.
+
+    With ``token_bits = 8`` each token is sent as int8 with a float16 absmax scale (error per value at
+    most half a step, ``scale / 2``, with ``scale = absmax / 127``).
+    """
     lens = [len(q) for q in question_ids]
     if any(ln > 255 for ln in lens):
         raise FlSimError("a question longer than 255 tokens cannot be uploaded")
@@ -112,7 +119,14 @@ def encode_upload(question_ids: list[list[int]], vis: torch.Tensor | None = None
         return out
     if mask is None:
         mask = torch.ones(vis.shape[:2], dtype=torch.bool)
-    out["tokens"] = vis[mask].to(torch.float16).numpy()
+    kept = vis[mask].float()
+    if token_bits == 16:
+        out["tokens"] = kept.to(torch.float16).numpy()
+    else:
+        scale = (kept.abs().amax(-1) / 127).to(torch.float16).float()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        out["tokens"] = torch.clamp(torch.round(kept / scale[:, None]), -127, 127).to(torch.int8).numpy()
+        out["scales"] = scale.to(torch.float16).numpy()
     out["token_mask"] = np.packbits(mask.numpy().astype(np.uint8).ravel())
     return out
 
@@ -148,12 +162,18 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
     if packed.size != math.ceil(b * n_tokens / 8):
         raise PayloadError(f"upload token_mask has {packed.size} bytes, expected {math.ceil(b * n_tokens / 8)}")
     mask = torch.from_numpy(np.unpackbits(packed)[:b * n_tokens].astype(bool).reshape(b, n_tokens))
-    tokens = need("tokens", (np.float16,))
+    tokens = need("tokens", (np.float16, np.int8))
     if tokens.shape != (int(mask.sum()), dim):
         raise PayloadError(f"upload tokens have shape {tokens.shape}, expected {(int(mask.sum()), dim)}")
+    tokens = tokens.astype(np.float32)
+    if "scales" in arrays:
+        scales = need("scales", (np.float16,))
+        if scales.shape != (len(tokens),):
+            raise PayloadError(f"upload scales have shape {scales.shape}, expected {(len(tokens),)}")
+        tokens = tokens * scales.astype(np.float32)[:, None]
     if not np.isfinite(tokens).all():
-        raise PayloadError("upload tokens contain NaN or inf")
+        raise PayloadError("upload tokens or scales contain NaN or inf")
     vis = (reference.expand(b, n_tokens, dim).clone() if reference is not None
            else torch.zeros(b, n_tokens, dim))
-    vis[mask] = torch.from_numpy(tokens.astype(np.float32))
+    vis[mask] = torch.from_numpy(tokens)
     return {"questions": questions, "vis": vis, "mask": mask}

@@ -95,7 +95,7 @@ class CDCCA(FleetStrategy):
         return {"mode": "cdcca", "local_steps": 0, "proximal_mu": 0.0, "dwc_dir": str(self.store),
                 "uts_method": u.method, "uts_budget": u.budget, "uts_tokens": u.tokens,
                 "uts_keep_tokens": u.keep_tokens, "uts_mc_passes": u.mc_passes, "uts_mc_p": u.mc_p,
-                "uts_upload": u.upload, "corrupt_prob": self.cfg.fleet.corrupt_prob} | (
+                "uts_upload": u.upload, "uts_token_bits": u.token_bits, "corrupt_prob": self.cfg.fleet.corrupt_prob} | (
             {"uts_min_uncertainty": u.min_uncertainty} if u.min_uncertainty is not None else {})
 
     def device_config(self, p, server_round):

@@ -53,22 +53,29 @@ def test_mc_dropout_scores_flag_tokens_the_projector_is_unsure_of():
 def test_upload_round_trip_sends_only_kept_tokens():
     vis = torch.randn(3, 9, 8)
     mask = uts.select_tokens(torch.rand(3, 9), 0.5)
-    up = uts.encode_upload([[5, 6], [7], [8, 9, 10]], vis=vis, mask=mask)
-    assert up["tokens"].shape == (int(mask.sum()), 8) and up["tokens"].dtype == np.float16
     ref = torch.full((8,), 0.25)
-    out = uts.decode_upload(up, 9, 8, 61, ref)
-    assert out["questions"] == [[5, 6], [7], [8, 9, 10]]
-    assert torch.allclose(out["vis"][mask], vis[mask], atol=2e-3)
-    assert torch.equal(out["vis"][~mask], ref.expand(int((~mask).sum()), 8))
-    full = uts.encode_upload([[5]] * 3, vis=vis)
+    for bits in (8, 16):
+        up = uts.encode_upload([[5, 6], [7], [8, 9, 10]], vis=vis, mask=mask, token_bits=bits)
+        assert up["tokens"].shape == (int(mask.sum()), 8)
+        assert up["tokens"].dtype == (np.int8 if bits == 8 else np.float16) and ("scales" in up) == (bits == 8)
+        out = uts.decode_upload(up, 9, 8, 61, ref)
+        assert out["questions"] == [[5, 6], [7], [8, 9, 10]]
+        err = (out["vis"][mask] - vis[mask]).abs()
+        bound = (vis[mask].abs().amax(-1, keepdim=True) / 127 / 2 * 1.01) if bits == 8 else 2e-3
+        assert (err <= bound).all()
+        assert torch.equal(out["vis"][~mask], ref.expand(int((~mask).sum()), 8))
+    full = uts.encode_upload([[5]] * 3, vis=vis, token_bits=16)
     assert sum(a.nbytes for a in up.values()) < 0.6 * sum(a.nbytes for a in full.values())
 
 
-@pytest.mark.parametrize("breakage", ["truncated", "nan", "qlen", "vocab", "mask", "missing", "dtype"])
+@pytest.mark.parametrize("breakage", ["truncated", "nan", "nan-scale", "qlen", "vocab", "mask", "missing", "dtype"])
 def test_malformed_uploads_are_rejected(breakage):
     vis = torch.randn(2, 9, 8)
-    up = uts.encode_upload([[5, 6], [7]], vis=vis, mask=uts.select_tokens(torch.rand(2, 9), 0.5))
-    if breakage == "truncated":
+    up = uts.encode_upload([[5, 6], [7]], vis=vis, mask=uts.select_tokens(torch.rand(2, 9), 0.5),
+                           token_bits=8 if breakage == "nan-scale" else 16)
+    if breakage == "nan-scale":
+        up["scales"][1] = np.nan
+    elif breakage == "truncated":
         up["tokens"] = up["tokens"][:-1]
     elif breakage == "nan":
         up["tokens"][0, 0] = np.nan
