@@ -50,18 +50,14 @@ def train(msg: Message, context: Context) -> Message:
 
 def _cdcca(msg: Message, cfg: dict) -> Message:
     from clients.local import run_cdcca_round
-    from fl_sim.wire import from_array_record
 
-    downlink = None
-    if "dwc_full" in msg.content:
-        downlink = {"full": from_array_record(msg.content["dwc_full"])}
-    elif "dwc_chain" in msg.content:
-        chain: dict[int, dict] = {}
-        for key, arr in msg.content["dwc_chain"].items():
-            i, name = key.split("/", 1)
-            chain.setdefault(int(i), {})[name] = arr.numpy()
-        downlink = {"chain": [chain[i] for i in sorted(chain)]}
-    upload, metrics = run_cdcca_round(cfg, downlink)
+    downlink = None  # raw arrays; run_cdcca_round validates them (a bad downlink is rejected, not fatal)
+    for kind in ("dwc_full", "dwc_chain"):
+        if kind in msg.content:
+            downlink = {kind[4:]: {k: a.numpy() for k, a in msg.content[kind].items()}}
+    upload, metrics, reason = run_cdcca_round(cfg, downlink)
     content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
                           "upload": ArrayRecord({k: Array(v) for k, v in upload.items()})})
+    if reason:
+        content["status"] = ConfigRecord({"downlink_error": reason})
     return Message(content, reply_to=msg)

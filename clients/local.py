@@ -110,38 +110,49 @@ def held_weights(cfg: dict, initial: dict[str, torch.Tensor], version: int) -> d
 def apply_downlink(cfg: dict, initial: dict, downlink: dict | None) -> tuple[dict, int, str]:
     """``(weights, version, rejection reason or "")`` after applying this round's downlink.
 
-    ``downlink`` is ``{"full": state}`` (a dense refresh to ``target_version``) or ``{"chain": [payload,
-    ...]}`` (DWC payloads taking ``held_version`` to ``target_version``, applied in order). A malformed
-    downlink is rejected as a whole: the device keeps what it held.
+    ``downlink`` is ``{"full": arrays}`` (a dense refresh to ``target_version``) or ``{"chain": arrays}``
+    (DWC payloads taking ``held_version`` to ``target_version``; array ``"<i>/<name>"`` is array ``name``
+    of the i-th payload, applied in order). A malformed downlink, or weights the device cannot read, are
+    rejected as a whole: the device keeps what it held (or its initial adapters) and says why.
     """
-    from fl_sim import dwc
+    from fl_sim import PayloadError, dwc
 
     u, v = int(cfg["held_version"]), int(cfg["target_version"])
-    held = held_weights(cfg, initial, u)
+    try:
+        held = held_weights(cfg, initial, u)
+    except Exception as exc:  # noqa: BLE001 - a missing or corrupt store file: fall back to the base adapters
+        return {k: t.clone() for k, t in initial.items()}, 0, f"cannot read held version {u}: {exc}"
     if not downlink:
         return held, u, ""
     try:
         if "full" in downlink:
-            full = downlink["full"]
+            full = {k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in downlink["full"].items()}
             if set(full) != set(held) or any(full[k].shape != held[k].shape for k in held):
-                raise dwc.PayloadError("full refresh does not match the adapter's tensors")
+                raise PayloadError("full refresh does not match the adapter's tensors")
             if any(not torch.isfinite(t).all() for t in full.values()):
-                raise dwc.PayloadError("full refresh contains NaN or inf")
+                raise PayloadError("full refresh contains NaN or inf")
             return full, v, ""
+        chain: dict[int, dict] = {}
+        for key, arr in downlink["chain"].items():
+            i, _, name = key.partition("/")
+            if not i.isdigit() or not name:
+                raise PayloadError(f"bad payload array name {key!r}")
+            chain.setdefault(int(i), {})[name] = arr
+        if sorted(chain) != list(range(v - u)):
+            raise PayloadError(f"{len(chain)} payloads for versions {u}->{v}")
         w = held
-        if len(downlink["chain"]) != v - u:
-            raise dwc.PayloadError(f"{len(downlink['chain'])} payloads for versions {u}->{v}")
-        for payload in downlink["chain"]:
-            w = dwc.apply(w, dwc.decode(payload, w))
+        for i in range(v - u):
+            w = dwc.apply(w, dwc.decode(chain[i], w))
         return w, v, ""
-    except dwc.PayloadError as exc:
+    except (PayloadError, ValueError, TypeError) as exc:
         return held, u, str(exc)
 
 
-def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict]:
+def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict, str]:
     """One CD-CCA device round: apply the downlink, answer the stream, upload what UTS selects.
 
-    Returns ``(upload arrays, metrics)``. The device does not train: adaptation happens in the cloud.
+    Returns ``(upload arrays, metrics, downlink rejection reason or "")``. The device does not train:
+    adaptation happens in the cloud.
     """
     from fl_sim import uts
     from fl_sim.models.mllm import _llava, answer_with_stats, visual_tokens
@@ -187,7 +198,7 @@ def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict]:
         upload = corrupt(upload, rng)
     metrics = {"n_infer": len(preds), "n_train": 0, "online_acc": online_acc, "loss": float("nan"),
                "uploaded": len(kept), "version": version, "downlink_rejected": int(bool(rejected))}
-    return upload, metrics
+    return upload, metrics, rejected
 
 
 def corrupt(upload: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:

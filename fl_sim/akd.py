@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .models.mllm import MAX_POSITIONS, Prompter, answer_with_stats, embed_with_tokens
 from .models.train import per_sample_loss
@@ -40,6 +40,12 @@ class AKDConfig(BaseModel):
     min_teacher_confidence: float = Field(0.0, ge=0, le=1, description=(
         "distil only samples the teacher answers with at least this confidence (0 = all)"))
     cloud_ms_per_sample: float = Field(1.0, ge=0, description="virtual cloud time per teacher/student sample pass")
+
+    @model_validator(mode="after")
+    def _some_loss(self):
+        if self.w_ce + self.w_kl + self.w_feat <= 0:
+            raise ValueError("at least one of w_ce, w_kl, w_feat must be > 0")
+        return self
 
 
 TARGET_KEYS = ("vis", "input_ids", "attention_mask", "labels", "t_logits", "t_hidden", "t_conf")

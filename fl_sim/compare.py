@@ -99,14 +99,34 @@ def is_complete(run_dir: Path, rounds: int) -> bool:
     return bool(res) and res[-1]["round"] >= rounds
 
 
+def _check_same_setup(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Refuse to continue a run directory that holds a different experiment (rounds/simulation may differ)."""
+    saved = run_dir / "config.toml"
+    if not saved.is_file():
+        return
+    from strategies import STRATEGIES
+
+    def what(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in ("rounds", "simulation", "eval")}
+
+    want = STRATEGIES[cfg.strategy.name].effective_config(cfg).model_dump(mode="json", exclude_none=True)
+    have = tomllib.loads(saved.read_text())
+    if what(have) != what(want):
+        diff = sorted(k for k in set(what(have)) | set(what(want)) if what(have).get(k) != what(want).get(k))
+        raise FlSimError(f"{run_dir} holds a different experiment (differs in {', '.join(diff)}); "
+                         "delete it or give the comparison another name")
+
+
 def run_compare(path: str | Path, overrides: dict | None = None, on_run=None, on_round=None, progress=None) -> Path:
-    """Run (or continue) the grid in ``path`` and write ``report.md``; returns the comparison directory."""
+    """Run (or continue) the grid in ``path`` and write ``report.md`` (complete runs only); returns its directory."""
     from .run import run_experiment
 
     cmp, grid = load_compare(path, overrides)
     out = Path(grid[0][2].output_dir) / cmp.name
     out.mkdir(parents=True, exist_ok=True)
     refs, failures = [], []
+    for v, seed, cfg in grid:  # check every existing run directory before spending time on any run
+        _check_same_setup(out / f"{v.label}-{seed}", cfg)
     for i, (v, seed, cfg) in enumerate(grid):
         run_dir = out / f"{v.label}-{seed}"
         refs.append(RunRef(v.label, seed, run_dir))
@@ -124,7 +144,8 @@ def run_compare(path: str | Path, overrides: dict | None = None, on_run=None, on
     (out / "compare.json").write_text(json.dumps(
         {"name": cmp.name, "base": cmp.base, "seeds": cmp.seeds, "runs": [v.model_dump() for v in cmp.runs],
          "failures": failures}, indent=1))
-    build_report(refs, out, title=f"Strategy comparison: {cmp.name}", baseline=cmp.baseline)
+    done = [r for r, (_, _, cfg) in zip(refs, grid) if is_complete(r.run_dir, cfg.rounds)]
+    build_report(done, out, title=f"Strategy comparison: {cmp.name}", baseline=cmp.baseline)
     if failures:
         raise FlSimError(f"{len(failures)} run(s) failed (report written without them): {failures[0]}")
     return out

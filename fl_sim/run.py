@@ -56,6 +56,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
     zoo = pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, progress=progress)
     tiers = list(zoo.tiers)
     fleet = make_fleet(cfg.fleet, tiers, cfg.seed)
+    cfg = STRATEGIES[cfg.strategy.name].effective_config(cfg)
     run_dir = Path(run_dir or run_dir_for(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))

@@ -35,8 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import FlSimError, PayloadError
 
-SAMPLE_METHODS = ("off", "random", "confidence", "entropy", "margin")
-TOKEN_METHODS = ("off", "mc_dropout", "novelty")
+MAX_TOKEN_VALUE = 1e4  # front-end features are O(10); anything this large is corrupt
 
 
 class UTSConfig(BaseModel):
@@ -65,7 +64,7 @@ def sample_uncertainty(stats: dict[str, np.ndarray], method: str, rng: np.random
         return 1.0 - stats["margin"]
     if method in ("random", "off"):
         return rng.random(n)
-    raise FlSimError(f"unknown UTS sample method {method!r}; allowed: {', '.join(SAMPLE_METHODS)}")
+    raise FlSimError(f"unknown UTS sample method {method!r}; allowed: random, confidence, entropy, margin")
 
 
 def select_samples(uncertainty: np.ndarray, budget: float, min_uncertainty: float | None = None) -> np.ndarray:
@@ -173,6 +172,8 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
         tokens = tokens * scales.astype(np.float32)[:, None]
     if not np.isfinite(tokens).all():
         raise PayloadError("upload tokens or scales contain NaN or inf")
+    if tokens.size and np.abs(tokens).max() > MAX_TOKEN_VALUE:
+        raise PayloadError(f"upload token values exceed {MAX_TOKEN_VALUE:g} (not front-end features)")
     vis = (reference.expand(b, n_tokens, dim).clone() if reference is not None
            else torch.zeros(b, n_tokens, dim))
     vis[mask] = torch.from_numpy(tokens)

@@ -101,11 +101,22 @@ class FleetStrategy(Strategy):
         by_tier: dict[str, list] = {}
         for dev, rep, m in kept:
             if "adapter" in rep.content:
-                by_tier.setdefault(self.ctx.fleet[dev].tier, []).append(
-                    (from_array_record(rep.content["adapter"]), float(m["n_train"]) or 1.0))
+                tier = self.ctx.fleet[dev].tier
+                sd = from_array_record(rep.content["adapter"])
+                ref = self.state.get(tier, {})
+                if set(sd) != set(ref) or any(sd[k].shape != ref[k].shape or not torch.isfinite(sd[k]).all()
+                                              for k in ref):
+                    log.warning("round %d: rejected the adapter of device %d (wrong tensors or NaN)", server_round, dev)
+                    continue
+                by_tier.setdefault(tier, []).append((sd, float(m["n_train"]) or 1.0))
         for tier, updates in by_tier.items():
             self.aggregate(tier, updates)
         return {}
+
+    @classmethod
+    def effective_config(cls, cfg: ExperimentConfig) -> ExperimentConfig:
+        """The config this strategy really runs (saved as the run's ``config.toml``)."""
+        return cfg
 
     def device_weights(self, tier: str) -> dict[str, torch.Tensor] | None:
         """The adapter state a device of ``tier`` runs now (what evaluation measures)."""
@@ -169,7 +180,9 @@ class FleetStrategy(Strategy):
         device_of = {n: d for d, n in self.node_of.items()}
         finished, failed, up_total = [], 0, 0
         for rep in replies:
-            dev = device_of[rep.metadata.src_node_id]
+            dev = device_of.get(rep.metadata.src_node_id)
+            if dev is None:
+                continue
             if rep.has_error():
                 failed += 1
                 log.info("device %d failed in round %d: %s", dev, server_round, rep.error.reason.splitlines()[-1:])
@@ -177,7 +190,12 @@ class FleetStrategy(Strategy):
             up = payload_bytes(rep.content)
             up_total += up
             p = self.ctx.fleet[dev]
-            m = rep.content["metrics"]
+            try:
+                m = self.check_metrics(rep)
+            except (KeyError, TypeError, ValueError) as exc:  # a malformed reply is a failed device
+                failed += 1
+                log.warning("device %d sent a malformed reply in round %d: %s", dev, server_round, exc)
+                continue
             t = p.compute_s(int(m["n_infer"]), int(m["n_train"])) + p.comm_s(info["down"][dev], up)
             finished.append((t, dev, rep, m))
         missing = len(info["sampled"]) - len(replies)
@@ -209,6 +227,18 @@ class FleetStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round, replies) -> MetricRecord | None:
         return None
+
+    REQUIRED_METRICS = ("n_infer", "n_train", "online_acc", "loss")
+
+    def check_metrics(self, rep) -> dict:
+        """The reply's metrics as floats; ``KeyError``/``ValueError`` when a required one is missing or bad."""
+        m = {k: float(v) for k, v in rep.content["metrics"].items()}
+        for k in self.REQUIRED_METRICS:
+            if k not in m:
+                raise KeyError(f"metrics lack {k!r}")
+        if not all(math.isfinite(m[k]) and m[k] >= 0 for k in ("n_infer", "n_train")):
+            raise ValueError(f"bad sample counts {m['n_infer']}, {m['n_train']}")
+        return m
 
     # ----------------------------------------------------------------- evaluation
     def evaluate_tiers(self) -> dict:

@@ -43,12 +43,14 @@ class CDCCA(FleetStrategy):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.uts, self.akd, self.dwc = self.s.uts, self.s.akd, self.s.dwc
-        self.store = ctx.run_dir / "dwc"
+        self.store = (ctx.run_dir / "dwc").resolve()  # devices (Ray workers) read held versions from here
         self.version = {t: 0 for t in self.tiers}
         self.dev_version: dict[int, int] = {}
         self.buffer = akd.ReplayBuffer(self.akd.replay, self.cfg.seed)
         self.rejected = {"uploads": 0, "downlink": 0}
+        self.needs_full: set[int] = set()  # devices whose last downlink failed: send them a dense refresh
         self._chains: dict = {}
+        self._sent: dict[int, tuple[int, int]] = {}  # device -> (held, target) versions sent this round
 
     # ------------------------------------------------------------- state: cloud copy, held weights, residual
     def _group(self, kind: str, tier: str) -> str:
@@ -72,20 +74,18 @@ class CDCCA(FleetStrategy):
     def device_weights(self, tier):
         return self.state[self._group("held", tier)]
 
-    def downlink(self, tier):
-        return self.device_weights(tier)
-
     def _checkpoint_state(self, server_round):
         self.state["replay"] = self.buffer.state()
         return super()._checkpoint_state(server_round) | {
             "version": self.version, "dev_version": {str(k): v for k, v in self.dev_version.items()},
-            "rejected": self.rejected}
+            "rejected": self.rejected, "needs_full": sorted(self.needs_full)}
 
     def restore(self, state, tensors):
         r = super().restore(state, tensors)
         self.version = {t: int(v) for t, v in state["version"].items()}
         self.dev_version = {int(k): int(v) for k, v in state["dev_version"].items()}
         self.rejected = dict(state["rejected"])
+        self.needs_full = set(state.get("needs_full", []))
         self.buffer.load_state(tensors.get("replay", {}))
         return r
 
@@ -98,8 +98,11 @@ class CDCCA(FleetStrategy):
                 "uts_upload": u.upload, "uts_token_bits": u.token_bits, "corrupt_prob": self.cfg.fleet.corrupt_prob} | (
             {"uts_min_uncertainty": u.min_uncertainty} if u.min_uncertainty is not None else {})
 
+    REQUIRED_METRICS = FleetStrategy.REQUIRED_METRICS + ("version", "downlink_rejected", "uploaded")
+
     def device_config(self, p, server_round):
         held = self.dev_version.get(p.device_id, 0)
+        self._sent[p.device_id] = (held, self.version[p.tier])
         return super().device_config(p, server_round) | {
             "held_version": held, "target_version": self.version[p.tier]}
 
@@ -108,6 +111,8 @@ class CDCCA(FleetStrategy):
         u, v = self.dev_version.get(p.device_id, 0), self.version[p.tier]
         if u == v:
             return {}
+        if p.device_id in self.needs_full:
+            return {"dwc_full": to_array_record(self.device_weights(p.tier))}
         key = (p.tier, u, v)
         if key not in self._chains:
             chain = ArrayRecord({f"{i}/{name}": Array(a) for i, w in enumerate(range(u + 1, v + 1))
@@ -118,7 +123,7 @@ class CDCCA(FleetStrategy):
         return self._chains[key]
 
     def configure_train(self, server_round, arrays, config, grid):
-        self._chains = {}
+        self._chains, self._sent = {}, {}
         return super().configure_train(server_round, arrays, config, grid)
 
     # ------------------------------------------------------------- cloud side of the round
@@ -135,7 +140,9 @@ class CDCCA(FleetStrategy):
             try:
                 arrays = {k: a.numpy() for k, a in rep.content["upload"].items()}
                 up = uts.decode_upload(arrays, n_tok, dim, len(pr.tok), ref, img_shape)
-            except (uts.PayloadError, ValueError, TypeError) as exc:
+                if "images" in up and self.uts.upload != "images" or "vis" in up and self.uts.upload == "images":
+                    raise uts.PayloadError(f"upload kind does not match strategy.uts.upload={self.uts.upload!r}")
+            except Exception as exc:  # noqa: BLE001 - whatever is wrong with an upload, reject it, never crash
                 rejected += 1
                 log.warning("round %d: rejected upload of device %d: %s", server_round, dev, exc)
                 continue
@@ -162,12 +169,17 @@ class CDCCA(FleetStrategy):
             parts.append(self.buffer.sample(bs - k_new, rng))
             return akd.concat(parts)
 
-        out = akd.train_adapters(model, align, draw, self.akd, self.cfg.seed + server_round)
-        self.state[self._group("cloud", tier)] = adapter_state(model)
+        seed = int(np.random.SeedSequence([self.cfg.seed, 17, server_round, self.tiers.index(tier)]).generate_state(1)[0])
+        out = akd.train_adapters(model, align, draw, self.akd, seed)
+        new_state = adapter_state(model)
+        if not all(torch.isfinite(t).all() for t in new_state.values()):
+            log.warning("round %d: AKD diverged for %s (non-finite weights); update discarded", server_round, tier)
+            return {}
+        self.state[self._group("cloud", tier)] = new_state
         self.state[self._group("align", tier)] = {k: v.detach().clone() for k, v in align.state_dict().items()}
         return out
 
-    def _compress(self, tier: str, before: dict, after: dict, server_round: int) -> dict:
+    def _compress(self, tier: str, before: dict, after: dict) -> dict:
         """DWC: new version ``v + 1`` of what devices of ``tier`` hold; returns its figures."""
         ef = dwc.ErrorFeedback(self.dwc)
         if self.state[self._group("ef", tier)]:
@@ -190,9 +202,19 @@ class CDCCA(FleetStrategy):
 
     def update(self, server_round, kept, replied):
         t0 = time.time()
-        for dev, _, m in replied:  # every device that answered applied (or rejected) its downlink
-            self.dev_version[dev] = int(m["version"])
-        rejected_down = sum(int(m["downlink_rejected"]) for *_, m in replied)
+        rejected_down = 0
+        for dev, rep, m in replied:  # every device that answered applied (or rejected) its downlink
+            held, target = self._sent.get(dev, (0, 0))
+            version = int(m["version"])
+            if m["downlink_rejected"] or version not in (held, target, 0):
+                rejected_down += 1
+                reason = rep.content["status"]["downlink_error"] if "status" in rep.content else f"version {version}"
+                log.warning("round %d: device %d rejected its downlink: %s", server_round, dev, reason)
+                self.needs_full.add(dev)
+            else:
+                self.needs_full.discard(dev)
+            if version in (held, target, 0):
+                self.dev_version[dev] = version
         vis, questions, rejected_up = self._decode_uploads(kept, server_round)
         self.rejected["uploads"] += rejected_up
         self.rejected["downlink"] += rejected_down
@@ -201,8 +223,9 @@ class CDCCA(FleetStrategy):
         if questions:
             new = akd.teacher_targets(runtime.base_model(self.ctx.model_paths["teacher"]), pr, vis, questions,
                                       self.akd.max_new_tokens)
-        extra = {"uploaded_samples": len(questions), "rejected_uploads": rejected_up,
-                 "rejected_downlinks": rejected_down, "replay_size": len(self.buffer)}
+            new = akd.confident(new, self.akd.min_teacher_confidence)
+        extra = {"uploaded_samples": len(questions), "distilled_samples": akd.size(new),
+                 "rejected_uploads": rejected_up, "rejected_downlinks": rejected_down}
         trained = akd.size(new) > 0 or len(self.buffer) > 0
         figures = {}
         for tier in self.tiers:
@@ -210,8 +233,10 @@ class CDCCA(FleetStrategy):
                 continue
             before = dict(self.state[self._group("cloud", tier)])
             losses = self._train_tier(tier, new, server_round)
-            figures[tier] = losses | self._compress(tier, before, self.state[self._group("cloud", tier)], server_round)
+            if losses:
+                figures[tier] = losses | self._compress(tier, before, self.state[self._group("cloud", tier)])
         self.buffer.add(new)
+        extra["replay_size"] = len(self.buffer)
         if figures:
             for key in ("loss", "ce", "kl", "feat", "payload_bytes", "ratio_dense", "ratio_checkpoint"):
                 vals = [f[key] for f in figures.values() if key in f]
@@ -237,7 +262,9 @@ class CloudKDFull(CDCCA):
     """The cost upper bound: every raw image uploaded, dense fp32 downlink, same cloud distillation."""
     name = "cloud-kd-full"
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        self.uts = self.uts.model_copy(update={"method": "off", "tokens": "off", "upload": "images"})
-        self.dwc = self.dwc.model_copy(update={"select": False, "quantize": False})
+    @classmethod
+    def effective_config(cls, cfg):
+        s = cfg.strategy
+        return cfg.model_copy(update={"strategy": s.model_copy(update={
+            "uts": s.uts.model_copy(update={"method": "off", "tokens": "off", "upload": "images"}),
+            "dwc": s.dwc.model_copy(update={"select": False, "quantize": False})})})

@@ -12,4 +12,5 @@ class Tent(FleetStrategy):
     name = "tent"
 
     def device_settings(self) -> dict:
-        return {"local_steps": self.s.local_steps, "proximal_mu": 0.0, "objective": "entropy"}
+        # entropy of the device's own answers: never the true ones, whatever strategy.labels says
+        return {"local_steps": self.s.local_steps, "proximal_mu": 0.0, "objective": "entropy", "labels": "pseudo"}

@@ -1,0 +1,104 @@
+"""Compression: UTS uplink bytes per device round and DWC downlink bytes per payload, on real models.
+
+    python benchmarks/compression.py [--zoo default] [--tier phone-high] [--rounds 4]
+
+Uplink: one device round of 32 ``dusk`` samples through the tier's model; serialized Flower bytes of
+the upload for raw images (the baseline), every visual token, and UTS at its defaults and variants.
+Downlink: ``--rounds`` rounds of AKD on teacher-labelled ``dusk`` uploads; each round's adapter change is
+compressed with every DWC setting (error feedback on) and its serialized payload compared with a dense
+fp32 delta and with the device checkpoint. Encode/decode times are per payload.
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from fl_sim.cli import _quiet_libraries
+
+
+def _bytes(arrays) -> int:
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    from fl_sim.wire import payload_bytes
+
+    return payload_bytes(RecordDict({"x": ArrayRecord({k: Array(v) for k, v in arrays.items()})}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--zoo", default="default")
+    ap.add_argument("--tier", default="phone-high")
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args()
+    _quiet_libraries()
+    torch.set_num_threads(2)
+    from fl_sim import akd, dwc, runtime, uts
+    from fl_sim.cache import read_meta
+    from fl_sim.models.adapters import adapter_state, load_adapter_state
+    from fl_sim.models.mllm import _llava, answer_with_stats, visual_tokens
+    from fl_sim.models.zoo import pretrain_zoo
+
+    zoo = pretrain_zoo(args.zoo)
+    pr, tier = zoo.prompter, args.tier
+    model, init = runtime.adapted_model(str(zoo.paths[tier]), 8)
+    ref = runtime.reference_token(str(zoo.paths["teacher"]), None)
+    ds = runtime.split("dusk", "train", 2000, 0, None)
+
+    print("UTS uplink, one device round of 32 samples (serialized Flower bytes):")
+    rows = ds.select(range(32))
+    vis = visual_tokens(model, pr.pixels(np.asarray(rows["image"])))
+    _, stats = answer_with_stats(model, pr, vis, rows["question"], 28)
+    q = [pr.words(x) for x in rows["question"]]
+    raw = _bytes(uts.encode_upload(q, images=np.asarray(rows["image"])))
+    variants = {"raw images (baseline)": raw,
+                "every token, float16": _bytes(uts.encode_upload(q, vis=vis, token_bits=16)),
+                "every token, int8": _bytes(uts.encode_upload(q, vis=vis))}
+    rng = np.random.default_rng(0)
+    for budget, keep in ((0.25, 0.5), (0.125, 0.5), (0.125, 1.0)):
+        kept = uts.select_samples(uts.sample_uncertainty(stats, "confidence", rng), budget)
+        v = vis[torch.as_tensor(kept)]
+        mask = uts.select_tokens(uts.token_uncertainty_novelty(v, ref), keep)
+        variants[f"UTS budget {budget}, tokens {keep}, int8"] = _bytes(
+            uts.encode_upload([q[i] for i in kept], vis=v, mask=mask))
+    for name, b in variants.items():
+        print(f"  {name:<38} {b:>9,d} B   {raw / b:6.1f}x smaller than raw")
+
+    teacher = runtime.base_model(str(zoo.paths["teacher"]))
+    checkpoint = int(read_meta(zoo.paths[tier])["device_bytes"])
+    settings = {"dense fp32": dict(select=False, quantize=False), "top-k only": dict(quantize=False),
+                "quantise only (4 bit)": dict(select=False), "top-k + 8 bit": dict(bits=8),
+                "top-k + 4 bit (default)": {}, "top-k + 2 bit": dict(bits=2)}
+    feedback = {k: dwc.ErrorFeedback(dwc.DWCConfig(**v)) for k, v in settings.items()}
+    figures = {k: [] for k in settings}
+    align = torch.nn.Linear(_llava(model).config.text_config.hidden_size, teacher.config.text_config.hidden_size)
+    load_adapter_state(model, init)
+    for r in range(args.rounds):
+        rows = ds.select(range(100 + 64 * r, 164 + 64 * r))
+        tg = akd.teacher_targets(teacher, pr, visual_tokens(teacher, pr.pixels(np.asarray(rows["image"]))),
+                                 list(rows["question"]))
+        before = adapter_state(model)
+        akd.train_adapters(model, align, lambda s: akd.take(tg, rng.choice(64, 32, replace=False)),
+                           akd.AKDConfig(steps=40), seed=r)
+        after = adapter_state(model)
+        delta = {k: after[k] - before[k] for k in after}
+        dense = _bytes({k: v.numpy() for k, v in delta.items()})
+        for name, ef in feedback.items():
+            t0 = time.perf_counter()
+            payload, sent = ef.step(delta)
+            t1 = time.perf_counter()
+            dwc.decode(payload, delta)
+            t2 = time.perf_counter()
+            b = _bytes(payload)
+            figures[name].append((b, dense / b, checkpoint / b, t1 - t0, t2 - t1))
+    print(f"\nDWC downlink, {tier} adapters ({sum(v.numel() for v in init.values()):,d} values), "
+          f"device checkpoint {checkpoint:,d} B, mean over {args.rounds} AKD rounds:")
+    print(f"  {'setting':<24} {'payload B':>10} {'vs dense':>9} {'vs ckpt':>8} {'encode ms':>10} {'decode ms':>10}")
+    for name, f in figures.items():
+        a = np.mean(np.array(f), 0)
+        print(f"  {name:<24} {a[0]:>10,.0f} {a[1]:>8.1f}x {a[2]:>7.1f}x {1e3 * a[3]:>10.1f} {1e3 * a[4]:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
