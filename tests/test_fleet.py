@@ -65,7 +65,7 @@ def test_config_errors_name_the_key(tmp_path):
         parse_config({"zoo": "tiny", "fleet": {"num_device": 3}})
     with pytest.raises(FlSimError, match="strategy.clients_per_round: Input should be greater than or equal to 1"):
         parse_config({"zoo": "tiny", "strategy": {"clients_per_round": 0}})
-    with pytest.raises(FlSimError, match="unknown strategy 'fedsgd'; allowed: source-only, fedavg, fedprox"):
+    with pytest.raises(FlSimError, match="unknown strategy 'fedsgd'; allowed: source-only, tent, fedavg, fedprox, cloud-kd-full, cdcca"):
         parse_config({"zoo": "tiny", "strategy": {"name": "fedsgd"}})
     with pytest.raises(FlSimError, match="unknown tier 'phone-high'"):
         parse_config({"zoo": "tiny", "fleet": {"tiers": {"phone-high": 1.0}}})
