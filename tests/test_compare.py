@@ -1,0 +1,61 @@
+"""A tiny two-strategy comparison end to end: ``run_compare`` on tiny presets through Flower's real
+``run_simulation``, then the report; a second call skips finished runs; a changed setup is refused."""
+
+import json
+
+import pytest
+import tomli_w
+
+from fl_sim import FlSimError
+from fl_sim.compare import run_compare
+from fl_sim.metrics import read_results
+
+BASE = {"zoo": "tiny", "rounds": 2, "seed": 0,
+        "fleet": {"num_devices": 4, "samples_per_round": 8, "train_size": 64, "shift_round": [2, 2],
+                  "active_fraction": {"low": 1.0, "high": 1.0}},
+        "strategy": {"name": "source-only", "clients_per_round": 4, "over_commit": 1.0, "lora_r": 4,
+                     "uts": {"budget": 0.5}, "akd": {"steps": 3, "batch_size": 8, "replay": 16},
+                     "dwc": {"max_density": 0.2}},
+        "eval": {"n_test": 8},
+        "simulation": {"num_cpus": 2, "round_timeout_s": 300}}
+
+
+def _write(tmp_path, cache_dir, runs):
+    base = json.loads(json.dumps(BASE)) | {"cache_dir": cache_dir, "output_dir": str(tmp_path / "runs")}
+    (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
+    cmp = {"name": "tinycmp", "base": "base.toml", "seeds": [0], "baseline": "source-only", "runs": runs}
+    path = tmp_path / "cmp.toml"
+    path.write_text(tomli_w.dumps(cmp))
+    return path
+
+
+def test_two_strategy_compare_end_to_end(tmp_path, cache_dir, tiny_zoo):
+    path = _write(tmp_path, cache_dir, [{"label": "source-only", "strategy": "source-only"},
+                                        {"label": "cdcca", "strategy": "cdcca"}])
+    seen = []
+    out = run_compare(path, on_run=lambda i, n, label, seed, state: seen.append((label, seed, state)))
+    assert seen == [("source-only", 0, "running"), ("cdcca", 0, "running")]
+    for label in ("source-only", "cdcca"):
+        res = read_results(out / f"{label}-0")
+        assert [r["round"] for r in res] == [1, 2]
+    assert read_results(out / "source-only-0")[-1]["cum_uplink_bytes"] < read_results(out / "cdcca-0")[-1]["cum_uplink_bytes"]
+
+    summary = json.loads((out / "summary.json").read_text())
+    labels = [row["label"] for row in summary["rows"]]
+    assert sorted(labels) == ["cdcca", "source-only"]
+    report = (out / "report.md").read_text()
+    assert "cdcca" in report and "source-only" in report
+    assert len(list(out.glob("*.png"))) == 4
+    assert json.loads((out / "compare.json").read_text())["failures"] == []
+
+    # a second call finds both runs complete and only rebuilds the report
+    seen.clear()
+    before = (out / "cdcca-0" / "results.jsonl").read_text()
+    run_compare(path, on_run=lambda i, n, label, seed, state: seen.append((label, seed, state)))
+    assert seen == [("source-only", 0, "done"), ("cdcca", 0, "done")]
+    assert (out / "cdcca-0" / "results.jsonl").read_text() == before
+
+    # the same run directory with a different experiment is refused before anything runs
+    path = _write(tmp_path, cache_dir, [{"label": "cdcca", "strategy": "cdcca", "set": {"strategy.uts.budget": 0.25}}])
+    with pytest.raises(FlSimError, match="different experiment"):
+        run_compare(path)
