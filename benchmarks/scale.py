@@ -3,7 +3,7 @@
     python benchmarks/scale.py [--devices 1000] [--per-round 50] [--rounds 3] [--zoo default]
 
 Prints wall time per round, peak RSS (this process plus its Ray workers, sampled every 0.5 s) and the
-overhead ratio: Flower round wall time (send -> all replies) divided by the time the same devices' work
+overhead ratio and throughput (device-rounds per minute): Flower round wall time (send -> all replies) divided by the time the same devices' work
 (``clients.local.run_device_round`` with the same configs) takes in one plain loop in this process.
 Targets (issue 3): peak RSS <= 8 GiB, overhead ratio <= 1.5.
 """
@@ -86,11 +86,16 @@ def main():
     for rec, p in zip(res, plain):
         ratio = rec["wall_s"]["train"] / p
         print(f"round {rec['round']}: flower train phase {rec['wall_s']['train']:.1f} s, plain loop {p:.1f} s, "
-              f"overhead ratio {ratio:.2f}; whole round {rec['wall_s']['round']:.1f} s")
+              f"overhead ratio {ratio:.2f}; whole round {rec['wall_s']['round']:.1f} s, "
+              f"{rec['participants']} device-rounds = {60 * rec['participants'] / rec['wall_s']['round']:.0f} per minute")
     steady = [r["wall_s"]["train"] / p for r, p in zip(res[1:], plain[1:])] or [res[0]["wall_s"]["train"] / plain[0]]
     print(f"overhead ratio (rounds after the first, which includes worker start-up): "
           f"{sum(steady) / len(steady):.2f}   target <= 1.5")
     print(f"peak RSS (driver + Ray workers): {peak[0] / 2**30:.2f} GiB   target <= 8 GiB")
+    done = sum(r["participants"] for r in res)
+    rounds_wall = sum(r["wall_s"]["round"] for r in res)
+    print(f"throughput: {done} device-rounds in {rounds_wall:.1f} s of rounds = {60 * done / rounds_wall:.0f} per minute "
+          f"({60 * done / total:.0f} per minute counting Ray start and node mapping)")
     print(f"total wall time incl. Ray start and node mapping: {total:.1f} s")
 
 

@@ -125,7 +125,7 @@ def train_adapters(student, align: torch.nn.Module | None, draw, cfg: AKDConfig,
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         for k, v in out.items():
-            logs.setdefault(k, []).append(float(v.detach()))
+            logs.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
     student.eval()
     return {k: float(np.mean(v)) for k, v in logs.items()}
 
