@@ -56,7 +56,7 @@ def main() -> None:
                 "every token, float16": _bytes(uts.encode_upload(q, vis=vis, token_bits=16)),
                 "every token, int8": _bytes(uts.encode_upload(q, vis=vis))}
     rng = np.random.default_rng(0)
-    for budget, keep in ((0.25, 0.5), (0.125, 0.5), (0.125, 1.0)):
+    for budget, keep in ((0.25, 0.5), (0.125, 0.5), (0.125, 1.0), (0.125, 0.375), (0.125, 0.25)):
         kept = uts.select_samples(uts.sample_uncertainty(stats, "confidence", rng), budget)
         v = vis[torch.as_tensor(kept)]
         mask = uts.select_tokens(uts.token_uncertainty_novelty(v, ref), keep)
@@ -69,7 +69,8 @@ def main() -> None:
     checkpoint = int(read_meta(zoo.paths[tier])["device_bytes"])
     settings = {"dense fp32": dict(select=False, quantize=False), "top-k only": dict(quantize=False),
                 "quantise only (4 bit)": dict(select=False), "top-k + 8 bit": dict(bits=8),
-                "top-k + 4 bit (default)": {}, "top-k + 2 bit": dict(bits=2)}
+                "top-k + 4 bit (default)": {}, "top-k + 2 bit": dict(bits=2),
+                "top-k 3% + 4 bit": dict(max_density=0.03), "top-k 2% + 4 bit": dict(max_density=0.02)}
     feedback = {k: dwc.ErrorFeedback(dwc.DWCConfig(**v)) for k, v in settings.items()}
     figures = {k: [] for k in settings}
     align = torch.nn.Linear(_llava(model).config.text_config.hidden_size, teacher.config.text_config.hidden_size)

@@ -39,6 +39,10 @@ class AKDConfig(BaseModel):
     max_new_tokens: int = Field(28, ge=1)
     min_teacher_confidence: float = Field(0.0, ge=0, le=1, description=(
         "distil only samples the teacher answers with at least this confidence (0 = all)"))
+    anchor: float = Field(0.5, ge=0, lt=1, description=(
+        "share of each batch drawn from the cloud's own labelled source data (CE on true answers, no "
+        "distillation) against forgetting the source domain; 0 = off (the paper's AKD)"))
+    anchor_size: int = Field(512, ge=1, description="source samples the cloud keeps for anchoring")
     cloud_ms_per_sample: float = Field(1.0, ge=0, description="virtual cloud time per teacher/student sample pass")
 
     @model_validator(mode="after")
@@ -48,7 +52,7 @@ class AKDConfig(BaseModel):
         return self
 
 
-TARGET_KEYS = ("vis", "input_ids", "attention_mask", "labels", "t_logits", "t_hidden", "t_conf")
+TARGET_KEYS = ("vis", "input_ids", "attention_mask", "labels", "t_logits", "t_hidden", "t_conf", "distil")
 
 
 def _pad(t: torch.Tensor, length: int, value) -> torch.Tensor:
@@ -79,7 +83,24 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
         hidden.append(F.pad(out.hidden_states[-1], (0, 0, 0, L - n)).half())
     return {"vis": vis.float(), "input_ids": ids, "attention_mask": mask, "labels": labels,
             "t_logits": torch.cat(logits), "t_hidden": torch.cat(hidden),
-            "t_conf": torch.as_tensor(stats["confidence"], dtype=torch.float32)}
+            "t_conf": torch.as_tensor(stats["confidence"], dtype=torch.float32),
+            "distil": torch.ones(len(questions))}
+
+
+def anchor_targets(prompter: Prompter, vis: torch.Tensor, questions: list[str], answers: list[str],
+                   vocab: int, teacher_width: int) -> dict[str, torch.Tensor]:
+    """Targets for the cloud's own labelled source data (true answers, CE only: ``distil`` = 0).
+
+    The cloud pretrained the device models on this data; mixing it into AKD batches (``AKDConfig.anchor``)
+    keeps the source domain from being overwritten by teacher labels where the teacher is no better.
+    """
+    batch = prompter.train_batch(questions, answers)
+    L, n = MAX_POSITIONS, len(questions)
+    return {"vis": vis.float(), "input_ids": _pad(batch["input_ids"], L, prompter.pad),
+            "attention_mask": _pad(batch["attention_mask"], L, 0), "labels": _pad(batch["labels"], L, -100),
+            "t_logits": torch.zeros(n, L, vocab, dtype=torch.float16),
+            "t_hidden": torch.zeros(n, L, teacher_width, dtype=torch.float16),
+            "t_conf": torch.ones(n), "distil": torch.zeros(n)}
 
 
 def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tensor], cfg: AKDConfig) -> dict:
@@ -89,6 +110,7 @@ def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tens
     out = student(inputs_embeds=embed_with_tokens(student, ids, batch["vis"]), attention_mask=mask,
                   output_hidden_states=cfg.w_feat > 0)
     terms = {}
+    w = batch["distil"].float() if "distil" in batch else torch.ones(len(ids))  # per-sample KL/feature weight
     if cfg.w_ce > 0:
         terms["ce"] = per_sample_loss(out.logits, labels).mean()
     if cfg.w_kl > 0:
@@ -96,11 +118,15 @@ def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tens
         T = cfg.temperature
         s = out.logits[:, :-1][ans].float() / T
         t = batch["t_logits"][:, :n][:, :-1][ans].float() / T
-        terms["kl"] = F.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="batchmean") * T * T
+        kl = F.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+        wk = w[:, None].expand_as(ans)[ans]
+        terms["kl"] = (kl * wk).sum() / wk.sum().clamp_min(1e-8) * T * T
     if cfg.w_feat > 0:
         keep = mask.bool()
         h = align(out.hidden_states[-1][keep])
-        terms["feat"] = F.mse_loss(h, batch["t_hidden"][:, :n][keep].float())
+        mse = (h - batch["t_hidden"][:, :n][keep].float()).pow(2).mean(-1)
+        wf = w[:, None].expand_as(keep)[keep]
+        terms["feat"] = (mse * wf).sum() / wf.sum().clamp_min(1e-8)
     weights = {"ce": cfg.w_ce, "kl": cfg.w_kl, "feat": cfg.w_feat}
     total = sum(weights[k] * v for k, v in terms.items())
     return {"loss": total, **{k: float(v.detach()) for k, v in terms.items()}}
@@ -186,3 +212,5 @@ class ReplayBuffer:
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.seen = int(tensors.get("seen", torch.tensor([0]))[0])
         self.data = {k: tensors[k] for k in TARGET_KEYS if k in tensors}
+        if self.data and "distil" not in self.data:  # checkpoints written before per-sample weights
+            self.data["distil"] = torch.ones(len(self.data["input_ids"]))

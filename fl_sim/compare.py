@@ -67,9 +67,9 @@ def load_compare(path: str | Path, overrides: dict | None = None) -> tuple[Compa
     if len(set(labels)) != len(labels):
         raise FlSimError(f"invalid comparison {path}: duplicate run labels")
     base = (path.parent / cmp.base).resolve()
-    grid = []
-    for v in cmp.runs:
-        for seed in cmp.seeds:
+    grid = []  # seed-major: every variant of the first seed finishes before any second seed starts
+    for seed in cmp.seeds:
+        for v in cmp.runs:
             over = {**_flat(cmp.set), **_flat(v.set), **(overrides or {}), "strategy.name": v.strategy, "seed": seed,
                     "name": cmp.name}
             try:

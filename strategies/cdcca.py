@@ -162,11 +162,17 @@ class CDCCA(FleetStrategy):
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 13, server_round, self.tiers.index(tier)]))
         bs = self.akd.batch_size
 
+        anchor = self._anchor()
+        k_anchor = round(self.akd.anchor * bs) if anchor else 0
+        bs -= k_anchor
+
         def draw(step):
             n_new = akd.size(new)
             k_new = min(n_new, bs if len(self.buffer) == 0 else bs // 2)
             parts = [akd.take(new, rng.choice(n_new, size=k_new, replace=False))] if k_new else []
             parts.append(self.buffer.sample(bs - k_new, rng))
+            if k_anchor:
+                parts.append(akd.take(anchor, rng.choice(akd.size(anchor), size=k_anchor, replace=False)))
             return akd.concat(parts)
 
         seed = int(np.random.SeedSequence([self.cfg.seed, 17, server_round, self.tiers.index(tier)]).generate_state(1)[0])
@@ -178,6 +184,23 @@ class CDCCA(FleetStrategy):
         self.state[self._group("cloud", tier)] = new_state
         self.state[self._group("align", tier)] = {k: v.detach().clone() for k, v in align.state_dict().items()}
         return out
+
+    def _anchor(self) -> dict:
+        """The cloud's labelled source samples (the domain it pretrained the devices on), built once.
+
+        Drawn from the source stream with a seed of their own, so they are not the devices' samples."""
+        if self.akd.anchor <= 0:
+            return {}
+        if getattr(self, "_anchor_targets", None) is None:
+            pr = runtime.prompter(self.cfg.cache_dir)
+            teacher = runtime.base_model(self.ctx.model_paths["teacher"])
+            ds = runtime.split("source", "train", self.akd.anchor_size, 10_000 + self.cfg.seed, self.cfg.cache_dir)
+            with torch.no_grad():
+                vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
+            self._anchor_targets = akd.anchor_targets(
+                pr, vis, list(ds["question"]), list(ds["answer"]), teacher.config.text_config.vocab_size,
+                self._width("teacher"))
+        return self._anchor_targets
 
     def _compress(self, tier: str, before: dict, after: dict) -> dict:
         """DWC: new version ``v + 1`` of what devices of ``tier`` hold; returns its figures."""
