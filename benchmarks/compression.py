@@ -26,6 +26,13 @@ def _bytes(arrays) -> int:
     return payload_bytes(RecordDict({"x": ArrayRecord({k: Array(v) for k, v in arrays.items()})}))
 
 
+def _upload_bytes(arrays) -> int:
+    """An upload as devices send it: its arrays packed into one (``fl_sim.wire.pack_arrays``)."""
+    from fl_sim.wire import pack_arrays
+
+    return _bytes({"packed": pack_arrays(arrays)})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--zoo", default="default")
@@ -51,16 +58,16 @@ def main() -> None:
     vis = visual_tokens(model, pr.pixels(np.asarray(rows["image"])))
     _, stats = answer_with_stats(model, pr, vis, rows["question"], 28)
     q = [pr.words(x) for x in rows["question"]]
-    raw = _bytes(uts.encode_upload(q, images=np.asarray(rows["image"])))
+    raw = _upload_bytes(uts.encode_upload(q, images=np.asarray(rows["image"])))
     variants = {"raw images (baseline)": raw,
-                "every token, float16": _bytes(uts.encode_upload(q, vis=vis, token_bits=16)),
-                "every token, int8": _bytes(uts.encode_upload(q, vis=vis))}
+                "every token, float16": _upload_bytes(uts.encode_upload(q, vis=vis, token_bits=16)),
+                "every token, int8": _upload_bytes(uts.encode_upload(q, vis=vis))}
     rng = np.random.default_rng(0)
     for budget, keep in ((0.25, 0.5), (0.125, 0.5), (0.125, 1.0), (0.125, 0.375), (0.125, 0.25)):
         kept = uts.select_samples(uts.sample_uncertainty(stats, "confidence", rng), budget)
         v = vis[torch.as_tensor(kept)]
         mask = uts.select_tokens(uts.token_uncertainty_novelty(v, ref), keep)
-        variants[f"UTS budget {budget}, tokens {keep}, int8"] = _bytes(
+        variants[f"UTS budget {budget}, tokens {keep}, int8"] = _upload_bytes(
             uts.encode_upload([q[i] for i in kept], vis=v, mask=mask))
     for name, b in variants.items():
         print(f"  {name:<38} {b:>9,d} B   {raw / b:6.1f}x smaller than raw")

@@ -9,7 +9,8 @@ Messages it handles:
            device adapted, ``adapter`` (its new adapter state).
            With ``config["mode"] == "cdcca"`` the downlink is ``dwc_full`` (a dense refresh) or
            ``dwc_chain`` (DWC payloads; array ``"<i>/<name>"`` is array ``name`` of the i-th payload) and
-           the reply carries ``upload`` (the UTS upload arrays) instead of an adapter.
+           the reply carries ``upload`` (the UTS upload arrays packed into one uint8 array, ``"packed"``;
+           see ``fl_sim.wire.pack_arrays``) instead of an adapter.
 
 Per-device state lives on the server side (adapters are shared per tier and version), so
 ``Context.state`` stays empty; base models are cached per worker process by tier.
@@ -50,6 +51,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def _cdcca(msg: Message, cfg: dict) -> Message:
     from clients.local import run_cdcca_round
+    from fl_sim.wire import pack_arrays
 
     downlink = None  # raw arrays; run_cdcca_round validates them (a bad downlink is rejected, not fatal)
     for kind in ("dwc_full", "dwc_chain"):
@@ -57,7 +59,7 @@ def _cdcca(msg: Message, cfg: dict) -> Message:
             downlink = {kind[4:]: {k: a.numpy() for k, a in msg.content[kind].items()}}
     upload, metrics, reason = run_cdcca_round(cfg, downlink)
     content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
-                          "upload": ArrayRecord({k: Array(v) for k, v in upload.items()})})
+                          "upload": ArrayRecord({"packed": Array(pack_arrays(upload))})})
     if reason:
         content["status"] = ConfigRecord({"downlink_error": reason})
     return Message(content, reply_to=msg)

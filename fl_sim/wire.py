@@ -6,6 +6,8 @@ ArrayRecord/ConfigRecord/MetricRecord -> Array -> chunks), each object deflated 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -32,3 +34,67 @@ def _np(v):
 
 def from_array_record(record) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()}
+
+
+# ---------------------------------------------------------------- several arrays as one blob
+# Flower frames every Array separately (an Array object plus a chunk, each with its own header: about
+# 300 bytes per array). Small payloads made of several arrays (a UTS upload: questions, lengths, tokens,
+# scales, mask) therefore go as one uint8 array: a 4-byte little-endian header length, a JSON header
+# ``[[name, dtype, shape], ...]`` and the arrays' bytes in that order.
+PACK_DTYPES = ("|u1", "|i1", "<u2", "<i2", "<f2", "<f4", "<i4", "<i8")
+MAX_PACKED_ARRAYS = 64
+
+
+def pack_arrays(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """``arrays`` as one 1-D uint8 array (see ``unpack_arrays``)."""
+    import json
+
+    if len(arrays) > MAX_PACKED_ARRAYS:
+        raise ValueError(f"at most {MAX_PACKED_ARRAYS} arrays can be packed, got {len(arrays)}")
+    parts, header = [], []
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        if a.dtype.str not in PACK_DTYPES:
+            raise ValueError(f"array {name!r} has dtype {a.dtype}; packable: {', '.join(PACK_DTYPES)}")
+        header.append([name, a.dtype.str, list(a.shape)])
+        parts.append(a.view(np.uint8).ravel())
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return np.concatenate([np.frombuffer(np.uint32(len(head)).tobytes(), np.uint8),
+                           np.frombuffer(head, np.uint8), *parts])
+
+
+def unpack_arrays(blob: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays packed by ``pack_arrays``; ``PayloadError`` naming what is wrong with a malformed blob."""
+    import json
+
+    from . import PayloadError
+
+    blob = np.asarray(blob)
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise PayloadError(f"packed payload must be a 1-D uint8 array, got {blob.dtype} {blob.shape}")
+    if blob.size < 4:
+        raise PayloadError("packed payload is truncated (no header length)")
+    n = int(blob[:4].view("<u4")[0])
+    if n > blob.size - 4:
+        raise PayloadError(f"packed payload is truncated (header of {n} bytes, {blob.size - 4} left)")
+    try:
+        header = json.loads(blob[4:4 + n].tobytes())
+        entries = [(str(name), str(dt), [int(d) for d in shape]) for name, dt, shape in header]
+    except (ValueError, TypeError) as exc:
+        raise PayloadError(f"packed payload has a malformed header: {exc}") from None
+    if len(entries) > MAX_PACKED_ARRAYS:
+        raise PayloadError(f"packed payload names {len(entries)} arrays (at most {MAX_PACKED_ARRAYS})")
+    out, pos = {}, 4 + n
+    for name, dt, shape in entries:
+        if dt not in PACK_DTYPES:
+            raise PayloadError(f"packed array {name!r} has dtype {dt!r}; allowed: {', '.join(PACK_DTYPES)}")
+        if any(d < 0 for d in shape):
+            raise PayloadError(f"packed array {name!r} has a negative dimension {shape}")
+        size = math.prod(shape) * np.dtype(dt).itemsize  # Python ints: no overflow
+        if pos + size > blob.size:
+            raise PayloadError(f"packed payload is truncated (array {name!r} needs {size} bytes)")
+        out[name] = blob[pos:pos + size].copy().view(dt).reshape(shape)
+        pos += size
+    if pos != blob.size:
+        raise PayloadError(f"packed payload has {blob.size - pos} trailing bytes")
+    return out

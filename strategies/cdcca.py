@@ -31,7 +31,7 @@ from fl_sim import akd, dwc, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
 from fl_sim.models.mllm import visual_tokens
-from fl_sim.wire import payload_bytes, to_array_record
+from fl_sim.wire import payload_bytes, to_array_record, unpack_arrays
 from strategies.base import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,10 @@ class CDCCA(FleetStrategy):
             if "upload" not in rep.content:
                 continue
             try:
-                arrays = {k: a.numpy() for k, a in rep.content["upload"].items()}
+                record = rep.content["upload"]
+                if list(record.keys()) != ["packed"]:
+                    raise uts.PayloadError(f"upload record holds {sorted(record.keys())}, expected ['packed']")
+                arrays = unpack_arrays(record["packed"].numpy())
                 up = uts.decode_upload(arrays, n_tok, dim, len(pr.tok), ref, img_shape)
                 if "images" in up and self.uts.upload != "images" or "vis" in up and self.uts.upload == "images":
                     raise uts.PayloadError(f"upload kind does not match strategy.uts.upload={self.uts.upload!r}")

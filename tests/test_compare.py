@@ -14,7 +14,7 @@ BASE = {"zoo": "tiny", "rounds": 2, "seed": 0,
         "fleet": {"num_devices": 4, "samples_per_round": 8, "train_size": 64, "shift_round": [2, 2],
                   "active_fraction": {"low": 1.0, "high": 1.0}},
         "strategy": {"name": "source-only", "clients_per_round": 4, "over_commit": 1.0, "lora_r": 4,
-                     "uts": {"budget": 0.5}, "akd": {"steps": 3, "batch_size": 8, "replay": 16},
+                     "uts": {"budget": 0.5}, "akd": {"steps": 3, "batch_size": 8, "replay": 16, "anchor_size": 32},
                      "dwc": {"max_density": 0.2}},
         "eval": {"n_test": 8},
         "simulation": {"num_cpus": 2, "round_timeout_s": 300}}

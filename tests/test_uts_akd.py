@@ -136,6 +136,30 @@ def test_akd_lowers_the_loss_and_trains_only_adapters(world):
     load_adapter_state(model, init)
 
 
+def test_anchor_samples_add_ce_on_true_answers_and_no_distillation(world):
+    zoo, ds, model, init = world
+    from fl_sim.models.adapters import load_adapter_state
+
+    load_adapter_state(model, init)
+    pr = zoo.prompter
+    vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"][:12])))
+    tg = akd.teacher_targets(zoo.teacher, pr, vis[:6], list(ds["question"][:6]), max_new_tokens=8)
+    anc = akd.anchor_targets(pr, vis[6:], list(ds["question"][6:12]), list(ds["answer"][6:12]),
+                             tg["t_logits"].shape[-1], tg["t_hidden"].shape[-1])
+    assert set(anc) == set(tg) and all(anc[k].shape[1:] == tg[k].shape[1:] for k in tg)
+    assert anc["distil"].tolist() == [0.0] * 6 and tg["distil"].tolist() == [1.0] * 6
+    first = anc["labels"][0][anc["labels"][0] != -100][:-1]  # the true answer's words, then eos
+    assert pr.tok.decode(first.tolist()).strip() == ds["answer"][6]
+    cfg = akd.AKDConfig()
+    align = torch.nn.Linear(32, 64)
+    with torch.no_grad():
+        alone, mixed = akd.akd_loss(model, align, tg, cfg), akd.akd_loss(model, align, akd.concat([tg, anc]), cfg)
+        only_anchor = akd.akd_loss(model, align, anc, cfg)
+    assert mixed["kl"] == pytest.approx(alone["kl"], rel=1e-4) and mixed["feat"] == pytest.approx(alone["feat"], rel=1e-4)
+    assert mixed["ce"] != pytest.approx(alone["ce"], rel=1e-4)
+    assert only_anchor["kl"] == 0 and only_anchor["feat"] == 0 and only_anchor["ce"] > 0
+
+
 def test_akd_terms_switch_off():
     cfg = akd.AKDConfig(w_kl=0, w_feat=0)
     assert cfg.w_ce == 1 and cfg.w_kl == 0
@@ -154,5 +178,48 @@ def test_replay_buffer_is_bounded_uniform_and_restorable():
     other = akd.ReplayBuffer(capacity=50, seed=0)
     other.load_state(buf.state())
     assert other.seen == 400 and torch.equal(other.data["vis"], buf.data["vis"])
+    older = akd.ReplayBuffer(capacity=50, seed=0)  # a checkpoint from before per-sample distillation weights
+    older.load_state({k: v for k, v in buf.state().items() if k != "distil"})
+    assert torch.equal(older.data["distil"], torch.ones(50))
     s = buf.sample(10, np.random.default_rng(1))
     assert akd.size(s) == 10
+
+
+def test_packed_upload_round_trip_and_is_smaller_than_separate_arrays():
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    from fl_sim.wire import pack_arrays, payload_bytes, unpack_arrays
+
+    rng = np.random.default_rng(0)
+    up = uts.encode_upload([[5, 6, 7], [8, 9]], vis=torch.randn(2, 9, 16),
+                           mask=torch.from_numpy(rng.random((2, 9)) < 0.5))
+    back = unpack_arrays(pack_arrays(up))
+    assert list(back) == list(up)
+    for k in up:
+        assert back[k].dtype == up[k].dtype and np.array_equal(back[k], up[k]), k
+
+    def size(arrays):
+        return payload_bytes(RecordDict({"u": ArrayRecord({k: Array(v) for k, v in arrays.items()})}))
+
+    assert size({"packed": pack_arrays(up)}) < size(up) - 4 * 200  # one framed array instead of five
+
+
+@pytest.mark.parametrize("breakage", ["short", "header-len", "json", "dtype", "negative", "huge", "trailing",
+                                      "not-uint8"])
+def test_malformed_packed_payloads_are_rejected(breakage):
+    import json as _json
+
+    from fl_sim.wire import pack_arrays, unpack_arrays
+
+    good = pack_arrays({"a": np.arange(6, dtype=np.uint8), "b": np.ones((2, 2), np.float16)})
+
+    def blob(header, data=b"\0" * 14):
+        head = _json.dumps(header).encode()
+        return np.frombuffer(np.uint32(len(head)).tobytes() + head + data, np.uint8)
+
+    bad = {"short": good[:3], "header-len": good[:10], "json": blob("not a list"),
+           "dtype": blob([["a", "|O", [6]]], b"\0" * 6), "negative": blob([["a", "|u1", [-6]]]),
+           "huge": blob([["a", "<f4", [2 ** 40, 2 ** 40]]]), "trailing": np.concatenate([good, good[:2]]),
+           "not-uint8": good.astype(np.int16)}[breakage]
+    with pytest.raises(uts.PayloadError):
+        unpack_arrays(bad)
