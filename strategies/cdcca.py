@@ -51,6 +51,7 @@ class CDCCA(FleetStrategy):
         self.needs_full: set[int] = set()  # devices whose last downlink failed: send them a dense refresh
         self._chains: dict = {}
         self._sent: dict[int, tuple[int, int]] = {}  # device -> (held, target) versions sent this round
+        self._anchor_targets: dict | None = None  # built on first use (see ``_anchor``)
 
     # ------------------------------------------------------------- state: cloud copy, held weights, residual
     def _group(self, kind: str, tier: str) -> str:
@@ -194,7 +195,7 @@ class CDCCA(FleetStrategy):
         Drawn from the source stream with a seed of their own, so they are not the devices' samples."""
         if self.akd.anchor <= 0:
             return {}
-        if getattr(self, "_anchor_targets", None) is None:
+        if self._anchor_targets is None:
             pr = runtime.prompter(self.cfg.cache_dir)
             teacher = runtime.base_model(self.ctx.model_paths["teacher"])
             ds = runtime.split("source", "train", self.akd.anchor_size, 10_000 + self.cfg.seed, self.cfg.cache_dir)
