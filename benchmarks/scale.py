@@ -3,8 +3,9 @@
     python benchmarks/scale.py [--devices 1000] [--per-round 50] [--rounds 3] [--zoo default]
 
 Prints wall time per round, peak RSS (this process plus its Ray workers, sampled every 0.5 s) and the
-overhead ratio and throughput (device-rounds per minute): Flower round wall time (send -> all replies) divided by the time the same devices' work
-(``clients.local.run_device_round`` with the same configs) takes in one plain loop in this process.
+overhead ratio: Flower round wall time (send -> all replies) divided by the time the same devices' work
+(``clients.local.run_device_round`` with the same configs) takes in one plain loop in this process; and
+throughput, device-rounds per minute.
 Targets (issue 3): peak RSS <= 8 GiB, overhead ratio <= 1.5.
 """
 

@@ -59,6 +59,12 @@ def _pad(t: torch.Tensor, length: int, value) -> torch.Tensor:
     return F.pad(t, (0, length - t.shape[1]), value=value)
 
 
+def _padded_batch(prompter: Prompter, questions, answers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``input_ids, attention_mask, labels`` padded to ``MAX_POSITIONS`` (so batches of any round stack)."""
+    b, L = prompter.train_batch(questions, answers), MAX_POSITIONS
+    return _pad(b["input_ids"], L, prompter.pad), _pad(b["attention_mask"], L, 0), _pad(b["labels"], L, -100)
+
+
 @torch.no_grad()
 def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: list[str],
                     max_new_tokens: int = 28, batch_size: int = 128) -> dict[str, torch.Tensor]:
@@ -68,10 +74,8 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
     logits and hidden states are stored in fp16.
     """
     pseudo, stats = answer_with_stats(teacher, prompter, vis, questions, max_new_tokens)
-    batch = prompter.train_batch(questions, pseudo)
+    ids, mask, labels = _padded_batch(prompter, questions, pseudo)
     L = MAX_POSITIONS
-    ids, mask, labels = (_pad(batch["input_ids"], L, prompter.pad), _pad(batch["attention_mask"], L, 0),
-                         _pad(batch["labels"], L, -100))
     logits, hidden = [], []
     teacher.eval()
     for s in range(0, len(questions), batch_size):
@@ -94,10 +98,9 @@ def anchor_targets(prompter: Prompter, vis: torch.Tensor, questions: list[str], 
     The cloud pretrained the device models on this data; mixing it into AKD batches (``AKDConfig.anchor``)
     keeps the source domain from being overwritten by teacher labels where the teacher is no better.
     """
-    batch = prompter.train_batch(questions, answers)
+    ids, mask, labels = _padded_batch(prompter, questions, answers)
     L, n = MAX_POSITIONS, len(questions)
-    return {"vis": vis.float(), "input_ids": _pad(batch["input_ids"], L, prompter.pad),
-            "attention_mask": _pad(batch["attention_mask"], L, 0), "labels": _pad(batch["labels"], L, -100),
+    return {"vis": vis.float(), "input_ids": ids, "attention_mask": mask, "labels": labels,
             "t_logits": torch.zeros(n, L, vocab, dtype=torch.float16),
             "t_hidden": torch.zeros(n, L, teacher_width, dtype=torch.float16),
             "t_conf": torch.ones(n), "distil": torch.zeros(n)}
