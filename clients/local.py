@@ -174,8 +174,11 @@ def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict, str]:
     if cfg["uts_method"] == "off":
         kept = np.arange(len(preds))
     else:
-        unc = uts.sample_uncertainty(stats, cfg["uts_method"], rng)
-        kept = uts.select_samples(unc, cfg["uts_budget"], cfg.get("uts_min_uncertainty"))
+        unc = uts.sample_uncertainty(stats, cfg["uts_method"], rng, cfg.get("uts_normalize", False))
+        groups = ([uts.question_type(q) for q in data["question"]]
+                  if cfg.get("uts_stratify", False) and cfg["uts_method"] != "random" else None)
+        kept = uts.select_samples(unc, cfg["uts_budget"], cfg.get("uts_min_uncertainty"), groups,
+                                  cfg.get("uts_power") if cfg["uts_method"] != "random" else None, rng)
     questions = [pr.words(str(data["question"][i])) for i in kept]
     if cfg["uts_upload"] == "images":
         upload = uts.encode_upload(questions, images=np.asarray(data["image"])[kept])

@@ -94,10 +94,12 @@ class CDCCA(FleetStrategy):
     def device_settings(self) -> dict:
         u = self.uts
         return {"mode": "cdcca", "local_steps": 0, "proximal_mu": 0.0, "dwc_dir": str(self.store),
-                "uts_method": u.method, "uts_budget": u.budget, "uts_tokens": u.tokens,
+                "uts_method": u.method, "uts_normalize": u.normalize, "uts_stratify": u.stratify,
+                "uts_budget": u.budget, "uts_tokens": u.tokens,
                 "uts_keep_tokens": u.keep_tokens, "uts_mc_passes": u.mc_passes, "uts_mc_p": u.mc_p,
                 "uts_upload": u.upload, "uts_token_bits": u.token_bits, "corrupt_prob": self.cfg.fleet.corrupt_prob} | (
-            {"uts_min_uncertainty": u.min_uncertainty} if u.min_uncertainty is not None else {})
+            {"uts_min_uncertainty": u.min_uncertainty} if u.min_uncertainty is not None else {}) | (
+            {"uts_power": u.power} if u.power is not None else {})
 
     REQUIRED_METRICS = FleetStrategy.REQUIRED_METRICS + ("version", "downlink_rejected", "uploaded")
 

@@ -34,6 +34,53 @@ def test_sample_uncertainty_methods():
     assert uts.sample_uncertainty(stats, "random", rng).shape == (2,)
 
 
+def test_normalized_confidence_removes_the_length_bias():
+    # a sure 12-token caption (0.95 per token) and an unsure one-word answer (0.6): the product ranks
+    # the caption as less sure; per token, the answer is the uncertain one
+    stats = {"confidence": np.array([0.95 ** 12, 0.6]), "token_confidence": np.array([0.95, 0.6])}
+    assert np.argmax(uts.sample_uncertainty(stats, "confidence", None)) == 0
+    assert np.argmax(uts.sample_uncertainty(stats, "confidence", None, normalize=True)) == 1
+
+
+def test_question_type_is_the_first_two_words():
+    assert uts.question_type("how many circle are there ?") == "how many"
+    assert uts.question_type("describe the image .") == "describe the"
+    assert uts.question_type("") == ""
+
+
+def test_stratified_selection_shares_the_budget_by_group():
+    # group a: 6 samples, all more uncertain than any of group b's 3; budget 3 of 9
+    u = np.array([0.9, 0.8, 0.7, 0.95, 0.85, 0.75, 0.1, 0.3, 0.2])
+    g = np.array(["a"] * 6 + ["b"] * 3)
+    assert uts.select_samples(u, 1 / 3).tolist() == [0, 3, 4]             # global: all from a
+    assert uts.select_samples(u, 1 / 3, groups=g).tolist() == [0, 3, 7]   # 2 from a, 1 from b, top of each
+    # a group never gets more than it holds, and the total stays ceil(budget * n)
+    assert len(uts.select_samples(u, 0.8, groups=g)) == 8
+    assert uts.select_samples(u, 1.0, groups=g).tolist() == list(range(9))
+    with pytest.raises(Exception, match="group labels"):
+        uts.select_samples(u, 0.5, groups=g[:4])
+
+
+def test_shares_are_proportional_and_sum_to_k():
+    for sizes, k in [([6, 3], 3), ([5, 5, 1], 4), ([1, 1, 1], 2), ([10, 0, 3], 13), ([7], 0)]:
+        out = uts._shares(sizes, k)
+        assert sum(out) == min(k, sum(sizes)) and all(0 <= o <= s for o, s in zip(out, sizes))
+    assert uts._shares([6, 3], 3) == [2, 1]
+
+
+def test_power_sampling_is_seeded_and_prefers_uncertain_samples():
+    u = np.concatenate([np.full(50, 0.9), np.full(50, 0.01)])
+    pick = lambda seed: uts.select_samples(u, 0.2, power=2.0, rng=np.random.default_rng(seed))
+    assert pick(3).tolist() == pick(3).tolist() and len(pick(3)) == 20
+    hits = np.mean([np.mean(pick(s) < 50) for s in range(20)])
+    assert hits > 0.9                                   # p ~ u**2: 0.81 vs 0.0001
+    assert not all(pick(s).tolist() == pick(0).tolist() for s in range(1, 5))   # stochastic, not the top
+    with pytest.raises(Exception, match="rng"):
+        uts.select_samples(u, 0.2, power=1.0)
+    # the threshold applies to the uncertainty itself, not to the sampling key
+    assert (u[uts.select_samples(u, 1.0, min_uncertainty=0.5, power=1.0, rng=np.random.default_rng(0))] > 0.5).all()
+
+
 def test_select_tokens_keeps_the_top_share():
     scores = torch.tensor([[0.1, 0.5, 0.3, 0.9], [4.0, 3.0, 2.0, 1.0]])
     mask = uts.select_tokens(scores, 0.5)
@@ -107,6 +154,8 @@ def test_visual_token_path_equals_pixel_path(world):
     preds, stats = answer_with_stats(model, pr, visual_tokens(model, px), ds["question"][:6], max_new_tokens=8)
     assert preds == answer(model, pr, ds["image"][:6], ds["question"][:6], max_new_tokens=8)
     assert ((stats["confidence"] > 0) & (stats["confidence"] <= 1)).all() and (stats["entropy"] >= 0).all()
+    # per-token confidence is the geometric mean: never below the product, never above 1
+    assert (stats["token_confidence"] >= stats["confidence"] - 1e-9).all() and (stats["token_confidence"] <= 1).all()
 
 
 def test_akd_lowers_the_loss_and_trains_only_adapters(world):

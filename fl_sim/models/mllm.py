@@ -174,14 +174,15 @@ def answer_with_stats(model, prompter: Prompter, vis: torch.Tensor, questions, m
     """Greedy answers from visual tokens, with per-sample uncertainty statistics of the generated answer.
 
     ``confidence``: product over generated tokens (up to and including ``<eos>``) of the max probability
-    (the CD-CCA score); ``entropy``: mean token entropy; ``margin``: mean gap between the top two
-    probabilities.
+    (the CD-CCA score); ``token_confidence``: its geometric mean per token (the product's length bias
+    removed: a 12-word caption is otherwise always "less sure" than a one-word answer); ``entropy``: mean
+    token entropy; ``margin``: mean gap between the top two probabilities.
     """
     model.eval()
     prompts = [prompter.prompt(str(q)) for q in questions]
     n = len(prompts)
     out: list[str] = [""] * n
-    stats = {k: np.zeros(n) for k in ("confidence", "entropy", "margin")}
+    stats = {k: np.zeros(n) for k in ("confidence", "token_confidence", "entropy", "margin")}
     by_len: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
@@ -202,6 +203,7 @@ def answer_with_stats(model, prompter: Prompter, vis: torch.Tensor, questions, m
                 ends = (seq[j] == prompter.eos).nonzero()
                 L = int(ends[0]) + 1 if len(ends) else seq.shape[1]
                 stats["confidence"][i] = float(top2[j, :L, 0].prod())
+                stats["token_confidence"][i] = float(top2[j, :L, 0].clamp_min(1e-30).log().mean().exp())
                 stats["entropy"][i] = float(ent[j, :L].mean())
                 stats["margin"][i] = float((top2[j, :L, 0] - top2[j, :L, 1]).mean())
     return out, stats
