@@ -41,6 +41,12 @@ def _progress(quiet: bool):
         yield p
 
 
+def default_workers() -> int:
+    """Processes ``pretrain``/``evaluate`` train missing models in: 2 on a machine with 2 or more cores
+    (the teacher beside the device tiers; per-model step times scale poorly with threads on 2 cores)."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
 def _overrides(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items or []:
@@ -57,7 +63,7 @@ def cmd_pretrain(args) -> int:
     t0 = time.time()
     with _progress(args.quiet) as p:
         zoo = pretrain_zoo(args.zoo, seed=args.seed, cache_dir=args.cache_dir, overrides=_overrides(args.model),
-                           progress=p)
+                           progress=p, workers=args.workers)
     from .report_table import print_rows
 
     print_rows(zoo_summary(zoo), title=f"model zoo '{args.zoo}'")
@@ -71,7 +77,7 @@ def cmd_evaluate(args) -> int:
 
     with _progress(args.quiet) as p:
         zoo = pretrain_zoo(args.zoo, seed=args.seed, cache_dir=args.cache_dir, overrides=_overrides(args.model),
-                           progress=p)
+                           progress=p, workers=args.workers)
     t0 = time.time()
     table = evaluate_zoo(zoo, n_test=args.n_test, seed=args.seed, cache_dir=args.cache_dir)
     print_eval(table)
@@ -148,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", action="append", metavar="ROLE=PATH",
                        help="replace a preset model (teacher or a tier) by a local Hugging Face checkpoint")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--workers", type=int, default=default_workers(),
+                       help="processes that train missing models side by side (default %(default)s; "
+                            "the models are the same for any value)")
 
     p = sub.add_parser("pretrain", help="train (or load from cache) the teacher and device tiers")
     common(p)

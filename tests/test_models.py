@@ -124,6 +124,18 @@ def test_zoo_is_cached_and_reloads_fast(tiny_zoo, cache_dir):
         assert torch.equal(v, again.teacher.state_dict()[k])
 
 
+def test_parallel_pretraining_gives_the_same_models(tiny_zoo, tmp_path):
+    """Models trained in 2 spawned processes are byte-identical to the sequential build."""
+    from fl_sim.models.zoo import pretrain_zoo
+
+    par = pretrain_zoo("tiny", cache_dir=str(tmp_path), workers=2)
+    for role, folder in tiny_zoo.paths.items():
+        assert par.paths[role].name == folder.name, role
+        assert (par.paths[role] / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes(), role
+    with pytest.raises(FlSimError, match="workers"):
+        pretrain_zoo("tiny", cache_dir=str(tmp_path), workers=0)
+
+
 def test_corrupt_model_cache_is_rebuilt(cache_dir, tiny_zoo):
     from fl_sim.models.zoo import pretrain_zoo
 

@@ -7,16 +7,18 @@ it (world settings, presets, seed, tokenizer, the front-end's key). Each is a ``
 
 from __future__ import annotations
 
-import json
 import logging
-import time
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
 from .. import FlSimError
-from ..cache import cache_root, get_or_build, read_meta, stable_hash
+from ..cache import cache_root, get_or_build, read_meta, stable_hash, verify
 from ..world.data import GENERATOR_VERSION
 from ..world.domains import DOMAINS
 from ..world.tokenizer import load_tokenizer
@@ -63,7 +65,7 @@ def _progress_factory(progress, label):
 
 
 def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPreset, frontend_dir: Path,
-                 cell_px: int, seed: int, tokenizer, progress) -> dict:
+                 cell_px: int, seed: int, tokenizer, progress, report=None) -> dict:
     from transformers import SiglipVisionModel
 
     torch.manual_seed(seed)
@@ -71,7 +73,7 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
     model.model.vision_tower.load_state_dict(SiglipVisionModel.from_pretrained(frontend_dir).state_dict())
     domains = list(DOMAINS) if preset.role == "teacher" else ["source"]
     metrics = train_answers(model, Prompter(tokenizer), domains, preset.steps, preset.batch_size, preset.lr,
-                            seed, cell_px, _progress_factory(progress, f"stage B {role_name}"))
+                            seed, cell_px, report or _progress_factory(progress, f"stage B {role_name}"))
     quant = quantize_linears(model.model.language_model, preset.precision, preset.group_size)
     proj = quantize_linears(model.model.multi_modal_projector, preset.precision, preset.group_size)
     head = quantize_linears(model.lm_head, preset.precision, preset.group_size)
@@ -83,14 +85,92 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
             "fp32_bytes": 4 * count_params(model)}
 
 
+def _cost(preset: ModelPreset) -> float:
+    """Relative training cost of a preset: steps x (per-step overhead + LM matmul work)."""
+    return preset.steps * preset.batch_size * (64 * 64 * 4 + preset.hidden ** 2 * preset.layers)
+
+
+def _chains(jobs: list, workers: int) -> list[list]:
+    """Split ``(role, preset, folder)`` jobs into ``workers`` chains of similar cost (longest first)."""
+    chains: list[list] = [[] for _ in range(min(workers, len(jobs)))]
+    load = [0.0] * len(chains)
+    for job in sorted(jobs, key=lambda j: -_cost(j[1])):
+        i = load.index(min(load))
+        chains[i].append(job)
+        load[i] += _cost(job[1])
+    return chains
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _build_chain(chain: list, zoo_name: str, fe_dir: str, cell_px: int, seed: int, cache_dir: str | None,
+                 queue) -> None:
+    """Worker process: train and cache each ``(role, preset, folder)`` of ``chain`` in turn."""
+    zoo, tokenizer = get_zoo(zoo_name), load_tokenizer(cache_dir)
+    for role, preset, folder in chain:
+        def report(step, total, loss, r=role):
+            if step == 1 or step == total or step % 20 == 0:
+                queue.put((r, step, total, loss))
+        get_or_build(Path(folder), lambda tmp, r=role, p=preset, rep=report: _train_model(
+            tmp, r, p, zoo, Path(fe_dir), cell_px, seed, tokenizer, None, rep), role)
+
+
+def _build_parallel(jobs: list, workers: int, zoo_name: str, fe_dir: Path, cell_px: int, seed: int,
+                    cache_dir: str | None, progress) -> None:
+    """Train ``jobs`` in ``workers`` spawned processes, each with this process's torch thread count, so
+    every model is bit-identical to a sequential build (the thread count, not the schedule, fixes the
+    order of floating-point sums). Progress comes back over a queue."""
+    ctx = get_context("spawn")
+    chains = _chains(jobs, workers)
+    log.info("training %s in %d processes", ", ".join(r for r, _, _ in jobs), len(chains))
+    tasks: dict[str, object] = {}
+
+    def pump(queue):
+        while (item := queue.get()) is not None:
+            role, step, total, loss = item
+            if progress is not None:
+                if role not in tasks:
+                    tasks[role] = _progress_factory(progress, f"stage B {role}")
+                tasks[role](step, total, loss)
+
+    # idle OpenMP threads sleep instead of spinning: two processes share the cores
+    env_before = os.environ.get("OMP_WAIT_POLICY")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        with ctx.Manager() as manager:
+            queue = manager.Queue()
+            reader = threading.Thread(target=pump, args=(queue,), daemon=True)
+            reader.start()
+            try:
+                with ProcessPoolExecutor(len(chains), mp_context=ctx, initializer=_init_worker,
+                                         initargs=(torch.get_num_threads(),)) as ex:
+                    futures = [ex.submit(_build_chain, [(r, p, str(f)) for r, p, f in chain], zoo_name,
+                                         str(fe_dir), cell_px, seed, cache_dir, queue) for chain in chains]
+                    for f in futures:
+                        f.result()
+            finally:
+                queue.put(None)
+                reader.join(timeout=5)
+    finally:
+        if env_before is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+
+
 def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_dir: str | None = None,
-                 overrides: dict[str, str] | None = None, progress=None) -> Zoo:
+                 overrides: dict[str, str] | None = None, progress=None, workers: int = 1) -> Zoo:
     """Pretrain (or load from cache) the models of zoo preset ``name``.
 
     ``overrides`` maps a role ("teacher" or a tier name) to a local Hugging Face checkpoint directory
-    that replaces the preset (it must use the shared tokenizer's vocabulary).
+    that replaces the preset (it must use the shared tokenizer's vocabulary). Models missing from the
+    cache train in ``workers`` spawned processes when ``workers > 1`` (1 = in this process; the CLI
+    uses ``fl_sim.cli.default_workers()``); the models are the same either way. A script calling this with
+    ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard of spawned processes.
     """
     zoo = get_zoo(name)
+    if workers < 1:
+        raise FlSimError(f"workers must be >= 1, got {workers}")
     overrides = overrides or {}
     for role in overrides:
         if role != "teacher" and role not in zoo.tiers:
@@ -112,6 +192,13 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
 
     get_or_build(fe_dir, build_fe, "front-end")
 
+    folders = {role: root / f"{role}-{stable_hash(base | {'frontend': fe_key, 'preset': preset.model_dump(), 'role': role})}"
+               for role, preset in [("teacher", zoo.teacher), *zoo.tiers.items()] if role not in overrides}
+    presets = {"teacher": zoo.teacher, **zoo.tiers}
+    missing = [(r, presets[r], f) for r, f in folders.items() if verify(f) is not None]
+    if workers > 1 and len(missing) > 1:
+        _build_parallel(missing, workers, name, fe_dir, cell_px, seed, cache_dir, progress)
+
     models, meta, paths = {}, {"frontend": read_meta(fe_dir)}, {"frontend": fe_dir}
     for role, preset in [("teacher", zoo.teacher), *zoo.tiers.items()]:
         if role in overrides:
@@ -119,8 +206,7 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
             models[role] = load_mllm(path, tokenizer)
             meta[role], paths[role] = {"role": role, "source": str(path), "params": count_params(models[role])}, path
             continue
-        key = stable_hash(base | {"frontend": fe_key, "preset": preset.model_dump(), "role": role})
-        folder = root / f"{role}-{key}"
+        folder = folders[role]
         get_or_build(folder, lambda tmp, r=role, p=preset: _train_model(
             tmp, r, p, zoo, fe_dir, cell_px, seed, tokenizer, progress), role)
         models[role], meta[role], paths[role] = load_mllm(folder, tokenizer), read_meta(folder), folder
