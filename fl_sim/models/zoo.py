@@ -195,8 +195,8 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     folders = {role: root / f"{role}-{stable_hash(base | {'frontend': fe_key, 'preset': preset.model_dump(), 'role': role})}"
                for role, preset in [("teacher", zoo.teacher), *zoo.tiers.items()] if role not in overrides}
     presets = {"teacher": zoo.teacher, **zoo.tiers}
-    missing = [(r, presets[r], f) for r, f in folders.items() if verify(f) is not None]
-    if workers > 1 and len(missing) > 1:
+    missing = [(r, presets[r], f) for r, f in folders.items() if workers > 1 and verify(f) is not None]
+    if len(missing) > 1:
         _build_parallel(missing, workers, name, fe_dir, cell_px, seed, cache_dir, progress)
 
     models, meta, paths = {}, {"frontend": read_meta(fe_dir)}, {"frontend": fe_dir}
