@@ -64,10 +64,8 @@ def main() -> None:
                 "every token, int8": _upload_bytes(uts.encode_upload(q, vis=vis))}
     rng = np.random.default_rng(0)
     d = uts.UTSConfig()  # stage 1 as the defaults: per-token confidence, budget shared by question type
-    unc = uts.sample_uncertainty(stats, d.method, rng, d.normalize)
-    groups = [uts.question_type(x) for x in rows["question"]] if d.stratify else None
     for budget, keep in ((0.25, 0.5), (0.125, 0.5), (0.125, 1.0), (0.125, 0.375), (0.125, 0.25)):
-        kept = uts.select_samples(unc, budget, groups=groups)
+        kept = uts.stage1(stats, rows["question"], d.method, budget, rng, d.normalize, d.stratify)
         v = vis[torch.as_tensor(kept)]
         mask = uts.select_tokens(uts.token_uncertainty_novelty(v, ref), keep)
         variants[f"UTS budget {budget}, tokens {keep}, int8"] = _upload_bytes(

@@ -37,16 +37,14 @@ def main():
         vqa = np.asarray(ds["family"]) != "caption"
         t_out, _ = answer_with_stats(zoo.teacher, pr, visual_tokens(zoo.teacher, px), qs, max_new_tokens=28)
         t_ok = np.array([o == a for o, a in zip(t_out, ans)])
-        types = [uts.question_type(q) for q in qs]
         for tier, model in zoo.tiers.items():
             out, stats = answer_with_stats(model, pr, visual_tokens(model, px), qs, max_new_tokens=28)
             ok = np.array([o == a for o, a in zip(out, ans)])
             rng = np.random.default_rng(0)
             picks = {
-                "paper": uts.select_samples(uts.sample_uncertainty(stats, "confidence", rng), args.budget),
-                "default": uts.select_samples(uts.sample_uncertainty(stats, "confidence", rng, normalize=True),
-                                              args.budget, groups=types),
-                "random": uts.select_samples(uts.sample_uncertainty(stats, "random", rng), args.budget),
+                "paper": uts.stage1(stats, qs, "confidence", args.budget, rng),
+                "default": uts.stage1(stats, qs, "confidence", args.budget, rng, normalize=True, stratify=True),
+                "random": uts.stage1(stats, qs, "random", args.budget, rng),
             }
             cells = []
             for name, sel in picks.items():

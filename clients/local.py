@@ -171,14 +171,9 @@ def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict, str]:
     online_acc = (float(np.mean([p == a for p, a in zip(np.asarray(preds)[vqa], data["answer"][vqa])]))
                   if vqa.any() else float("nan"))
     # stage 1: which samples
-    if cfg["uts_method"] == "off":
-        kept = np.arange(len(preds))
-    else:
-        unc = uts.sample_uncertainty(stats, cfg["uts_method"], rng, cfg.get("uts_normalize", False))
-        groups = ([uts.question_type(q) for q in data["question"]]
-                  if cfg.get("uts_stratify", False) and cfg["uts_method"] != "random" else None)
-        kept = uts.select_samples(unc, cfg["uts_budget"], cfg.get("uts_min_uncertainty"), groups,
-                                  cfg.get("uts_power") if cfg["uts_method"] != "random" else None, rng)
+    kept = uts.stage1(stats, data["question"], cfg["uts_method"], cfg["uts_budget"], rng,
+                      cfg.get("uts_normalize", False), cfg.get("uts_stratify", False), cfg.get("uts_power"),
+                      cfg.get("uts_min_uncertainty"))
     questions = [pr.words(str(data["question"][i])) for i in kept]
     if cfg["uts_upload"] == "images":
         upload = uts.encode_upload(questions, images=np.asarray(data["image"])[kept])

@@ -135,6 +135,21 @@ def select_samples(uncertainty: np.ndarray, budget: float, min_uncertainty: floa
     return np.sort(order).astype(np.int64)
 
 
+def stage1(stats: dict[str, np.ndarray], questions, method: str, budget: float, rng: np.random.Generator,
+           normalize: bool = False, stratify: bool = False, power: float | None = None,
+           min_uncertainty: float | None = None) -> np.ndarray:
+    """Stage 1 as configured (``UTSConfig`` fields): indices of the samples to upload.
+
+    ``"off"`` keeps every sample; ``"random"`` is plain random at the same budget (no strata, no power).
+    """
+    if method == "off":
+        return np.arange(len(stats["confidence"]), dtype=np.int64)
+    unc = sample_uncertainty(stats, method, rng, normalize)
+    scored = method != "random"
+    groups = [question_type(q) for q in questions] if stratify and scored else None
+    return select_samples(unc, budget, min_uncertainty, groups, power if scored else None, rng)
+
+
 @torch.no_grad()
 def token_uncertainty_mc(projector, vis: torch.Tensor, passes: int, p: float, generator: torch.Generator) -> torch.Tensor:
     """``(B, N)``: variance over ``passes`` dropout masks of ``projector(dropout(vis))``, mean over channels."""

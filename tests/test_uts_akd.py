@@ -81,6 +81,20 @@ def test_power_sampling_is_seeded_and_prefers_uncertain_samples():
     assert (u[uts.select_samples(u, 1.0, min_uncertainty=0.5, power=1.0, rng=np.random.default_rng(0))] > 0.5).all()
 
 
+def test_stage1_applies_the_configured_policy():
+    qs = ["how many circle are there ?"] * 6 + ["is there a red circle ?"] * 2
+    stats = {"confidence": np.linspace(0.9, 0.2, 8), "token_confidence": np.linspace(0.2, 0.9, 8)}
+    rng = lambda: np.random.default_rng(0)
+    assert uts.stage1(stats, qs, "off", 0.25, rng()).tolist() == list(range(8))
+    assert uts.stage1(stats, qs, "confidence", 0.25, rng()).tolist() == [6, 7]              # product: global
+    assert uts.stage1(stats, qs, "confidence", 0.25, rng(), normalize=True).tolist() == [0, 1]
+    assert uts.stage1(stats, qs, "confidence", 0.5, rng(), True).tolist() == [0, 1, 2, 3]
+    assert uts.stage1(stats, qs, "confidence", 0.5, rng(), True, stratify=True).tolist() == [0, 1, 2, 6]  # 3 + 1
+    # random ignores strata and power: the same picks as plain random at the same budget
+    plain = uts.select_samples(uts.sample_uncertainty(stats, "random", rng()), 0.25)
+    assert uts.stage1(stats, qs, "random", 0.25, rng(), True, True, 2.0).tolist() == plain.tolist()
+
+
 def test_select_tokens_keeps_the_top_share():
     scores = torch.tensor([[0.1, 0.5, 0.3, 0.9], [4.0, 3.0, 2.0, 1.0]])
     mask = uts.select_tokens(scores, 0.5)
