@@ -3,7 +3,8 @@
 Messages it handles:
 
 ``query``  reply with the device id this node emulates (``partition-id`` in the node config), so the
-           server can map Flower node ids to devices.
+           server can map Flower node ids to devices; with ``warm`` (ConfigRecord ``configs``: a JSON list
+           of device configs) the worker first loads what those devices need, once per process.
 ``train``  content ``config`` (ConfigRecord: the device's round settings) and optionally ``adapter``
            (ArrayRecord: the adapter state to run). Replies ``metrics`` (MetricRecord) and, if the
            device adapted, ``adapter`` (its new adapter state).
@@ -18,14 +19,31 @@ Per-device state lives on the server side (adapters are shared per tier and vers
 
 from __future__ import annotations
 
+import logging
+
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-app = ClientApp()  # heavy imports (torch, transformers) happen on the first train message, not at load
+app = ClientApp()  # heavy imports (torch, transformers) happen on the first message needing them, not at load
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
+    """Which device this node emulates. A ``warm`` config (JSON list of device configs) in the query
+    also makes this worker process load what those devices need (``clients.local.warm_up``), once."""
+    if "warm" in msg.content:
+        import json
+
+        import torch
+
+        from clients.local import warm_up
+
+        try:  # best effort: a device that cannot load fails in its round, where it is counted
+            cfgs = json.loads(str(msg.content["warm"]["configs"]))
+            torch.set_num_threads(int(cfgs[0].get("threads", 1)) if cfgs else 1)
+            warm_up(cfgs)
+        except Exception as exc:  # noqa: BLE001
+            logging.getLogger(__name__).warning("worker warm-up failed: %s", exc)
     return Message(RecordDict({"device": ConfigRecord({"device_id": int(context.node_config["partition-id"])})}),
                    reply_to=msg)
 

@@ -93,6 +93,35 @@ def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tupl
     return adapter_state(model), metrics
 
 
+_WARM: set = set()  # what this worker process has already warmed up (see ``warm_up``)
+
+
+def warm_up(cfgs: list[dict]) -> int:
+    """Load, once per worker process, what the devices of ``cfgs`` (device configs) will need.
+
+    Each tier's model with adapters (and one answer through it, so lazy initialisation happens now),
+    each domain's split and device partition, and the novelty reference token of CD-CCA devices: the
+    per-process caches of ``fl_sim.runtime`` that a worker would otherwise fill in its first round.
+    Returns how many configs did new work.
+    """
+    done = 0
+    for cfg in cfgs:
+        key = (cfg["model_path"], cfg["lora_r"], cfg["domain"], cfg["train_size"], cfg["seed"], cfg["num_devices"])
+        if key in _WARM:
+            continue
+        _WARM.add(key)
+        model, _ = runtime.adapted_model(cfg["model_path"], cfg["lora_r"])
+        pr = runtime.prompter(cfg["cache_dir"] or None)
+        data = draw_samples(cfg | {"samples_per_round": 1})
+        if (cfg["model_path"], "answer") not in _WARM:
+            _WARM.add((cfg["model_path"], "answer"))
+            answer(model, pr, data["image"], data["question"], max_new_tokens=2)
+        if cfg.get("mode") == "cdcca" and cfg.get("uts_tokens") == "novelty":
+            runtime.reference_token(cfg["model_path"], cfg["cache_dir"] or None)
+        done += 1
+    return done
+
+
 # ---------------------------------------------------------------- CD-CCA devices: apply DWC, run UTS
 def held_weights(cfg: dict, initial: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
     """The adapter weights a device at ``version`` holds (version 0 = the tier's initial adapters).

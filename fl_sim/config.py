@@ -94,6 +94,9 @@ class SimulationConfig(Section):
     ray_address: str | None = None
     round_timeout_s: float = Field(600.0, gt=0)
     threads_per_client: int = Field(1, ge=1)
+    warm_up: bool = Field(True, description=(
+        "Ray workers import the device code and load every tier model and domain split while nodes are "
+        "mapped, before round 1 (the cost is logged as the warm-up phase, not charged to round 1)"))
 
 
 class ExperimentConfig(Section):

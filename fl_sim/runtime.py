@@ -45,11 +45,34 @@ def split(domain: str, which: str, n: int, seed: int, cache_dir: str | None):
 @lru_cache(maxsize=32)
 def device_pools(domain: str, n: int, seed: int, cache_dir: str | None, num_devices: int, kind: str, by: str,
                  alpha: float) -> tuple[np.ndarray, ...]:
-    """Indices of ``domain``'s train split held by each device (a flwr-datasets partition)."""
-    ds = split(domain, "train", n, seed, cache_dir)
-    ds = ds.add_column("row", np.arange(len(ds)))
-    parts = partition(ds, num_devices, by=by, alpha=alpha, seed=seed, kind=kind)
-    return tuple(np.asarray(p["row"], np.int64) for p in parts)
+    """Indices of ``domain``'s train split held by each device (a flwr-datasets partition).
+
+    Cached on disk (``data/pools-*``: one int64 array of rows and one of offsets, numpy ``.npy``) keyed by
+    everything that determines it, so each Ray worker loads in milliseconds what a 1,000-device
+    partition takes seconds to compute.
+    """
+    from .cache import cache_root, get_or_build, stable_hash
+    from .world.data import GENERATOR_VERSION
+
+    key = stable_hash({"v": GENERATOR_VERSION, "domain": domain, "n": n, "seed": seed, "devices": num_devices,
+                       "kind": kind, "by": by, "alpha": alpha})
+    folder = cache_root(cache_dir) / "data" / f"pools-{domain}-{key}"
+
+    def build(tmp):
+        ds = split(domain, "train", n, seed, cache_dir)
+        ds = ds.add_column("row", np.arange(len(ds)))
+        if by in ds.column_names:  # only the rows travel: 3x faster for 1,000 devices (the images stay behind)
+            ds = ds.select_columns([by, "row"])
+        parts = [np.asarray(p["row"], np.int64) for p in partition(ds, num_devices, by=by, alpha=alpha, seed=seed,
+                                                                   kind=kind)]
+        np.save(tmp / "rows.npy", np.concatenate(parts) if parts else np.zeros(0, np.int64))
+        np.save(tmp / "offsets.npy", np.cumsum([0] + [len(p) for p in parts]).astype(np.int64))
+        return {"domain": domain, "devices": num_devices}
+
+    get_or_build(folder, build, f"device partition of {domain}")
+    rows = np.load(folder / "rows.npy", allow_pickle=False)
+    off = np.load(folder / "offsets.npy", allow_pickle=False)
+    return tuple(rows[off[i]:off[i + 1]] for i in range(num_devices))
 
 
 @lru_cache(maxsize=8)

@@ -15,6 +15,7 @@ federated-evaluation hooks of ``Strategy`` send nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -261,15 +262,41 @@ class FleetStrategy(Strategy):
                 "acc_tier": per_tier, "teacher_acc": dict(self.teacher_acc)}
 
     # ----------------------------------------------------------------- the loop
+    def warm_configs(self) -> list[dict]:
+        """Device configs covering every tier and every domain a device sees in this run (for warm-up)."""
+        seen, cfgs = set(), []
+        for p in self.ctx.fleet:
+            for r in range(1, self.cfg.rounds + 1):
+                key = (p.tier, p.domain_at(r))
+                if key not in seen:
+                    seen.add(key)
+                    cfgs.append(FleetStrategy.device_config(self, p, r))
+        return cfgs
+
+    def prepare_data(self) -> None:
+        """Build (or find cached) every domain's device partition once here, not in each Ray worker."""
+        f = self.cfg.fleet
+        for domain in sorted({p.domain_at(r) for p in self.ctx.fleet for r in range(1, self.cfg.rounds + 1)}):
+            runtime.device_pools(domain, f.train_size, self.cfg.seed, self.cfg.cache_dir or None, len(self.ctx.fleet),
+                                 f.partition, f.partition_by, f.dirichlet_alpha)
+
     def map_nodes(self, grid) -> None:
-        """Wait for every node, then ask each which device it emulates."""
+        """Wait for every node, then ask each which device it emulates (and warm the workers up:
+        ``simulation.warm_up``)."""
         deadline = time.time() + self.cfg.simulation.round_timeout_s
         while len(ids := list(grid.get_node_ids())) < len(self.ctx.fleet):
             if time.time() > deadline or self.ctx.abort.is_set():
                 raise RuntimeError(f"only {len(ids)} of {len(self.ctx.fleet)} nodes registered")
             time.sleep(0.05)
-        msgs = [Message(RecordDict({"q": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
-                for n in ids]
+        warm = json.dumps(self.warm_configs()) if self.cfg.simulation.warm_up else None
+
+        def content() -> RecordDict:
+            rd = RecordDict({"q": ConfigRecord({})})
+            if warm is not None:
+                rd["warm"] = ConfigRecord({"configs": warm})
+            return rd
+
+        msgs = [Message(content(), dst_node_id=n, message_type=MessageType.QUERY) for n in ids]
         errors = []
         for rep in send_and_receive(grid, msgs, self.cfg.simulation.round_timeout_s, self.ctx.abort):
             if rep.has_error():
@@ -304,8 +331,11 @@ class FleetStrategy(Strategy):
         logger.truncate_after(start)
         self.summary()
         t_map = time.time()
+        self.prepare_data()
         self.map_nodes(grid)
-        log.info("mapped %d nodes in %.1f s", len(self.node_of), time.time() - t_map)
+        map_s = time.time() - t_map
+        log.info("mapped %d nodes%s in %.1f s", len(self.node_of),
+                 " and warmed the workers up" if cfg.simulation.warm_up else "", map_s)
         try:
             for r in range(start + 1, cfg.rounds + 1):
                 if self.ctx.abort.is_set():
@@ -328,6 +358,8 @@ class FleetStrategy(Strategy):
                           "wall_s": {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t3 - t2},
                           **info["extra"], **ev}
                 record["wall_s"]["round"] = time.time() - t0
+                if r == start + 1:  # node mapping (and worker warm-up) of this simulation, before its first round
+                    record["wall_s"]["map_nodes"] = map_s
                 logger.log(record)  # before the checkpoint: a resume re-runs (and truncates) an unsaved round
                 save_checkpoint(run_dir, r, self._checkpoint_state(r), self.state)
                 if self.ctx.on_round:

@@ -112,3 +112,53 @@ def test_failing_devices_are_counted_and_round_goes_on(tmp_path, cache_dir, tiny
     assert sum(r["failed"] for r in res) >= 1
     assert all(r["participants"] + r["failed"] == r["sampled"] for r in res)
     assert all(r["uplink_bytes"] > 0 or r["participants"] == 0 for r in res)
+
+
+def test_workers_warm_up_before_round_one(fedavg_run):
+    _, _, res = fedavg_run
+    assert res[0]["wall_s"]["map_nodes"] > 0  # node mapping + warm-up, logged with the first round only
+    assert "map_nodes" not in res[1]["wall_s"]
+
+
+def test_warm_up_loads_every_tier_and_domain_once(cache_dir, tiny_zoo, tmp_path):
+    from clients import local
+    from fl_sim import runtime
+    from fl_sim.fleet import make_fleet
+    from strategies import STRATEGIES
+    from strategies.base import RunContext
+
+    cfg = _cfg(tmp_path, cache_dir)
+    fleet = make_fleet(cfg.fleet, list(tiny_zoo.tiers), cfg.seed)
+    s = STRATEGIES["fedavg"](RunContext(cfg, fleet, {k: str(v) for k, v in tiny_zoo.paths.items()}, tmp_path))
+    cfgs = s.warm_configs()
+    pairs = {(p.tier, p.domain_at(r)) for p in fleet for r in (1, 2)}
+    assert {(c["tier"], c["domain"]) for c in cfgs} == pairs and len(cfgs) == len(pairs)
+    local._WARM.clear()
+    runtime.adapted_model.cache_clear()
+    assert local.warm_up(cfgs) == len(cfgs)
+    assert runtime.adapted_model.cache_info().currsize == len(tiny_zoo.tiers)
+    assert local.warm_up(cfgs) == 0  # once per process
+
+
+def test_device_pools_are_cached_on_disk_and_equal_the_partition(cache_dir, tiny_zoo):
+    import numpy as np
+
+    from fl_sim import runtime
+    from fl_sim.cache import cache_root
+    from fl_sim.world.data import partition
+
+    args = ("dusk", 64, 5, cache_dir, 6, "dirichlet", "family", 0.5)
+    runtime.device_pools.cache_clear()
+    pools = runtime.device_pools(*args)
+    ds = runtime.split("dusk", "train", 64, 5, cache_dir)
+    ds = ds.add_column("row", np.arange(len(ds)))
+    direct = [np.asarray(p["row"]) for p in partition(ds, 6, by="family", alpha=0.5, seed=5)]
+    assert len(pools) == 6 and all(np.array_equal(a, b) for a, b in zip(pools, direct))
+    assert sorted(np.concatenate(pools).tolist()) == sorted(np.concatenate(direct).tolist())
+    folders = list((cache_root(cache_dir) / "data").glob("pools-dusk-*"))
+    assert folders
+    for f in folders:  # a damaged entry is rebuilt, never used
+        (f / "rows.npy").write_bytes(b"garbage")
+    runtime.device_pools.cache_clear()
+    again = runtime.device_pools(*args)
+    assert all(np.array_equal(a, b) for a, b in zip(again, pools))
