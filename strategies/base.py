@@ -262,21 +262,22 @@ class FleetStrategy(Strategy):
                 "acc_tier": per_tier, "teacher_acc": dict(self.teacher_acc)}
 
     # ----------------------------------------------------------------- the loop
-    def warm_configs(self) -> list[dict]:
-        """Device configs covering every tier and every domain a device sees in this run (for warm-up)."""
-        seen, cfgs = set(), []
+    def _first_visits(self) -> dict[tuple[str, str], tuple[DeviceProfile, int]]:
+        """``(tier, domain) -> (a device, the round)`` of the first device of each tier to see each domain."""
+        first: dict[tuple[str, str], tuple[DeviceProfile, int]] = {}
         for p in self.ctx.fleet:
             for r in range(1, self.cfg.rounds + 1):
-                key = (p.tier, p.domain_at(r))
-                if key not in seen:
-                    seen.add(key)
-                    cfgs.append(FleetStrategy.device_config(self, p, r))
-        return cfgs
+                first.setdefault((p.tier, p.domain_at(r)), (p, r))
+        return first
+
+    def warm_configs(self) -> list[dict]:
+        """Device configs covering every tier and every domain a device sees in this run (for warm-up)."""
+        return [FleetStrategy.device_config(self, p, r) for p, r in self._first_visits().values()]
 
     def prepare_data(self) -> None:
         """Build (or find cached) every domain's device partition once here, not in each Ray worker."""
         f = self.cfg.fleet
-        for domain in sorted({p.domain_at(r) for p in self.ctx.fleet for r in range(1, self.cfg.rounds + 1)}):
+        for domain in sorted({d for _, d in self._first_visits()}):
             runtime.device_pools(domain, f.train_size, self.cfg.seed, self.cfg.cache_dir or None, len(self.ctx.fleet),
                                  f.partition, f.partition_by, f.dirichlet_alpha)
 
