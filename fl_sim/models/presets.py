@@ -62,7 +62,7 @@ ZOOS: dict[str, ZooPreset] = {
     "default": ZooPreset(
         description="teacher (Phi 256x4, fp32, all domains) and three phone tiers trained on source only",
         frontend=FrontendPreset(hidden=128, layers=2, heads=4, steps=500),
-        teacher=ModelPreset(role="teacher", hidden=256, layers=4, heads=4, steps=2000, lr=1e-3,
+        teacher=ModelPreset(role="teacher", hidden=256, layers=4, heads=4, steps=2000, lr=5e-4,
                             description="cloud teacher, all domains"),
         tiers={
             "phone-high": _tier(96, 2, 4, "bf16", 2400, "high-end phone: 96x2, bf16 weights"),
