@@ -54,8 +54,11 @@ def device_pools(domain: str, n: int, seed: int, cache_dir: str | None, num_devi
     from .cache import cache_root, get_or_build, stable_hash
     from .world.data import GENERATOR_VERSION
 
+    from importlib.metadata import version
+
     key = stable_hash({"v": GENERATOR_VERSION, "domain": domain, "n": n, "seed": seed, "devices": num_devices,
-                       "kind": kind, "by": by, "alpha": alpha})
+                       "kind": kind, "by": by, "alpha": alpha,
+                       "flwr_datasets": version("flwr-datasets")})  # a new partitioner may partition differently
     folder = cache_root(cache_dir) / "data" / f"pools-{domain}-{key}"
 
     def build(tmp):
