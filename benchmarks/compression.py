@@ -5,8 +5,9 @@
 Uplink: one device round of 32 ``dusk`` samples through the tier's model; serialized Flower bytes of
 the upload for raw images (the baseline), every visual token, and UTS at its defaults and variants.
 Downlink: ``--rounds`` rounds of AKD on teacher-labelled ``dusk`` uploads; each round's adapter change is
-compressed with every DWC setting (error feedback on) and its serialized payload compared with a dense
-fp32 delta and with the device checkpoint. Encode/decode times are per payload.
+compressed with every DWC setting (error feedback on) and its serialized payload (packed into one array,
+as the downlink sends it) compared with a dense fp32 delta (packed the same way) and with the device
+checkpoint. Encode/decode times are per payload.
 """
 
 import argparse
@@ -26,8 +27,8 @@ def _bytes(arrays) -> int:
     return payload_bytes(RecordDict({"x": ArrayRecord({k: Array(v) for k, v in arrays.items()})}))
 
 
-def _upload_bytes(arrays) -> int:
-    """An upload as devices send it: its arrays packed into one (``fl_sim.wire.pack_arrays``)."""
+def _packed_bytes(arrays) -> int:
+    """Arrays as uploads and downlink payloads are sent: packed into one (``fl_sim.wire.pack_arrays``)."""
     from fl_sim.wire import pack_arrays
 
     return _bytes({"packed": pack_arrays(arrays)})
@@ -58,17 +59,17 @@ def main() -> None:
     vis = visual_tokens(model, pr.pixels(np.asarray(rows["image"])))
     _, stats = answer_with_stats(model, pr, vis, rows["question"], 28)
     q = [pr.words(x) for x in rows["question"]]
-    raw = _upload_bytes(uts.encode_upload(q, images=np.asarray(rows["image"])))
+    raw = _packed_bytes(uts.encode_upload(q, images=np.asarray(rows["image"])))
     variants = {"raw images (baseline)": raw,
-                "every token, float16": _upload_bytes(uts.encode_upload(q, vis=vis, token_bits=16)),
-                "every token, int8": _upload_bytes(uts.encode_upload(q, vis=vis))}
+                "every token, float16": _packed_bytes(uts.encode_upload(q, vis=vis, token_bits=16)),
+                "every token, int8": _packed_bytes(uts.encode_upload(q, vis=vis))}
     rng = np.random.default_rng(0)
     d = uts.UTSConfig()  # stage 1 as the defaults: per-token confidence, budget shared by question type
     for budget, keep in ((0.25, 0.5), (0.125, 0.5), (0.125, 1.0), (0.125, 0.375), (0.125, 0.25)):
         kept = uts.stage1(stats, rows["question"], d.method, budget, rng, d.normalize, d.stratify)
         v = vis[torch.as_tensor(kept)]
         mask = uts.select_tokens(uts.token_uncertainty_novelty(v, ref), keep)
-        variants[f"UTS budget {budget}, tokens {keep}, int8"] = _upload_bytes(
+        variants[f"UTS budget {budget}, tokens {keep}, int8"] = _packed_bytes(
             uts.encode_upload([q[i] for i in kept], vis=v, mask=mask))
     for name, b in variants.items():
         print(f"  {name:<38} {b:>9,d} B   {raw / b:6.1f}x smaller than raw")
@@ -92,14 +93,14 @@ def main() -> None:
                            akd.AKDConfig(steps=40), seed=r)
         after = adapter_state(model)
         delta = {k: after[k] - before[k] for k in after}
-        dense = _bytes({k: v.numpy() for k, v in delta.items()})
+        dense = _packed_bytes({k: v.numpy() for k, v in delta.items()})
         for name, ef in feedback.items():
             t0 = time.perf_counter()
             payload, sent = ef.step(delta)
             t1 = time.perf_counter()
             dwc.decode(payload, delta)
             t2 = time.perf_counter()
-            b = _bytes(payload)
+            b = _packed_bytes(payload)
             figures[name].append((b, dense / b, checkpoint / b, t1 - t0, t2 - t1))
     print(f"\nDWC downlink, {tier} adapters ({sum(v.numel() for v in init.values()):,d} values), "
           f"device checkpoint {checkpoint:,d} B, mean over {args.rounds} AKD rounds:")

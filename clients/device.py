@@ -9,7 +9,8 @@ Messages it handles:
            (ArrayRecord: the adapter state to run). Replies ``metrics`` (MetricRecord) and, if the
            device adapted, ``adapter`` (its new adapter state).
            With ``config["mode"] == "cdcca"`` the downlink is ``dwc_full`` (a dense refresh) or
-           ``dwc_chain`` (DWC payloads; array ``"<i>/<name>"`` is array ``name`` of the i-th payload) and
+           ``dwc_chain`` (DWC payloads packed into one uint8 array ``"packed"``; packed array
+           ``"<i>/<name>"`` is array ``name`` of the i-th payload) and
            the reply carries ``upload`` (the UTS upload arrays packed into one uint8 array, ``"packed"``;
            see ``fl_sim.wire.pack_arrays``) instead of an adapter.
 

@@ -140,11 +140,13 @@ def apply_downlink(cfg: dict, initial: dict, downlink: dict | None) -> tuple[dic
     """``(weights, version, rejection reason or "")`` after applying this round's downlink.
 
     ``downlink`` is ``{"full": arrays}`` (a dense refresh to ``target_version``) or ``{"chain": arrays}``
-    (DWC payloads taking ``held_version`` to ``target_version``; array ``"<i>/<name>"`` is array ``name``
-    of the i-th payload, applied in order). A malformed downlink, or weights the device cannot read, are
+    (DWC payloads taking ``held_version`` to ``target_version``, packed into one uint8 array ``"packed"``
+    by ``fl_sim.wire.pack_arrays``; packed array ``"<i>/<name>"`` is array ``name`` of the i-th payload,
+    applied in order). A malformed downlink, or weights the device cannot read, are
     rejected as a whole: the device keeps what it held (or its initial adapters) and says why.
     """
     from fl_sim import PayloadError, dwc
+    from fl_sim.wire import unpack_arrays
 
     u, v = int(cfg["held_version"]), int(cfg["target_version"])
     try:
@@ -161,8 +163,10 @@ def apply_downlink(cfg: dict, initial: dict, downlink: dict | None) -> tuple[dic
             if any(not torch.isfinite(t).all() for t in full.values()):
                 raise PayloadError("full refresh contains NaN or inf")
             return full, v, ""
+        if set(downlink["chain"]) != {"packed"}:
+            raise PayloadError(f"payload chain has arrays {sorted(downlink['chain'])}, expected ['packed']")
         chain: dict[int, dict] = {}
-        for key, arr in downlink["chain"].items():
+        for key, arr in unpack_arrays(downlink["chain"]["packed"]).items():
             i, _, name = key.partition("/")
             if not i.isdigit() or not name:
                 raise PayloadError(f"bad payload array name {key!r}")

@@ -4,8 +4,9 @@ teacher into per-tier adapters (AKD), and sends back compressed adapter updates 
 Round ``r``:
 
 1. Each sampled device receives the DWC downlink that takes the version it holds to its tier's latest
-   version: the chain of stored payloads, or a dense refresh when that is smaller (a device that missed
-   rounds catches up exactly). It applies it, answers its stream, and uploads the UTS selection.
+   version: the chain of stored payloads (packed into one array: Flower frames each array with a few
+   hundred bytes of its own), or a dense refresh when that is smaller (a device that missed rounds
+   catches up exactly). It applies it, answers its stream, and uploads the UTS selection.
 2. The cloud validates uploads (malformed ones are rejected, logged and counted), lets the teacher label
    them once (pseudo-labels, logits, hidden states), and trains each tier's cloud copy with AKD on this
    round's uploads plus a replay buffer of earlier ones.
@@ -31,7 +32,7 @@ from fl_sim import akd, dwc, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
 from fl_sim.models.mllm import visual_tokens
-from fl_sim.wire import payload_bytes, to_array_record, unpack_arrays
+from fl_sim.wire import pack_arrays, payload_bytes, to_array_record, unpack_arrays
 from strategies.base import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,9 @@ class CDCCA(FleetStrategy):
             return {"dwc_full": to_array_record(self.device_weights(p.tier))}
         key = (p.tier, u, v)
         if key not in self._chains:
-            chain = ArrayRecord({f"{i}/{name}": Array(a) for i, w in enumerate(range(u + 1, v + 1))
-                                 for name, a in load_np(str(self.store / p.tier / f"p{w}.safetensors")).items()})
+            chain = ArrayRecord({"packed": Array(pack_arrays(
+                {f"{i}/{name}": a for i, w in enumerate(range(u + 1, v + 1))
+                 for name, a in load_np(str(self.store / p.tier / f"p{w}.safetensors")).items()}))})
             full = to_array_record(self.device_weights(p.tier))
             self._chains[key] = ({"dwc_chain": chain} if payload_bytes(chain) <= payload_bytes(full)
                                  else {"dwc_full": full})
@@ -224,8 +226,9 @@ class CDCCA(FleetStrategy):
         save_file({k: t.contiguous() for k, t in held.items()}, str(folder / f"w{v}.safetensors"))
         self.state[self._group("held", tier)] = held
         self.version[tier] = v
-        wire = payload_bytes(ArrayRecord({k: Array(a) for k, a in payload.items()}))
-        dense = payload_bytes(to_array_record(delta))
+        wire = payload_bytes(ArrayRecord({"packed": Array(pack_arrays(payload))}))
+        dense = payload_bytes(ArrayRecord({"packed": Array(pack_arrays(
+            {k: t.detach().cpu().float().numpy() for k, t in delta.items()}))}))
         return {"payload_bytes": wire, "ratio_dense": dense / wire,
                 "ratio_checkpoint": read_meta_bytes(self.ctx.model_paths[tier]) / wire}
 

@@ -215,3 +215,31 @@ def test_config_and_apply():
     new = apply(w, {"c.bias": torch.ones(37)})
     assert torch.equal(new["c.bias"], w["c.bias"] + 1) and torch.equal(new["d.proj"], w["d.proj"])
     assert new["d.proj"] is not w["d.proj"]
+
+
+def test_device_applies_a_packed_payload_chain_and_rejects_malformed_ones():
+    from clients.local import apply_downlink
+    from fl_sim.wire import pack_arrays
+
+    g = torch.Generator().manual_seed(3)
+    initial = {"a": torch.randn(40, 8, generator=g), "b": torch.randn(16, generator=g)}
+    ef = ErrorFeedback(DWCConfig(max_density=0.2))
+    payloads, want = [], dict(initial)
+    for _ in range(2):
+        payload, sent = ef.step({k: 0.1 * torch.randn(t.shape, generator=g) for k, t in initial.items()})
+        payloads.append(payload)
+        want = apply(want, sent)
+    packed = pack_arrays({f"{i}/{n}": a for i, p in enumerate(payloads) for n, a in p.items()})
+    cfg = {"held_version": 0, "target_version": 2}
+    got, version, reason = apply_downlink(cfg, initial, {"chain": {"packed": packed}})
+    assert (version, reason) == (2, "")
+    assert all(torch.equal(got[k], want[k]) for k in initial)
+
+    one = pack_arrays({f"0/{n}": a for n, a in payloads[0].items()})
+    bad = {"unpacked": {f"0/{n}": a for n, a in payloads[0].items()},
+           "truncated": {"packed": packed[:-5]},
+           "one payload for two versions": {"packed": one}}
+    for what, chain in bad.items():
+        got, version, reason = apply_downlink(cfg, initial, {"chain": chain})
+        assert version == 0 and reason, what
+        assert all(torch.equal(got[k], initial[k]) for k in initial), what

@@ -7,6 +7,7 @@ import torch
 from fl_sim import FlSimError
 from fl_sim.models.adapters import adapter_state, add_adapters, load_adapter_state, trainable_parameters
 from fl_sim.models.mllm import answer, load_mllm
+from fl_sim.models.presets import get_zoo
 from fl_sim.models.quantize import quantize_dequantize, quantize_linears
 from fl_sim.world.data import generate
 
@@ -163,3 +164,29 @@ def test_local_checkpoint_replaces_a_preset(tiny_zoo, cache_dir, tmp_path):
         pretrain_zoo("tiny", cache_dir=cache_dir, overrides={"phone-x": str(tmp_path / "mine")})
     with pytest.raises(FlSimError, match="unknown model zoo preset 'huge'; allowed: default, tiny"):
         pretrain_zoo("huge", cache_dir=cache_dir)
+
+
+def test_teacher_domain_weights_set_the_training_mix():
+    from fl_sim.models.train import MixedStream
+
+    def share(weights):
+        s = MixedStream(["source", "digits"], seed=0, cell_px=8, weights=weights)
+        return np.mean([x["domain"] == "digits" for x in s.batch(600)])
+
+    assert abs(share(None) - 0.5) < 0.07
+    assert abs(share([1.0, 3.0]) - 0.75) < 0.06
+    assert get_zoo("default").teacher.domain_weights  # the default teacher sees more of the hard domains
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"role": "device", "domain_weights": {"digits": 2.0}}, "teacher only"),
+    ({"role": "teacher", "domain_weights": {"mars": 2.0}}, "unknown domain 'mars'"),
+    ({"role": "teacher", "domain_weights": {"digits": 0.0}}, "must be > 0"),
+])
+def test_bad_domain_weights_are_named(kw, message):
+    from pydantic import ValidationError
+
+    from fl_sim.models.presets import ModelPreset
+
+    with pytest.raises(ValidationError, match=message):
+        ModelPreset(hidden=8, layers=1, heads=1, steps=1, **kw)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import FlSimError
 
@@ -42,7 +42,24 @@ class ModelPreset(Strict):
     steps: int = Field(gt=0, description="stage-B training steps")
     batch_size: int = 64
     lr: float = 1e-3
+    domain_weights: dict[str, float] | None = Field(
+        None, description="teacher only: relative share of each domain in its training stream (default 1 each)")
     description: str = ""
+
+    @model_validator(mode="after")
+    def _check_weights(self):
+        if self.domain_weights is None:
+            return self
+        from ..world.domains import DOMAINS
+
+        if self.role != "teacher":
+            raise ValueError("domain_weights applies to the teacher only (device tiers train on source)")
+        for d, w in self.domain_weights.items():
+            if d not in DOMAINS:
+                raise ValueError(f"unknown domain {d!r} in domain_weights; allowed: {', '.join(DOMAINS)}")
+            if not w > 0:
+                raise ValueError(f"domain_weights[{d!r}] must be > 0, got {w}")
+        return self
 
 
 class ZooPreset(Strict):
@@ -61,9 +78,10 @@ def _tier(hidden, layers, heads, precision, steps, desc):
 ZOOS: dict[str, ZooPreset] = {
     "default": ZooPreset(
         description="teacher (Phi 256x4, fp32, all domains) and three phone tiers trained on source only",
-        frontend=FrontendPreset(hidden=128, layers=2, heads=4, steps=500),
+        frontend=FrontendPreset(hidden=128, layers=2, heads=4, steps=1500),
         teacher=ModelPreset(role="teacher", hidden=256, layers=4, heads=4, steps=2000, lr=5e-4,
-                            description="cloud teacher, all domains"),
+                            domain_weights={"dusk": 1.5, "digits": 2.5},
+                            description="cloud teacher, all domains (more of the hard ones)"),
         tiers={
             "phone-high": _tier(96, 2, 4, "bf16", 2400, "high-end phone: 96x2, bf16 weights"),
             "phone-mid": _tier(80, 2, 4, "int8", 2400, "mid-range phone: 80x2, int8 per-channel"),

@@ -25,14 +25,21 @@ SIZE_CLASSES = ["empty"] + SIZES
 
 
 class MixedStream:
-    """Fresh samples from several domains, each sample's domain drawn uniformly."""
+    """Fresh samples from several domains; each sample's domain is drawn uniformly, or in proportion to
+    ``weights`` (one per domain)."""
 
-    def __init__(self, domains, seed: int, cell_px: int, families=None):
+    def __init__(self, domains, seed: int, cell_px: int, families=None, weights=None):
         self.streams = [sample_stream(d, "train", seed, cell_px, families) for d in domains]
         self.rng = np.random.default_rng([seed, 99])
+        self.p = None if weights is None else np.asarray(weights, float) / float(np.sum(weights))
+
+    def _pick(self) -> int:
+        if self.p is None:
+            return int(self.rng.integers(len(self.streams)))
+        return int(self.rng.choice(len(self.streams), p=self.p))
 
     def batch(self, n: int) -> list[dict]:
-        return [next(self.streams[int(self.rng.integers(len(self.streams)))]) for _ in range(n)]
+        return [next(self.streams[self._pick()]) for _ in range(n)]
 
 
 def _schedule(opt, steps: int, warmup: int):
@@ -104,14 +111,15 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: int, lr: float, seed: int,
-                  cell_px: int, progress=None, trainable=None) -> dict:
-    """Stage B: train ``trainable`` parameters (default: all but the vision tower) on answers only."""
+                  cell_px: int, progress=None, trainable=None, weights=None) -> dict:
+    """Stage B: train ``trainable`` parameters (default: all but the vision tower) on answers only,
+    drawing each sample's domain uniformly or in proportion to ``weights`` (one per domain)."""
     torch.manual_seed(seed)
     model.model.vision_tower.requires_grad_(False)
     params = [p for p in (trainable if trainable is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = _schedule(opt, steps, max(1, steps // 20))
-    stream = MixedStream(domains, seed, cell_px)
+    stream = MixedStream(domains, seed, cell_px, weights=weights)
     model.train()
     t0, ema = time.time(), None
     for step in range(steps):

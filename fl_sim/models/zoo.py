@@ -72,8 +72,10 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
     model = build_mllm(preset, zoo.frontend, cell_px, tokenizer)
     model.model.vision_tower.load_state_dict(SiglipVisionModel.from_pretrained(frontend_dir).state_dict())
     domains = list(DOMAINS) if preset.role == "teacher" else ["source"]
+    weights = [preset.domain_weights.get(d, 1.0) for d in domains] if preset.domain_weights else None
     metrics = train_answers(model, Prompter(tokenizer), domains, preset.steps, preset.batch_size, preset.lr,
-                            seed, cell_px, report or _progress_factory(progress, f"stage B {role_name}"))
+                            seed, cell_px, report or _progress_factory(progress, f"stage B {role_name}"),
+                            weights=weights)
     quant = quantize_linears(model.model.language_model, preset.precision, preset.group_size)
     proj = quantize_linears(model.model.multi_modal_projector, preset.precision, preset.group_size)
     head = quantize_linears(model.lm_head, preset.precision, preset.group_size)
