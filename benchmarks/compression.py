@@ -44,13 +44,15 @@ def main() -> None:
     torch.set_num_threads(2)
     from fl_sim import akd, dwc, runtime, uts
     from fl_sim.cache import read_meta
+    from fl_sim.config import StrategyConfig
     from fl_sim.models.adapters import adapter_state, load_adapter_state
     from fl_sim.models.mllm import _llava, answer_with_stats, visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
 
     zoo = pretrain_zoo(args.zoo)
     pr, tier = zoo.prompter, args.tier
-    model, init = runtime.adapted_model(str(zoo.paths[tier]), 8)
+    strategy = StrategyConfig()  # the default adapters: LoRA rank, projector, word embeddings
+    model, init = runtime.adapted_model(str(zoo.paths[tier]), strategy.lora_r, strategy.lora_tokens)
     ref = runtime.reference_token(str(zoo.paths["teacher"]), None)
     ds = runtime.split("dusk", "train", 2000, 0, None)
 

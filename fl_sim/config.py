@@ -78,6 +78,8 @@ class StrategyConfig(Section):
     labels: Literal["pseudo", "oracle"] = "pseudo"
     proximal_mu: float = Field(0.01, ge=0)
     lora_r: int = Field(8, ge=1)
+    lora_tokens: bool = Field(True, description="adapters also train the word embeddings (devices pretrained on "
+                                                "source never learned the shifted domains' words)")
     uts: UTSConfig = UTSConfig()
     akd: AKDConfig = AKDConfig()
     dwc: DWCConfig = DWCConfig()

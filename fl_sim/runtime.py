@@ -18,11 +18,12 @@ from .world.tokenizer import load_tokenizer
 
 
 @lru_cache(maxsize=8)
-def adapted_model(model_path: str, lora_r: int = 8):
-    """``(model, initial_adapter_state)``: the base MLLM at ``model_path`` with LoRA adapters, one copy
-    per process. The initial state (LoRA B = 0, projector = base) makes the model equal to its base."""
+def adapted_model(model_path: str, lora_r: int = 8, tokens: bool = False):
+    """``(model, initial_adapter_state)``: the base MLLM at ``model_path`` with LoRA adapters (and trainable
+    word embeddings with ``tokens``), one copy per process. The initial state (LoRA B = 0, projector = base,
+    token deltas = 0) makes the model equal to its base."""
     torch.manual_seed(0)  # the same initial LoRA A in every process
-    model = add_adapters(load_mllm(model_path), AdapterConfig(r=lora_r, alpha=2 * lora_r))
+    model = add_adapters(load_mllm(model_path), AdapterConfig(r=lora_r, alpha=2 * lora_r, tokens=tokens))
     model.eval()
     return model, adapter_state(model)
 

@@ -1,4 +1,9 @@
-"""peft adapters on device MLLMs: LoRA on the language model, the projector trainable in full.
+"""peft adapters on device MLLMs: LoRA on the language model, the projector trainable in full, and
+optionally the word embeddings (peft trainable tokens; tied, so the output layer learns them too).
+
+Device tiers pretrain on the source domain only, so the words of shifted domains (dusk colours, novel
+shapes, digits) keep their untrained initial embeddings: LoRA alone cannot make a model read or say a word
+whose embedding is noise, trainable word embeddings can.
 
 Only adapter parameters train and travel; ``adapter_state`` / ``load_adapter_state`` are the exact
 round trip of peft's adapter-only state dict.
@@ -20,14 +25,22 @@ class AdapterConfig:
     dropout: float = 0.0
     target_modules: str = LM_TARGETS
     modules_to_save: tuple[str, ...] = field(default=("multi_modal_projector",))
+    tokens: bool = False  # train the embeddings of every non-special word (peft trainable_token_indices)
 
 
 def add_adapters(model, cfg: AdapterConfig = AdapterConfig()):
-    """Wrap ``model`` in a peft LoRA model; everything but the adapters (and the projector) is frozen."""
+    """Wrap ``model`` in a peft LoRA model; everything but the adapters (the projector and, with
+    ``cfg.tokens``, the word embeddings) is frozen."""
     from peft import LoraConfig, get_peft_model
 
+    from ..world.tokenizer import SPECIALS
+
+    extra = {}
+    if cfg.tokens:
+        vocab = model.config.text_config.vocab_size
+        extra["trainable_token_indices"] = {"embed_tokens": list(range(len(SPECIALS), vocab))}
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
-                      modules_to_save=list(cfg.modules_to_save), bias="none")
+                      modules_to_save=list(cfg.modules_to_save), bias="none", **extra)
     return get_peft_model(model, lora)
 
 
