@@ -190,3 +190,33 @@ def test_bad_domain_weights_are_named(kw, message):
 
     with pytest.raises(ValidationError, match=message):
         ModelPreset(hidden=8, layers=1, heads=1, steps=1, **kw)
+
+
+def test_token_adapters_learn_word_embeddings_and_round_trip(tiny_zoo):
+    from fl_sim.models.adapters import AdapterConfig
+    from fl_sim.world.tokenizer import SPECIALS
+
+    cfg = AdapterConfig(r=4, alpha=8, tokens=True)
+    base = load_mllm(tiny_zoo.paths["tiny-high"])
+    emb_before = base.get_input_embeddings().weight.detach().clone()
+    model = add_adapters(base, cfg)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("trainable_tokens_delta" in n for n in names)
+    _, batch = _batch(tiny_zoo)
+    with torch.no_grad():
+        before = model(**batch).logits
+    assert torch.allclose(before, load_mllm(tiny_zoo.paths["tiny-high"])(**batch).logits, atol=1e-6)
+    opt = torch.optim.SGD(trainable_parameters(model), lr=0.5)
+    model(**batch).loss.backward()
+    opt.step()
+    state = adapter_state(model)
+    delta = next(v for k, v in state.items() if "trainable_tokens_delta" in k)
+    vocab = model.config.text_config.vocab_size
+    assert delta.shape == (vocab - len(SPECIALS), model.config.text_config.hidden_size)
+    assert delta.abs().sum() > 0  # the question's words moved
+    fresh = add_adapters(load_mllm(tiny_zoo.paths["tiny-high"]), cfg)
+    load_adapter_state(fresh, state)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, fresh(**batch).logits, atol=1e-6)
+    table = next(v for k, v in model.state_dict().items() if k.endswith("embed_tokens.token_adapter.base_layer.weight"))
+    assert torch.equal(table, emb_before)  # the base embedding table itself is untouched
