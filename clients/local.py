@@ -55,7 +55,7 @@ def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tupl
     if cfg.get("crash_prob", 0.0) > 0 and rng.random() < cfg["crash_prob"]:
         raise DeviceCrash(f"device {cfg['device_id']} crashed in round {cfg['round']} (simulated)")
     torch.manual_seed(int(rng.integers(2**31)))
-    model, initial = runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg.get("lora_tokens", False))
+    model, initial = runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"])
     load_adapter_state(model, adapter if adapter is not None else initial)
     pr = runtime.prompter(cfg["cache_dir"] or None)
     data = draw_samples(cfg)
@@ -106,11 +106,11 @@ def warm_up(cfgs: list[dict]) -> int:
     """
     done = 0
     for cfg in cfgs:
-        key = (cfg["model_path"], cfg["lora_r"], cfg.get("lora_tokens", False), cfg["domain"], cfg["train_size"], cfg["seed"], cfg["num_devices"])
+        key = (cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"], cfg["domain"], cfg["train_size"], cfg["seed"], cfg["num_devices"])
         if key in _WARM:
             continue
         _WARM.add(key)
-        model, _ = runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg.get("lora_tokens", False))
+        model, _ = runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"])
         pr = runtime.prompter(cfg["cache_dir"] or None)
         data = draw_samples(cfg | {"samples_per_round": 1})
         if (cfg["model_path"], "answer") not in _WARM:
@@ -193,7 +193,7 @@ def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict, str]:
     rng = device_rng(cfg["seed"], cfg["device_id"], cfg["round"], 2)
     if cfg.get("crash_prob", 0.0) > 0 and rng.random() < cfg["crash_prob"]:
         raise DeviceCrash(f"device {cfg['device_id']} crashed in round {cfg['round']} (simulated)")
-    model, initial = runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg.get("lora_tokens", False))
+    model, initial = runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"])
     weights, version, rejected = apply_downlink(cfg, initial, downlink)
     load_adapter_state(model, weights)
     pr = runtime.prompter(cfg["cache_dir"] or None)
