@@ -15,22 +15,18 @@ import time
 import numpy as np
 
 
-def run(tier: str, n: int, steps: int, lr: float, tokens: bool, seed: int = 0) -> dict:
+def labelled_data(n: int) -> tuple:
+    """``(zoo, teacher, shifted targets, source anchor targets)``, labelled by the teacher once."""
     import torch
 
     from fl_sim import akd, runtime
-    from fl_sim.models.adapters import load_adapter_state
-    from fl_sim.models.evaluate import evaluate
     from fl_sim.models.mllm import visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
-    from fl_sim.world.domains import DOMAINS, SHIFTED
+    from fl_sim.world.domains import SHIFTED
 
     zoo = pretrain_zoo("default")
     pr = zoo.prompter
     teacher = runtime.base_model(str(zoo.paths["teacher"]))
-    model, init = runtime.adapted_model(str(zoo.paths[tier]), 8, tokens)
-    load_adapter_state(model, init)
-    t_width = teacher.config.text_config.hidden_size
     with torch.no_grad():
         parts = []
         for d in SHIFTED:
@@ -39,9 +35,24 @@ def run(tier: str, n: int, steps: int, lr: float, tokens: bool, seed: int = 0) -
             parts.append(akd.teacher_targets(teacher, pr, vis, list(ds["question"])))
         src = runtime.split("source", "train", 512, 10_000, None)
         vis = visual_tokens(teacher, pr.pixels(np.asarray(src["image"])))
-    new = akd.concat(parts)
     anchor = akd.anchor_targets(pr, vis, list(src["question"]), list(src["answer"]),
-                                teacher.config.text_config.vocab_size, t_width)
+                                teacher.config.text_config.vocab_size, teacher.config.text_config.hidden_size)
+    return zoo, teacher, akd.concat(parts), anchor
+
+
+def run(data: tuple, tier: str, steps: int, lr: float, tokens: bool, seed: int = 0) -> dict:
+    import torch
+
+    from fl_sim import akd, runtime
+    from fl_sim.models.adapters import load_adapter_state
+    from fl_sim.models.evaluate import evaluate
+    from fl_sim.world.domains import DOMAINS, SHIFTED
+
+    zoo, teacher, new, anchor = data
+    pr = zoo.prompter
+    model, init = runtime.adapted_model(str(zoo.paths[tier]), 8, tokens)
+    load_adapter_state(model, init)
+    t_width = teacher.config.text_config.hidden_size
     cfg = akd.AKDConfig(steps=steps, lr=lr)
     torch.manual_seed(seed)
     align = torch.nn.Linear(model.config.text_config.hidden_size, t_width)
@@ -79,8 +90,9 @@ def main() -> None:
     torch.set_num_threads(2)
     print(f"AKD offline on {args.tier}: {args.n} teacher-labelled samples per shifted domain, {args.steps} steps")
     print(f"  {'adapters':<28} {'source':>7} {'dusk':>7} {'novel':>7} {'digits':>7} {'shifted':>8} {'train s':>8}")
+    data = labelled_data(args.n)
     for tokens in (False, True):
-        r = run(args.tier, args.n, args.steps, args.lr, tokens)
+        r = run(data, args.tier, args.steps, args.lr, tokens)
         name = "LoRA + projector + words" if tokens else "LoRA + projector"
         print(f"  {name:<28} {r['source']:>7.1f} {r['dusk']:>7.1f} {r['novel']:>7.1f} {r['digits']:>7.1f} "
               f"{r['shifted']:>8.1f} {r['train_s']:>8.1f}")

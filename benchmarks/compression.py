@@ -29,9 +29,11 @@ def _bytes(arrays) -> int:
 
 def _packed_bytes(arrays) -> int:
     """Arrays as uploads and downlink payloads are sent: packed into one (``fl_sim.wire.pack_arrays``)."""
-    from fl_sim.wire import pack_arrays
+    from flwr.app import RecordDict
 
-    return _bytes({"packed": pack_arrays(arrays)})
+    from fl_sim.wire import packed_record, payload_bytes
+
+    return payload_bytes(RecordDict({"x": packed_record(arrays)}))
 
 
 def main() -> None:

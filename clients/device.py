@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 app = ClientApp()  # heavy imports (torch, transformers) happen on the first message needing them, not at load
@@ -70,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def _cdcca(msg: Message, cfg: dict) -> Message:
     from clients.local import run_cdcca_round
-    from fl_sim.wire import pack_arrays
+    from fl_sim.wire import packed_record
 
     downlink = None  # raw arrays; run_cdcca_round validates them (a bad downlink is rejected, not fatal)
     for kind in ("dwc_full", "dwc_chain"):
@@ -78,7 +78,7 @@ def _cdcca(msg: Message, cfg: dict) -> Message:
             downlink = {kind[4:]: {k: a.numpy() for k, a in msg.content[kind].items()}}
     upload, metrics, reason = run_cdcca_round(cfg, downlink)
     content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
-                          "upload": ArrayRecord({"packed": Array(pack_arrays(upload))})})
+                          "upload": packed_record(upload)})
     if reason:
         content["status"] = ConfigRecord({"downlink_error": reason})
     return Message(content, reply_to=msg)

@@ -63,6 +63,14 @@ def pack_arrays(arrays: dict[str, np.ndarray]) -> np.ndarray:
                            np.frombuffer(head, np.uint8), *parts])
 
 
+def packed_record(arrays: dict):
+    """An ``ArrayRecord`` holding ``arrays`` (numpy or torch) packed into one array, ``"packed"``."""
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({"packed": Array(pack_arrays(
+        {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}))})
+
+
 def unpack_arrays(blob: np.ndarray) -> dict[str, np.ndarray]:
     """The arrays packed by ``pack_arrays``; ``PayloadError`` naming what is wrong with a malformed blob."""
     import json

@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
 from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import save_file
 
@@ -32,7 +31,7 @@ from fl_sim import akd, dwc, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
 from fl_sim.models.mllm import visual_tokens
-from fl_sim.wire import pack_arrays, payload_bytes, to_array_record, unpack_arrays
+from fl_sim.wire import packed_record, payload_bytes, to_array_record, unpack_arrays
 from strategies.base import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -119,9 +118,8 @@ class CDCCA(FleetStrategy):
             return {"dwc_full": to_array_record(self.device_weights(p.tier))}
         key = (p.tier, u, v)
         if key not in self._chains:
-            chain = ArrayRecord({"packed": Array(pack_arrays(
-                {f"{i}/{name}": a for i, w in enumerate(range(u + 1, v + 1))
-                 for name, a in load_np(str(self.store / p.tier / f"p{w}.safetensors")).items()}))})
+            chain = packed_record({f"{i}/{name}": a for i, w in enumerate(range(u + 1, v + 1))
+                                   for name, a in load_np(str(self.store / p.tier / f"p{w}.safetensors")).items()})
             full = to_array_record(self.device_weights(p.tier))
             self._chains[key] = ({"dwc_chain": chain} if payload_bytes(chain) <= payload_bytes(full)
                                  else {"dwc_full": full})
@@ -226,9 +224,8 @@ class CDCCA(FleetStrategy):
         save_file({k: t.contiguous() for k, t in held.items()}, str(folder / f"w{v}.safetensors"))
         self.state[self._group("held", tier)] = held
         self.version[tier] = v
-        wire = payload_bytes(ArrayRecord({"packed": Array(pack_arrays(payload))}))
-        dense = payload_bytes(ArrayRecord({"packed": Array(pack_arrays(
-            {k: t.detach().cpu().float().numpy() for k, t in delta.items()}))}))
+        wire = payload_bytes(packed_record(payload))
+        dense = payload_bytes(packed_record({k: t.float() for k, t in delta.items()}))
         return {"payload_bytes": wire, "ratio_dense": dense / wire,
                 "ratio_checkpoint": read_meta_bytes(self.ctx.model_paths[tier]) / wire}
 
