@@ -28,7 +28,7 @@ from .models.train import per_sample_loss
 class AKDConfig(BaseModel):
     """``[strategy.akd]``: cloud distillation per round and tier (a zero weight switches a term off)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
-    steps: int = Field(40, ge=0, description="adapter training steps per tier per round")
+    steps: int = Field(100, ge=0, description="adapter training steps per tier per round")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
     w_ce: float = Field(1.0, ge=0, description="CE on teacher pseudo-labels")
