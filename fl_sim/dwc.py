@@ -50,7 +50,7 @@ class DWCConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     select: bool = Field(True, description="keep only the entries holding `energy` of the delta's energy")
     energy: float = Field(0.9, gt=0, le=1, description="target share of sum(delta**2) kept")
-    max_density: float = Field(0.02, gt=0, le=1, description="cap on the kept share of entries")
+    max_density: float = Field(0.05, gt=0, le=1, description="cap on the kept share of entries")
     quantize: bool = Field(True, description="quantise kept values")
     bits: Literal[2, 4, 8] = 4
     group_size: int = Field(64, ge=1, description="values per float16 quantisation scale")
