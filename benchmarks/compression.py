@@ -83,7 +83,9 @@ def main() -> None:
     settings = {"dense fp32": dict(select=False, quantize=False), "top-k 5% only": dict(quantize=False),
                 "quantise only (4 bit)": dict(select=False), "top-k 5% + 8 bit": dict(bits=8),
                 "top-k 5% + 4 bit": {}, "top-k 5% + 2 bit": dict(bits=2),
-                "top-k 3% + 4 bit": dict(max_density=0.03), "top-k 2% + 4 bit": dict(max_density=0.02)}
+                "top-k 3% + 4 bit": dict(max_density=0.03), "top-k 2% + 4 bit": dict(max_density=0.02),
+                "blocks of 8, 5% + 4 bit": dict(block=8), "blocks of 16, 5% + 4 bit": dict(block=16),
+                "blocks of 32, 5% + 4 bit": dict(block=32)}
     settings = {k: {"max_density": 0.05} | v for k, v in settings.items()}  # top-k caps spelled out
     settings = {k + (" (default)" if dwc.DWCConfig(**v) == dwc.DWCConfig() else ""): v for k, v in settings.items()}
     feedback = {k: dwc.ErrorFeedback(dwc.DWCConfig(**v)) for k, v in settings.items()}

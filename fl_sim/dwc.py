@@ -4,17 +4,20 @@ The cloud sends a delta (new adapter weights minus what the device holds). Both 
 names and shapes, so a payload only carries values. The tensors are taken in sorted-key order and
 flattened into one vector ``x`` of ``numel`` values; a payload is two numpy arrays:
 
-``header``  int64 ``(11,)``: format version, number of tensors, numel, flags (1 = select, 2 = quantize),
+``header``  int64 ``(12,)``: format version, number of tensors, numel, flags (1 = select, 2 = quantize),
             bits (2/4/8, or 32 for float32 values), group size (0 if not quantized), kept entries ``k``,
-            index code (0 none, 1 bitmap, 2..5 gaps as uint8/16/32/64), and the byte lengths of the
-            three blob sections (indices, values, scales)
+            index code (0 none, 1 bitmap, 2..5 gaps as uint8/16/32/64), the byte lengths of the
+            three blob sections (indices, values, scales), and the selection block size
 ``blob``    uint8: indices + values + scales, concatenated
 
-Selection (``select``) is global: entries sorted by ``|x|`` descending, the smallest prefix holding
-``energy`` of ``sum(x**2)`` is kept, capped at ``ceil(max_density * numel)`` entries, at least one if
-``x != 0``. Kept entries go in ascending flat-index order; their indices are sent as a zlib'd
-``np.packbits`` bitmap or as zlib'd gaps (first index, then differences) in the smallest unsigned dtype
-that fits, whichever is smaller. Without selection every entry is sent, in order, with no indices.
+Selection (``select``) is global over blocks of ``block`` consecutive entries of ``x`` (1 = single
+entries; the last block may be shorter): blocks sorted by their energy ``sum(x**2)`` descending, the
+smallest prefix holding ``energy`` of ``sum(x**2)`` is kept, capped at ``ceil(max_density * numel /
+block)`` blocks, at least one if ``x != 0``. Kept blocks go in ascending order; their block indices are
+sent as a zlib'd ``np.packbits`` bitmap or as zlib'd gaps (first index, then differences) in the smallest
+unsigned dtype that fits, whichever is smaller, and ``k`` counts the entries they hold. Blocks trade
+energy per kept value for index bytes: a block of ``b`` entries costs one index, not ``b``. Without
+selection every entry is sent, in order, with no indices.
 
 Values (``quantize``): a midrise uniform quantiser per group of ``group_size`` consecutive kept values,
 scale ``s = absmax / 2**(bits-1)`` stored as float16 rounded *up*, ``q = clamp(floor(x/s))`` stored as
@@ -38,8 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import FlSimError, PayloadError
 
-VERSION = 1
-HEADER_LEN = 11
+VERSION = 2
+HEADER_LEN = 12
 SELECT, QUANTIZE = 1, 2
 GAP_DTYPES = {2: np.dtype("<u1"), 3: np.dtype("<u2"), 4: np.dtype("<u4"), 5: np.dtype("<u8")}
 F16_MAX = float(np.finfo(np.float16).max)
@@ -51,6 +54,8 @@ class DWCConfig(BaseModel):
     select: bool = Field(True, description="keep only the entries holding `energy` of the delta's energy")
     energy: float = Field(0.9, gt=0, le=1, description="target share of sum(delta**2) kept")
     max_density: float = Field(0.05, gt=0, le=1, description="cap on the kept share of entries")
+    block: int = Field(1, ge=1, le=4096, description=(
+        "select blocks of this many consecutive entries (1 = single entries): fewer index bytes per value"))
     quantize: bool = Field(True, description="quantise kept values")
     bits: Literal[2, 4, 8] = 4
     group_size: int = Field(64, ge=1, description="values per float16 quantisation scale")
@@ -63,15 +68,25 @@ def _flatten(tensors: dict[str, torch.Tensor]) -> np.ndarray:
 
 
 def _select(x: np.ndarray, cfg: DWCConfig) -> np.ndarray:
-    """Ascending flat indices of the kept entries."""
+    """Ascending indices of the kept blocks (of ``cfg.block`` consecutive entries; entries if 1)."""
     e = x.astype(np.float64) ** 2
+    if cfg.block > 1:
+        e = np.add.reduceat(e, np.arange(0, x.size, cfg.block)) if x.size else e
     order = np.argsort(-e, kind="stable")
     cum = np.cumsum(e[order])
     if x.size == 0 or cum[-1] == 0:
         return np.zeros(0, np.int64)
-    k = min(int(np.searchsorted(cum, cfg.energy * cum[-1], side="left")) + 1, x.size)
-    k = max(1, min(k, math.ceil(cfg.max_density * x.size)))
+    k = min(int(np.searchsorted(cum, cfg.energy * cum[-1], side="left")) + 1, e.size)
+    k = max(1, min(k, math.ceil(cfg.max_density * x.size / cfg.block)))
     return np.sort(order[:k])
+
+
+def _block_entries(blocks: np.ndarray, block: int, numel: int) -> np.ndarray:
+    """Ascending flat indices of the entries of ``blocks`` (ascending block indices)."""
+    if block == 1:
+        return blocks
+    idx = (blocks[:, None] * block + np.arange(block)).reshape(-1)
+    return idx[idx < numel]
 
 
 def _encode_indices(idx: np.ndarray, numel: int) -> tuple[int, bytes]:
@@ -111,15 +126,16 @@ def encode(delta: dict[str, torch.Tensor], cfg: DWCConfig) -> dict[str, np.ndarr
     if not np.isfinite(x).all():
         raise FlSimError("DWC delta contains NaN or inf")
     idx_code, idx_bytes = 0, b""
+    block = cfg.block if cfg.select else 1
     if cfg.select:
-        idx = _select(x, cfg)
-        idx_code, idx_bytes = _encode_indices(idx, x.size)
-        x = x[idx]
+        blocks = _select(x, cfg)
+        idx_code, idx_bytes = _encode_indices(blocks, -(-numel // block))
+        x = x[_block_entries(blocks, block, numel)]
     val_bytes, scale_bytes = (_quantize(x, cfg.bits, cfg.group_size) if cfg.quantize
                               else (x.astype("<f4").tobytes(), b""))
     header = [VERSION, len(delta), numel, SELECT * cfg.select + QUANTIZE * cfg.quantize,
               cfg.bits if cfg.quantize else 32, cfg.group_size if cfg.quantize else 0, x.size, idx_code,
-              len(idx_bytes), len(val_bytes), len(scale_bytes)]
+              len(idx_bytes), len(val_bytes), len(scale_bytes), block]
     blob = np.frombuffer(idx_bytes + val_bytes + scale_bytes, np.uint8).copy()
     return {"header": np.array(header, np.int64), "blob": blob}
 
@@ -136,6 +152,7 @@ def _inflate(data: bytes, expected: int, what: str) -> bytes:
 
 
 def _decode_indices(data: bytes, code: int, k: int, numel: int) -> np.ndarray:
+    """``k`` ascending indices below ``numel`` (entries, or blocks when selection is by block)."""
     if code == 1:
         bits = np.unpackbits(np.frombuffer(_inflate(data, -(-numel // 8), "index bitmap"), np.uint8))
         if bits[numel:].any() or int(bits.sum()) != k:
@@ -172,7 +189,7 @@ def decode(payload: dict[str, np.ndarray], like: dict[str, torch.Tensor]) -> dic
         raise PayloadError(f"DWC header must be int64 of shape ({HEADER_LEN},)")
     if not isinstance(blob, np.ndarray) or blob.dtype != np.uint8 or blob.ndim != 1:
         raise PayloadError("DWC blob must be a 1-D uint8 array")
-    version, n_t, numel, flags, bits, group, k, code, n_idx, n_val, n_sc = (int(v) for v in h)
+    version, n_t, numel, flags, bits, group, k, code, n_idx, n_val, n_sc, block = (int(v) for v in h)
     names = sorted(like)
     sizes = [like[n].numel() for n in names]
     if version != VERSION:
@@ -186,12 +203,20 @@ def decode(payload: dict[str, np.ndarray], like: dict[str, torch.Tensor]) -> dic
         raise PayloadError(f"DWC bad bits {bits} / group size {group}")
     if not (0 <= k <= numel if select else k == numel) or (not select and (code or n_idx)):
         raise PayloadError(f"DWC bad kept count {k} / index section for select={select}")
+    if not 1 <= block <= 4096 or (not select and block != 1):
+        raise PayloadError(f"DWC bad block size {block} for select={select}")
     want_val, want_sc = (-(-k * bits // 8), 2 * -(-k // group)) if quantize else (4 * k, 0)
     if (n_val, n_sc) != (want_val, want_sc) or n_idx < 0 or n_idx + n_val + n_sc != blob.size:
         raise PayloadError(f"DWC blob has {blob.size} bytes; sections {n_idx}/{n_val}/{n_sc}, "
                            f"expected values {want_val} and scales {want_sc}")
     raw = blob.tobytes()
-    idx = _decode_indices(raw[:n_idx], code, k, numel) if select else None
+    idx = None
+    if select:
+        n_blocks = -(-numel // block)
+        full = k // block + (k % block > 0)  # blocks holding k entries (only the last block may be short)
+        idx = _block_entries(_decode_indices(raw[:n_idx], code, full, n_blocks), block, numel)
+        if idx.size != k:
+            raise PayloadError(f"DWC {full} blocks of {block} hold {idx.size} entries, header says {k}")
     val_bytes, sc_bytes = raw[n_idx:n_idx + n_val], raw[n_idx + n_val:]
     vals = _dequantize(val_bytes, sc_bytes, bits, group, k) if quantize else np.frombuffer(val_bytes, "<f4")
     if not np.isfinite(vals).all():

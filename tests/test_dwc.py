@@ -110,6 +110,59 @@ def test_index_coding_bitmap_vs_gaps(density, code):
     assert np.abs(x[idx]).min() >= np.abs(np.delete(x, idx)).max()
 
 
+@pytest.mark.parametrize("block,bits", [(8, 4), (5, 8), (64, 2)])
+def test_block_selection_whole_blocks_within_bound(block, bits):
+    d = make_delta(10)  # numel 3,085: the last block is short for 8 and 64
+    x = flat(d).astype(np.float64)
+    cfg = DWCConfig(energy=0.6, max_density=0.1, block=block, bits=bits, group_size=16)
+    p = encode(d, cfg)
+    assert int(p["header"][11]) == block
+    xhat = flat(decode(p, d)).astype(np.float64)
+    idx = np.flatnonzero(xhat)  # midrise levels: no kept entry decodes to 0
+    blocks = np.unique(idx // block)
+    want = np.concatenate([np.arange(b * block, min((b + 1) * block, x.size)) for b in blocks])
+    np.testing.assert_array_equal(idx, want)  # whole blocks, the short last one included when kept
+    assert blocks.size <= math.ceil(0.1 * x.size / block)
+    e = np.add.reduceat(x ** 2, np.arange(0, x.size, block))
+    assert e[blocks].min() >= np.delete(e, blocks).max()  # the highest-energy blocks
+    scales = np.frombuffer(p["blob"][int(p["header"][8]) + int(p["header"][9]):].tobytes(), "<f2")
+    assert np.all(np.abs(x[idx] - xhat[idx]) <= scales.astype(np.float64)[np.arange(idx.size) // 16] / 2 * (1 + 1e-6))
+
+
+def test_blocks_cut_index_bytes():
+    d = make_delta(11, {f"layer{i:02d}": (1666,) for i in range(30)})
+    entry, blocked = (encode(d, DWCConfig(max_density=0.05, block=b)) for b in (1, 16))
+    assert int(blocked["header"][8]) * 4 < int(entry["header"][8])  # index section
+    assert abs(int(blocked["header"][6]) - int(entry["header"][6])) <= 16  # about the same kept entries
+
+
+def test_block_error_feedback_conserves_sum():
+    fb = ErrorFeedback(DWCConfig(max_density=0.05, block=8))
+    total = {k: torch.zeros(s) for k, s in SHAPES.items()}
+    for t in range(6):
+        d = make_delta(200 + t, scale=0.1)
+        _, sent = fb.step(d)
+        total = apply(total, {k: d[k] - sent[k] for k in d})
+    assert all(torch.allclose(total[k], fb.residual[k], atol=1e-5) for k in SHAPES)
+
+
+@pytest.mark.parametrize("field,value,match", [(11, 0, "block size"), (11, 5000, "block size"),
+                                               (6, -1, "blocks of 8 hold")])
+def test_malformed_block_header(field, value, match):
+    d = make_delta(12)
+    p = encode(d, DWCConfig(energy=1.0, max_density=0.1, block=8, quantize=False))
+    h, blob = p["header"].copy(), p["blob"]
+    assert int(h[6]) % 8 == 0  # whole blocks of 8 (the short last block is not among the largest)
+    if field == 6:  # claim one entry fewer than the kept blocks hold (value section cut to match)
+        h[6] += value
+        h[9] = 4 * int(h[6])
+        blob = blob[:int(h[8]) + int(h[9])]
+    else:
+        h[field] = value
+    with pytest.raises(PayloadError, match=match):
+        decode({"header": h, "blob": blob}, d)
+
+
 @pytest.mark.parametrize("ef", [True, False])
 def test_error_feedback_conserves_sum(ef):
     cfg = DWCConfig(error_feedback=ef, max_density=0.02)
