@@ -43,17 +43,28 @@ def labelled_data(n: int) -> tuple:
     return zoo, teacher, akd.concat(parts), anchor
 
 
+def scores(model, pr) -> dict:
+    """VQA accuracy (%) per domain on 100 test samples each, and ``shifted``, their mean over shifted domains."""
+    from fl_sim import runtime
+    from fl_sim.models.evaluate import evaluate
+    from fl_sim.world.domains import DOMAINS, SHIFTED
+
+    res = evaluate(model, pr, {d: runtime.split(d, "test", 100, 0, None) for d in DOMAINS})
+    out = {d: 100 * res[d]["vqa"] for d in DOMAINS}
+    out["shifted"] = float(np.mean([out[d] for d in SHIFTED]))
+    return out
+
+
 def run(data: tuple, tier: str, steps: int, lr: float, tokens: bool, seed: int = 0) -> dict:
     import torch
 
     from fl_sim import akd, runtime
+    from fl_sim.config import StrategyConfig
     from fl_sim.models.adapters import load_adapter_state
-    from fl_sim.models.evaluate import evaluate
-    from fl_sim.world.domains import DOMAINS, SHIFTED
 
     zoo, teacher, new, anchor = data
     pr = zoo.prompter
-    model, init = runtime.adapted_model(str(zoo.paths[tier]), 8, tokens)
+    model, init = runtime.adapted_model(str(zoo.paths[tier]), StrategyConfig().lora_r, tokens)
     load_adapter_state(model, init)
     t_width = teacher.config.text_config.hidden_size
     cfg = akd.AKDConfig(steps=steps, lr=lr)
@@ -71,25 +82,15 @@ def run(data: tuple, tier: str, steps: int, lr: float, tokens: bool, seed: int =
     t0 = time.time()
     akd.train_adapters(model, align, draw, cfg, seed)
     seconds = time.time() - t0
-    res = evaluate(model, pr, {d: runtime.split(d, "test", 100, 0, None) for d in DOMAINS})
-    out = {d: 100 * res[d]["vqa"] for d in DOMAINS}
-    out["shifted"] = float(np.mean([out[d] for d in SHIFTED]))
-    out["train_s"] = seconds
-    return out
+    return scores(model, pr) | {"train_s": seconds}
 
 
 def evaluate_base(data: tuple, name: str) -> dict:
-    """VQA accuracy (%) per domain of an untrained tier (``source-only``) or of the teacher."""
+    """``scores`` of an untrained tier (``source-only``) or of the teacher."""
     from fl_sim import runtime
-    from fl_sim.models.evaluate import evaluate
-    from fl_sim.world.domains import DOMAINS, SHIFTED
 
     zoo = data[0]
-    res = evaluate(runtime.base_model(str(zoo.paths[name])), zoo.prompter,
-                   {d: runtime.split(d, "test", 100, 0, None) for d in DOMAINS})
-    out = {d: 100 * res[d]["vqa"] for d in DOMAINS}
-    out["shifted"] = float(np.mean([out[d] for d in SHIFTED]))
-    return out
+    return scores(runtime.base_model(str(zoo.paths[name])), zoo.prompter)
 
 
 def main() -> None:
