@@ -9,10 +9,9 @@ Messages it handles:
            (ArrayRecord: the adapter state to run). Replies ``metrics`` (MetricRecord) and, if the
            device adapted, ``adapter`` (its new adapter state).
            With ``config["mode"] == "cdcca"`` the downlink is ``dwc_full`` (a dense refresh) or
-           ``dwc_chain`` (DWC payloads packed into one uint8 array ``"packed"``; packed array
-           ``"<i>/<name>"`` is array ``name`` of the i-th payload) and
-           the reply carries ``upload`` (the UTS upload arrays packed into one uint8 array, ``"packed"``;
-           see ``fl_sim.wire.pack_arrays``) instead of an adapter.
+           ``dwc_chain`` (ConfigRecord: ``"payloads"``, the list of DWC payloads to apply in order, each
+           ``bytes``) and the reply carries ``upload`` (ConfigRecord: the UTS upload arrays packed into one
+           ``bytes`` value, ``"packed"``; see ``fl_sim.wire.pack_arrays``) instead of an adapter.
 
 Per-device state lives on the server side (adapters are shared per tier and version), so
 ``Context.state`` stays empty; base models are cached per worker process by tier.
@@ -70,12 +69,12 @@ def train(msg: Message, context: Context) -> Message:
 
 def _cdcca(msg: Message, cfg: dict) -> Message:
     from clients.local import run_cdcca_round
-    from fl_sim.wire import packed_record
+    from fl_sim.wire import packed_record, record_values
 
     downlink = None  # raw arrays; run_cdcca_round validates them (a bad downlink is rejected, not fatal)
     for kind in ("dwc_full", "dwc_chain"):
         if kind in msg.content:
-            downlink = {kind[4:]: {k: a.numpy() for k, a in msg.content[kind].items()}}
+            downlink = {kind[4:]: record_values(msg.content[kind])}
     upload, metrics, reason = run_cdcca_round(cfg, downlink)
     content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
                           "upload": packed_record(upload)})

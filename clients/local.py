@@ -139,14 +139,12 @@ def held_weights(cfg: dict, initial: dict[str, torch.Tensor], version: int) -> d
 def apply_downlink(cfg: dict, initial: dict, downlink: dict | None) -> tuple[dict, int, str]:
     """``(weights, version, rejection reason or "")`` after applying this round's downlink.
 
-    ``downlink`` is ``{"full": arrays}`` (a dense refresh to ``target_version``) or ``{"chain": arrays}``
-    (DWC payloads taking ``held_version`` to ``target_version``, packed into one uint8 array ``"packed"``
-    by ``fl_sim.wire.pack_arrays``; packed array ``"<i>/<name>"`` is array ``name`` of the i-th payload,
-    applied in order). A malformed downlink, or weights the device cannot read, are
+    ``downlink`` is ``{"full": arrays}`` (a dense refresh to ``target_version``) or ``{"chain":
+    {"payloads": [payload, ...]}}`` (the DWC payloads taking ``held_version`` to ``target_version``, each
+    ``bytes`` or a 1-D uint8 array, applied in order). A malformed downlink, or weights the device cannot read, are
     rejected as a whole: the device keeps what it held (or its initial adapters) and says why.
     """
     from fl_sim import PayloadError, dwc
-    from fl_sim.wire import unpack_arrays
 
     u, v = int(cfg["held_version"]), int(cfg["target_version"])
     try:
@@ -163,19 +161,16 @@ def apply_downlink(cfg: dict, initial: dict, downlink: dict | None) -> tuple[dic
             if any(not torch.isfinite(t).all() for t in full.values()):
                 raise PayloadError("full refresh contains NaN or inf")
             return full, v, ""
-        if set(downlink["chain"]) != {"packed"}:
-            raise PayloadError(f"payload chain has arrays {sorted(downlink['chain'])}, expected ['packed']")
-        chain: dict[int, dict] = {}
-        for key, arr in unpack_arrays(downlink["chain"]["packed"]).items():
-            i, _, name = key.partition("/")
-            if not i.isdigit() or not name:
-                raise PayloadError(f"bad payload array name {key!r}")
-            chain.setdefault(int(i), {})[name] = arr
-        if sorted(chain) != list(range(v - u)):
-            raise PayloadError(f"{len(chain)} payloads for versions {u}->{v}")
+        chain = downlink["chain"]
+        if set(chain) != {"payloads"} or not isinstance(chain["payloads"], list):
+            raise PayloadError(f"payload chain has {sorted(chain)}, expected a list 'payloads'")
+        if len(chain["payloads"]) != v - u:
+            raise PayloadError(f"{len(chain['payloads'])} payloads for versions {u}->{v}")
         w = held
-        for i in range(v - u):
-            w = dwc.apply(w, dwc.decode(chain[i], w))
+        for p in chain["payloads"]:
+            if isinstance(p, np.ndarray) and p.dtype == np.uint8 and p.ndim == 1:
+                p = p.tobytes()
+            w = dwc.apply(w, dwc.decode(p, w))
         return w, v, ""
     except (PayloadError, ValueError, TypeError) as exc:
         return held, u, str(exc)

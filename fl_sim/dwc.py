@@ -2,30 +2,38 @@
 
 The cloud sends a delta (new adapter weights minus what the device holds). Both sides know the tensor
 names and shapes, so a payload only carries values. The tensors are taken in sorted-key order and
-flattened into one vector ``x`` of ``numel`` values; a payload is two numpy arrays:
+flattened into one vector ``x`` of ``numel`` values. A payload is one ``bytes`` string (format 3):
 
-``header``  int64 ``(12,)``: format version, number of tensors, numel, flags (1 = select, 2 = quantize),
-            bits (2/4/8, or 32 for float32 values), group size (0 if not quantized), kept entries ``k``,
-            index code (0 none, 1 bitmap, 2..5 gaps as uint8/16/32/64), the byte lengths of the
-            three blob sections (indices, values, scales), and the selection block size
-``blob``    uint8: indices + values + scales, concatenated
+``header``   the version byte, then unsigned LEB128 varints: number of tensors, numel, flags (1 = select,
+             2 = quantize), bits (2/3/4/8, or 32 for float32 values), group size (0 if not quantized),
+             kept entries ``k``, selection block size, index code (0 none, 1 zlib'd bitmap, 2 Rice-coded
+             gaps), index Rice parameter, magnitude Rice parameter, and the byte lengths of the index and
+             value sections; the scale section is the rest
+``indices``  the kept blocks (see below)
+``values``   float32 little-endian, or the quantised bit stream (see below)
+``scales``   when quantized: ``lo`` then one ``hi`` per group of ``group size`` kept values, float16
 
 Selection (``select``) is global over blocks of ``block`` consecutive entries of ``x`` (1 = single
 entries; the last block may be shorter): blocks sorted by their energy ``sum(x**2)`` descending, the
 smallest prefix holding ``energy`` of ``sum(x**2)`` is kept, capped at ``ceil(max_density * numel /
-block)`` blocks, at least one if ``x != 0``. Kept blocks go in ascending order; their block indices are
-sent as a zlib'd ``np.packbits`` bitmap or as zlib'd gaps (first index, then differences) in the smallest
-unsigned dtype that fits, whichever is smaller, and ``k`` counts the entries they hold. Blocks trade
-energy per kept value for index bytes: a block of ``b`` entries costs one index, not ``b``. Without
-selection every entry is sent, in order, with no indices.
+block)`` blocks, at least one if ``x != 0``. Kept blocks go in ascending order and ``k`` counts the
+entries they hold. Their block indices are sent as a zlib'd ``np.packbits`` bitmap or as Rice-coded gaps
+(``index[0]``, then ``index[i] - index[i-1] - 1``; Rice code with parameter ``r``: ``g >> r`` ones, a
+zero, then the low ``r`` bits of ``g``, most significant first), whichever is smaller. Kept entries sit
+at positions a device cannot predict, so the gaps are close to geometric and a Rice code is within a few
+per cent of their entropy. Blocks trade energy per kept value for index bytes. Without selection every
+entry is sent, in order, with no indices.
 
-Values (``quantize``): a midrise uniform quantiser per group of ``group_size`` consecutive kept values,
-scale ``s = absmax / 2**(bits-1)`` stored as float16 rounded *up*, ``q = clamp(floor(x/s))`` stored as
-``q + 2**(bits-1)`` packed ``8/bits`` per byte, dequantised as ``(q + 0.5) * s``. So
-``|x - x_hat| <= s/2`` (up to float32 rounding) with the stored ``s``: ``absmax/2**bits`` up to fp16
-rounding, or up to ``2**-25`` more for tiny groups (fp16 subnormals: ``s < 2**-14`` rounds up to a multiple
-of ``2**-24``, never to 0). A scale that would overflow fp16 (``|x| > 65504 * 2**(bits-1)``) is refused
-(``FlSimError``), as are NaN/inf deltas. Without quantisation values are little-endian float32.
+Values (``quantize``): sign and magnitude. Kept entries are the largest, so their magnitudes lie in
+``[lo, hi]`` with ``lo`` (the smallest kept ``|x|``, float16 rounded *down*) well above 0; each group of
+``group_size`` consecutive kept values has its own ``hi`` (the group's largest ``|x|``, float16 rounded
+*up*). The magnitude ``|x| - lo`` is quantised midrise with ``2**(bits-1)`` levels of width ``s = (hi -
+lo) / 2**(bits-1)``, ``m = clamp(floor((|x| - lo) / s))``, and dequantised as ``sign * (lo + (m + 0.5) *
+s)``, so ``|x - x_hat| <= s / 2`` (up to float rounding) with the stored scales. The stream holds the
+``k`` sign bits (1 = negative), then the ``k`` magnitudes, Rice-coded with parameter ``r`` and the
+unary part truncated at its largest possible value (``r = bits - 1`` is plain fixed-width), then zero
+padding to a byte. Without selection ``lo = 0``. A delta with ``|x| > 65504`` (float16 overflow) is
+refused (``FlSimError``), as are NaN/inf deltas. Without quantisation values are little-endian float32.
 """
 
 from __future__ import annotations
@@ -41,11 +49,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import FlSimError, PayloadError
 
-VERSION = 2
-HEADER_LEN = 12
+VERSION = 3
 SELECT, QUANTIZE = 1, 2
-GAP_DTYPES = {2: np.dtype("<u1"), 3: np.dtype("<u2"), 4: np.dtype("<u4"), 5: np.dtype("<u8")}
+BITMAP, RICE = 1, 2
+FIELDS = ("tensors", "numel", "flags", "bits", "group", "k", "block", "index_code", "index_r", "mag_r",
+          "index_bytes", "value_bytes")
 F16_MAX = float(np.finfo(np.float16).max)
+MAX_RICE_R = 40
 
 
 class DWCConfig(BaseModel):
@@ -56,8 +66,8 @@ class DWCConfig(BaseModel):
     max_density: float = Field(0.05, gt=0, le=1, description="cap on the kept share of entries")
     block: int = Field(1, ge=1, le=4096, description=(
         "select blocks of this many consecutive entries (1 = single entries): fewer index bytes per value"))
-    quantize: bool = Field(True, description="quantise kept values")
-    bits: Literal[2, 4, 8] = 4
+    quantize: bool = Field(True, description="quantise kept values (sign + magnitude)")
+    bits: Literal[2, 3, 4, 8] = Field(3, description="bits per quantised value, its sign included")
     group_size: int = Field(64, ge=1, description="values per float16 quantisation scale")
     error_feedback: bool = Field(True, description="carry what was not sent into the next round")
 
@@ -89,55 +99,91 @@ def _block_entries(blocks: np.ndarray, block: int, numel: int) -> np.ndarray:
     return idx[idx < numel]
 
 
-def _encode_indices(idx: np.ndarray, numel: int) -> tuple[int, bytes]:
+# ---------------------------------------------------------------- bit-level codes
+def _varints(values) -> bytes:
+    out = bytearray()
+    for v in values:
+        v = int(v)
+        while True:
+            out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+            v >>= 7
+            if not v:
+                break
+    return bytes(out)
+
+
+def _read_varints(data: bytes, pos: int, n: int) -> tuple[list[int], int]:
+    out = []
+    for _ in range(n):
+        v = shift = 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise PayloadError("DWC header is truncated or has an oversized field")
+            b = data[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        out.append(v)
+    return out, pos
+
+
+def _rice_lengths(v: np.ndarray, r: int, qmax: int | None) -> np.ndarray:
+    q = v >> r
+    return q + (1 if qmax is None else (q < qmax)) + r
+
+
+def _rice_bits(v: np.ndarray, r: int, qmax: int | None = None) -> np.ndarray:
+    """Rice code of non-negative ``v`` as a 0/1 uint8 array (unary part truncated at ``qmax`` if given)."""
+    v = v.astype(np.int64)
+    q, lens = v >> r, _rice_lengths(v, r, qmax)
+    starts = np.cumsum(lens) - lens
+    bits = np.zeros(int(lens.sum()), np.uint8)
+    if n_ones := int(q.sum()):
+        bits[np.repeat(starts, q) + np.arange(n_ones) - np.repeat(np.cumsum(q) - q, q)] = 1
+    rem = starts + lens - r
+    for j in range(r):
+        bits[rem + j] = (v >> (r - 1 - j)) & 1
+    return bits
+
+
+def _best_rice(v: np.ndarray, rs, qmax=lambda r: None) -> int:
+    """The Rice parameter in ``rs`` giving the shortest code of ``v``."""
+    return min(rs, key=lambda r: (int(_rice_lengths(v, r, qmax(r)).sum()), r))
+
+
+def _rice_decode(bits: str, n: int, r: int, qmax: int | None, what: str) -> tuple[np.ndarray, int]:
+    """``n`` Rice-coded values from the '0'/'1' string ``bits``, and the number of bits read."""
+    out, pos, end = [], 0, len(bits)
+    for _ in range(n):
+        z = bits.find("0", pos) if qmax is None else bits.find("0", pos, pos + qmax)
+        if z >= 0:
+            q, pos = z - pos, z + 1
+        elif qmax is None or pos + qmax > end:
+            raise PayloadError(f"DWC {what} are truncated")
+        else:
+            q, pos = qmax, pos + qmax
+        if pos + r > end:
+            raise PayloadError(f"DWC {what} are truncated")
+        out.append(q << r | (int(bits[pos:pos + r], 2) if r else 0))
+        pos += r
+    return np.array(out, np.int64), pos
+
+
+def _bit_string(data: bytes) -> str:
+    return (np.unpackbits(np.frombuffer(data, np.uint8)) + 48).tobytes().decode()
+
+
+def _encode_indices(idx: np.ndarray, numel: int) -> tuple[int, int, bytes]:
+    """``(code, rice r, bytes)``: the cheaper of a zlib'd bitmap and Rice-coded gaps."""
+    gaps = np.diff(idx, prepend=-1) - 1
+    r = _best_rice(gaps, range(MAX_RICE_R + 1))
+    rice = np.packbits(_rice_bits(gaps, r)).tobytes()
     mask = np.zeros(numel, np.uint8)
     mask[idx] = 1
-    best = (1, zlib.compress(np.packbits(mask).tobytes(), 9))
-    gaps = np.diff(idx, prepend=0)
-    top = int(gaps.max()) if gaps.size else 0
-    code = next(c for c, dt in GAP_DTYPES.items() if top <= np.iinfo(dt).max)
-    gap_bytes = zlib.compress(gaps.astype(GAP_DTYPES[code]).tobytes(), 9)
-    return (code, gap_bytes) if len(gap_bytes) < len(best[1]) else best
-
-
-def _shifts(bits: int) -> np.ndarray:
-    return np.arange(8 - bits, -1, -bits, dtype=np.uint8)  # first value in the high bits
-
-
-def _quantize(v: np.ndarray, bits: int, group: int) -> tuple[bytes, bytes]:
-    half, a = 2 ** (bits - 1), np.abs(v.astype(np.float64))
-    s = np.maximum.reduceat(a, np.arange(0, v.size, group)) / half if v.size else np.zeros(0)
-    if np.any(s > F16_MAX):
-        raise FlSimError(f"DWC delta has values up to {a.max():.3g}, too large for float16 scales")
-    s16 = s.astype(np.float16)
-    low = s16.astype(np.float64) < s
-    s16[low] = np.nextafter(s16[low], np.float16(np.inf))  # round up, so that |x| <= half * s16
-    se = s16.astype(np.float64)[np.arange(v.size) // group]
-    q = np.floor(np.divide(v, se, out=np.zeros_like(se), where=se > 0))
-    q = (np.clip(q, -half, half - 1) + half).astype(np.uint8)
-    q = np.pad(q, (0, -q.size % (8 // bits))).reshape(-1, 8 // bits)
-    return np.bitwise_or.reduce(q << _shifts(bits), axis=1).astype(np.uint8).tobytes(), s16.astype("<f2").tobytes()
-
-
-def encode(delta: dict[str, torch.Tensor], cfg: DWCConfig) -> dict[str, np.ndarray]:
-    """Compress ``delta`` into a ``{"header", "blob"}`` payload (see the module docstring)."""
-    x = _flatten(delta)
-    numel = x.size
-    if not np.isfinite(x).all():
-        raise FlSimError("DWC delta contains NaN or inf")
-    idx_code, idx_bytes = 0, b""
-    block = cfg.block if cfg.select else 1
-    if cfg.select:
-        blocks = _select(x, cfg)
-        idx_code, idx_bytes = _encode_indices(blocks, -(-numel // block))
-        x = x[_block_entries(blocks, block, numel)]
-    val_bytes, scale_bytes = (_quantize(x, cfg.bits, cfg.group_size) if cfg.quantize
-                              else (x.astype("<f4").tobytes(), b""))
-    header = [VERSION, len(delta), numel, SELECT * cfg.select + QUANTIZE * cfg.quantize,
-              cfg.bits if cfg.quantize else 32, cfg.group_size if cfg.quantize else 0, x.size, idx_code,
-              len(idx_bytes), len(val_bytes), len(scale_bytes), block]
-    blob = np.frombuffer(idx_bytes + val_bytes + scale_bytes, np.uint8).copy()
-    return {"header": np.array(header, np.int64), "blob": blob}
+    bitmap = zlib.compress(np.packbits(mask).tobytes(), 9)
+    return (RICE, r, rice) if len(rice) <= len(bitmap) else (BITMAP, 0, bitmap)
 
 
 def _inflate(data: bytes, expected: int, what: str) -> bytes:
@@ -151,74 +197,137 @@ def _inflate(data: bytes, expected: int, what: str) -> bytes:
     return out
 
 
-def _decode_indices(data: bytes, code: int, k: int, numel: int) -> np.ndarray:
+def _decode_indices(data: bytes, code: int, r: int, k: int, numel: int) -> np.ndarray:
     """``k`` ascending indices below ``numel`` (entries, or blocks when selection is by block)."""
-    if code == 1:
+    if code == BITMAP:
         bits = np.unpackbits(np.frombuffer(_inflate(data, -(-numel // 8), "index bitmap"), np.uint8))
         if bits[numel:].any() or int(bits.sum()) != k:
             raise PayloadError(f"DWC index bitmap does not hold exactly {k} entries within {numel}")
         return np.flatnonzero(bits[:numel])
-    if code not in GAP_DTYPES:
+    if code != RICE:
         raise PayloadError(f"DWC unknown index code {code}")
-    dt = GAP_DTYPES[code]
-    gaps = np.frombuffer(_inflate(data, k * dt.itemsize, "index gaps"), dt)
-    if k and (gaps.max() >= numel or (gaps[1:] == 0).any()):
-        raise PayloadError("DWC indices are out of range or not strictly increasing")
-    idx = np.cumsum(gaps.astype(np.int64))
+    gaps, used = _rice_decode(_bit_string(data), k, r, None, "index gaps")
+    if len(data) != -(-used // 8):
+        raise PayloadError(f"DWC index section has {len(data)} bytes, its {k} gaps use {-(-used // 8)}")
+    idx = np.cumsum(gaps + 1) - 1
     if k and idx[-1] >= numel:
         raise PayloadError(f"DWC index {int(idx[-1])} is out of range (numel {numel})")
     return idx
 
 
-def _dequantize(val: bytes, scales: bytes, bits: int, group: int, k: int) -> np.ndarray:
-    s = np.frombuffer(scales, "<f2").astype(np.float32)
-    if not np.isfinite(s).all() or (s < 0).any():
-        raise PayloadError("DWC scales contain NaN, inf or negative values")
-    q = np.frombuffer(val, np.uint8)[:, None] >> _shifts(bits) & np.uint8(2 ** bits - 1)
-    q = q.reshape(-1)[:k].astype(np.float32) - 2 ** (bits - 1)
-    return (q + 0.5) * s[np.arange(k) // group]
+# ---------------------------------------------------------------- values
+def _f16(x: np.ndarray, up: bool) -> np.ndarray:
+    """``x`` (float64, >= 0) as float16, rounded up or down (never across 0)."""
+    h = x.astype(np.float16)
+    off = h.astype(np.float64) < x if up else h.astype(np.float64) > x
+    h[off] = np.nextafter(h[off], np.float16(np.inf if up else 0))
+    return h
 
 
-def decode(payload: dict[str, np.ndarray], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _mag_qmax(bits: int, r: int) -> int:
+    return (2 ** (bits - 1) - 1) >> r
+
+
+def _quantize(v: np.ndarray, bits: int, group: int, offset: bool) -> tuple[bytes, bytes, int]:
+    """``(value stream, scales, magnitude Rice r)`` of ``v`` (see the module docstring)."""
+    half, a = 2 ** (bits - 1), np.abs(v.astype(np.float64))
+    if a.size and a.max() > F16_MAX:
+        raise FlSimError(f"DWC delta has values up to {a.max():.3g}, too large for float16 scales")
+    lo16 = _f16(np.array([a.min() if offset and a.size else 0.0]), up=False)
+    hi16 = _f16(np.maximum.reduceat(a, np.arange(0, v.size, group)) if v.size else np.zeros(0), up=True)
+    lo = float(lo16[0])
+    s = ((hi16.astype(np.float64) - lo) / half)[np.arange(v.size) // group]
+    m = np.floor(np.divide(a - lo, s, out=np.zeros_like(s), where=s > 0))
+    m = np.clip(m, 0, half - 1).astype(np.int64)
+    r = _best_rice(m, range(bits), lambda r: _mag_qmax(bits, r))
+    stream = np.concatenate([(v < 0).astype(np.uint8), _rice_bits(m, r, _mag_qmax(bits, r))])
+    return np.packbits(stream).tobytes(), np.concatenate([lo16, hi16]).astype("<f2").tobytes(), r
+
+
+def _dequantize(stream: bytes, scales: bytes, bits: int, group: int, k: int, r: int) -> np.ndarray:
+    sc = np.frombuffer(scales, "<f2").astype(np.float64)
+    if not np.isfinite(sc).all() or (sc < 0).any() or (sc[1:] < sc[0]).any():
+        raise PayloadError("DWC scales contain NaN, inf, negative values or a group maximum below lo")
+    bit_str = _bit_string(stream)
+    if len(bit_str) < k:
+        raise PayloadError("DWC value signs are truncated")
+    m, used = _rice_decode(bit_str[k:], k, r, _mag_qmax(bits, r), "value magnitudes")
+    if len(stream) != -(-(k + used) // 8) or "1" in bit_str[k + used:]:
+        raise PayloadError(f"DWC value section has {len(stream)} bytes, its {k} values use {-(-(k + used) // 8)}")
+    sign = 1.0 - 2.0 * (np.frombuffer(bit_str[:k].encode(), np.uint8) - 48)
+    lo, s = sc[0], (sc[1:] - sc[0]) / 2 ** (bits - 1)
+    return (sign * (lo + (m + 0.5) * s[np.arange(k) // group])).astype(np.float32)
+
+
+# ---------------------------------------------------------------- payloads
+def encode(delta: dict[str, torch.Tensor], cfg: DWCConfig) -> bytes:
+    """Compress ``delta`` into a payload (see the module docstring)."""
+    x = _flatten(delta)
+    numel = x.size
+    if not np.isfinite(x).all():
+        raise FlSimError("DWC delta contains NaN or inf")
+    code, idx_r, idx_bytes = 0, 0, b""
+    block = cfg.block if cfg.select else 1
+    if cfg.select:
+        blocks = _select(x, cfg)
+        code, idx_r, idx_bytes = _encode_indices(blocks, -(-numel // block))
+        x = x[_block_entries(blocks, block, numel)]
+    mag_r, scale_bytes = 0, b""
+    if cfg.quantize:
+        val_bytes, scale_bytes, mag_r = _quantize(x, cfg.bits, cfg.group_size, offset=cfg.select)
+    else:
+        val_bytes = x.astype("<f4").tobytes()
+    header = [len(delta), numel, SELECT * cfg.select + QUANTIZE * cfg.quantize, cfg.bits if cfg.quantize else 32,
+              cfg.group_size if cfg.quantize else 0, x.size, block, code, idx_r, mag_r, len(idx_bytes),
+              len(val_bytes)]
+    return bytes([VERSION]) + _varints(header) + idx_bytes + val_bytes + scale_bytes
+
+
+def parse_header(payload: bytes) -> tuple[dict[str, int], int]:
+    """``(header fields by name, offset of the index section)``; ``PayloadError`` if malformed."""
+    if not isinstance(payload, (bytes, bytearray)):
+        raise PayloadError(f"DWC payload must be bytes, got {type(payload).__name__}")
+    if not payload or payload[0] != VERSION:
+        raise PayloadError(f"DWC payload version {payload[0] if payload else None}, expected {VERSION}")
+    values, pos = _read_varints(payload, 1, len(FIELDS))
+    return dict(zip(FIELDS, values)), pos
+
+
+def decode(payload: bytes, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The delta in ``payload`` as float32 tensors shaped like ``like`` (zeros where not sent)."""
-    if not isinstance(payload, dict) or set(payload) != {"header", "blob"}:
-        keys = sorted(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
-        raise PayloadError(f"DWC payload has keys {keys}, expected ['blob', 'header']")
-    h, blob = payload["header"], payload["blob"]
-    if not isinstance(h, np.ndarray) or h.dtype != np.int64 or h.shape != (HEADER_LEN,):
-        raise PayloadError(f"DWC header must be int64 of shape ({HEADER_LEN},)")
-    if not isinstance(blob, np.ndarray) or blob.dtype != np.uint8 or blob.ndim != 1:
-        raise PayloadError("DWC blob must be a 1-D uint8 array")
-    version, n_t, numel, flags, bits, group, k, code, n_idx, n_val, n_sc, block = (int(v) for v in h)
+    h, pos = parse_header(payload)
+    n_t, numel, flags, bits, group, k, block = (h[f] for f in FIELDS[:7])
+    code, idx_r, mag_r, n_idx, n_val = (h[f] for f in FIELDS[7:])
     names = sorted(like)
     sizes = [like[n].numel() for n in names]
-    if version != VERSION:
-        raise PayloadError(f"DWC payload version {version}, expected {VERSION}")
     if n_t != len(names) or numel != sum(sizes):
         raise PayloadError(f"DWC payload is for {n_t} tensors / {numel} values, not {len(names)} / {sum(sizes)}")
     if flags not in range(4):
         raise PayloadError(f"DWC unknown flags {flags}")
     select, quantize = bool(flags & SELECT), bool(flags & QUANTIZE)
-    if (quantize and (bits not in (2, 4, 8) or group < 1)) or (not quantize and (bits != 32 or group != 0)):
-        raise PayloadError(f"DWC bad bits {bits} / group size {group}")
-    if not (0 <= k <= numel if select else k == numel) or (not select and (code or n_idx)):
+    if (quantize and (bits not in (2, 3, 4, 8) or group < 1 or mag_r >= bits)) or (
+            not quantize and (bits != 32 or group != 0 or mag_r)):
+        raise PayloadError(f"DWC bad bits {bits} / group size {group} / magnitude code {mag_r}")
+    if not (0 <= k <= numel if select else k == numel) or (not select and (code or n_idx or idx_r)):
         raise PayloadError(f"DWC bad kept count {k} / index section for select={select}")
-    if not 1 <= block <= 4096 or (not select and block != 1):
-        raise PayloadError(f"DWC bad block size {block} for select={select}")
-    want_val, want_sc = (-(-k * bits // 8), 2 * -(-k // group)) if quantize else (4 * k, 0)
-    if (n_val, n_sc) != (want_val, want_sc) or n_idx < 0 or n_idx + n_val + n_sc != blob.size:
-        raise PayloadError(f"DWC blob has {blob.size} bytes; sections {n_idx}/{n_val}/{n_sc}, "
-                           f"expected values {want_val} and scales {want_sc}")
-    raw = blob.tobytes()
+    if not 1 <= block <= 4096 or (not select and block != 1) or idx_r > MAX_RICE_R:
+        raise PayloadError(f"DWC bad block size {block} / index code parameter {idx_r} for select={select}")
+    want_sc = 2 + 2 * -(-k // group) if quantize else 0
+    if not quantize and n_val != 4 * k or len(payload) != pos + n_idx + n_val + want_sc:
+        raise PayloadError(f"DWC payload has {len(payload)} bytes; header {pos}, sections {n_idx}/{n_val}, "
+                           f"expected scales {want_sc}")
+    idx_bytes = payload[pos:pos + n_idx]
+    val_bytes = payload[pos + n_idx:pos + n_idx + n_val]
+    sc_bytes = payload[pos + n_idx + n_val:]
     idx = None
     if select:
         n_blocks = -(-numel // block)
         full = k // block + (k % block > 0)  # blocks holding k entries (only the last block may be short)
-        idx = _block_entries(_decode_indices(raw[:n_idx], code, full, n_blocks), block, numel)
+        idx = _block_entries(_decode_indices(idx_bytes, code, idx_r, full, n_blocks), block, numel)
         if idx.size != k:
             raise PayloadError(f"DWC {full} blocks of {block} hold {idx.size} entries, header says {k}")
-    val_bytes, sc_bytes = raw[n_idx:n_idx + n_val], raw[n_idx + n_val:]
-    vals = _dequantize(val_bytes, sc_bytes, bits, group, k) if quantize else np.frombuffer(val_bytes, "<f4")
+    vals = (_dequantize(val_bytes, sc_bytes, bits, group, k, mag_r) if quantize
+            else np.frombuffer(val_bytes, "<f4"))
     if not np.isfinite(vals).all():
         raise PayloadError("DWC values contain NaN or inf")
     x = np.zeros(numel, np.float32)
@@ -227,9 +336,9 @@ def decode(payload: dict[str, np.ndarray], like: dict[str, torch.Tensor]) -> dic
     return {n: torch.from_numpy(parts[n]).reshape(t.shape).to(t.device) for n, t in like.items()}
 
 
-def payload_nbytes(payload: dict[str, np.ndarray]) -> int:
-    """Raw bytes of a payload's arrays (before Flower's framing)."""
-    return sum(int(a.nbytes) for a in payload.values())
+def payload_nbytes(payload: bytes) -> int:
+    """Bytes of a payload (before Flower's framing)."""
+    return len(payload)
 
 
 def dense_nbytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -244,7 +353,7 @@ class ErrorFeedback:
         self.cfg = cfg
         self.residual: dict[str, torch.Tensor] = {}
 
-    def step(self, delta: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    def step(self, delta: dict[str, torch.Tensor]) -> tuple[bytes, dict[str, torch.Tensor]]:
         """Compress ``delta`` (plus the residual); returns ``(payload, sent)``, ``sent`` = what the device gets."""
         if self.residual and {k: r.shape for k, r in self.residual.items()} != {k: v.shape for k, v in delta.items()}:
             raise FlSimError("DWC error-feedback residual does not match the delta's tensors")

@@ -38,9 +38,10 @@ def from_array_record(record) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- several arrays as one blob
 # Flower frames every Array separately (an Array object plus a chunk, each with its own header: about
-# 300 bytes per array). Small payloads made of several arrays (a UTS upload: questions, lengths, tokens,
-# scales, mask) therefore go as one uint8 array: a 4-byte little-endian header length, a JSON header
-# ``[[name, dtype, shape], ...]`` and the arrays' bytes in that order.
+# 450 bytes per array), while a ``bytes`` value in a ConfigRecord costs about 35. Small payloads made of
+# several arrays (a UTS upload: questions, lengths, tokens, scales, mask) therefore go as one ``bytes``
+# value: a 4-byte little-endian header length, a JSON header ``[[name, dtype, shape], ...]`` and the
+# arrays' bytes in that order.
 PACK_DTYPES = ("|u1", "|i1", "<u2", "<i2", "<f2", "<f4", "<i4", "<i8")
 MAX_PACKED_ARRAYS = 64
 
@@ -64,11 +65,24 @@ def pack_arrays(arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def packed_record(arrays: dict):
-    """An ``ArrayRecord`` holding ``arrays`` (numpy or torch) packed into one array, ``"packed"``."""
-    from flwr.app import Array, ArrayRecord
+    """A ``ConfigRecord`` holding ``arrays`` (numpy or torch) packed into one ``bytes`` value, ``"packed"``."""
+    from flwr.app import ConfigRecord
 
-    return ArrayRecord({"packed": Array(pack_arrays(
-        {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}))})
+    return ConfigRecord({"packed": pack_arrays(
+        {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}).tobytes()})
+
+
+def bytes_record(key: str, blobs: list[bytes]):
+    """A ``ConfigRecord`` holding ``blobs`` as one list of ``bytes`` under ``key`` (DWC payload chains)."""
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord({key: [bytes(b) for b in blobs]})
+
+
+def record_values(record) -> dict:
+    """A received record's values: Arrays as numpy arrays, ``bytes`` as 1-D uint8 arrays, others as they are."""
+    return {k: a.numpy() if hasattr(a, "numpy") else np.frombuffer(a, np.uint8) if isinstance(a, bytes) else a
+            for k, a in record.items()}
 
 
 def unpack_arrays(blob: np.ndarray) -> dict[str, np.ndarray]:
@@ -77,9 +91,9 @@ def unpack_arrays(blob: np.ndarray) -> dict[str, np.ndarray]:
 
     from . import PayloadError
 
-    blob = np.asarray(blob)
-    if blob.dtype != np.uint8 or blob.ndim != 1:
-        raise PayloadError(f"packed payload must be a 1-D uint8 array, got {blob.dtype} {blob.shape}")
+    if not isinstance(blob, np.ndarray) or blob.dtype != np.uint8 or blob.ndim != 1:
+        what = f"{blob.dtype} {blob.shape}" if isinstance(blob, np.ndarray) else type(blob).__name__
+        raise PayloadError(f"packed payload must be a 1-D uint8 array, got {what}")
     if blob.size < 4:
         raise PayloadError("packed payload is truncated (no header length)")
     n = int(blob[:4].view("<u4")[0])

@@ -4,8 +4,9 @@ teacher into per-tier adapters (AKD), and sends back compressed adapter updates 
 Round ``r``:
 
 1. Each sampled device receives the DWC downlink that takes the version it holds to its tier's latest
-   version: the chain of stored payloads (packed into one array: Flower frames each array with a few
-   hundred bytes of its own), or a dense refresh when that is smaller (a device that missed rounds
+   version: the chain of stored payloads (a list of ``bytes`` in one ConfigRecord: Flower frames an
+   Array with about 450 bytes of its own, a ``bytes`` value with about 35), or a dense refresh when
+   that is smaller (a device that missed rounds
    catches up exactly). It applies it, answers its stream, and uploads the UTS selection.
 2. The cloud validates uploads (malformed ones are rejected, logged and counted), lets the teacher label
    them once (pseudo-labels, logits, hidden states), and trains each tier's cloud copy with AKD on this
@@ -14,7 +15,7 @@ Round ``r``:
    ``held = held + decode(payload)`` is what devices of the tier will hold, and what evaluation measures.
 
 Per-tier versions live in ``<run dir>/dwc/<tier>/`` (``w<v>.safetensors`` the weights devices at version
-``v`` hold, ``p<v>.safetensors`` the payload from ``v - 1``), shared by every device at that version.
+``v`` hold, ``p<v>.safetensors`` the payload from ``v - 1`` as one uint8 array ``"payload"``), shared by every device at that version.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from fl_sim import akd, dwc, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
 from fl_sim.models.mllm import visual_tokens
-from fl_sim.wire import packed_record, payload_bytes, to_array_record, unpack_arrays
+from fl_sim.wire import bytes_record, packed_record, payload_bytes, record_values, to_array_record, unpack_arrays
 from strategies.base import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,8 @@ class CDCCA(FleetStrategy):
             return {"dwc_full": to_array_record(self.device_weights(p.tier))}
         key = (p.tier, u, v)
         if key not in self._chains:
-            chain = packed_record({f"{i}/{name}": a for i, w in enumerate(range(u + 1, v + 1))
-                                   for name, a in load_np(str(self.store / p.tier / f"p{w}.safetensors")).items()})
+            chain = bytes_record("payloads", [load_np(str(self.store / p.tier / f"p{w}.safetensors"))["payload"]
+                                              for w in range(u + 1, v + 1)])
             full = to_array_record(self.device_weights(p.tier))
             self._chains[key] = ({"dwc_chain": chain} if payload_bytes(chain) <= payload_bytes(full)
                                  else {"dwc_full": full})
@@ -144,7 +145,7 @@ class CDCCA(FleetStrategy):
                 record = rep.content["upload"]
                 if list(record.keys()) != ["packed"]:
                     raise uts.PayloadError(f"upload record holds {sorted(record.keys())}, expected ['packed']")
-                arrays = unpack_arrays(record["packed"].numpy())
+                arrays = unpack_arrays(record_values(record)["packed"])
                 up = uts.decode_upload(arrays, n_tok, dim, len(pr.tok), ref, img_shape)
                 if "images" in up and self.uts.upload != "images" or "vis" in up and self.uts.upload == "images":
                     raise uts.PayloadError(f"upload kind does not match strategy.uts.upload={self.uts.upload!r}")
@@ -220,11 +221,11 @@ class CDCCA(FleetStrategy):
         v = self.version[tier] + 1
         folder = self.store / tier
         folder.mkdir(parents=True, exist_ok=True)
-        save_np(payload, str(folder / f"p{v}.safetensors"))
+        save_np({"payload": np.frombuffer(payload, np.uint8)}, str(folder / f"p{v}.safetensors"))
         save_file({k: t.contiguous() for k, t in held.items()}, str(folder / f"w{v}.safetensors"))
         self.state[self._group("held", tier)] = held
         self.version[tier] = v
-        wire = payload_bytes(packed_record(payload))
+        wire = payload_bytes(bytes_record("payloads", [payload]))  # as a device one version behind gets it
         dense = payload_bytes(packed_record({k: t.float() for k, t in delta.items()}))
         return {"payload_bytes": wire, "ratio_dense": dense / wire,
                 "ratio_checkpoint": read_meta_bytes(self.ctx.model_paths[tier]) / wire}

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fl_sim import FlSimError
-from fl_sim.dwc import (DWCConfig, ErrorFeedback, PayloadError, apply, decode, dense_nbytes, encode,
-                        payload_nbytes)
+from fl_sim.dwc import (FIELDS, VERSION, DWCConfig, ErrorFeedback, PayloadError, _rice_bits, _rice_decode,
+                        _varints, apply, decode, dense_nbytes, encode, parse_header, payload_nbytes)
 
 SHAPES = {"b.lora_A": (8, 64), "a.lora_B": (64, 8), "c.bias": (37,), "d.proj": (30, 40)}
 
@@ -27,36 +27,65 @@ def kept(payload, like) -> np.ndarray:
     return np.flatnonzero(flat(decode(payload, like)))
 
 
+def sections(p: bytes) -> tuple[dict, bytes, bytes, bytes]:
+    """``(header, indices, values, scales)`` of a payload."""
+    h, pos = parse_header(p)
+    n_i, n_v = h["index_bytes"], h["value_bytes"]
+    return h, p[pos:pos + n_i], p[pos + n_i:pos + n_i + n_v], p[pos + n_i + n_v:]
+
+
+def build(h: dict, idx: bytes, val: bytes, sc: bytes) -> bytes:
+    """A payload from its parts; the section lengths in ``h`` are set from ``idx`` and ``val``."""
+    h = dict(h, index_bytes=len(idx), value_bytes=len(val))
+    return bytes([VERSION]) + _varints([h[f] for f in FIELDS]) + idx + val + sc
+
+
+def scales(p: bytes) -> tuple[float, np.ndarray]:
+    """``(lo, per-group hi)`` of a quantised payload."""
+    a = np.frombuffer(sections(p)[3], "<f2").astype(np.float64)
+    return a[0], a[1:]
+
+
 def test_dense_round_trip_is_exact():
     d = make_delta()
     p = encode(d, DWCConfig(select=False, quantize=False))
     out = decode(p, d)
-    assert list(out) == list(d)
+    assert isinstance(p, bytes) and list(out) == list(d)
     for k in d:
         assert out[k].dtype == torch.float32 and torch.equal(out[k], d[k])
-    assert dense_nbytes(d) < payload_nbytes(p) <= dense_nbytes(d) + 128
+    assert dense_nbytes(d) < payload_nbytes(p) <= dense_nbytes(d) + 32
 
 
-@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("bits", [8, 4, 3, 2])
 @pytest.mark.parametrize("select", [False, True])
 def test_quantised_error_within_group_bound(bits, select):
     d = make_delta(1)
     cfg = DWCConfig(select=select, energy=1.0, max_density=0.3, bits=bits, group_size=16)
     p = encode(d, cfg)
-    x, xhat = flat(d), flat(decode(p, d))
-    h = p["header"]
+    x, xhat = flat(d).astype(np.float64), flat(decode(p, d)).astype(np.float64)
     idx = np.flatnonzero(xhat) if select else np.arange(x.size)
-    if select:  # zero-valued reconstructions of kept entries are impossible with midrise levels
+    if select:  # kept entries decode to sign * (lo + (m + 0.5) * s), never 0
         assert idx.size == math.ceil(0.3 * x.size)
-    n_idx, n_val = int(h[8]), int(h[9])
-    scales = np.frombuffer(p["blob"][n_idx + n_val:].tobytes(), "<f2").astype(np.float64)
-    assert scales.size == math.ceil(idx.size / 16)
-    s = scales[np.arange(idx.size) // 16]
-    err = np.abs(x[idx].astype(np.float64) - xhat[idx])
-    assert np.all(err <= s / 2 * (1 + 1e-6))
-    absmax = np.array([np.abs(x[idx][i:i + 16]).max() for i in range(0, idx.size, 16)])
-    np.testing.assert_allclose(scales, absmax / 2 ** (bits - 1), rtol=2 ** -10)  # stored scale ~ absmax/2**(bits-1)
-    assert np.all(scales >= absmax / 2 ** (bits - 1))  # rounded up: the bound holds with the stored scale
+    lo, hi = scales(p)
+    assert hi.size == math.ceil(idx.size / 16)
+    a = np.abs(x[idx])
+    assert lo <= a.min() and bool(lo == 0) == (not select) and (not select or lo > a.min() * (1 - 2 ** -9))
+    absmax = np.array([a[i:i + 16].max() for i in range(0, idx.size, 16)])
+    assert np.all(hi >= absmax) and np.all(hi <= absmax * (1 + 2 ** -9))  # float16, rounded up
+    s = ((hi - lo) / 2 ** (bits - 1))[np.arange(idx.size) // 16]
+    assert np.all(np.abs(x[idx] - xhat[idx]) <= s / 2 * (1 + 1e-6) + 1e-7)
+    assert np.all(np.sign(xhat[idx]) == np.sign(x[idx]))
+
+
+def test_magnitude_offset_beats_plain_midrise():
+    """Kept entries are the largest: spending levels on [lo, hi] instead of [0, hi] cuts the error."""
+    d = make_delta(13, {"w": (200, 100)})
+    cfg = DWCConfig(energy=1.0, max_density=0.05, bits=3)
+    x, xhat = flat(d).astype(np.float64), flat(decode(encode(d, cfg), d)).astype(np.float64)
+    idx = np.flatnonzero(xhat)
+    lo, hi = scales(encode(d, cfg))
+    plain = (hi / 4)[np.arange(idx.size) // 64] / 2  # the bound of 3-bit midrise over [-hi, hi]
+    assert lo > 0 and np.mean(np.abs(x[idx] - xhat[idx])) < 0.6 * np.mean(plain)
 
 
 def test_tiny_and_zero_groups():
@@ -64,9 +93,24 @@ def test_tiny_and_zero_groups():
     cfg = DWCConfig(select=False, bits=4, group_size=4)
     p = encode(d, cfg)
     out = decode(p, d)
-    scales = np.frombuffer(p["blob"][int(p["header"][9]):].tobytes(), "<f2").astype(np.float64)
-    assert scales[0] > 0 and scales[1] == 0
-    assert torch.all((out["a"] - d["a"]).abs() <= scales[0] / 2) and torch.equal(out["b"], torch.zeros(4))
+    lo, hi = scales(p)
+    assert lo == 0 and hi[0] > 0 and hi[1] == 0
+    assert torch.all((out["a"] - d["a"]).abs() <= hi[0] / 16) and torch.equal(out["b"], torch.zeros(4))
+
+
+@pytest.mark.parametrize("r,qmax", [(0, None), (3, None), (7, None), (0, 3), (1, 1), (2, 0), (0, 7), (2, 1)])
+def test_rice_codes_round_trip(r, qmax):
+    rng = np.random.default_rng(r)
+    top = (qmax + 1 << r) if qmax is not None else 5000
+    v = np.concatenate([[0, top - 1], rng.integers(0, top, 500), rng.geometric(0.05, 500) % top])
+    bits = _rice_bits(v, r, qmax)
+    assert bits.size == sum(int(x) >> r for x in v) + v.size * (r + 1) - (
+        0 if qmax is None else int(np.sum(v >> r == qmax)))  # the terminating 0 is dropped at qmax
+    out, used = _rice_decode((bits + 48).tobytes().decode() + "0101", v.size, r, qmax, "test")
+    assert used == bits.size
+    np.testing.assert_array_equal(out, v)
+    with pytest.raises(PayloadError, match="truncated"):
+        _rice_decode((bits[:-1] + 48).tobytes().decode(), v.size, r, qmax, "test")
 
 
 def test_selection_keeps_largest_smallest_prefix():
@@ -91,49 +135,54 @@ def test_selection_cap_and_zero_delta():
     assert x[idx].min() >= np.delete(x, idx).max()
     z = {k: torch.zeros_like(v) for k, v in d.items()}
     p = encode(z, DWCConfig())
-    assert p["header"][6] == 0
+    assert parse_header(p)[0]["k"] == 0
     assert all(torch.equal(v, torch.zeros_like(v)) for v in decode(p, z).values())
     one = dict(z, **{"c.bias": torch.zeros(37).index_fill_(0, torch.tensor([5]), 1e-3)})
     assert kept(encode(one, DWCConfig(max_density=1e-6)), one).size == 1  # at least one entry
 
 
-@pytest.mark.parametrize("density,code", [(0.5, 1), (0.001, 3)])
-def test_index_coding_bitmap_vs_gaps(density, code):
+@pytest.mark.parametrize("density,code", [(0.9, 1), (0.05, 2), (0.001, 2)])
+def test_index_coding_bitmap_vs_rice(density, code):
     d = make_delta(4, {"w": (100, 200)})
     cfg = DWCConfig(energy=1.0, max_density=density, quantize=False)
     p = encode(d, cfg)
-    assert p["header"][7] == code  # 1 = bitmap, 3 = uint16 gaps (mean gap ~1000)
+    h, idx_bytes, _, _ = sections(p)
+    assert h["index_code"] == code  # 1 = zlib'd bitmap, 2 = Rice-coded gaps
     x, xhat = flat(d), flat(decode(p, d))
     idx = np.flatnonzero(xhat)
     assert idx.size == math.ceil(density * x.size)
     np.testing.assert_array_equal(xhat[idx], x[idx])
     assert np.abs(x[idx]).min() >= np.abs(np.delete(x, idx)).max()
+    if code == 2:  # random positions: within 6 % (plus a byte) of log2(numel choose k) bits
+        bound = (math.lgamma(x.size + 1) - math.lgamma(idx.size + 1) - math.lgamma(x.size - idx.size + 1)) / math.log(2)
+        assert len(idx_bytes) <= 1.06 * bound / 8 + 1
 
 
-@pytest.mark.parametrize("block,bits", [(8, 4), (5, 8), (64, 2)])
+@pytest.mark.parametrize("block,bits", [(8, 4), (5, 8), (64, 2), (16, 3)])
 def test_block_selection_whole_blocks_within_bound(block, bits):
     d = make_delta(10)  # numel 3,085: the last block is short for 8 and 64
     x = flat(d).astype(np.float64)
     cfg = DWCConfig(energy=0.6, max_density=0.1, block=block, bits=bits, group_size=16)
     p = encode(d, cfg)
-    assert int(p["header"][11]) == block
+    assert parse_header(p)[0]["block"] == block
     xhat = flat(decode(p, d)).astype(np.float64)
-    idx = np.flatnonzero(xhat)  # midrise levels: no kept entry decodes to 0
+    idx = np.flatnonzero(xhat)  # no kept entry decodes to 0
     blocks = np.unique(idx // block)
     want = np.concatenate([np.arange(b * block, min((b + 1) * block, x.size)) for b in blocks])
     np.testing.assert_array_equal(idx, want)  # whole blocks, the short last one included when kept
     assert blocks.size <= math.ceil(0.1 * x.size / block)
     e = np.add.reduceat(x ** 2, np.arange(0, x.size, block))
     assert e[blocks].min() >= np.delete(e, blocks).max()  # the highest-energy blocks
-    scales = np.frombuffer(p["blob"][int(p["header"][8]) + int(p["header"][9]):].tobytes(), "<f2")
-    assert np.all(np.abs(x[idx] - xhat[idx]) <= scales.astype(np.float64)[np.arange(idx.size) // 16] / 2 * (1 + 1e-6))
+    lo, hi = scales(p)
+    s = ((hi - lo) / 2 ** (bits - 1))[np.arange(idx.size) // 16]
+    assert np.all(np.abs(x[idx] - xhat[idx]) <= s / 2 * (1 + 1e-6) + 1e-7)
 
 
 def test_blocks_cut_index_bytes():
     d = make_delta(11, {f"layer{i:02d}": (1666,) for i in range(30)})
-    entry, blocked = (encode(d, DWCConfig(max_density=0.05, block=b)) for b in (1, 16))
-    assert int(blocked["header"][8]) * 4 < int(entry["header"][8])  # index section
-    assert abs(int(blocked["header"][6]) - int(entry["header"][6])) <= 16  # about the same kept entries
+    entry, blocked = (parse_header(encode(d, DWCConfig(max_density=0.05, block=b)))[0] for b in (1, 16))
+    assert blocked["index_bytes"] * 4 < entry["index_bytes"]
+    assert abs(blocked["k"] - entry["k"]) <= 16  # about the same kept entries
 
 
 def test_block_error_feedback_conserves_sum():
@@ -146,21 +195,19 @@ def test_block_error_feedback_conserves_sum():
     assert all(torch.allclose(total[k], fb.residual[k], atol=1e-5) for k in SHAPES)
 
 
-@pytest.mark.parametrize("field,value,match", [(11, 0, "block size"), (11, 5000, "block size"),
-                                               (6, -1, "blocks of 8 hold")])
+@pytest.mark.parametrize("field,value,match", [("block", 0, "block size"), ("block", 5000, "block size"),
+                                               ("k", -1, "blocks of 8 hold")])
 def test_malformed_block_header(field, value, match):
     d = make_delta(12)
-    p = encode(d, DWCConfig(energy=1.0, max_density=0.1, block=8, quantize=False))
-    h, blob = p["header"].copy(), p["blob"]
-    assert int(h[6]) % 8 == 0  # whole blocks of 8 (the short last block is not among the largest)
-    if field == 6:  # claim one entry fewer than the kept blocks hold (value section cut to match)
-        h[6] += value
-        h[9] = 4 * int(h[6])
-        blob = blob[:int(h[8]) + int(h[9])]
+    h, idx, val, sc = sections(encode(d, DWCConfig(energy=1.0, max_density=0.1, block=8, quantize=False)))
+    assert h["k"] % 8 == 0  # whole blocks of 8 (the short last block is not among the largest)
+    if field == "k":  # claim one entry fewer than the kept blocks hold (value section cut to match)
+        h["k"] += value
+        val = val[:4 * h["k"]]
     else:
         h[field] = value
     with pytest.raises(PayloadError, match=match):
-        decode({"header": h, "blob": blob}, d)
+        decode(build(h, idx, val, sc), d)
 
 
 @pytest.mark.parametrize("ef", [True, False])
@@ -190,49 +237,62 @@ def test_error_feedback_state_round_trip():
     assert all(torch.equal(fb2.residual[k], fb.residual[k]) for k in SHAPES)
     d = make_delta(6)
     (p1, s1), (p2, s2) = fb.step(d), fb2.step(d)
-    assert all(np.array_equal(p1[k], p2[k]) for k in p1) and all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert p1 == p2 and all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
 def test_compression_ratio_defaults():
     d = make_delta(7, {f"layer{i:02d}": (1666,) for i in range(30)})
     assert dense_nbytes(d) == 4 * 49980
     p = encode(d, DWCConfig())
-    assert len(p) == 2 and payload_nbytes(p) * 20 <= dense_nbytes(d)
+    assert isinstance(p, bytes) and payload_nbytes(p) * 50 <= dense_nbytes(d)
 
 
-def _corrupt(kind: str, d) -> tuple[dict, dict]:
-    cfg = DWCConfig(quantize=kind != "nan_value")
-    p = {k: v.copy() for k, v in encode(d, cfg).items()}
+def _corrupt(kind: str, d) -> tuple[object, dict]:
+    cfg = DWCConfig(quantize=kind != "nan_value", **({"energy": 1.0, "max_density": 0.9} if kind == "bad_zlib" else {}))
+    p = encode(d, cfg)
+    h, idx, val, sc = sections(p)
     like = d
-    h, n_idx, n_val = p["header"], int(p["header"][8]), int(p["header"][9])
     if kind == "truncated":
-        p["blob"] = p["blob"][:-3]
-    elif kind == "numel":
+        return p[:-3], like
+    if kind == "trailing":
+        return p + b"\0", like
+    if kind == "header":
+        return p[:4], like
+    if kind == "version":
+        return bytes([VERSION - 1]) + p[1:], like
+    if kind == "not_bytes":
+        return {"header": np.zeros(12, np.int64), "blob": np.zeros(3, np.uint8)}, like
+    if kind == "numel":
         like = dict(d, **{"c.bias": torch.zeros(36)})
     elif kind == "tensors":
         like = {k: v for k, v in d.items() if k != "c.bias"}
     elif kind == "nan_value":
-        p["blob"][n_idx:n_idx + 4] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)
+        val = np.float32(np.nan).tobytes() + val[4:]
     elif kind in ("nan_scale", "negative_scale"):
-        bad = np.float16(np.nan if kind == "nan_scale" else -1.0)
-        p["blob"][n_idx + n_val:n_idx + n_val + 2] = np.frombuffer(bad.tobytes(), np.uint8)
+        bad = np.float16(np.nan if kind == "nan_scale" else -1.0).tobytes()
+        sc = sc[:2] + bad + sc[4:] if kind == "nan_scale" else bad + sc[2:]
+    elif kind == "lo_above_hi":
+        sc = np.float16(1e4).tobytes() + sc[2:]
     elif kind == "bits":
-        h[4] = 3
-    elif kind == "extra_key":
-        p["extra"] = np.zeros(1, np.uint8)
-    elif kind == "header_dtype":
-        p["header"] = h.astype(np.int32)
+        h["bits"] = 5
+    elif kind == "mag_code":
+        h["mag_r"] = h["bits"]
+    elif kind == "value_padding":
+        val = val[:-1] + bytes([val[-1] | 1]) if (8 - (h["k"] + 1) % 8) % 8 else val + b"\1"
     elif kind == "bad_zlib":
-        p["blob"][:2] = 0
+        assert h["index_code"] == 1
+        idx = b"\0\0" + idx[2:]
     elif kind == "index_code":
-        h[7] = 9
-    return p, like
+        h["index_code"] = 9
+    return build(h, idx, val, sc), like
 
 
 @pytest.mark.parametrize("kind,match", [
-    ("truncated", "blob has"), ("numel", "values, not"), ("tensors", "tensors"), ("nan_value", "values contain"),
-    ("nan_scale", "scales"), ("negative_scale", "scales"), ("bits", "bits 3"), ("extra_key", "keys"),
-    ("header_dtype", "header"), ("bad_zlib", "zlib"), ("index_code", "index code")])
+    ("truncated", "payload has"), ("trailing", "payload has"), ("header", "header is truncated"),
+    ("version", "version"), ("not_bytes", "must be bytes"), ("numel", "values, not"), ("tensors", "tensors"),
+    ("nan_value", "values contain"), ("nan_scale", "scales"), ("negative_scale", "scales"),
+    ("lo_above_hi", "below lo"), ("bits", "bits 5"), ("mag_code", "magnitude code"),
+    ("value_padding", "value section"), ("bad_zlib", "zlib"), ("index_code", "index code")])
 def test_malformed_payloads(kind, match):
     d = make_delta(8)
     p, like = _corrupt(kind, d)
@@ -240,28 +300,30 @@ def test_malformed_payloads(kind, match):
         decode(p, like)
 
 
+def _gap_bits(gaps, r=0) -> bytes:
+    return np.packbits(_rice_bits(np.array(gaps), r)).tobytes()
+
+
 @pytest.mark.parametrize("code,raw,match", [
-    (2, [7, 1, 3], "out of range"), (2, [7, 0, 1], "strictly increasing"), (2, [10, 0, 0], "out of range"),
-    (2, [7, 1, 1, 1], "inflate"), (2, [7, 1], "inflate"),  # 3 kept entries: gap lists of the wrong length
-    (1, [0b00000011, 0b11000000], "bitmap"), (1, [0b00000001, 0b11100000], "bitmap"),  # 4 kept / padding bit set
-    (1, [0b00000001, 0b11000000, 0], "inflate")])
+    (2, _gap_bits([7, 0, 3]), "out of range"), (2, _gap_bits([7]), "truncated"),
+    (2, _gap_bits([1, 0, 0]) + b"\0", "index section has"),  # 3 kept entries, one byte too many
+    (1, zlib.compress(bytes([0b00000011, 0b11000000]), 9), "bitmap"),  # 4 kept
+    (1, zlib.compress(bytes([0b00000001, 0b11100000]), 9), "bitmap"),  # a padding bit set
+    (1, zlib.compress(bytes([0b00000001, 0b11000000, 0]), 9), "inflate")])
 def test_malformed_indices(code, raw, match):
     d = {"w": torch.arange(1.0, 11.0)}
-    p = encode(d, DWCConfig(energy=1.0, max_density=0.3, quantize=False))
-    assert int(p["header"][6]) == 3
-    vals = p["blob"][int(p["header"][8]):].tobytes()
-    idx = zlib.compress(bytes(raw), 9)
-    h = p["header"].copy()
-    h[7], h[8] = code, len(idx)
+    h, _, val, sc = sections(encode(d, DWCConfig(energy=1.0, max_density=0.3, quantize=False)))
+    assert h["k"] == 3
+    h["index_code"], h["index_r"] = code, 0
     with pytest.raises(PayloadError, match=match):
-        decode({"header": h, "blob": np.frombuffer(idx + vals, np.uint8).copy()}, d)
+        decode(build(h, raw, val, sc), d)
 
 
 def test_config_and_apply():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        DWCConfig(bits=3)
+        DWCConfig(bits=5)
     with pytest.raises(ValidationError):
         DWCConfig(energy=0)
     w = make_delta(9)
@@ -270,9 +332,8 @@ def test_config_and_apply():
     assert new["d.proj"] is not w["d.proj"]
 
 
-def test_device_applies_a_packed_payload_chain_and_rejects_malformed_ones():
+def test_device_applies_a_payload_chain_and_rejects_malformed_ones():
     from clients.local import apply_downlink
-    from fl_sim.wire import pack_arrays
 
     g = torch.Generator().manual_seed(3)
     initial = {"a": torch.randn(40, 8, generator=g), "b": torch.randn(16, generator=g)}
@@ -282,16 +343,17 @@ def test_device_applies_a_packed_payload_chain_and_rejects_malformed_ones():
         payload, sent = ef.step({k: 0.1 * torch.randn(t.shape, generator=g) for k, t in initial.items()})
         payloads.append(payload)
         want = apply(want, sent)
-    packed = pack_arrays({f"{i}/{n}": a for i, p in enumerate(payloads) for n, a in p.items()})
     cfg = {"held_version": 0, "target_version": 2}
-    got, version, reason = apply_downlink(cfg, initial, {"chain": {"packed": packed}})
+    as_arrays = [payloads[0], np.frombuffer(payloads[1], np.uint8)]  # bytes, or uint8 arrays as received
+    got, version, reason = apply_downlink(cfg, initial, {"chain": {"payloads": as_arrays}})
     assert (version, reason) == (2, "")
     assert all(torch.equal(got[k], want[k]) for k in initial)
 
-    one = pack_arrays({f"0/{n}": a for n, a in payloads[0].items()})
-    bad = {"unpacked": {f"0/{n}": a for n, a in payloads[0].items()},
-           "truncated": {"packed": packed[:-5]},
-           "one payload for two versions": {"packed": one}}
+    bad = {"not a list": {"payloads": payloads[0]},
+           "other key": {"packed": payloads},
+           "truncated": {"payloads": [payloads[0], payloads[1][:-5]]},
+           "not bytes": {"payloads": [payloads[0], 7]},
+           "one payload for two versions": {"payloads": payloads[:1]}}
     for what, chain in bad.items():
         got, version, reason = apply_downlink(cfg, initial, {"chain": chain})
         assert version == 0 and reason, what
