@@ -5,9 +5,9 @@
 Uplink: one device round of 32 ``dusk`` samples through the tier's model; serialized Flower bytes of
 the upload for raw images (the baseline), every visual token, and UTS at its defaults and variants.
 Downlink: ``--rounds`` rounds of AKD on teacher-labelled ``dusk`` uploads; each round's adapter change is
-compressed with every DWC setting (error feedback on) and its serialized payload (a ``bytes`` value in a
-ConfigRecord, as the downlink sends it) compared with a dense fp32 delta (packed into one ``bytes`` value)
-and with the device checkpoint. Encode/decode times are per payload.
+compressed with every DWC setting (error feedback on) and its serialized payload (what it adds to a
+device's message: a ``bytes`` value in its config record, as the downlink sends it) compared with a
+dense fp32 delta (packed into one ``bytes`` value, sent the same way) and with the device checkpoint. Encode/decode times are per payload.
 """
 
 import argparse
@@ -37,12 +37,11 @@ def _packed_bytes(arrays) -> int:
 
 
 def _downlink_bytes(payload: bytes) -> int:
-    """A DWC payload as a device one version behind receives it (a one-payload chain)."""
-    from flwr.app import RecordDict
+    """What a DWC payload adds to the message of a device one version behind (a one-payload chain in
+    its config record, as ``strategies/cdcca.py`` sends and counts it)."""
+    from fl_sim.wire import config_value_bytes
 
-    from fl_sim.wire import bytes_record, payload_bytes
-
-    return payload_bytes(RecordDict({"x": bytes_record("payloads", [payload])}))
+    return config_value_bytes("dwc_chain", [payload])
 
 
 def main() -> None:
@@ -59,6 +58,7 @@ def main() -> None:
     from fl_sim.models.adapters import adapter_state, load_adapter_state
     from fl_sim.models.mllm import _llava, answer_with_stats, visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
+    from fl_sim.wire import pack_arrays
 
     zoo = pretrain_zoo(args.zoo)
     pr, tier = zoo.prompter, args.tier
@@ -110,7 +110,7 @@ def main() -> None:
                            akd.AKDConfig(), seed=r)  # the default steps per round
         after = adapter_state(model)
         delta = {k: after[k] - before[k] for k in after}
-        dense = _packed_bytes({k: v.numpy() for k, v in delta.items()})
+        dense = _downlink_bytes(pack_arrays({k: v.numpy() for k, v in delta.items()}).tobytes())
         for name, ef in feedback.items():
             t0 = time.perf_counter()
             payload, sent = ef.step(delta)

@@ -8,9 +8,9 @@ Messages it handles:
 ``train``  content ``config`` (ConfigRecord: the device's round settings) and optionally ``adapter``
            (ArrayRecord: the adapter state to run). Replies ``metrics`` (MetricRecord) and, if the
            device adapted, ``adapter`` (its new adapter state).
-           With ``config["mode"] == "cdcca"`` the downlink is ``dwc_full`` (a dense refresh) or
-           ``dwc_chain`` (ConfigRecord: ``"payloads"``, the list of DWC payloads to apply in order, each
-           ``bytes``) and the reply carries ``upload`` (ConfigRecord: the UTS upload arrays packed into one
+           With ``config["mode"] == "cdcca"`` the downlink is the record ``dwc_full`` (a dense refresh) or
+           ``config["dwc_chain"]`` (the list of DWC payloads to apply in order, each ``bytes``) and the
+           reply carries ``upload`` (ConfigRecord: the UTS upload arrays packed into one
            ``bytes`` value, ``"packed"``; see ``fl_sim.wire.pack_arrays``) instead of an adapter.
 
 Per-device state lives on the server side (adapters are shared per tier and version), so
@@ -71,10 +71,11 @@ def _cdcca(msg: Message, cfg: dict) -> Message:
     from clients.local import run_cdcca_round
     from fl_sim.wire import packed_record, record_values
 
-    downlink = None  # raw arrays; run_cdcca_round validates them (a bad downlink is rejected, not fatal)
-    for kind in ("dwc_full", "dwc_chain"):
-        if kind in msg.content:
-            downlink = {kind[4:]: record_values(msg.content[kind])}
+    downlink = None  # raw values; run_cdcca_round validates them (a bad downlink is rejected, not fatal)
+    if "dwc_full" in msg.content:
+        downlink = {"full": record_values(msg.content["dwc_full"])}
+    elif "dwc_chain" in cfg:
+        downlink = {"chain": {"payloads": cfg.pop("dwc_chain")}}
     upload, metrics, reason = run_cdcca_round(cfg, downlink)
     content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
                           "upload": packed_record(upload)})

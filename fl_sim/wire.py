@@ -72,11 +72,11 @@ def packed_record(arrays: dict):
         {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}).tobytes()})
 
 
-def bytes_record(key: str, blobs: list[bytes]):
-    """A ``ConfigRecord`` holding ``blobs`` as one list of ``bytes`` under ``key`` (DWC payload chains)."""
+def config_value_bytes(key: str, value) -> int:
+    """Serialized bytes that entry ``key = value`` adds to a ConfigRecord (a DWC chain rides in the config)."""
     from flwr.app import ConfigRecord
 
-    return ConfigRecord({key: [bytes(b) for b in blobs]})
+    return payload_bytes(ConfigRecord({key: value})) - payload_bytes(ConfigRecord({}))
 
 
 def record_values(record) -> dict:

@@ -155,7 +155,11 @@ class FleetStrategy(Strategy):
                 "threads": sim.threads_per_client} | self.device_settings()
 
     def downlink_records(self, p: DeviceProfile, server_round: int) -> dict:
-        """Records sent to device ``p`` besides its config (default: its tier's adapter state, if any)."""
+        """Records sent to device ``p`` besides its config (default: its tier's adapter state, if any).
+
+        Key ``"config"`` is not a record but extra entries for the device's config record (Flower
+        frames each record of a message with about 150 bytes; a value in an existing record costs ~20).
+        """
         if p.tier not in self._tier_records:
             sd = self.downlink(p.tier)
             self._tier_records[p.tier] = to_array_record(sd) if sd is not None else None
@@ -167,9 +171,11 @@ class FleetStrategy(Strategy):
         self._tier_records = {}  # one record per tier, shared by its devices
         messages, down = [], {}
         for p in chosen:
-            content = RecordDict({"config": ConfigRecord(self.device_config(p, server_round))})
-            for key, rec in self.downlink_records(p, server_round).items():
-                content[key] = rec
+            extra = self.downlink_records(p, server_round)
+            content = RecordDict({"config": ConfigRecord(self.device_config(p, server_round) | extra.get("config", {}))})
+            for key, rec in extra.items():
+                if key != "config":
+                    content[key] = rec
             down[p.device_id] = payload_bytes(content)
             messages.append(Message(content=content, dst_node_id=self.node_of[p.device_id],
                                     message_type=MessageType.TRAIN, group_id=str(server_round)))

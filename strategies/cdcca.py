@@ -4,9 +4,9 @@ teacher into per-tier adapters (AKD), and sends back compressed adapter updates 
 Round ``r``:
 
 1. Each sampled device receives the DWC downlink that takes the version it holds to its tier's latest
-   version: the chain of stored payloads (a list of ``bytes`` in one ConfigRecord: Flower frames an
-   Array with about 450 bytes of its own, a ``bytes`` value with about 35), or a dense refresh when
-   that is smaller (a device that missed rounds
+   version: the chain of stored payloads (``dwc_chain``, a list of ``bytes`` in the device's config
+   record: Flower frames an Array with about 450 bytes and a record with about 150, a ``bytes`` value
+   in a record with about 20), or a dense refresh (``dwc_full``) when that is smaller (a device that missed rounds
    catches up exactly). It applies it, answers its stream, and uploads the UTS selection.
 2. The cloud validates uploads (malformed ones are rejected, logged and counted), lets the teacher label
    them once (pseudo-labels, logits, hidden states), and trains each tier's cloud copy with AKD on this
@@ -32,7 +32,8 @@ from fl_sim import akd, dwc, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
 from fl_sim.models.mllm import visual_tokens
-from fl_sim.wire import bytes_record, packed_record, payload_bytes, record_values, to_array_record, unpack_arrays
+from fl_sim.wire import (config_value_bytes, pack_arrays, payload_bytes, record_values, to_array_record,
+                         unpack_arrays)
 from strategies.base import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,11 @@ class CDCCA(FleetStrategy):
             return {"dwc_full": to_array_record(self.device_weights(p.tier))}
         key = (p.tier, u, v)
         if key not in self._chains:
-            chain = bytes_record("payloads", [load_np(str(self.store / p.tier / f"p{w}.safetensors"))["payload"]
-                                              for w in range(u + 1, v + 1)])
+            chain = [load_np(str(self.store / p.tier / f"p{w}.safetensors"))["payload"].tobytes()
+                     for w in range(u + 1, v + 1)]
             full = to_array_record(self.device_weights(p.tier))
-            self._chains[key] = ({"dwc_chain": chain} if payload_bytes(chain) <= payload_bytes(full)
-                                 else {"dwc_full": full})
+            self._chains[key] = ({"config": {"dwc_chain": chain}}
+                                 if config_value_bytes("dwc_chain", chain) <= payload_bytes(full) else {"dwc_full": full})
         return self._chains[key]
 
     def configure_train(self, server_round, arrays, config, grid):
@@ -225,8 +226,8 @@ class CDCCA(FleetStrategy):
         save_file({k: t.contiguous() for k, t in held.items()}, str(folder / f"w{v}.safetensors"))
         self.state[self._group("held", tier)] = held
         self.version[tier] = v
-        wire = payload_bytes(bytes_record("payloads", [payload]))  # as a device one version behind gets it
-        dense = payload_bytes(packed_record({k: t.float() for k, t in delta.items()}))
+        wire = config_value_bytes("dwc_chain", [payload])  # what it adds to the message of a device one version behind
+        dense = config_value_bytes("dwc_chain", [pack_arrays({k: t.float().numpy() for k, t in delta.items()}).tobytes()])
         return {"payload_bytes": wire, "ratio_dense": dense / wire,
                 "ratio_checkpoint": read_meta_bytes(self.ctx.model_paths[tier]) / wire}
 

@@ -36,7 +36,7 @@ def test_two_round_cdcca(cdcca_run):
     run_dir, res = cdcca_run
     assert [r["round"] for r in res] == [1, 2]
     for r in res:
-        assert r["participants"] == 4 and r["failed"] == 0 and r["rejected_uploads"] == 0
+        assert r["participants"] == 4 and r["failed"] == 0 and r["rejected_uploads"] == r["rejected_downlinks"] == 0
         assert r["uploaded_samples"] == 4 * 4  # budget 0.5 of 8 samples on each of 4 devices
         assert r["dwc_ratio_dense"] > 1 and "akd_kl" in r and "akd_feat" in r
         assert set(r["acc"]) == {"source", "dusk", "novel", "digits", "overall"}
