@@ -319,6 +319,14 @@ def test_malformed_indices(code, raw, match):
         decode(build(h, raw, val, sc), d)
 
 
+@pytest.mark.parametrize("value,match", [(float("nan"), "NaN"), (1e5, "float16")])
+def test_unencodable_deltas_are_refused(value, match):
+    d = make_delta(14)
+    d["c.bias"][3] = value
+    with pytest.raises(FlSimError, match=match):
+        encode(d, DWCConfig())
+
+
 def test_config_and_apply():
     from pydantic import ValidationError
 
