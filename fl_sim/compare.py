@@ -5,6 +5,7 @@ A comparison file names a base experiment and the variants to run on it::
     name = "compare"
     base = "shift.toml"                  # relative to this file
     seeds = [0, 1]
+    paired = "cdcca"                     # optional: the others replay this variant's participation
     [set]                                # overrides for every run (dotted keys)
     rounds = 10
     [[runs]]
@@ -49,6 +50,9 @@ class CompareConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     set: dict[str, object] = Field(default_factory=dict)
     baseline: str = "source-only"
+    paired: str | None = Field(None, description=(
+        "label of a variant whose participation (devices sampled and kept per round) every other variant of "
+        "the same seed replays (``fleet.replay``), so differences are the methods', not participation's"))
     runs: list[Variant] = Field(min_length=1)
 
 
@@ -66,12 +70,19 @@ def load_compare(path: str | Path, overrides: dict | None = None) -> tuple[Compa
     labels = [v.label for v in cmp.runs]
     if len(set(labels)) != len(labels):
         raise FlSimError(f"invalid comparison {path}: duplicate run labels")
+    if cmp.paired is not None and cmp.paired not in labels:
+        raise FlSimError(f"invalid comparison {path}: paired = {cmp.paired!r} is not a run label")
     base = (path.parent / cmp.base).resolve()
+    # the paired variant goes first in each seed: the others replay its participation
+    runs = sorted(cmp.runs, key=lambda v: v.label != cmp.paired) if cmp.paired else cmp.runs
     grid = []  # seed-major: every variant of the first seed finishes before any second seed starts
     for seed in cmp.seeds:
-        for v in cmp.runs:
+        for v in runs:
             over = {**_flat(cmp.set), **_flat(v.set), **(overrides or {}), "strategy.name": v.strategy, "seed": seed,
                     "name": cmp.name}
+            if cmp.paired and v.label != cmp.paired:
+                ref = next(c for w, s, c in grid if w is runs[0] and s == seed)
+                over["fleet.replay"] = str(Path(ref.output_dir) / cmp.name / f"{cmp.paired}-{seed}")
             try:
                 grid.append((v, seed, load_config(base, over)))
             except FlSimError as exc:
@@ -142,10 +153,10 @@ def run_compare(path: str | Path, overrides: dict | None = None, on_run=None, on
             failures.append(f"{v.label}-{seed}: {exc}")
             log.error("run %s-%d failed: %s", v.label, seed, exc)
     (out / "compare.json").write_text(json.dumps(
-        {"name": cmp.name, "base": cmp.base, "seeds": cmp.seeds, "runs": [v.model_dump() for v in cmp.runs],
-         "failures": failures}, indent=1))
+        {"name": cmp.name, "base": cmp.base, "seeds": cmp.seeds, "paired": cmp.paired,
+         "runs": [v.model_dump() for v in cmp.runs], "failures": failures}, indent=1))
     done = [r for r, (_, _, cfg) in zip(refs, grid) if is_complete(r.run_dir, cfg.rounds)]
-    build_report(done, out, title=f"Strategy comparison: {cmp.name}", baseline=cmp.baseline)
+    build_report(done, out, title=f"Strategy comparison: {cmp.name}", baseline=cmp.baseline, paired=cmp.paired)
     if failures:
         raise FlSimError(f"{len(failures)} run(s) failed (report written without them): {failures[0]}")
     return out

@@ -123,3 +123,32 @@ def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
 
 def save_trace(profiles: list[DeviceProfile], path: str | Path) -> None:
     Path(path).write_text(json.dumps([asdict(p) for p in profiles], indent=1))
+
+
+def load_participation(path: str | Path, rounds: int, num_devices: int) -> dict[int, tuple[list[int], list[int]]]:
+    """``round -> (sampled, kept device ids)`` recorded by an earlier run (``fleet.replay``).
+
+    ``path`` is a run directory or its ``results.jsonl``; it must cover rounds ``1..rounds``.
+    """
+    path = Path(path)
+    file = path / "results.jsonl" if path.is_dir() else path
+    if not file.is_file():
+        raise FlSimError(f"fleet.replay: no results.jsonl at {path}")
+    out = {}
+    for n, line in enumerate(file.read_text().splitlines(), 1):
+        try:
+            rec = json.loads(line)
+            r, sampled, kept = int(rec["round"]), rec["sampled_ids"], rec["participant_ids"]
+        except (ValueError, TypeError) as exc:
+            raise FlSimError(f"fleet.replay: {file} line {n} is not a round record ({exc})") from None
+        except KeyError as exc:
+            raise FlSimError(f"fleet.replay: {file} line {n} lacks {exc.args[0]!r} (recorded by fl-sim 0.1 runs "
+                             "from this version on)") from None
+        ids = [*sampled, *kept]
+        if not all(isinstance(i, int) and 0 <= i < num_devices for i in ids) or not set(kept) <= set(sampled):
+            raise FlSimError(f"fleet.replay: {file} round {r}: device ids must be 0..{num_devices - 1} and the kept "
+                             "ones sampled")
+        out[r] = (list(sampled), list(kept))
+    if missing := [r for r in range(1, rounds + 1) if r not in out]:
+        raise FlSimError(f"fleet.replay: {file} has no record of round(s) {missing[:5]} (it has {len(out)} rounds)")
+    return out

@@ -114,14 +114,20 @@ def _run_stats(run, domains) -> dict:
     }
 
 
-def summarise(runs, baseline: str = "source-only") -> list[dict]:
-    """One row per label (first-seen order); each metric is {"mean", "std", "n"} over seeds."""
+def summarise(runs, baseline: str = "source-only", paired: str | None = None) -> list[dict]:
+    """One row per label (first-seen order); each metric is {"mean", "std", "n"} over seeds.
+
+    With ``paired`` (a label), ``paired_shifted_pts`` is the per-seed difference in shifted accuracy
+    (points) to that label's run of the same seed, and ``paired_seeds`` the seeds it covers.
+    """
     domains = _domains(runs)
     per = [(run, _run_stats(run, domains)) for run in runs]
-    base = {}
+    base, ref = {}, {}
     for run, st in per:
         if run["label"] == baseline:
             base.setdefault(run["seed"], st)
+        if run["label"] == paired:
+            ref.setdefault(run["seed"], st)
     rows = []
     for label in dict.fromkeys(run["label"] for run in runs):
         mine = [(run, st) for run, st in per if run["label"] == label]
@@ -142,6 +148,10 @@ def summarise(runs, baseline: str = "source-only") -> list[dict]:
             "forgetting_pts": col("forgetting_pts"),
             **{k: col(k) for k in ("uplink_bytes", "downlink_bytes", "virtual_time_s", "wall_s")},
         })
+        if paired is not None:
+            both = [(run["seed"], st) for run, st in mine if run["seed"] in ref]
+            rows[-1]["paired_seeds"] = [seed for seed, _ in both]
+            rows[-1]["paired_shifted_pts"] = [100 * (st["acc_shifted"] - ref[seed]["acc_shifted"]) for seed, st in both]
     return rows
 
 
@@ -219,12 +229,14 @@ def _finite(obj):
 
 
 def build_report(refs: list[RunRef], out_dir: Path, title: str = "Strategy comparison",
-                 baseline: str = "source-only") -> Path:
-    """Write out_dir/report.md, summary.json and the PNG plots; return the path of report.md."""
+                 baseline: str = "source-only", paired: str | None = None) -> Path:
+    """Write out_dir/report.md, summary.json and the PNG plots; return the path of report.md.
+
+    ``paired``: the label whose participation the others replayed; adds the paired differences."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = load_runs(refs)
-    rows = summarise(runs, baseline)
+    rows = summarise(runs, baseline, paired)
     domains = _domains(runs)
     (out_dir / "summary.json").write_text(json.dumps(_finite({"baseline": baseline, "domains": domains, "rows": rows}), indent=2))
     n_rounds = sorted({len(r["rounds"]) for r in runs}) or [0]
@@ -244,6 +256,14 @@ def build_report(refs: list[RunRef], out_dir: Path, title: str = "Strategy compa
     md += ["", "## Final accuracy per domain (%)", "", "| label | " + " | ".join([*domains, "overall"]) + " |",
            "|" + "---|" * (len(domains) + 2)]
     md += [f"| {r['label']} | " + " | ".join(_pm(r["acc"][d], 100) for d in [*domains, "overall"]) + " |" for r in rows]
+    if paired is not None:
+        md += ["", f"## Paired differences vs `{paired}`", "",
+               f"Every run replayed the participation of `{paired}` of its seed (devices sampled and kept per round), "
+               "so per-seed differences are the methods'. Shifted accuracy minus the paired run's, in points.", "",
+               "| label | seeds | mean ± std (pts) | per seed |", "|---|---|---|---|"]
+        md += [f"| {r['label']} | {len(r['paired_seeds'])} | {_pm(_stats(r['paired_shifted_pts']))} | "
+               + ", ".join(f"{s}: {d:+.1f}" for s, d in zip(r["paired_seeds"], r["paired_shifted_pts"])) + " |"
+               for r in rows if r["label"] != paired]
     md += ["", "## Plots", ""]
     if runs:
         _plot(runs, domains, out_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import FlSimError
 from .config import ExperimentConfig, load_config, to_toml
-from .fleet import make_fleet, save_trace
+from .fleet import load_participation, make_fleet, save_trace
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,14 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
     zoo = pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, progress=progress)
     tiers = list(zoo.tiers)
     fleet = make_fleet(cfg.fleet, tiers, cfg.seed)
+    replay = load_participation(cfg.fleet.replay, cfg.rounds, len(fleet)) if cfg.fleet.replay else None
     cfg = STRATEGIES[cfg.strategy.name].effective_config(cfg)
     run_dir = Path(run_dir or run_dir_for(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     save_trace(fleet, run_dir / "fleet.json")
     ctx = RunContext(cfg=cfg, fleet=fleet, model_paths={k: str(v) for k, v in zoo.paths.items()}, run_dir=run_dir,
-                     on_round=on_round)
+                     on_round=on_round, replay=replay)
     strategy = STRATEGIES[cfg.strategy.name](ctx)
     errors: list[BaseException] = []
     server_app = ServerApp()

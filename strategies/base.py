@@ -50,6 +50,7 @@ class RunContext:
     run_dir: Path
     abort: threading.Event = field(default_factory=threading.Event)
     on_round: object = None  # callable(record) for console progress
+    replay: dict | None = None  # round -> (sampled, kept device ids) to replay (``fleet.replay``)
 
 
 def send_and_receive(grid, messages: list, timeout: float, abort: threading.Event) -> list:
@@ -137,8 +138,11 @@ class FleetStrategy(Strategy):
                  len(self.ctx.fleet), self.s.clients_per_round, self.s.over_commit, self.s.deadline_s)
 
     def sample(self, server_round: int) -> tuple[list[DeviceProfile], int]:
-        """Available devices at the current virtual time, ``ceil(K * over_commit)`` drawn from the round's stream."""
+        """Available devices at the current virtual time, ``ceil(K * over_commit)`` drawn from the round's stream
+        (with ``fleet.replay``: the devices the replayed run sampled, available or not)."""
         available = [p for p in self.ctx.fleet if p.available(self.clock_s)]
+        if self.ctx.replay is not None:
+            return [self.ctx.fleet[i] for i in self.ctx.replay[server_round][0]], len(available)
         n = min(len(available), math.ceil(self.s.clients_per_round * self.s.over_commit))
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 7, server_round]))
         chosen = sorted(rng.choice(len(available), size=n, replace=False).tolist()) if n else []
@@ -209,6 +213,9 @@ class FleetStrategy(Strategy):
         finished.sort(key=lambda x: (x[0], x[1]))
         on_time = [f for f in finished if f[0] <= self.s.deadline_s]
         kept = on_time[:self.s.clients_per_round]
+        if self.ctx.replay is not None:  # the replayed run's participants that replied, whatever their times
+            want = set(self.ctx.replay[server_round][1])
+            kept = [f for f in finished if f[1] in want]
         # the round ends when the K fastest are in; if fewer make it, the server waits out the deadline
         target = min(self.s.clients_per_round, len(info["sampled"]))
         round_s = max(f[0] for f in kept) if kept and len(kept) >= target else self.s.deadline_s
@@ -220,6 +227,7 @@ class FleetStrategy(Strategy):
         self.totals["downlink_bytes"] += down_total
         losses = [float(m["loss"]) for *_, m in kept if not math.isnan(float(m["loss"]))]
         self._round_info |= {
+            "participant_ids": sorted(dev for _, dev, _, _ in kept),
             "participants": len(kept), "stragglers": len(finished) - len(kept), "failed": failed + missing,
             "late": len(finished) - len(on_time),
             "uplink_bytes": up_total, "downlink_bytes": down_total, "round_virtual_s": round_s,
@@ -358,6 +366,7 @@ class FleetStrategy(Strategy):
                 info = self._round_info
                 record = {"round": r, "virtual_time_s": self.clock_s, "available": info["available"],
                           "sampled": len(info["sampled"]), "sampled_ids": info["sampled"],
+                          "participant_ids": info["participant_ids"],
                           **{k: info[k] for k in ("participants", "stragglers", "late", "failed", "uplink_bytes",
                                                   "downlink_bytes", "round_virtual_s", "online_acc", "loss")},
                           "cum_uplink_bytes": self.totals["uplink_bytes"],

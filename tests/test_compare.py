@@ -7,44 +7,50 @@ import pytest
 import tomli_w
 
 from fl_sim import FlSimError
-from fl_sim.compare import run_compare
+from fl_sim.compare import load_compare, run_compare
 from fl_sim.metrics import read_results
 
 BASE = {"zoo": "tiny", "rounds": 2, "seed": 0,
         "fleet": {"num_devices": 4, "samples_per_round": 8, "train_size": 64, "shift_round": [2, 2],
                   "active_fraction": {"low": 1.0, "high": 1.0}},
-        "strategy": {"name": "source-only", "clients_per_round": 4, "over_commit": 1.0, "lora_r": 4,
+        "strategy": {"name": "source-only", "clients_per_round": 3, "over_commit": 1.34, "lora_r": 4,
                      "uts": {"budget": 0.5}, "akd": {"steps": 3, "batch_size": 8, "replay": 16, "anchor_size": 32},
                      "dwc": {"max_density": 0.2}},
         "eval": {"n_test": 8},
         "simulation": {"num_cpus": 2, "round_timeout_s": 300}}
 
 
-def _write(tmp_path, cache_dir, runs):
+def _write(tmp_path, cache_dir, runs, **extra):
     base = json.loads(json.dumps(BASE)) | {"cache_dir": cache_dir, "output_dir": str(tmp_path / "runs")}
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
-    cmp = {"name": "tinycmp", "base": "base.toml", "seeds": [0], "baseline": "source-only", "runs": runs}
+    cmp = {"name": "tinycmp", "base": "base.toml", "seeds": [0], "baseline": "source-only", "runs": runs} | extra
     path = tmp_path / "cmp.toml"
     path.write_text(tomli_w.dumps(cmp))
     return path
 
 
 def test_two_strategy_compare_end_to_end(tmp_path, cache_dir, tiny_zoo):
-    path = _write(tmp_path, cache_dir, [{"label": "source-only", "strategy": "source-only"},
-                                        {"label": "cdcca", "strategy": "cdcca"}])
+    # cdcca replays the participation of source-only (4 devices sampled, the 3 fastest kept)
+    path = _write(tmp_path, cache_dir, [{"label": "cdcca", "strategy": "cdcca"},
+                                        {"label": "source-only", "strategy": "source-only"}], paired="source-only")
     seen = []
     out = run_compare(path, on_run=lambda i, n, label, seed, state: seen.append((label, seed, state)))
     assert seen == [("source-only", 0, "running"), ("cdcca", 0, "running")]
     for label in ("source-only", "cdcca"):
         res = read_results(out / f"{label}-0")
         assert [r["round"] for r in res] == [1, 2]
-    assert read_results(out / "source-only-0")[-1]["cum_uplink_bytes"] < read_results(out / "cdcca-0")[-1]["cum_uplink_bytes"]
+    ref, paired = read_results(out / "source-only-0"), read_results(out / "cdcca-0")
+    assert ref[-1]["cum_uplink_bytes"] < paired[-1]["cum_uplink_bytes"]
+    assert all(r["sampled"] == 4 and r["participants"] == 3 for r in ref)
+    assert [r["participant_ids"] for r in paired] == [r["participant_ids"] for r in ref]
+    assert [r["sampled_ids"] for r in paired] == [r["sampled_ids"] for r in ref]
+    assert str(out / "source-only-0") in (out / "cdcca-0" / "config.toml").read_text()
 
     summary = json.loads((out / "summary.json").read_text())
     labels = [row["label"] for row in summary["rows"]]
     assert sorted(labels) == ["cdcca", "source-only"]
     report = (out / "report.md").read_text()
-    assert "cdcca" in report and "source-only" in report
+    assert "cdcca" in report and "source-only" in report and "## Paired differences vs `source-only`" in report
     assert len(list(out.glob("*.png"))) == 4
     assert json.loads((out / "compare.json").read_text())["failures"] == []
 
@@ -59,3 +65,15 @@ def test_two_strategy_compare_end_to_end(tmp_path, cache_dir, tiny_zoo):
     path = _write(tmp_path, cache_dir, [{"label": "cdcca", "strategy": "cdcca", "set": {"strategy.uts.budget": 0.25}}])
     with pytest.raises(FlSimError, match="different experiment"):
         run_compare(path)
+
+
+def test_paired_variant_runs_first_and_the_others_replay_it(tmp_path, cache_dir):
+    runs = [{"label": "a", "strategy": "cdcca"}, {"label": "b", "strategy": "fedavg"},
+            {"label": "ref", "strategy": "cdcca", "set": {"strategy.dwc.select": False}}]
+    cmp, grid = load_compare(_write(tmp_path, cache_dir, runs, paired="ref", seeds=[0, 1]))
+    assert [(v.label, seed) for v, seed, _ in grid] == [("ref", 0), ("a", 0), ("b", 0), ("ref", 1), ("a", 1), ("b", 1)]
+    out = tmp_path / "runs" / "tinycmp"
+    assert [c.fleet.replay for _, _, c in grid] == [None, str(out / "ref-0"), str(out / "ref-0"),
+                                                    None, str(out / "ref-1"), str(out / "ref-1")]
+    with pytest.raises(FlSimError, match="paired = 'nope' is not a run label"):
+        load_compare(_write(tmp_path, cache_dir, runs, paired="nope"))

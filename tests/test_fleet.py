@@ -1,11 +1,10 @@
 import json
 
-import numpy as np
 import pytest
 
 from fl_sim import FlSimError
-from fl_sim.config import FleetConfig, StrategyConfig, load_config, parse_config
-from fl_sim.fleet import DeviceProfile, load_trace, make_fleet, save_trace
+from fl_sim.config import FleetConfig, load_config, parse_config
+from fl_sim.fleet import DeviceProfile, load_participation, load_trace, make_fleet, save_trace
 
 
 def _profile(**kw):
@@ -95,3 +94,68 @@ def test_sampling_is_deterministic_and_respects_availability(tmp_path):
         assert n_av == sum(p.available(clock) for p in fleet) < len(fleet)
     s1.clock_s = 0.0
     assert [p.device_id for p in s1.sample(1)[0]] != [p.device_id for p in s1.sample(2)[0]]
+
+
+def _results(path, rounds):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    return path
+
+
+def test_participation_replay_loads_and_refuses_bad_records(tmp_path):
+    good = [{"round": 1, "sampled_ids": [0, 2, 3], "participant_ids": [2, 3]},
+            {"round": 2, "sampled_ids": [1, 3], "participant_ids": [1]}]
+    _results(tmp_path / "results.jsonl", good)
+    assert load_participation(tmp_path, 2, 4) == {1: ([0, 2, 3], [2, 3]), 2: ([1, 3], [1])}
+    assert load_participation(tmp_path / "results.jsonl", 1, 4)[1] == ([0, 2, 3], [2, 3])
+    with pytest.raises(FlSimError, match="no record of round"):
+        load_participation(tmp_path, 3, 4)
+    with pytest.raises(FlSimError, match=r"device ids must be 0\.\.2"):
+        load_participation(tmp_path, 2, 3)
+    with pytest.raises(FlSimError, match="no results.jsonl"):
+        load_participation(tmp_path / "nowhere", 2, 4)
+    bad = {"lacks": [{"round": 1, "sampled_ids": [0]}],
+           "kept ones sampled": [{"round": 1, "sampled_ids": [0], "participant_ids": [1]}],
+           "not a round record": [{"round": "x", "sampled_ids": [0], "participant_ids": []}]}
+    for what, recs in bad.items():
+        with pytest.raises(FlSimError, match=what):
+            load_participation(_results(tmp_path / f"{what[:4]}.jsonl", recs), 1, 4)
+
+
+class _Reply:
+    """What ``aggregate_train`` reads of a Flower reply."""
+
+    def __init__(self, node, n_infer):
+        from flwr.app import MetricRecord, RecordDict
+
+        self.metadata = type("Meta", (), {"src_node_id": node})()
+        self.content = RecordDict({"metrics": MetricRecord({"n_infer": n_infer, "n_train": 0, "online_acc": 0.5,
+                                                            "loss": 0.0})})
+
+    def has_error(self):
+        return False
+
+
+def test_replay_samples_and_keeps_the_recorded_devices_whatever_their_times(tmp_path):
+    from strategies.base import RunContext
+    from strategies.fedavg import FedAvg
+
+    cfg = parse_config({"zoo": "tiny", "fleet": {"num_devices": 12}, "strategy": {"clients_per_round": 2}})
+    fleet = make_fleet(cfg.fleet, ["tiny-high", "tiny-low"], cfg.seed)
+    unavailable = [p.device_id for p in fleet if not p.available(0.0) and p.device_id not in (4, 5)]
+    assert unavailable  # so the replay below samples a device the clock would not
+    recorded = sorted([4, 5, unavailable[0]])
+
+    def round_one(replay):
+        s = FedAvg(RunContext(cfg, fleet, {}, tmp_path, replay=replay))
+        s.node_of = {p.device_id: 100 + p.device_id for p in fleet}
+        sampled = [p.device_id for p in s.sample(1)[0]] if replay else recorded
+        s._round_info = {"sampled": sampled, "available": 12, "down": {d: 1000 for d in sampled}}
+        # device 4 infers 100x more samples than the others: the slowest by far
+        s.aggregate_train(1, [_Reply(100 + d, 3200 if d == 4 else 32) for d in sampled])
+        return sampled, s._round_info
+
+    sampled, info = round_one({1: (recorded, [4, 5])})
+    assert sampled == recorded and info["participant_ids"] == [4, 5]
+    assert info["stragglers"] == len(recorded) - 2
+    _, timed = round_one(None)  # the same devices without replay: the slow device 4 is a straggler
+    assert timed["participant_ids"] == sorted(set(recorded) - {4})

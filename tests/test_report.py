@@ -158,3 +158,14 @@ def test_human_bytes():
     assert human_bytes(10_625_999) == "10.6 MB"
     assert human_bytes(2.5e9) == "2.5 GB"
     assert human_bytes(math.nan) == "—"
+
+
+def test_paired_differences_per_seed(refs, tmp_path):
+    """cdcca minus source-only shifted accuracy: seed 0 0.60 - 0.30, seed 1 0.50 - 0.30 (points)."""
+    row = _row(summarise(load_runs(refs), paired="source-only"), "cdcca")
+    assert row["paired_seeds"] == [0, 1]
+    assert row["paired_shifted_pts"] == pytest.approx([30.0, 20.0])
+    md = build_report(refs, tmp_path / "rep", paired="source-only").read_text()
+    assert "## Paired differences vs `source-only`" in md
+    assert "| cdcca | 2 | 25.0 ± 5.0 | 0: +30.0, 1: +20.0 |" in md
+    assert "Paired differences" not in build_report(refs, tmp_path / "rep2").read_text()
