@@ -125,30 +125,40 @@ def save_trace(profiles: list[DeviceProfile], path: str | Path) -> None:
     Path(path).write_text(json.dumps([asdict(p) for p in profiles], indent=1))
 
 
-def load_participation(path: str | Path, rounds: int, num_devices: int) -> dict[int, tuple[list[int], list[int]]]:
-    """``round -> (sampled, kept device ids)`` recorded by an earlier run (``fleet.replay``).
+def load_participation(path: str | Path, rounds: int, fleet: list[DeviceProfile],
+                       clients_per_round: int) -> dict[int, tuple[list[int], list[int]]]:
+    """``round -> (sampled, kept device ids)`` recorded by an earlier run of the same fleet (``fleet.replay``).
 
-    ``path`` is a run directory or its ``results.jsonl``; it must cover rounds ``1..rounds``.
+    ``path`` is a run directory or its ``results.jsonl``; it must cover rounds ``1..rounds``, its
+    ``fleet.json`` must equal ``fleet``, and it must keep at most ``clients_per_round`` devices a round.
     """
     path = Path(path)
     file = path / "results.jsonl" if path.is_dir() else path
     if not file.is_file():
         raise FlSimError(f"fleet.replay: no results.jsonl at {path}")
+    trace = file.parent / "fleet.json"
+    if not trace.is_file():
+        raise FlSimError(f"fleet.replay: no fleet.json beside {file}")
+    if json.loads(trace.read_text()) != [asdict(p) for p in fleet]:
+        raise FlSimError(f"fleet.replay: {trace} is another fleet than this run's (different seed or fleet settings)")
     out = {}
     for n, line in enumerate(file.read_text().splitlines(), 1):
         try:
             rec = json.loads(line)
-            r, sampled, kept = int(rec["round"]), rec["sampled_ids"], rec["participant_ids"]
+            r, sampled, kept = int(rec["round"]), list(rec["sampled_ids"]), list(rec["participant_ids"])
         except (ValueError, TypeError) as exc:
             raise FlSimError(f"fleet.replay: {file} line {n} is not a round record ({exc})") from None
         except KeyError as exc:
-            raise FlSimError(f"fleet.replay: {file} line {n} lacks {exc.args[0]!r} (recorded by fl-sim 0.1 runs "
-                             "from this version on)") from None
-        ids = [*sampled, *kept]
-        if not all(isinstance(i, int) and 0 <= i < num_devices for i in ids) or not set(kept) <= set(sampled):
-            raise FlSimError(f"fleet.replay: {file} round {r}: device ids must be 0..{num_devices - 1} and the kept "
-                             "ones sampled")
-        out[r] = (list(sampled), list(kept))
+            raise FlSimError(f"fleet.replay: {file} line {n} lacks {exc.args[0]!r}; only runs made since "
+                             "fl-sim records participant_ids can be replayed (re-run it)") from None
+        if bad := [i for i in sampled + kept if not isinstance(i, int) or not 0 <= i < len(fleet)]:
+            raise FlSimError(f"fleet.replay: {file} round {r}: device id {bad[0]!r} is not in 0..{len(fleet) - 1}")
+        if len(set(sampled)) != len(sampled) or len(set(kept)) != len(kept) or not set(kept) <= set(sampled):
+            raise FlSimError(f"fleet.replay: {file} round {r}: repeated device ids, or kept devices not sampled")
+        if len(kept) > clients_per_round:
+            raise FlSimError(f"fleet.replay: {file} round {r} kept {len(kept)} devices, more than this run's "
+                             f"clients_per_round ({clients_per_round})")
+        out[r] = (sampled, kept)
     if missing := [r for r in range(1, rounds + 1) if r not in out]:
         raise FlSimError(f"fleet.replay: {file} has no record of round(s) {missing[:5]} (it has {len(out)} rounds)")
     return out

@@ -118,16 +118,18 @@ def summarise(runs, baseline: str = "source-only", paired: str | None = None) ->
     """One row per label (first-seen order); each metric is {"mean", "std", "n"} over seeds.
 
     With ``paired`` (a label), ``paired_shifted_pts`` is the per-seed difference in shifted accuracy
-    (points) to that label's run of the same seed, and ``paired_seeds`` the seeds it covers.
+    (points) to that label's run of the same seed, over ``paired_seeds``: the seeds whose run kept the
+    same devices every round as the paired run (``unpaired_seeds``: the others, e.g. a stale replay).
     """
     domains = _domains(runs)
     per = [(run, _run_stats(run, domains)) for run in runs]
-    base, ref = {}, {}
+    base, ref, ref_run = {}, {}, {}
     for run, st in per:
         if run["label"] == baseline:
             base.setdefault(run["seed"], st)
         if run["label"] == paired:
             ref.setdefault(run["seed"], st)
+            ref_run.setdefault(run["seed"], run)
     rows = []
     for label in dict.fromkeys(run["label"] for run in runs):
         mine = [(run, st) for run, st in per if run["label"] == label]
@@ -149,10 +151,17 @@ def summarise(runs, baseline: str = "source-only", paired: str | None = None) ->
             **{k: col(k) for k in ("uplink_bytes", "downlink_bytes", "virtual_time_s", "wall_s")},
         })
         if paired is not None:
-            both = [(run["seed"], st) for run, st in mine if run["seed"] in ref]
-            rows[-1]["paired_seeds"] = [seed for seed, _ in both]
-            rows[-1]["paired_shifted_pts"] = [100 * (st["acc_shifted"] - ref[seed]["acc_shifted"]) for seed, st in both]
+            same = [(run["seed"], st) for run, st in mine if run["seed"] in ref
+                    and _participation(run) == _participation(ref_run[run["seed"]])]
+            rows[-1]["paired_seeds"] = [seed for seed, _ in same]
+            rows[-1]["paired_shifted_pts"] = [100 * (st["acc_shifted"] - ref[seed]["acc_shifted"]) for seed, st in same]
+            rows[-1]["unpaired_seeds"] = [run["seed"] for run, _ in mine if run["seed"] not in rows[-1]["paired_seeds"]]
     return rows
+
+
+def _participation(run) -> list:
+    """The devices a run kept, round by round (what a paired run must share with its reference)."""
+    return [r.get("participant_ids") for r in run["rounds"]]
 
 
 def _pm(s: dict, scale: float = 1.0) -> str:
@@ -258,11 +267,14 @@ def build_report(refs: list[RunRef], out_dir: Path, title: str = "Strategy compa
     md += [f"| {r['label']} | " + " | ".join(_pm(r["acc"][d], 100) for d in [*domains, "overall"]) + " |" for r in rows]
     if paired is not None:
         md += ["", f"## Paired differences vs `{paired}`", "",
-               f"Every run replayed the participation of `{paired}` of its seed (devices sampled and kept per round), "
-               "so per-seed differences are the methods'. Shifted accuracy minus the paired run's, in points.", "",
-               "| label | seeds | mean ± std (pts) | per seed |", "|---|---|---|---|"]
+               f"Runs that kept the same devices every round as `{paired}` of their seed (they replayed its "
+               "participation), so per-seed differences are the methods'. Shifted accuracy minus the paired run's, "
+               "in points; seeds whose participation differs (a stale replay, a failed device) are listed apart.", "",
+               "| label | seeds | mean ± std (pts) | per seed | not paired |", "|---|---|---|---|---|"]
         md += [f"| {r['label']} | {len(r['paired_seeds'])} | {_pm(_stats(r['paired_shifted_pts']))} | "
-               + ", ".join(f"{s}: {d:+.1f}" for s, d in zip(r["paired_seeds"], r["paired_shifted_pts"])) + " |"
+               + (", ".join(f"{s}: {d:+.1f}" if not math.isnan(d) else f"{s}: {DASH}"
+                            for s, d in zip(r["paired_seeds"], r["paired_shifted_pts"])) or DASH)
+               + f" | {', '.join(map(str, r['unpaired_seeds'])) or DASH} |"
                for r in rows if r["label"] != paired]
     md += ["", "## Plots", ""]
     if runs:

@@ -56,9 +56,14 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
     zoo = pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, progress=progress)
     tiers = list(zoo.tiers)
     fleet = make_fleet(cfg.fleet, tiers, cfg.seed)
-    replay = load_participation(cfg.fleet.replay, cfg.rounds, len(fleet)) if cfg.fleet.replay else None
     cfg = STRATEGIES[cfg.strategy.name].effective_config(cfg)
     run_dir = Path(run_dir or run_dir_for(cfg))
+    replay = None
+    if cfg.fleet.replay:
+        if Path(cfg.fleet.replay).resolve() in (run_dir.resolve(), (run_dir / "results.jsonl").resolve()):
+            raise FlSimError(f"fleet.replay names this run's own directory {run_dir}; give the run another name "
+                             "(--set name=...)")
+        replay = load_participation(cfg.fleet.replay, cfg.rounds, fleet, cfg.strategy.clients_per_round)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     save_trace(fleet, run_dir / "fleet.json")

@@ -43,7 +43,6 @@ def test_two_strategy_compare_end_to_end(tmp_path, cache_dir, tiny_zoo):
     assert ref[-1]["cum_uplink_bytes"] < paired[-1]["cum_uplink_bytes"]
     assert all(r["sampled"] == 4 and r["participants"] == 3 for r in ref)
     assert [r["participant_ids"] for r in paired] == [r["participant_ids"] for r in ref]
-    assert [r["sampled_ids"] for r in paired] == [r["sampled_ids"] for r in ref]
     assert str(out / "source-only-0") in (out / "cdcca-0" / "config.toml").read_text()
 
     summary = json.loads((out / "summary.json").read_text())

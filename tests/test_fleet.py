@@ -102,23 +102,34 @@ def _results(path, rounds):
 
 
 def test_participation_replay_loads_and_refuses_bad_records(tmp_path):
+    fleet = make_fleet(FleetConfig(num_devices=4), ["a", "b"], seed=0)
+    save_trace(fleet, tmp_path / "fleet.json")
     good = [{"round": 1, "sampled_ids": [0, 2, 3], "participant_ids": [2, 3]},
             {"round": 2, "sampled_ids": [1, 3], "participant_ids": [1]}]
     _results(tmp_path / "results.jsonl", good)
-    assert load_participation(tmp_path, 2, 4) == {1: ([0, 2, 3], [2, 3]), 2: ([1, 3], [1])}
-    assert load_participation(tmp_path / "results.jsonl", 1, 4)[1] == ([0, 2, 3], [2, 3])
+    assert load_participation(tmp_path, 2, fleet, 2) == {1: ([0, 2, 3], [2, 3]), 2: ([1, 3], [1])}
+    assert load_participation(tmp_path / "results.jsonl", 1, fleet, 2)[1] == ([0, 2, 3], [2, 3])
     with pytest.raises(FlSimError, match="no record of round"):
-        load_participation(tmp_path, 3, 4)
-    with pytest.raises(FlSimError, match=r"device ids must be 0\.\.2"):
-        load_participation(tmp_path, 2, 3)
+        load_participation(tmp_path, 3, fleet, 2)
+    with pytest.raises(FlSimError, match="kept 2 devices, more than this run's clients_per_round"):
+        load_participation(tmp_path, 2, fleet, 1)
+    with pytest.raises(FlSimError, match="another fleet"):
+        load_participation(tmp_path, 2, make_fleet(FleetConfig(num_devices=4), ["a", "b"], seed=1), 2)
     with pytest.raises(FlSimError, match="no results.jsonl"):
-        load_participation(tmp_path / "nowhere", 2, 4)
-    bad = {"lacks": [{"round": 1, "sampled_ids": [0]}],
-           "kept ones sampled": [{"round": 1, "sampled_ids": [0], "participant_ids": [1]}],
-           "not a round record": [{"round": "x", "sampled_ids": [0], "participant_ids": []}]}
-    for what, recs in bad.items():
+        load_participation(tmp_path / "nowhere", 2, fleet, 2)
+    bad = {"lacks 'participant_ids'": [{"round": 1, "sampled_ids": [0]}],
+           "device id 4 is not in 0..3": [{"round": 1, "sampled_ids": [0, 4], "participant_ids": [0]}],
+           "kept devices not sampled": [{"round": 1, "sampled_ids": [0], "participant_ids": [1]}],
+           "repeated device ids": [{"round": 1, "sampled_ids": [0, 0], "participant_ids": [0]}],
+           "not a round record": [{"round": 1, "sampled_ids": None, "participant_ids": []}]}
+    for i, (what, recs) in enumerate(bad.items()):
+        (tmp_path / f"bad{i}").mkdir()
+        save_trace(fleet, tmp_path / f"bad{i}" / "fleet.json")
         with pytest.raises(FlSimError, match=what):
-            load_participation(_results(tmp_path / f"{what[:4]}.jsonl", recs), 1, 4)
+            load_participation(_results(tmp_path / f"bad{i}" / "results.jsonl", recs), 1, fleet, 2)
+    (tmp_path / "notrace").mkdir()
+    with pytest.raises(FlSimError, match="no fleet.json"):
+        load_participation(_results(tmp_path / "notrace" / "results.jsonl", good), 1, fleet, 2)
 
 
 class _Reply:

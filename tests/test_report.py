@@ -167,5 +167,14 @@ def test_paired_differences_per_seed(refs, tmp_path):
     assert row["paired_shifted_pts"] == pytest.approx([30.0, 20.0])
     md = build_report(refs, tmp_path / "rep", paired="source-only").read_text()
     assert "## Paired differences vs `source-only`" in md
-    assert "| cdcca | 2 | 25.0 ± 5.0 | 0: +30.0, 1: +20.0 |" in md
+    assert "| cdcca | 2 | 25.0 ± 5.0 | 0: +30.0, 1: +20.0 | — |" in md
     assert "Paired differences" not in build_report(refs, tmp_path / "rep2").read_text()
+
+
+def test_a_run_that_kept_other_devices_is_not_paired(refs, tmp_path):
+    path = tmp_path / "runs" / "cdcca-1" / "results.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r | {"participant_ids": [0, 1]}) + "\n" for r in recs))
+    row = _row(summarise(load_runs(refs), paired="source-only"), "cdcca")
+    assert row["paired_seeds"] == [0] and row["unpaired_seeds"] == [1]
+    assert row["paired_shifted_pts"] == pytest.approx([30.0])

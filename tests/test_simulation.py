@@ -7,7 +7,8 @@ import pytest
 
 from fl_sim.config import parse_config
 from fl_sim.metrics import read_results
-from fl_sim.run import resume_experiment, run_experiment
+from fl_sim import FlSimError
+from fl_sim.run import resume_experiment, run_dir_for, run_experiment
 
 BASE = {"zoo": "tiny", "rounds": 2, "seed": 5,
         "fleet": {"num_devices": 4, "samples_per_round": 8, "train_size": 64, "shift_round": [2, 2],
@@ -162,3 +163,10 @@ def test_device_pools_are_cached_on_disk_and_equal_the_partition(cache_dir, tiny
     runtime.device_pools.cache_clear()
     again = runtime.device_pools(*args)
     assert all(np.array_equal(a, b) for a, b in zip(again, pools))
+
+
+def test_replaying_its_own_directory_is_refused(tmp_path, cache_dir, tiny_zoo):
+    own = run_dir_for(_cfg(tmp_path, cache_dir))
+    with pytest.raises(FlSimError, match="names this run's own directory"):
+        run_experiment(_cfg(tmp_path, cache_dir, **{"fleet.replay": str(own)}))
+    assert not (own / "config.toml").exists()
