@@ -122,6 +122,10 @@ def _check_same_setup(run_dir: Path, cfg: ExperimentConfig) -> None:
 
     want = STRATEGIES[cfg.strategy.name].effective_config(cfg).model_dump(mode="json", exclude_none=True)
     have = tomllib.loads(saved.read_text())
+    try:  # a config saved before an option existed reads as that option's default
+        have = ExperimentConfig.model_validate(have).model_dump(mode="json", exclude_none=True)
+    except ValidationError:
+        pass  # an option it has no longer exists: it differs
     if what(have) != what(want):
         diff = sorted(k for k in set(what(have)) | set(what(want)) if what(have).get(k) != what(want).get(k))
         raise FlSimError(f"{run_dir} holds a different experiment (differs in {', '.join(diff)}); "

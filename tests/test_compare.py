@@ -76,3 +76,22 @@ def test_paired_variant_runs_first_and_the_others_replay_it(tmp_path, cache_dir)
                                                     None, str(out / "ref-1"), str(out / "ref-1")]
     with pytest.raises(FlSimError, match="paired = 'nope' is not a run label"):
         load_compare(_write(tmp_path, cache_dir, runs, paired="nope"))
+
+
+def test_a_run_saved_before_an_option_existed_is_the_same_experiment(tmp_path):
+    import tomllib
+
+    from fl_sim.compare import _check_same_setup
+    from fl_sim.config import parse_config, to_toml
+
+    cfg = parse_config({"zoo": "tiny", "strategy": {"name": "cdcca"}})
+    saved = tomllib.loads(to_toml(cfg))
+    del saved["strategy"]["akd"]["pull"]  # as written before akd.pull existed (its default is 0)
+    (tmp_path / "config.toml").write_text(tomli_w.dumps(saved))
+    _check_same_setup(tmp_path, cfg)
+    with pytest.raises(FlSimError, match="differs in strategy"):
+        _check_same_setup(tmp_path, parse_config({"zoo": "tiny", "strategy": {"name": "cdcca", "akd": {"pull": 1.0}}}))
+    saved["strategy"]["gone"] = 1  # an option that no longer exists
+    (tmp_path / "config.toml").write_text(tomli_w.dumps(saved))
+    with pytest.raises(FlSimError, match="differs in strategy"):
+        _check_same_setup(tmp_path, cfg)
