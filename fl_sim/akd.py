@@ -44,10 +44,6 @@ class AKDConfig(BaseModel):
         "distillation) against forgetting the source domain; 0 = off (the paper's AKD)"))
     anchor_size: int = Field(512, ge=1, description="source samples the cloud keeps for anchoring")
     cloud_ms_per_sample: float = Field(1.0, ge=0, description="virtual cloud time per teacher/student sample pass")
-    pull: float = Field(0.0, ge=0, description=(
-        "each step also moves the adapters lr * pull of the way back to the weights devices hold (decoupled, like "
-        "AdamW's decay, but toward those weights instead of 0): the cloud copy stays where a sparse downlink can "
-        "follow it; 0 = off"))
 
     @model_validator(mode="after")
     def _some_loss(self):
@@ -139,18 +135,13 @@ def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tens
     return {"loss": total, **{k: float(v.detach()) for k, v in terms.items()}}
 
 
-def train_adapters(student, align: torch.nn.Module | None, draw, cfg: AKDConfig, seed: int,
-                   pull_to: list[torch.Tensor] | None = None) -> dict:
+def train_adapters(student, align: torch.nn.Module | None, draw, cfg: AKDConfig, seed: int) -> dict:
     """``cfg.steps`` AdamW steps on the student's trainable (adapter) parameters and ``align``.
 
-    ``draw(step)`` returns a batch of targets. ``pull_to``: one tensor per trainable student parameter
-    (in ``parameters()`` order), what ``cfg.pull`` pulls them toward after each step. Returns mean loss terms.
+    ``draw(step)`` returns a batch of targets. Returns mean loss terms.
     """
     torch.manual_seed(seed)
     params = [p for p in student.parameters() if p.requires_grad]
-    if cfg.pull > 0 and (pull_to is None or [t.shape for t in pull_to] != [p.shape for p in params]):
-        raise ValueError("akd.pull needs one reference tensor per trainable parameter")
-    anchors = list(zip(params, pull_to)) if cfg.pull > 0 else []
     if align is not None and cfg.w_feat > 0:
         params += list(align.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -162,9 +153,6 @@ def train_adapters(student, align: torch.nn.Module | None, draw, cfg: AKDConfig,
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        with torch.no_grad():
-            for p, ref in anchors:
-                p.sub_(cfg.lr * cfg.pull * (p - ref))
         for k, v in out.items():
             logs.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
     student.eval()

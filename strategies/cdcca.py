@@ -164,10 +164,6 @@ class CDCCA(FleetStrategy):
 
     def _train_tier(self, tier: str, new: dict, server_round: int) -> dict:
         model, _ = runtime.adapted_model(self.ctx.model_paths[tier], self.s.lora_r, self.s.lora_tokens)
-        pull_to = None
-        if self.akd.pull > 0:  # the weights devices hold, in the order of the model's trainable parameters
-            load_adapter_state(model, self.state[self._group("held", tier)])
-            pull_to = [p.detach().clone() for p in model.parameters() if p.requires_grad]
         load_adapter_state(model, self.state[self._group("cloud", tier)])
         align = torch.nn.Linear(self._width(tier), self._width("teacher"))
         align.load_state_dict(self.state[self._group("align", tier)])
@@ -188,7 +184,7 @@ class CDCCA(FleetStrategy):
             return akd.concat(parts)
 
         seed = int(np.random.SeedSequence([self.cfg.seed, 17, server_round, self.tiers.index(tier)]).generate_state(1)[0])
-        out = akd.train_adapters(model, align, draw, self.akd, seed, pull_to)
+        out = akd.train_adapters(model, align, draw, self.akd, seed)
         new_state = adapter_state(model)
         if not all(torch.isfinite(t).all() for t in new_state.values()):
             log.warning("round %d: AKD diverged for %s (non-finite weights); update discarded", server_round, tier)
