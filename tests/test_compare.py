@@ -86,11 +86,11 @@ def test_a_run_saved_before_an_option_existed_is_the_same_experiment(tmp_path):
 
     cfg = parse_config({"zoo": "tiny", "strategy": {"name": "cdcca"}})
     saved = tomllib.loads(to_toml(cfg))
-    del saved["strategy"]["akd"]["pull"]  # as written before akd.pull existed (its default is 0)
+    del saved["strategy"]["akd"]["anchor_size"]  # as written before akd.anchor_size existed (default 512)
     (tmp_path / "config.toml").write_text(tomli_w.dumps(saved))
     _check_same_setup(tmp_path, cfg)
     with pytest.raises(FlSimError, match="differs in strategy"):
-        _check_same_setup(tmp_path, parse_config({"zoo": "tiny", "strategy": {"name": "cdcca", "akd": {"pull": 1.0}}}))
+        _check_same_setup(tmp_path, parse_config({"zoo": "tiny", "strategy": {"name": "cdcca", "akd": {"anchor_size": 64}}}))
     saved["strategy"]["gone"] = 1  # an option that no longer exists
     (tmp_path / "config.toml").write_text(tomli_w.dumps(saved))
     with pytest.raises(FlSimError, match="differs in strategy"):
