@@ -133,7 +133,9 @@ def test_participation_replay_loads_and_refuses_bad_records(tmp_path):
 
 
 class _Reply:
-    """What ``aggregate_train`` reads of a Flower reply."""
+    """What ``aggregate_train`` reads of a Flower reply. flwr builds a ``Message`` only inside a running app
+    (its task identity must be set), so this unit test uses these fields alone; the paired comparison in
+    ``test_compare`` runs the same code on real replies."""
 
     def __init__(self, node, n_infer):
         from flwr.app import MetricRecord, RecordDict
