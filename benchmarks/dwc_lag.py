@@ -61,28 +61,19 @@ def evaluate_both(run_dir: Path, ck: Path, tiers: list[str]) -> None:
 
     from safetensors.torch import load_file
 
-    from fl_sim import runtime
     from fl_sim.config import load_config
-    from fl_sim.models.adapters import load_adapter_state
-    from fl_sim.models.evaluate import evaluate
     from fl_sim.models.zoo import pretrain_zoo
     from fl_sim.world.domains import DOMAINS, SHIFTED
+    from strategies.base import evaluate_adapters
 
     cfg = load_config(run_dir / "config.toml")
-    paths = pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir).paths
-    fleet = json.loads((run_dir / "fleet.json").read_text())
-    share = {t: sum(p["tier"] == t for p in fleet) / len(fleet) for t in tiers}
-    pr = runtime.prompter(cfg.cache_dir)
-    sets = {d: runtime.split(d, "test", cfg.eval.n_test, cfg.seed, cfg.cache_dir) for d in DOMAINS}
+    paths = {k: str(v) for k, v in pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir).paths.items()}
+    fleet_tiers = [p["tier"] for p in json.loads((run_dir / "fleet.json").read_text())]
     print(f"\naccuracy (%), tier-share-weighted, {cfg.eval.n_test} test samples per domain")
     print(f"{'adapters':<10} " + " ".join(f"{d:>8}" for d in [*DOMAINS, "shifted"]))
     for group in ("held", "cloud"):
-        by = {d: 0.0 for d in DOMAINS}
-        for tier in tiers:
-            model, _ = runtime.adapted_model(str(paths[tier]), cfg.strategy.lora_r, cfg.strategy.lora_tokens)
-            load_adapter_state(model, load_file(str(ck / f"{group}.{tier}.safetensors")))
-            for d, r in evaluate(model, pr, sets).items():
-                by[d] += share[tier] * r["vqa"]
+        states = {tier: load_file(str(ck / f"{group}.{tier}.safetensors")) for tier in tiers}
+        by = evaluate_adapters(cfg, paths, states, fleet_tiers)["acc"]
         shifted = sum(by[d] for d in SHIFTED) / len(SHIFTED)
         print(f"{group:<10} " + " ".join(f"{100 * by[d]:>8.1f}" for d in DOMAINS) + f" {100 * shifted:>8.1f}")
 

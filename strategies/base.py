@@ -68,6 +68,27 @@ def send_and_receive(grid, messages: list, timeout: float, abort: threading.Even
     return out
 
 
+def eval_sets(cfg: ExperimentConfig) -> dict:
+    """The run's server-side test sets: ``eval.n_test`` samples of every domain, drawn with the run seed."""
+    return {d: runtime.split(d, "test", cfg.eval.n_test, cfg.seed, cfg.cache_dir) for d in DOMAINS}
+
+
+def evaluate_adapters(cfg: ExperimentConfig, model_paths: dict, states: dict, fleet_tiers: list[str]) -> dict:
+    """``{"acc": domain -> tier-share-weighted accuracy (and "overall"), "acc_tier": tier -> domain -> acc}``
+    of each tier's model with adapter state ``states[tier]`` (``None`` = the initial adapters), the tier
+    shares counted over ``fleet_tiers`` (one entry per device)."""
+    pr = runtime.prompter(cfg.cache_dir)
+    sets = eval_sets(cfg)
+    per_tier = {}
+    for tier, state in states.items():
+        model, init = runtime.adapted_model(model_paths[tier], cfg.strategy.lora_r, cfg.strategy.lora_tokens)
+        load_adapter_state(model, state if state is not None else init)
+        per_tier[tier] = {d: r.get("vqa", float("nan")) for d, r in evaluate(model, pr, sets).items()}
+    share = {t: fleet_tiers.count(t) / len(fleet_tiers) for t in states}
+    by_domain = {d: sum(share[t] * per_tier[t][d] for t in states) for d in sets}
+    return {"acc": by_domain | {"overall": float(np.mean(list(by_domain.values())))}, "acc_tier": per_tier}
+
+
 class FleetStrategy(Strategy):
     name = "base"
 
@@ -258,22 +279,14 @@ class FleetStrategy(Strategy):
     # ----------------------------------------------------------------- evaluation
     def evaluate_tiers(self) -> dict:
         """Accuracy of each tier's current model per domain, tier-share-weighted domain means, overall."""
-        pr = runtime.prompter(self.cfg.cache_dir)
-        sets = {d: runtime.split(d, "test", self.cfg.eval.n_test, self.cfg.seed, self.cfg.cache_dir)
-                for d in DOMAINS}
+        cfg = self.cfg
         if self.teacher_acc is None:
-            t = evaluate(runtime.base_model(self.ctx.model_paths["teacher"]), pr, sets)
+            pr = runtime.prompter(cfg.cache_dir)
+            t = evaluate(runtime.base_model(self.ctx.model_paths["teacher"]), pr, eval_sets(cfg))
             self.teacher_acc = {d: r.get("vqa", float("nan")) for d, r in t.items()}
-        per_tier = {}
-        for tier in self.tiers:
-            model, init = runtime.adapted_model(self.ctx.model_paths[tier], self.s.lora_r, self.s.lora_tokens)
-            state = self.device_weights(tier)
-            load_adapter_state(model, state if state is not None else init)
-            per_tier[tier] = {d: r.get("vqa", float("nan")) for d, r in evaluate(model, pr, sets).items()}
-        share = {t: sum(p.tier == t for p in self.ctx.fleet) / len(self.ctx.fleet) for t in self.tiers}
-        by_domain = {d: sum(share[t] * per_tier[t][d] for t in self.tiers) for d in sets}
-        return {"acc": by_domain | {"overall": float(np.mean(list(by_domain.values())))},
-                "acc_tier": per_tier, "teacher_acc": dict(self.teacher_acc)}
+        states = {tier: self.device_weights(tier) for tier in self.tiers}
+        return evaluate_adapters(cfg, self.ctx.model_paths, states, [p.tier for p in self.ctx.fleet]) | {
+            "teacher_acc": dict(self.teacher_acc)}
 
     # ----------------------------------------------------------------- the loop
     def _first_visits(self) -> dict[tuple[str, str], tuple[DeviceProfile, int]]:

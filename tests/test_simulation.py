@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
+from fl_sim import FlSimError
 from fl_sim.config import parse_config
 from fl_sim.metrics import read_results
-from fl_sim import FlSimError
 from fl_sim.run import resume_experiment, run_dir_for, run_experiment
 
 BASE = {"zoo": "tiny", "rounds": 2, "seed": 5,
