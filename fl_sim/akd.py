@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .models.adapters import adapter_parameters
 from .models.mllm import MAX_POSITIONS, Prompter, answer_with_stats, embed_with_tokens
 from .models.train import per_sample_loss
 
@@ -135,22 +136,35 @@ def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tens
     return {"loss": total, **{k: float(v.detach()) for k, v in terms.items()}}
 
 
-def train_adapters(student, align: torch.nn.Module | None, draw, cfg: AKDConfig, seed: int) -> dict:
-    """``cfg.steps`` AdamW steps on the student's trainable (adapter) parameters and ``align``.
+def train_adapters(student, align: torch.nn.Module | None, draw, cfg: AKDConfig, seed: int,
+                   masks: dict[str, torch.Tensor] | None = None, steps: int | None = None) -> dict:
+    """``steps`` (default ``cfg.steps``) AdamW steps on the student's trainable (adapter) parameters and
+    ``align``.
 
-    ``draw(step)`` returns a batch of targets. Returns mean loss terms.
+    ``draw(step)`` returns a batch of targets. ``masks`` (``adapter_state`` key -> bool tensor, one per
+    adapter tensor) restricts training to the ``True`` entries: the others get zero gradients, so a fresh
+    AdamW (no weight decay) leaves them exactly unchanged. Returns mean loss terms.
     """
     torch.manual_seed(seed)
     params = [p for p in student.parameters() if p.requires_grad]
+    gated = []
+    if masks is not None:
+        named = adapter_parameters(student)
+        if set(masks) != set(named):
+            raise ValueError(f"training masks do not match the adapter tensors ({len(masks)} vs {len(named)})")
+        gated = [(named[k], masks[k].to(named[k].device, named[k].dtype)) for k in named]
     if align is not None and cfg.w_feat > 0:
         params += list(align.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     student.train()
     logs: dict[str, list[float]] = {}
-    for step in range(cfg.steps):
+    for step in range(cfg.steps if steps is None else steps):
         out = akd_loss(student, align, draw(step), cfg)
         opt.zero_grad()
         out["loss"].backward()
+        for p, m in gated:
+            if p.grad is not None:
+                p.grad.mul_(m)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         for k, v in out.items():

@@ -70,6 +70,10 @@ class DWCConfig(BaseModel):
     bits: Literal[2, 3, 4, 8] = Field(3, description="bits per quantised value, its sign included")
     group_size: int = Field(64, ge=1, description="values per float16 quantisation scale")
     error_feedback: bool = Field(True, description="carry what was not sent into the next round")
+    sparse_train: bool = Field(False, description=(
+        "the cloud trains only the entries the payload can carry: a short dense probe (probe_steps) picks "
+        "the max_density share with the largest |probe change + residual|, then AKD trains those alone"))
+    probe_steps: int = Field(20, ge=1, description="dense AKD steps that pick the entries sparse_train trains")
 
 
 def _flatten(tensors: dict[str, torch.Tensor]) -> np.ndarray:
@@ -89,6 +93,24 @@ def _select(x: np.ndarray, cfg: DWCConfig) -> np.ndarray:
     k = min(int(np.searchsorted(cum, cfg.energy * cum[-1], side="left")) + 1, e.size)
     k = max(1, min(k, math.ceil(cfg.max_density * x.size / cfg.block)))
     return np.sort(order[:k])
+
+
+def train_mask(scores: dict[str, torch.Tensor], cfg: DWCConfig) -> dict[str, torch.Tensor]:
+    """Bool masks (same keys and shapes as ``scores``) of the entries a payload under ``cfg`` would keep if
+    ``scores`` were the delta and ``energy`` were 1: the ``max_density`` share of entries (in blocks of
+    ``block``) with the largest ``scores**2``. All entries when ``select`` is off."""
+    x = _flatten(scores)
+    keep = np.zeros(x.size, bool)
+    if cfg.select:
+        keep[_block_entries(_select(x, cfg.model_copy(update={"energy": 1.0})), cfg.block, x.size)] = True
+    else:
+        keep[:] = True
+    out, pos = {}, 0
+    for k in sorted(scores):
+        n = scores[k].numel()
+        out[k] = torch.from_numpy(keep[pos:pos + n].copy()).reshape(scores[k].shape)
+        pos += n
+    return out
 
 
 def _block_entries(blocks: np.ndarray, block: int, numel: int) -> np.ndarray:

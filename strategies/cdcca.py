@@ -20,6 +20,7 @@ Per-tier versions live in ``<run dir>/dwc/<tier>/`` (``w<v>.safetensors`` the we
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
@@ -184,7 +185,8 @@ class CDCCA(FleetStrategy):
             return akd.concat(parts)
 
         seed = int(np.random.SeedSequence([self.cfg.seed, 17, server_round, self.tiers.index(tier)]).generate_state(1)[0])
-        out = akd.train_adapters(model, align, draw, self.akd, seed)
+        masks = self._sparse_masks(tier, model, align, draw, seed) if self.dwc.sparse_train else None
+        out = akd.train_adapters(model, align, draw, self.akd, seed, masks=masks)
         new_state = adapter_state(model)
         if not all(torch.isfinite(t).all() for t in new_state.values()):
             log.warning("round %d: AKD diverged for %s (non-finite weights); update discarded", server_round, tier)
@@ -192,6 +194,20 @@ class CDCCA(FleetStrategy):
         self.state[self._group("cloud", tier)] = new_state
         self.state[self._group("align", tier)] = {k: v.detach().clone() for k, v in align.state_dict().items()}
         return out
+
+    def _sparse_masks(self, tier: str, model, align, draw, seed: int) -> dict:
+        """DWC-aware training: the entries the next payload can carry, picked by a dense probe.
+
+        ``probe_steps`` AKD steps on a throw-away copy of ``align`` move every adapter entry; the
+        ``max_density`` share with the largest probe change plus error-feedback residual is what the
+        round then trains (``dwc.train_mask``). The model is put back where it started."""
+        before = self.state[self._group("cloud", tier)]
+        akd.train_adapters(model, copy.deepcopy(align), draw, self.akd, seed + 1, steps=self.dwc.probe_steps)
+        probe = adapter_state(model)
+        load_adapter_state(model, before)
+        residual = self.state[self._group("ef", tier)] if self.dwc.error_feedback else {}
+        score = {k: probe[k] - before[k] + residual.get(k, 0) for k in probe}
+        return dwc.train_mask(score, self.dwc)
 
     def _anchor(self) -> dict:
         """The cloud's labelled source samples (the domain it pretrained the devices on), built once.

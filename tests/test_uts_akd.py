@@ -199,6 +199,37 @@ def test_akd_lowers_the_loss_and_trains_only_adapters(world):
     load_adapter_state(model, init)
 
 
+def test_masked_akd_changes_only_the_masked_entries_and_still_lowers_the_loss(world):
+    zoo, ds, model, init = world
+    from fl_sim import dwc
+    from fl_sim.models.adapters import adapter_state, load_adapter_state
+
+    load_adapter_state(model, init)
+    pr = zoo.prompter
+    vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"][:16])))
+    tg = akd.teacher_targets(zoo.teacher, pr, vis, list(ds["question"][:16]), max_new_tokens=8)
+    cfg = akd.AKDConfig(steps=25, batch_size=16, lr=5e-3)
+    align = torch.nn.Linear(32, 64)
+    gen = torch.Generator().manual_seed(0)
+    scores = {k: torch.randn(v.shape, generator=gen) for k, v in init.items()}
+    masks = dwc.train_mask(scores, dwc.DWCConfig(max_density=0.1))
+    n = sum(v.numel() for v in init.values())
+    assert sum(int(m.sum()) for m in masks.values()) == int(np.ceil(0.1 * n))
+    with torch.no_grad():
+        before = float(akd.akd_loss(model, align, tg, cfg)["loss"])
+    akd.train_adapters(model, align, lambda step: tg, cfg, seed=0, masks=masks)
+    with torch.no_grad():
+        after = float(akd.akd_loss(model, align, tg, cfg)["loss"])
+    state = adapter_state(model)
+    changed = {k: state[k] != init[k] for k in init}
+    assert all(not (changed[k] & ~masks[k]).any() for k in init)  # nothing outside the mask moved
+    assert sum(int(c.sum()) for c in changed.values()) > 0.5 * sum(int(m.sum()) for m in masks.values())
+    assert after < 0.9 * before
+    with pytest.raises(ValueError, match="masks do not match"):
+        akd.train_adapters(model, align, lambda step: tg, cfg, seed=0, masks=dict(list(masks.items())[1:]), steps=1)
+    load_adapter_state(model, init)
+
+
 def test_anchor_samples_add_ce_on_true_answers_and_no_distillation(world):
     zoo, ds, model, init = world
     from fl_sim.models.adapters import load_adapter_state

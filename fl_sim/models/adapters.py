@@ -60,5 +60,16 @@ def load_adapter_state(peft_model, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"adapter state has unexpected keys: {unexpected[:3]}")
 
 
+def adapter_parameters(peft_model) -> dict[str, torch.nn.Parameter]:
+    """The trainable parameters under their ``adapter_state`` keys (peft's state dict shares their storage)."""
+    from peft import get_peft_model_state_dict
+
+    key = {v.data_ptr(): k for k, v in get_peft_model_state_dict(peft_model).items()}
+    out = {key[p.data_ptr()]: p for p in peft_model.parameters() if p.requires_grad and p.data_ptr() in key}
+    if len(out) != len(key):
+        raise ValueError(f"{len(key) - len(out)} adapter tensors have no trainable parameter")
+    return out
+
+
 def trainable_parameters(peft_model) -> list[torch.nn.Parameter]:
     return [p for p in peft_model.parameters() if p.requires_grad]
