@@ -63,7 +63,7 @@ def main() -> None:
     zoo = pretrain_zoo(args.zoo)
     pr, tier = zoo.prompter, args.tier
     strategy = StrategyConfig()  # the default adapters: LoRA rank, projector, word embeddings
-    model, init = runtime.adapted_model(str(zoo.paths[tier]), strategy.lora_r, strategy.lora_tokens)
+    model, init = runtime.adapted_model(str(zoo.paths[tier]), *strategy.adapters())
     ref = runtime.reference_token(str(zoo.paths["teacher"]), None)
     ds = runtime.split("dusk", "train", 2000, 0, None)
 

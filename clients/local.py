@@ -43,10 +43,15 @@ def answer_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (ent * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
+def adapted(cfg: dict):
+    """The device's model with its adapters (``runtime.adapted_model``) as the device config describes them."""
+    return runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"], cfg.get("lora_projector", "full"))
+
+
 def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tuple[dict | None, dict]:
     """One device round. Returns ``(new adapter state or None, metrics)``.
 
-    ``cfg`` holds: device_id, round, seed, domain, model_path, lora_r, lora_tokens, local_steps, batch_size, lr,
+    ``cfg`` holds: device_id, round, seed, domain, model_path, lora_r, lora_tokens, lora_projector, local_steps, batch_size, lr,
     labels ("pseudo" = own answers, "oracle" = true answers), proximal_mu, objective ("ce", or "entropy"
     for TENT), crash_prob and data settings.
     ``adapter`` is the adapter state the device runs (``None`` = its base model).
@@ -55,7 +60,7 @@ def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tupl
     if cfg.get("crash_prob", 0.0) > 0 and rng.random() < cfg["crash_prob"]:
         raise DeviceCrash(f"device {cfg['device_id']} crashed in round {cfg['round']} (simulated)")
     torch.manual_seed(int(rng.integers(2**31)))
-    model, initial = runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"])
+    model, initial = adapted(cfg)
     load_adapter_state(model, adapter if adapter is not None else initial)
     pr = runtime.prompter(cfg["cache_dir"] or None)
     data = draw_samples(cfg)
@@ -106,11 +111,11 @@ def warm_up(cfgs: list[dict]) -> int:
     """
     done = 0
     for cfg in cfgs:
-        key = (cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"], cfg["domain"], cfg["train_size"], cfg["seed"], cfg["num_devices"])
+        key = (cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"], cfg.get("lora_projector", "full"), cfg["domain"], cfg["train_size"], cfg["seed"], cfg["num_devices"])
         if key in _WARM:
             continue
         _WARM.add(key)
-        model, _ = runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"])
+        model, _ = adapted(cfg)
         pr = runtime.prompter(cfg["cache_dir"] or None)
         data = draw_samples(cfg | {"samples_per_round": 1})
         if (cfg["model_path"], "answer") not in _WARM:
@@ -188,7 +193,7 @@ def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict, str]:
     rng = device_rng(cfg["seed"], cfg["device_id"], cfg["round"], 2)
     if cfg.get("crash_prob", 0.0) > 0 and rng.random() < cfg["crash_prob"]:
         raise DeviceCrash(f"device {cfg['device_id']} crashed in round {cfg['round']} (simulated)")
-    model, initial = runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"])
+    model, initial = adapted(cfg)
     weights, version, rejected = apply_downlink(cfg, initial, downlink)
     load_adapter_state(model, weights)
     pr = runtime.prompter(cfg["cache_dir"] or None)

@@ -83,9 +83,15 @@ class StrategyConfig(Section):
     lora_r: int = Field(8, ge=1)
     lora_tokens: bool = Field(True, description="adapters also train the word embeddings (devices pretrained on "
                                                 "source never learned the shifted domains' words)")
+    lora_projector: bool = Field(False, description="LoRA on the projector instead of training it in full "
+                                                    "(a fifth of the adapter values)")
     uts: UTSConfig = UTSConfig()
     akd: AKDConfig = AKDConfig()
     dwc: DWCConfig = DWCConfig()
+
+    def adapters(self) -> tuple[int, bool, str]:
+        """``runtime.adapted_model``'s adapter arguments: LoRA rank, trainable words, projector mode."""
+        return self.lora_r, self.lora_tokens, "lora" if self.lora_projector else "full"
 
 
 class EvalConfig(Section):

@@ -18,12 +18,13 @@ from .world.tokenizer import load_tokenizer
 
 
 @lru_cache(maxsize=8)
-def adapted_model(model_path: str, lora_r: int = 8, tokens: bool = False):
+def adapted_model(model_path: str, lora_r: int = 8, tokens: bool = False, projector: str = "full"):
     """``(model, initial_adapter_state)``: the base MLLM at ``model_path`` with LoRA adapters (and trainable
     word embeddings with ``tokens``), one copy per process. The initial state (LoRA B = 0, projector = base,
     token deltas = 0) makes the model equal to its base."""
     torch.manual_seed(0)  # the same initial LoRA A in every process
-    model = add_adapters(load_mllm(model_path), AdapterConfig(r=lora_r, alpha=2 * lora_r, tokens=tokens))
+    model = add_adapters(load_mllm(model_path), AdapterConfig(r=lora_r, alpha=2 * lora_r, tokens=tokens,
+                                                                projector=projector))
     model.eval()
     return model, adapter_state(model)
 

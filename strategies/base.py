@@ -81,7 +81,7 @@ def evaluate_adapters(cfg: ExperimentConfig, model_paths: dict, states: dict, fl
     sets = eval_sets(cfg)
     per_tier = {}
     for tier, state in states.items():
-        model, init = runtime.adapted_model(model_paths[tier], cfg.strategy.lora_r, cfg.strategy.lora_tokens)
+        model, init = runtime.adapted_model(model_paths[tier], *cfg.strategy.adapters())
         load_adapter_state(model, state if state is not None else init)
         per_tier[tier] = {d: r.get("vqa", float("nan")) for d, r in evaluate(model, pr, sets).items()}
     share = {t: fleet_tiers.count(t) / len(fleet_tiers) for t in states}
@@ -150,7 +150,7 @@ class FleetStrategy(Strategy):
         return {t: self.initial_state(t) for t in self.tiers}
 
     def initial_state(self, tier: str) -> dict[str, torch.Tensor]:
-        _, init = runtime.adapted_model(self.ctx.model_paths[tier], self.s.lora_r, self.s.lora_tokens)
+        _, init = runtime.adapted_model(self.ctx.model_paths[tier], *self.s.adapters())
         return {k: v.clone() for k, v in init.items()}
 
     # ----------------------------------------------------------------- Flower Strategy interface
@@ -173,7 +173,7 @@ class FleetStrategy(Strategy):
         f, sim = self.cfg.fleet, self.cfg.simulation
         return {"device_id": p.device_id, "round": server_round, "seed": self.cfg.seed, "tier": p.tier,
                 "domain": p.domain_at(server_round), "model_path": self.ctx.model_paths[p.tier],
-                "lora_r": self.s.lora_r, "lora_tokens": self.s.lora_tokens, "batch_size": self.s.batch_size, "lr": self.s.lr, "labels": self.s.labels,
+                "lora_r": self.s.lora_r, "lora_tokens": self.s.lora_tokens, "lora_projector": self.s.adapters()[2], "batch_size": self.s.batch_size, "lr": self.s.lr, "labels": self.s.labels,
                 "samples_per_round": f.samples_per_round, "train_size": f.train_size,
                 "num_devices": len(self.ctx.fleet), "partition": f.partition, "partition_by": f.partition_by,
                 "alpha": f.dirichlet_alpha, "crash_prob": f.crash_prob, "cache_dir": self.cfg.cache_dir or "",

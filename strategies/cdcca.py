@@ -164,7 +164,7 @@ class CDCCA(FleetStrategy):
         return (torch.cat(vis) if vis else torch.zeros(0, n_tok, dim)), questions, rejected
 
     def _train_tier(self, tier: str, new: dict, server_round: int) -> dict:
-        model, _ = runtime.adapted_model(self.ctx.model_paths[tier], self.s.lora_r, self.s.lora_tokens)
+        model, _ = runtime.adapted_model(self.ctx.model_paths[tier], *self.s.adapters())
         load_adapter_state(model, self.state[self._group("cloud", tier)])
         align = torch.nn.Linear(self._width(tier), self._width("teacher"))
         align.load_state_dict(self.state[self._group("align", tier)])

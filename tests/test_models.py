@@ -220,3 +220,32 @@ def test_token_adapters_learn_word_embeddings_and_round_trip(tiny_zoo):
         assert torch.allclose(model(**batch).logits, fresh(**batch).logits, atol=1e-6)
     table = next(v for k, v in model.state_dict().items() if k.endswith("embed_tokens.token_adapter.base_layer.weight"))
     assert torch.equal(table, emb_before)  # the base embedding table itself is untouched
+
+
+def test_lora_projector_starts_at_the_base_trains_and_sends_fewer_values(tiny_zoo):
+    from fl_sim.models.adapters import AdapterConfig
+
+    full = adapter_state(add_adapters(load_mllm(tiny_zoo.paths["tiny-high"]), AdapterConfig(r=4, alpha=8)))
+    cfg = AdapterConfig(r=4, alpha=8, projector="lora")
+    model = add_adapters(load_mllm(tiny_zoo.paths["tiny-high"]), cfg)
+    init = adapter_state(model)
+    proj = [k for k in init if "multi_modal_projector" in k]
+    assert proj and all("lora_" in k for k in proj)  # no full projector copy
+    assert sum(v.numel() for v in init.values()) < sum(v.numel() for v in full.values())
+    _, batch = _batch(tiny_zoo)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, load_mllm(tiny_zoo.paths["tiny-high"])(**batch).logits, atol=1e-6)
+    # LoRA B starts at zero, so a first step moves only B; a second one moves A too
+    opt = torch.optim.SGD(trainable_parameters(model), lr=0.5)
+    for _ in range(2):
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+    state = adapter_state(model)
+    assert all(not torch.equal(state[k], init[k]) for k in proj)
+    fresh = add_adapters(load_mllm(tiny_zoo.paths["tiny-high"]), cfg)
+    load_adapter_state(fresh, state)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, fresh(**batch).logits, atol=1e-6)
+    with pytest.raises(ValueError, match="projector must be"):
+        add_adapters(load_mllm(tiny_zoo.paths["tiny-high"]), AdapterConfig(projector="half"))

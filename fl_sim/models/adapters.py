@@ -1,5 +1,6 @@
-"""peft adapters on device MLLMs: LoRA on the language model, the projector trainable in full, and
-optionally the word embeddings (peft trainable tokens; tied, so the output layer learns them too).
+"""peft adapters on device MLLMs: LoRA on the language model, the projector trainable in full (or
+LoRA on its two linears, ``projector="lora"``: far fewer values to send), and optionally the word
+embeddings (peft trainable tokens; tied, so the output layer learns them too).
 
 Device tiers pretrain on the source domain only, so the words of shifted domains (dusk colours, novel
 shapes, digits) keep their untrained initial embeddings: LoRA alone cannot make a model read or say a word
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|dense|fc1|fc2)"
+PROJECTOR_TARGETS = r".*multi_modal_projector\.(linear_1|linear_2)"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class AdapterConfig:
     target_modules: str = LM_TARGETS
     modules_to_save: tuple[str, ...] = field(default=("multi_modal_projector",))
     tokens: bool = False  # train the embeddings of every non-special word (peft trainable_token_indices)
+    projector: str = "full"  # "full": the projector trains in full (modules_to_save); "lora": LoRA on it
 
 
 def add_adapters(model, cfg: AdapterConfig = AdapterConfig()):
@@ -36,11 +39,16 @@ def add_adapters(model, cfg: AdapterConfig = AdapterConfig()):
     from ..world.tokenizer import SPECIALS
 
     extra = {}
+    targets, save = cfg.target_modules, list(cfg.modules_to_save)
+    if cfg.projector == "lora":
+        targets, save = f"({targets})|({PROJECTOR_TARGETS})", [m for m in save if m != "multi_modal_projector"]
+    elif cfg.projector != "full":
+        raise ValueError(f"projector must be 'full' or 'lora', got {cfg.projector!r}")
     if cfg.tokens:
         vocab = model.config.text_config.vocab_size
         extra["trainable_token_indices"] = {"embed_tokens": list(range(len(SPECIALS), vocab))}
-    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
-                      modules_to_save=list(cfg.modules_to_save), bias="none", **extra)
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                      modules_to_save=save, bias="none", **extra)
     return get_peft_model(model, lora)
 
 
