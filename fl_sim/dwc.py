@@ -24,6 +24,14 @@ at positions a device cannot predict, so the gaps are close to geometric and a R
 per cent of their entropy. Blocks trade energy per kept value for index bytes. Without selection every
 entry is sent, in order, with no indices.
 
+Seeded selection (``selection = "random"``, index code 3): entry ``i`` is kept iff ``splitmix64(seed *
+0x9E3779B97F4A7C15 + i) < t`` (64-bit wrap-around; ``splitmix64`` the finaliser of Steele et al.'s
+SplitMix64), with ``t = floor(max_density * 2**64)``; the index section is ``seed`` and ``t``, two
+little-endian uint64 (16 bytes, whatever ``k``). The device regenerates the positions, so a kept value
+costs only its value bits; the sender picks ``seed`` (a new one per payload), and can train only those
+entries beforehand (``sparse_train``, no probe needed). Values are then quantised without the ``lo``
+offset (kept entries are not the largest).
+
 Values (``quantize``): sign and magnitude. Kept entries are the largest, so their magnitudes lie in
 ``[lo, hi]`` with ``lo`` (the smallest kept ``|x|``, float16 rounded *down*) well above 0; each group of
 ``group_size`` consecutive kept values has its own ``hi`` (the group's largest ``|x|``, float16 rounded
@@ -51,7 +59,7 @@ from . import FlSimError, PayloadError
 
 VERSION = 3
 SELECT, QUANTIZE = 1, 2
-BITMAP, RICE = 1, 2
+BITMAP, RICE, SEEDED = 1, 2, 3
 FIELDS = ("tensors", "numel", "flags", "bits", "group", "k", "block", "index_code", "index_r", "mag_r",
           "index_bytes", "value_bytes")
 F16_MAX = float(np.finfo(np.float16).max)
@@ -62,6 +70,9 @@ class DWCConfig(BaseModel):
     """``[strategy.dwc]``: how the cloud compresses a downlink delta (both switches off = dense fp32)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     select: bool = Field(True, description="keep only the entries holding `energy` of the delta's energy")
+    selection: Literal["top", "random"] = Field("top", description=(
+        'which entries: "top" = the largest (energy, max_density, block), "random" = a seeded pseudo-random '
+        "max_density share the device regenerates (no index bytes; energy and block unused)"))
     energy: float = Field(0.9, gt=0, le=1, description="target share of sum(delta**2) kept")
     max_density: float = Field(0.05, gt=0, le=1, description="cap on the kept share of entries")
     block: int = Field(1, ge=1, le=4096, description=(
@@ -72,7 +83,8 @@ class DWCConfig(BaseModel):
     error_feedback: bool = Field(True, description="carry what was not sent into the next round")
     sparse_train: bool = Field(False, description=(
         "the cloud trains only the entries the payload can carry: a short dense probe (probe_steps) picks "
-        "the max_density share with the largest |probe change + residual|, then AKD trains those alone"))
+        "the max_density share with the largest |probe change + residual| (selection = \"random\": the "
+        "payload's seeded entries, no probe), then AKD trains those alone"))
     probe_steps: int = Field(20, ge=1, description="dense AKD steps that pick the entries sparse_train trains")
 
 
@@ -95,13 +107,34 @@ def _select(x: np.ndarray, cfg: DWCConfig) -> np.ndarray:
     return np.sort(order[:k])
 
 
-def train_mask(scores: dict[str, torch.Tensor], cfg: DWCConfig) -> dict[str, torch.Tensor]:
+def _mix64(z: np.ndarray) -> np.ndarray:
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def seeded_entries(seed: int, threshold: int, numel: int) -> np.ndarray:
+    """Ascending indices ``i < numel`` with ``splitmix64(seed * golden + i) < threshold`` (module docstring)."""
+    start = np.uint64((int(seed) * 0x9E3779B97F4A7C15) % 2**64)
+    with np.errstate(over="ignore"):
+        h = _mix64(np.arange(numel, dtype=np.uint64) + start)
+    return np.flatnonzero(h < np.uint64(threshold))
+
+
+def _threshold(density: float) -> int:
+    return min(int(density * 2**64), 2**64 - 1)
+
+
+def train_mask(scores: dict[str, torch.Tensor], cfg: DWCConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     """Bool masks (same keys and shapes as ``scores``) of the entries a payload under ``cfg`` would keep if
     ``scores`` were the delta and ``energy`` were 1: the ``max_density`` share of entries (in blocks of
-    ``block``) with the largest ``scores**2``. All entries when ``select`` is off."""
+    ``block``) with the largest ``scores**2``; with ``selection = "random"``, the entries the payload of
+    ``seed`` keeps (``scores`` only give the shapes). All entries when ``select`` is off."""
     x = _flatten(scores)
     keep = np.zeros(x.size, bool)
-    if cfg.select:
+    if cfg.select and cfg.selection == "random":
+        keep[seeded_entries(seed, _threshold(cfg.max_density), x.size)] = True
+    elif cfg.select:
         keep[_block_entries(_select(x, cfg.model_copy(update={"energy": 1.0})), cfg.block, x.size)] = True
     else:
         keep[:] = True
@@ -282,21 +315,27 @@ def _dequantize(stream: bytes, scales: bytes, bits: int, group: int, k: int, r: 
 
 
 # ---------------------------------------------------------------- payloads
-def encode(delta: dict[str, torch.Tensor], cfg: DWCConfig) -> bytes:
-    """Compress ``delta`` into a payload (see the module docstring)."""
+def encode(delta: dict[str, torch.Tensor], cfg: DWCConfig, seed: int = 0) -> bytes:
+    """Compress ``delta`` into a payload (see the module docstring); ``seed`` picks the entries of
+    ``selection = "random"``."""
     x = _flatten(delta)
     numel = x.size
     if not np.isfinite(x).all():
         raise FlSimError("DWC delta contains NaN or inf")
     code, idx_r, idx_bytes = 0, 0, b""
-    block = cfg.block if cfg.select else 1
-    if cfg.select:
+    seeded = cfg.select and cfg.selection == "random"
+    block = cfg.block if cfg.select and not seeded else 1
+    if seeded:
+        t = _threshold(cfg.max_density)
+        code, idx_bytes = SEEDED, np.array([int(seed) % 2**64, t], "<u8").tobytes()
+        x = x[seeded_entries(seed, t, numel)]
+    elif cfg.select:
         blocks = _select(x, cfg)
         code, idx_r, idx_bytes = _encode_indices(blocks, -(-numel // block))
         x = x[_block_entries(blocks, block, numel)]
     mag_r, scale_bytes = 0, b""
     if cfg.quantize:
-        val_bytes, scale_bytes, mag_r = _quantize(x, cfg.bits, cfg.group_size, offset=cfg.select)
+        val_bytes, scale_bytes, mag_r = _quantize(x, cfg.bits, cfg.group_size, offset=cfg.select and not seeded)
     else:
         val_bytes = x.astype("<f4").tobytes()
     header = [len(delta), numel, SELECT * cfg.select + QUANTIZE * cfg.quantize, cfg.bits if cfg.quantize else 32,
@@ -342,7 +381,14 @@ def decode(payload: bytes, like: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     val_bytes = payload[pos + n_idx:pos + n_idx + n_val]
     sc_bytes = payload[pos + n_idx + n_val:]
     idx = None
-    if select:
+    if select and code == SEEDED:
+        if n_idx != 16 or block != 1:
+            raise PayloadError(f"DWC seeded selection needs a 16-byte index section and block 1, got {n_idx} / {block}")
+        seed, t = (int(v) for v in np.frombuffer(idx_bytes, "<u8"))
+        idx = seeded_entries(seed, t, numel)
+        if idx.size != k:
+            raise PayloadError(f"DWC seeded selection keeps {idx.size} entries, header says {k}")
+    elif select:
         n_blocks = -(-numel // block)
         full = k // block + (k % block > 0)  # blocks holding k entries (only the last block may be short)
         idx = _block_entries(_decode_indices(idx_bytes, code, idx_r, full, n_blocks), block, numel)
@@ -375,13 +421,14 @@ class ErrorFeedback:
         self.cfg = cfg
         self.residual: dict[str, torch.Tensor] = {}
 
-    def step(self, delta: dict[str, torch.Tensor]) -> tuple[bytes, dict[str, torch.Tensor]]:
-        """Compress ``delta`` (plus the residual); returns ``(payload, sent)``, ``sent`` = what the device gets."""
+    def step(self, delta: dict[str, torch.Tensor], seed: int = 0) -> tuple[bytes, dict[str, torch.Tensor]]:
+        """Compress ``delta`` (plus the residual); returns ``(payload, sent)``, ``sent`` = what the device gets.
+        ``seed`` picks the entries of ``selection = "random"`` (use a new one per payload)."""
         if self.residual and {k: r.shape for k, r in self.residual.items()} != {k: v.shape for k, v in delta.items()}:
             raise FlSimError("DWC error-feedback residual does not match the delta's tensors")
         x = {k: v.detach().float() + self.residual[k].to(v.device) if self.cfg.error_feedback and self.residual
              else v.detach().float() for k, v in delta.items()}
-        payload = encode(x, self.cfg)
+        payload = encode(x, self.cfg, seed)
         sent = decode(payload, x)
         self.residual = {k: x[k] - sent[k] if self.cfg.error_feedback else torch.zeros_like(x[k]) for k in x}
         return payload, sent

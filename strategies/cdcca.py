@@ -195,13 +195,21 @@ class CDCCA(FleetStrategy):
         self.state[self._group("align", tier)] = {k: v.detach().clone() for k, v in align.state_dict().items()}
         return out
 
+    def _payload_seed(self, tier: str) -> int:
+        """The seed of the tier's next payload (``selection = "random"`` keeps the entries it picks)."""
+        ss = np.random.SeedSequence([self.cfg.seed, 19, self.tiers.index(tier), self.version[tier] + 1])
+        return int(ss.generate_state(1, np.uint64)[0])
+
     def _sparse_masks(self, tier: str, model, align, draw, seed: int) -> dict:
         """DWC-aware training: the entries the next payload can carry, picked by a dense probe.
 
         ``probe_steps`` AKD steps on a throw-away copy of ``align`` move every adapter entry; the
         ``max_density`` share with the largest probe change plus error-feedback residual is what the
-        round then trains (``dwc.train_mask``). The model is put back where it started."""
+        round then trains (``dwc.train_mask``). The model is put back where it started. With seeded
+        selection the entries are the next payload's, known in advance: no probe."""
         before = self.state[self._group("cloud", tier)]
+        if self.dwc.selection == "random":
+            return dwc.train_mask(before, self.dwc, self._payload_seed(tier))
         akd.train_adapters(model, copy.deepcopy(align), draw, self.akd, seed + 1, steps=self.dwc.probe_steps)
         probe = adapter_state(model)
         load_adapter_state(model, before)
@@ -232,7 +240,7 @@ class CDCCA(FleetStrategy):
         if self.state[self._group("ef", tier)]:
             ef.load_state(self.state[self._group("ef", tier)])
         delta = {k: after[k] - before[k] for k in after}
-        payload, sent = ef.step(delta)
+        payload, sent = ef.step(delta, self._payload_seed(tier))
         self.state[self._group("ef", tier)] = ef.state()
         held = dwc.apply(self.state[self._group("held", tier)], sent)
         v = self.version[tier] + 1

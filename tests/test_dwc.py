@@ -366,3 +366,50 @@ def test_device_applies_a_payload_chain_and_rejects_malformed_ones():
         got, version, reason = apply_downlink(cfg, initial, {"chain": chain})
         assert version == 0 and reason, what
         assert all(torch.equal(got[k], initial[k]) for k in initial), what
+
+
+def test_seeded_selection_sends_no_indices_and_the_device_regenerates_them():
+    from fl_sim.dwc import seeded_entries, train_mask
+
+    d = make_delta(11)
+    n = sum(v.numel() for v in d.values())
+    cfg = DWCConfig(selection="random", max_density=0.2, bits=3, group_size=16)
+    p = encode(d, cfg, seed=5)
+    h, idx, _, _ = sections(p)
+    assert h["index_code"] == 3 and len(idx) == 16  # seed + threshold, whatever k
+    got = kept(p, d)
+    assert 0.15 * n < got.size < 0.25 * n  # a Bernoulli(0.2) draw over ~2k entries
+    assert np.array_equal(got, seeded_entries(5, int(0.2 * 2**64), n))
+    other = kept(encode(d, cfg, seed=6), d)
+    assert not np.array_equal(got, other)  # a new seed, new entries
+    masks = train_mask(d, cfg, seed=5)
+    assert np.array_equal(np.flatnonzero(flat({k: m.float() for k, m in masks.items()})), got)
+    # values are quantised within the bound, with lo = 0 (kept entries are not the largest)
+    x, y = flat(d)[got], flat(decode(p, d))[got]
+    lo, hi = scales(p)
+    assert lo == 0
+    step = np.repeat(hi / 4, 16)[:got.size]
+    assert (np.abs(x - y) <= step / 2 + 1e-3).all()
+    # cheaper per kept value than top-k selection at the same density, which must send positions
+    top = encode(d, DWCConfig(max_density=0.2, energy=1.0, bits=3, group_size=16))
+    assert len(p) / got.size < 0.75 * len(top) / parse_header(top)[0]["k"]
+    # error feedback over seeded payloads still conserves the sum
+    fb, total, sent_sum = ErrorFeedback(cfg), torch.zeros(n), torch.zeros(n)
+    for r in range(6):
+        step_d = make_delta(20 + r)
+        _, sent = fb.step(step_d, seed=r)
+        total += torch.from_numpy(flat(step_d))
+        sent_sum += torch.from_numpy(flat(sent))
+    assert torch.allclose(sent_sum + torch.from_numpy(flat(fb.residual)), total, atol=1e-4)
+
+
+@pytest.mark.parametrize("change,match", [("index", "16-byte index"), ("k", "seeded selection keeps")])
+def test_malformed_seeded_payloads(change, match):
+    d = make_delta(12)
+    h, idx, val, sc = sections(encode(d, DWCConfig(selection="random", max_density=0.3), seed=1))
+    if change == "index":
+        idx = idx[:8]
+    else:
+        h["k"] += 1
+    with pytest.raises(PayloadError, match=match):
+        decode(build(h, idx, val, sc), d)
