@@ -76,3 +76,40 @@ def test_cdcca_resume_equals_uninterrupted(cdcca_run):
                     "dwc_payload_bytes", "virtual_time_s"):
             assert a[key] == b[key], key
         assert a["akd_loss"] == pytest.approx(b["akd_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("selection", ["top", "random"])
+def test_sparse_training_moves_only_what_the_payload_can_carry(tmp_path, cache_dir, tiny_zoo, selection):
+    """``strategy.dwc.sparse_train``: after round 1 the cloud copy differs from the initial adapters in at
+    most ``max_density`` of the entries (every entry moves under dense AdamW), and with seeded selection
+    only within the entries of the payload the devices got (a Bernoulli(max_density) draw)."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file as load_np
+    from safetensors.torch import load_file
+
+    from fl_sim import dwc, runtime
+
+    run_dir = run_experiment(_cfg(tmp_path, cache_dir, **{
+        "rounds": 1, "strategy.dwc.sparse_train": True, "strategy.dwc.selection": selection,
+        "strategy.dwc.probe_steps": 2}))
+    res = read_results(run_dir)
+    assert res[0]["rejected_downlinks"] == 0 and res[0]["dwc_ratio_dense"] > 1
+    for tier in ("tiny-high", "tiny-low"):
+        _, init = runtime.adapted_model(str(tiny_zoo.paths[tier]), 4, True)
+        cloud = load_file(str(run_dir / "checkpoint" / "round-00001" / f"cloud.{tier}.safetensors"))
+        moved = np.flatnonzero(np.concatenate([(cloud[k] != init[k]).reshape(-1).numpy() for k in sorted(init)]))
+        numel = sum(v.numel() for v in init.values())
+        assert moved.size > 0
+        payload = load_np(str(run_dir / "dwc" / tier / "p1.safetensors"))["payload"].tobytes()
+        sent = dwc.decode(payload, {k: torch.zeros_like(v) for k, v in init.items()})
+        sent_idx = np.flatnonzero(np.concatenate([sent[k].reshape(-1).numpy() for k in sorted(init)]))
+        if selection == "random":
+            h, pos = dwc.parse_header(payload)
+            seed, t = (int(v) for v in np.frombuffer(payload[pos:pos + 16], "<u8"))
+            entries = dwc.seeded_entries(seed, t, numel)
+            assert h["index_code"] == dwc.SEEDED and np.isin(moved, entries).all()
+            assert np.isin(sent_idx, entries).all() and abs(entries.size - 0.2 * numel) < 5 * (0.16 * numel) ** 0.5
+        else:
+            assert moved.size <= int(np.ceil(0.2 * numel))
+            assert np.isin(sent_idx, moved).all()  # what was sent is what moved
