@@ -172,7 +172,8 @@ def test_visual_token_path_equals_pixel_path(world):
     assert (stats["token_confidence"] >= stats["confidence"] - 1e-9).all() and (stats["token_confidence"] <= 1).all()
 
 
-def test_akd_lowers_the_loss_and_trains_only_adapters(world):
+def _akd_setup(world):
+    """The model reset to its initial adapters, teacher targets for 16 samples, an AKD config, an align map."""
     zoo, ds, model, init = world
     from fl_sim.models.adapters import load_adapter_state
 
@@ -180,9 +181,15 @@ def test_akd_lowers_the_loss_and_trains_only_adapters(world):
     pr = zoo.prompter
     vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"][:16])))
     tg = akd.teacher_targets(zoo.teacher, pr, vis, list(ds["question"][:16]), max_new_tokens=8)
+    return tg, akd.AKDConfig(steps=25, batch_size=16, lr=5e-3), torch.nn.Linear(32, 64)
+
+
+def test_akd_lowers_the_loss_and_trains_only_adapters(world):
+    _, _, model, init = world
+    from fl_sim.models.adapters import load_adapter_state
+
+    tg, cfg, align = _akd_setup(world)
     assert tg["t_logits"].shape[:2] == tg["input_ids"].shape and tg["t_hidden"].shape[-1] == 64
-    cfg = akd.AKDConfig(steps=25, batch_size=16, lr=5e-3)
-    align = torch.nn.Linear(32, 64)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad():
@@ -200,16 +207,11 @@ def test_akd_lowers_the_loss_and_trains_only_adapters(world):
 
 
 def test_masked_akd_changes_only_the_masked_entries_and_still_lowers_the_loss(world):
-    zoo, ds, model, init = world
+    _, _, model, init = world
     from fl_sim import dwc
     from fl_sim.models.adapters import adapter_state, load_adapter_state
 
-    load_adapter_state(model, init)
-    pr = zoo.prompter
-    vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"][:16])))
-    tg = akd.teacher_targets(zoo.teacher, pr, vis, list(ds["question"][:16]), max_new_tokens=8)
-    cfg = akd.AKDConfig(steps=25, batch_size=16, lr=5e-3)
-    align = torch.nn.Linear(32, 64)
+    tg, cfg, align = _akd_setup(world)
     gen = torch.Generator().manual_seed(0)
     scores = {k: torch.randn(v.shape, generator=gen) for k, v in init.items()}
     masks = dwc.train_mask(scores, dwc.DWCConfig(max_density=0.1))
