@@ -45,14 +45,14 @@ def answer_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def adapted(cfg: dict):
     """The device's model with its adapters (``runtime.adapted_model``) as the device config describes them."""
-    return runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"], cfg.get("lora_projector", "full"))
+    return runtime.adapted_model(cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"], cfg.get("projector", "full"))
 
 
 def run_device_round(cfg: dict, adapter: dict[str, torch.Tensor] | None) -> tuple[dict | None, dict]:
     """One device round. Returns ``(new adapter state or None, metrics)``.
 
-    ``cfg`` holds: device_id, round, seed, domain, model_path, lora_r, lora_tokens, lora_projector, local_steps, batch_size, lr,
-    labels ("pseudo" = own answers, "oracle" = true answers), proximal_mu, objective ("ce", or "entropy"
+    ``cfg`` holds: device_id, round, seed, domain, model_path, lora_r, lora_tokens, projector ("full" or
+    "lora"), local_steps, batch_size, lr, labels ("pseudo" = own answers, "oracle" = true answers), proximal_mu, objective ("ce", or "entropy"
     for TENT), crash_prob and data settings.
     ``adapter`` is the adapter state the device runs (``None`` = its base model).
     """
@@ -111,7 +111,7 @@ def warm_up(cfgs: list[dict]) -> int:
     """
     done = 0
     for cfg in cfgs:
-        key = (cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"], cfg.get("lora_projector", "full"), cfg["domain"], cfg["train_size"], cfg["seed"], cfg["num_devices"])
+        key = (cfg["model_path"], cfg["lora_r"], cfg["lora_tokens"], cfg.get("projector", "full"), cfg["domain"], cfg["train_size"], cfg["seed"], cfg["num_devices"])
         if key in _WARM:
             continue
         _WARM.add(key)

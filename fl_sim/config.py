@@ -84,7 +84,7 @@ class StrategyConfig(Section):
     lora_tokens: bool = Field(True, description="adapters also train the word embeddings (devices pretrained on "
                                                 "source never learned the shifted domains' words)")
     lora_projector: bool = Field(False, description="LoRA on the projector instead of training it in full "
-                                                    "(a fifth of the adapter values)")
+                                                    "(at r=8 a sixth of the projector's values)")
     uts: UTSConfig = UTSConfig()
     akd: AKDConfig = AKDConfig()
     dwc: DWCConfig = DWCConfig()

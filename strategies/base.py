@@ -173,7 +173,7 @@ class FleetStrategy(Strategy):
         f, sim = self.cfg.fleet, self.cfg.simulation
         return {"device_id": p.device_id, "round": server_round, "seed": self.cfg.seed, "tier": p.tier,
                 "domain": p.domain_at(server_round), "model_path": self.ctx.model_paths[p.tier],
-                "lora_r": self.s.lora_r, "lora_tokens": self.s.lora_tokens, "lora_projector": self.s.adapters()[2], "batch_size": self.s.batch_size, "lr": self.s.lr, "labels": self.s.labels,
+                "lora_r": self.s.lora_r, "lora_tokens": self.s.lora_tokens, "projector": self.s.adapters()[2], "batch_size": self.s.batch_size, "lr": self.s.lr, "labels": self.s.labels,
                 "samples_per_round": f.samples_per_round, "train_size": f.train_size,
                 "num_devices": len(self.ctx.fleet), "partition": f.partition, "partition_by": f.partition_by,
                 "alpha": f.dirichlet_alpha, "crash_prob": f.crash_prob, "cache_dir": self.cfg.cache_dir or "",

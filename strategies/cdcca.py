@@ -185,7 +185,8 @@ class CDCCA(FleetStrategy):
             return akd.concat(parts)
 
         seed = int(np.random.SeedSequence([self.cfg.seed, 17, server_round, self.tiers.index(tier)]).generate_state(1)[0])
-        masks = self._sparse_masks(tier, model, align, draw, seed) if self.dwc.sparse_train else None
+        sparse = self.dwc.sparse_train and self.dwc.select
+        masks = self._sparse_masks(tier, model, align, draw, seed) if sparse else None
         out = akd.train_adapters(model, align, draw, self.akd, seed, masks=masks)
         new_state = adapter_state(model)
         if not all(torch.isfinite(t).all() for t in new_state.values()):

@@ -82,7 +82,8 @@ def test_cdcca_resume_equals_uninterrupted(cdcca_run):
 def test_sparse_training_moves_only_what_the_payload_can_carry(tmp_path, cache_dir, tiny_zoo, selection):
     """``strategy.dwc.sparse_train``: after round 1 the cloud copy differs from the initial adapters in at
     most ``max_density`` of the entries (every entry moves under dense AdamW), and with seeded selection
-    only within the entries of the payload the devices got (a Bernoulli(max_density) draw)."""
+    only within the entries of the payload the devices got (a Bernoulli(max_density) draw). The top-k run
+    also puts LoRA on the projector (``strategy.lora_projector``): devices must load the same adapters."""
     import numpy as np
     import torch
     from safetensors.numpy import load_file as load_np
@@ -91,12 +92,15 @@ def test_sparse_training_moves_only_what_the_payload_can_carry(tmp_path, cache_d
     from fl_sim import dwc, runtime
 
     run_dir = run_experiment(_cfg(tmp_path, cache_dir, **{
-        "rounds": 1, "strategy.dwc.sparse_train": True, "strategy.dwc.selection": selection,
-        "strategy.dwc.probe_steps": 2}))
+        "strategy.dwc.sparse_train": True, "strategy.dwc.selection": selection,
+        "strategy.dwc.probe_steps": 2, "strategy.lora_projector": selection == "top"}))
     res = read_results(run_dir)
-    assert res[0]["rejected_downlinks"] == 0 and res[0]["dwc_ratio_dense"] > 1
+    # round 2: every device applied the round-1 payload to its own adapters
+    assert [(r["rejected_downlinks"], r["participants"]) for r in res] == [(0, 4), (0, 4)]
+    assert res[1]["downlink_bytes"] > 0 and res[0]["dwc_ratio_dense"] > 1
     for tier in ("tiny-high", "tiny-low"):
-        _, init = runtime.adapted_model(str(tiny_zoo.paths[tier]), 4, True)
+        _, init = runtime.adapted_model(str(tiny_zoo.paths[tier]), 4, True, "lora" if selection == "top" else "full")
+        assert any("multi_modal_projector" in k and "lora_" in k for k in init) == (selection == "top")
         cloud = load_file(str(run_dir / "checkpoint" / "round-00001" / f"cloud.{tier}.safetensors"))
         moved = np.flatnonzero(np.concatenate([(cloud[k] != init[k]).reshape(-1).numpy() for k in sorted(init)]))
         numel = sum(v.numel() for v in init.values())
