@@ -26,7 +26,8 @@ Dropped tokens are not sent at all. An upload is a few numpy arrays:
 
 ``tokens``      int8 ``(kept tokens, D)``, the kept visual tokens of every kept sample, in order, with
 ``scales``      float16 ``(kept tokens,)`` per-token absmax scales (``token_bits = 8``; ``16`` sends float16
-                tokens and no scales)
+                tokens and no scales; ``4`` sends uint8 ``(ceil(kept tokens * D / 2),)``, two values
+                ``q + 8`` per byte, high nibble first, ``q`` in ``[-7, 7]``, zero padding)
 ``token_mask``  uint8, ``np.packbits`` of the ``(samples, N)`` keep mask
 ``questions``   uint8/uint16 token ids of every kept sample's question, concatenated
 ``q_len``       uint8 ``(samples,)`` question lengths
@@ -64,7 +65,7 @@ class UTSConfig(BaseModel):
     mc_passes: int = Field(8, ge=2)
     mc_p: float = Field(0.1, gt=0, lt=1)
     upload: Literal["tokens", "images"] = Field("tokens", description='"images" = raw-image baseline')
-    token_bits: Literal[8, 16] = Field(8, description="int8 tokens with per-token scales, or float16")
+    token_bits: Literal[4, 8, 16] = Field(8, description="int8 (or 4-bit) tokens with per-token scales, or float16")
 
 
 def sample_uncertainty(stats: dict[str, np.ndarray], method: str, rng: np.random.Generator,
@@ -178,7 +179,8 @@ def encode_upload(question_ids: list[list[int]], vis: torch.Tensor | None = None
     """The upload arrays for kept samples: visual tokens (``vis`` with ``mask``) or raw ``images``.
 
     With ``token_bits = 8`` each token is sent as int8 with a float16 absmax scale (error per value at
-    most half a step, ``scale / 2``, with ``scale = absmax / 127``).
+    most half a step, ``scale / 2``, with ``scale = absmax / 127``); with ``4``, two values per byte and
+    ``scale = absmax / 7``.
     """
     lens = [len(q) for q in question_ids]
     if any(ln > 255 for ln in lens):
@@ -195,12 +197,20 @@ def encode_upload(question_ids: list[list[int]], vis: torch.Tensor | None = None
     if token_bits == 16:
         out["tokens"] = kept.to(torch.float16).numpy()
     else:
-        scale = (kept.abs().amax(-1) / 127).to(torch.float16).float()
+        top = 2 ** (token_bits - 1) - 1
+        scale = (kept.abs().amax(-1) / top).to(torch.float16).float()
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        out["tokens"] = torch.clamp(torch.round(kept / scale[:, None]), -127, 127).to(torch.int8).numpy()
+        q = torch.clamp(torch.round(kept / scale[:, None]), -top, top).to(torch.int8).numpy()
+        out["tokens"] = q if token_bits == 8 else _pack_nibbles(q.ravel() + 8)
         out["scales"] = scale.to(torch.float16).numpy()
     out["token_mask"] = np.packbits(mask.numpy().astype(np.uint8).ravel())
     return out
+
+
+def _pack_nibbles(v: np.ndarray) -> np.ndarray:
+    """Values in ``[0, 15]`` two per byte, high nibble first (a last odd value gets a zero low nibble)."""
+    v = np.append(v.astype(np.uint8), np.uint8(0)) if v.size % 2 else v.astype(np.uint8)
+    return (v[0::2] << 4) | v[1::2]
 
 
 def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab: int, reference: torch.Tensor | None,
@@ -234,9 +244,17 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
     if packed.size != math.ceil(b * n_tokens / 8):
         raise PayloadError(f"upload token_mask has {packed.size} bytes, expected {math.ceil(b * n_tokens / 8)}")
     mask = torch.from_numpy(np.unpackbits(packed)[:b * n_tokens].astype(bool).reshape(b, n_tokens))
-    tokens = need("tokens", (np.float16, np.int8))
-    if tokens.shape != (int(mask.sum()), dim):
-        raise PayloadError(f"upload tokens have shape {tokens.shape}, expected {(int(mask.sum()), dim)}")
+    tokens, kept = need("tokens", (np.float16, np.int8, np.uint8)), int(mask.sum())
+    if tokens.dtype == np.uint8:  # 4-bit: two values per byte
+        if tokens.shape != (math.ceil(kept * dim / 2),) or "scales" not in arrays:
+            raise PayloadError(f"upload 4-bit tokens have shape {tokens.shape} (scales: {'scales' in arrays}), "
+                               f"expected {(math.ceil(kept * dim / 2),)} with scales")
+        nib = np.stack([tokens >> 4, tokens & 15], 1).ravel()
+        if (nib[:kept * dim] == 0).any() or nib[kept * dim:].any():
+            raise PayloadError("upload 4-bit tokens hold a value outside [-7, 7] or non-zero padding")
+        tokens = (nib[:kept * dim].astype(np.int8) - 8).reshape(kept, dim)
+    if tokens.shape != (kept, dim):
+        raise PayloadError(f"upload tokens have shape {tokens.shape}, expected {(kept, dim)}")
     tokens = tokens.astype(np.float32)
     if "scales" in arrays:
         scales = need("scales", (np.float16,))

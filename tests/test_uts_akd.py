@@ -115,26 +115,36 @@ def test_upload_round_trip_sends_only_kept_tokens():
     vis = torch.randn(3, 9, 8)
     mask = uts.select_tokens(torch.rand(3, 9), 0.5)
     ref = torch.full((8,), 0.25)
-    for bits in (8, 16):
+    kept = int(mask.sum())
+    for bits in (4, 8, 16):
         up = uts.encode_upload([[5, 6], [7], [8, 9, 10]], vis=vis, mask=mask, token_bits=bits)
-        assert up["tokens"].shape == (int(mask.sum()), 8)
-        assert up["tokens"].dtype == (np.int8 if bits == 8 else np.float16) and ("scales" in up) == (bits == 8)
+        assert up["tokens"].shape == ((kept, 8) if bits > 4 else (kept * 4,))  # 4 bit: two values per byte
+        assert up["tokens"].dtype == {4: np.uint8, 8: np.int8, 16: np.float16}[bits]
+        assert ("scales" in up) == (bits < 16)
         out = uts.decode_upload(up, 9, 8, 61, ref)
         assert out["questions"] == [[5, 6], [7], [8, 9, 10]]
         err = (out["vis"][mask] - vis[mask]).abs()
-        bound = (vis[mask].abs().amax(-1, keepdim=True) / 127 / 2 * 1.01) if bits == 8 else 2e-3
+        top = 2 ** (bits - 1) - 1
+        bound = (vis[mask].abs().amax(-1, keepdim=True) / top / 2 * 1.01) if bits < 16 else 2e-3
         assert (err <= bound).all()
         assert torch.equal(out["vis"][~mask], ref.expand(int((~mask).sum()), 8))
     full = uts.encode_upload([[5]] * 3, vis=vis, token_bits=16)
     assert sum(a.nbytes for a in up.values()) < 0.6 * sum(a.nbytes for a in full.values())
 
 
-@pytest.mark.parametrize("breakage", ["truncated", "nan", "nan-scale", "qlen", "vocab", "mask", "missing", "dtype"])
+@pytest.mark.parametrize("breakage", ["truncated", "nan", "nan-scale", "qlen", "vocab", "mask", "missing", "dtype",
+                                      "nibble-truncated", "nibble-zero", "nibble-no-scales"])
 def test_malformed_uploads_are_rejected(breakage):
     vis = torch.randn(2, 9, 8)
-    up = uts.encode_upload([[5, 6], [7]], vis=vis, mask=uts.select_tokens(torch.rand(2, 9), 0.5),
-                           token_bits=8 if breakage == "nan-scale" else 16)
-    if breakage == "nan-scale":
+    bits = 8 if breakage == "nan-scale" else 4 if breakage.startswith("nibble") else 16
+    up = uts.encode_upload([[5, 6], [7]], vis=vis, mask=uts.select_tokens(torch.rand(2, 9), 0.5), token_bits=bits)
+    if breakage == "nibble-truncated":
+        up["tokens"] = up["tokens"][:-1]
+    elif breakage == "nibble-zero":  # 0 encodes -8, outside the 4-bit range
+        up["tokens"][0] &= 0x0F
+    elif breakage == "nibble-no-scales":
+        del up["scales"]
+    elif breakage == "nan-scale":
         up["scales"][1] = np.nan
     elif breakage == "truncated":
         up["tokens"] = up["tokens"][:-1]
