@@ -150,8 +150,10 @@ def train_adapters(student, align: torch.nn.Module | None, draw, cfg: AKDConfig,
     gated = []
     if masks is not None:
         named = adapter_parameters(student)
-        if set(masks) != set(named):
+        if set(masks) != set(named) or any(masks[k].shape != named[k].shape for k in named):
             raise ValueError(f"training masks do not match the adapter tensors ({len(masks)} vs {len(named)})")
+        if len(named) != len(params):
+            raise ValueError("some trainable parameters are not adapter tensors, so masks cannot cover them")
         gated = [(named[k], masks[k].to(named[k].device, named[k].dtype)) for k in named]
     if align is not None and cfg.w_feat > 0:
         params += list(align.parameters())

@@ -24,9 +24,9 @@ at positions a device cannot predict, so the gaps are close to geometric and a R
 per cent of their entropy. Blocks trade energy per kept value for index bytes. Without selection every
 entry is sent, in order, with no indices.
 
-Seeded selection (``selection = "random"``, index code 3): entry ``i`` is kept iff ``splitmix64(seed *
-0x9E3779B97F4A7C15 + i) < t`` (64-bit wrap-around; ``splitmix64`` the finaliser of Steele et al.'s
-SplitMix64), with ``t = floor(max_density * 2**64)``; the index section is ``seed`` and ``t``, two
+Seeded selection (``selection = "random"``, index code 3): entry ``i`` is kept iff ``mix64((seed + i +
+1) * 0x9E3779B97F4A7C15) < t`` (64-bit wrap-around: the ``i``-th output of Steele et al.'s SplitMix64
+seeded with ``seed``; ``mix64`` is its finaliser), with ``t = floor(max_density * 2**64)``; the index section is ``seed`` and ``t``, two
 little-endian uint64 (16 bytes, whatever ``k``). The device regenerates the positions, so a kept value
 costs only its value bits; the sender picks ``seed`` (a new one per payload), and can train only those
 entries beforehand (``sparse_train``, no probe needed). Values are then quantised without the ``lo``
@@ -113,19 +113,27 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+GOLDEN = 0x9E3779B97F4A7C15
+
+
 def seeded_entries(seed: int, threshold: int, numel: int) -> np.ndarray:
-    """Ascending indices ``i < numel`` with ``splitmix64(seed * golden + i) < threshold`` (module docstring)."""
-    start = np.uint64((int(seed) * 0x9E3779B97F4A7C15) % 2**64)
+    """Ascending indices ``i < numel`` with ``mix64((seed + i + 1) * golden) < threshold`` (module docstring)."""
     with np.errstate(over="ignore"):
-        h = _mix64(np.arange(numel, dtype=np.uint64) + start)
+        h = _mix64((np.arange(numel, dtype=np.uint64) + np.uint64((int(seed) + 1) % 2**64)) * np.uint64(GOLDEN))
     return np.flatnonzero(h < np.uint64(threshold))
+
+
+def _need_seed(seed: int | None) -> int:
+    if seed is None:
+        raise FlSimError('DWC selection = "random" needs a seed, a new one per payload')
+    return int(seed)
 
 
 def _threshold(density: float) -> int:
     return min(int(density * 2**64), 2**64 - 1)
 
 
-def train_mask(scores: dict[str, torch.Tensor], cfg: DWCConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+def train_mask(scores: dict[str, torch.Tensor], cfg: DWCConfig, seed: int | None = None) -> dict[str, torch.Tensor]:
     """Bool masks (same keys and shapes as ``scores``) of the entries a payload under ``cfg`` would keep if
     ``scores`` were the delta and ``energy`` were 1: the ``max_density`` share of entries (in blocks of
     ``block``) with the largest ``scores**2``; with ``selection = "random"``, the entries the payload of
@@ -133,7 +141,7 @@ def train_mask(scores: dict[str, torch.Tensor], cfg: DWCConfig, seed: int = 0) -
     x = _flatten(scores)
     keep = np.zeros(x.size, bool)
     if cfg.select and cfg.selection == "random":
-        keep[seeded_entries(seed, _threshold(cfg.max_density), x.size)] = True
+        keep[seeded_entries(_need_seed(seed), _threshold(cfg.max_density), x.size)] = True
     elif cfg.select:
         keep[_block_entries(_select(x, cfg.model_copy(update={"energy": 1.0})), cfg.block, x.size)] = True
     else:
@@ -315,7 +323,7 @@ def _dequantize(stream: bytes, scales: bytes, bits: int, group: int, k: int, r: 
 
 
 # ---------------------------------------------------------------- payloads
-def encode(delta: dict[str, torch.Tensor], cfg: DWCConfig, seed: int = 0) -> bytes:
+def encode(delta: dict[str, torch.Tensor], cfg: DWCConfig, seed: int | None = None) -> bytes:
     """Compress ``delta`` into a payload (see the module docstring); ``seed`` picks the entries of
     ``selection = "random"``."""
     x = _flatten(delta)
@@ -326,7 +334,7 @@ def encode(delta: dict[str, torch.Tensor], cfg: DWCConfig, seed: int = 0) -> byt
     seeded = cfg.select and cfg.selection == "random"
     block = cfg.block if cfg.select and not seeded else 1
     if seeded:
-        t = _threshold(cfg.max_density)
+        t, seed = _threshold(cfg.max_density), _need_seed(seed)
         code, idx_bytes = SEEDED, np.array([int(seed) % 2**64, t], "<u8").tobytes()
         x = x[seeded_entries(seed, t, numel)]
     elif cfg.select:
@@ -382,7 +390,7 @@ def decode(payload: bytes, like: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     sc_bytes = payload[pos + n_idx + n_val:]
     idx = None
     if select and code == SEEDED:
-        if n_idx != 16 or block != 1:
+        if n_idx != 16 or block != 1 or idx_r:
             raise PayloadError(f"DWC seeded selection needs a 16-byte index section and block 1, got {n_idx} / {block}")
         seed, t = (int(v) for v in np.frombuffer(idx_bytes, "<u8"))
         idx = seeded_entries(seed, t, numel)
@@ -421,7 +429,7 @@ class ErrorFeedback:
         self.cfg = cfg
         self.residual: dict[str, torch.Tensor] = {}
 
-    def step(self, delta: dict[str, torch.Tensor], seed: int = 0) -> tuple[bytes, dict[str, torch.Tensor]]:
+    def step(self, delta: dict[str, torch.Tensor], seed: int | None = None) -> tuple[bytes, dict[str, torch.Tensor]]:
         """Compress ``delta`` (plus the residual); returns ``(payload, sent)``, ``sent`` = what the device gets.
         ``seed`` picks the entries of ``selection = "random"`` (use a new one per payload)."""
         if self.residual and {k: r.shape for k, r in self.residual.items()} != {k: v.shape for k, v in delta.items()}:

@@ -255,11 +255,18 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
         tokens = (nib[:kept * dim].astype(np.int8) - 8).reshape(kept, dim)
     if tokens.shape != (kept, dim):
         raise PayloadError(f"upload tokens have shape {tokens.shape}, expected {(kept, dim)}")
+    quantized = tokens.dtype == np.int8
+    if quantized != ("scales" in arrays):
+        raise PayloadError("upload scales must come with int8/4-bit tokens and only with them")
+    if quantized and tokens.size and tokens.min() < -127:
+        raise PayloadError("upload int8 tokens hold -128, outside [-127, 127]")
     tokens = tokens.astype(np.float32)
-    if "scales" in arrays:
+    if quantized:
         scales = need("scales", (np.float16,))
         if scales.shape != (len(tokens),):
             raise PayloadError(f"upload scales have shape {scales.shape}, expected {(len(tokens),)}")
+        if not (np.isfinite(scales) & (scales > 0)).all():
+            raise PayloadError("upload scales must be finite and > 0")
         tokens = tokens * scales.astype(np.float32)[:, None]
     if not np.isfinite(tokens).all():
         raise PayloadError("upload tokens or scales contain NaN or inf")

@@ -380,6 +380,10 @@ def test_seeded_selection_sends_no_indices_and_the_device_regenerates_them():
     got = kept(p, d)
     assert 0.15 * n < got.size < 0.25 * n  # a Bernoulli(0.2) draw over ~2k entries
     assert np.array_equal(got, seeded_entries(5, int(0.2 * 2**64), n))
+    # no entry is kept for every seed (a hash fixed at 0 would be), and a seed is required
+    assert not set.intersection(*(set(seeded_entries(s, 2**60, n).tolist()) for s in range(8)))
+    with pytest.raises(FlSimError, match="needs a seed"):
+        encode(d, cfg)
     other = kept(encode(d, cfg, seed=6), d)
     assert not np.array_equal(got, other)  # a new seed, new entries
     masks = train_mask(d, cfg, seed=5)
@@ -403,12 +407,15 @@ def test_seeded_selection_sends_no_indices_and_the_device_regenerates_them():
     assert torch.allclose(sent_sum + torch.from_numpy(flat(fb.residual)), total, atol=1e-4)
 
 
-@pytest.mark.parametrize("change,match", [("index", "16-byte index"), ("k", "seeded selection keeps")])
+@pytest.mark.parametrize("change,match", [("index", "16-byte index"), ("k", "seeded selection keeps"),
+                                          ("index_r", "16-byte index")])
 def test_malformed_seeded_payloads(change, match):
     d = make_delta(12)
     h, idx, val, sc = sections(encode(d, DWCConfig(selection="random", max_density=0.3), seed=1))
     if change == "index":
         idx = idx[:8]
+    elif change == "index_r":
+        h["index_r"] = 1
     else:
         h["k"] += 1
     with pytest.raises(PayloadError, match=match):

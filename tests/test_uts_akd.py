@@ -133,12 +133,22 @@ def test_upload_round_trip_sends_only_kept_tokens():
 
 
 @pytest.mark.parametrize("breakage", ["truncated", "nan", "nan-scale", "qlen", "vocab", "mask", "missing", "dtype",
-                                      "nibble-truncated", "nibble-zero", "nibble-no-scales"])
+                                      "nibble-truncated", "nibble-zero", "nibble-no-scales", "int8-no-scales",
+                                      "int8-min", "zero-scale", "fp16-with-scales"])
 def test_malformed_uploads_are_rejected(breakage):
     vis = torch.randn(2, 9, 8)
-    bits = 8 if breakage == "nan-scale" else 4 if breakage.startswith("nibble") else 16
+    bits = (8 if breakage in ("nan-scale", "int8-no-scales", "int8-min", "zero-scale")
+            else 4 if breakage.startswith("nibble") else 16)
     up = uts.encode_upload([[5, 6], [7]], vis=vis, mask=uts.select_tokens(torch.rand(2, 9), 0.5), token_bits=bits)
-    if breakage == "nibble-truncated":
+    if breakage == "int8-no-scales":
+        del up["scales"]
+    elif breakage == "int8-min":
+        up["tokens"][0, 0] = -128
+    elif breakage == "zero-scale":
+        up["scales"][0] = 0
+    elif breakage == "fp16-with-scales":
+        up["scales"] = np.ones(len(up["tokens"]), np.float16)
+    elif breakage == "nibble-truncated":
         up["tokens"] = up["tokens"][:-1]
     elif breakage == "nibble-zero":  # 0 encodes -8, outside the 4-bit range
         up["tokens"][0] &= 0x0F
@@ -162,6 +172,16 @@ def test_malformed_uploads_are_rejected(breakage):
         up["tokens"] = up["tokens"].astype(np.float64)
     with pytest.raises(uts.PayloadError):
         uts.decode_upload(up, 9, 8, 61, None)
+
+
+def test_4bit_upload_padding_must_be_zero():
+    vis, mask = torch.randn(1, 3, 3), torch.tensor([[True, False, False]])  # 3 values: one padding nibble
+    up = uts.encode_upload([[5]], vis=vis, mask=mask, token_bits=4)
+    assert up["tokens"].shape == (2,) and up["tokens"][-1] & 0x0F == 0
+    assert torch.allclose(uts.decode_upload(up, 3, 3, 61, None)["vis"][mask], vis[mask], atol=0.2 * vis.abs().max())
+    up["tokens"][-1] |= 1
+    with pytest.raises(uts.PayloadError, match="padding"):
+        uts.decode_upload(up, 3, 3, 61, None)
 
 
 def test_visual_token_path_equals_pixel_path(world):
@@ -239,6 +259,10 @@ def test_masked_akd_changes_only_the_masked_entries_and_still_lowers_the_loss(wo
     assert after < 0.9 * before
     with pytest.raises(ValueError, match="masks do not match"):
         akd.train_adapters(model, align, lambda step: tg, cfg, seed=0, masks=dict(list(masks.items())[1:]), steps=1)
+    k0 = next(iter(masks))
+    with pytest.raises(ValueError, match="masks do not match"):  # a mask that would merely broadcast
+        akd.train_adapters(model, align, lambda step: tg, cfg, seed=0, steps=1,
+                           masks=masks | {k0: masks[k0].reshape(-1)[:1]})
     load_adapter_state(model, init)
 
 
