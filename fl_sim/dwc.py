@@ -26,11 +26,11 @@ entry is sent, in order, with no indices.
 
 Seeded selection (``selection = "random"``, index code 3): entry ``i`` is kept iff ``mix64((seed + i +
 1) * 0x9E3779B97F4A7C15) < t`` (64-bit wrap-around: the ``i``-th output of Steele et al.'s SplitMix64
-seeded with ``seed``; ``mix64`` is its finaliser), with ``t = floor(max_density * 2**64)``; the index section is ``seed`` and ``t``, two
-little-endian uint64 (16 bytes, whatever ``k``). The device regenerates the positions, so a kept value
-costs only its value bits; the sender picks ``seed`` (a new one per payload), and can train only those
-entries beforehand (``sparse_train``, no probe needed). Values are then quantised without the ``lo``
-offset (kept entries are not the largest).
+seeded with ``seed``; ``mix64`` is its finaliser), with ``t = floor(max_density * 2**64)``; the index
+section is ``seed`` and ``t``, two little-endian uint64 (16 bytes, whatever ``k``). The device
+regenerates the positions, so a kept value costs only its value bits; the sender picks ``seed`` (a new
+one per payload), and can train only those entries beforehand (``sparse_train``, no probe needed).
+Values are then quantised without the ``lo`` offset (kept entries are not the largest).
 
 Values (``quantize``): sign and magnitude. Kept entries are the largest, so their magnitudes lie in
 ``[lo, hi]`` with ``lo`` (the smallest kept ``|x|``, float16 rounded *down*) well above 0; each group of
@@ -335,7 +335,7 @@ def encode(delta: dict[str, torch.Tensor], cfg: DWCConfig, seed: int | None = No
     block = cfg.block if cfg.select and not seeded else 1
     if seeded:
         t, seed = _threshold(cfg.max_density), _need_seed(seed)
-        code, idx_bytes = SEEDED, np.array([int(seed) % 2**64, t], "<u8").tobytes()
+        code, idx_bytes = SEEDED, np.array([seed % 2**64, t], "<u8").tobytes()
         x = x[seeded_entries(seed, t, numel)]
     elif cfg.select:
         blocks = _select(x, cfg)
@@ -391,7 +391,8 @@ def decode(payload: bytes, like: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     idx = None
     if select and code == SEEDED:
         if n_idx != 16 or block != 1 or idx_r:
-            raise PayloadError(f"DWC seeded selection needs a 16-byte index section and block 1, got {n_idx} / {block}")
+            raise PayloadError(f"DWC seeded selection needs a 16-byte index section, block 1 and index parameter 0, "
+                               f"got {n_idx} / {block} / {idx_r}")
         seed, t = (int(v) for v in np.frombuffer(idx_bytes, "<u8"))
         idx = seeded_entries(seed, t, numel)
         if idx.size != k:

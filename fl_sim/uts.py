@@ -246,9 +246,8 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
     mask = torch.from_numpy(np.unpackbits(packed)[:b * n_tokens].astype(bool).reshape(b, n_tokens))
     tokens, kept = need("tokens", (np.float16, np.int8, np.uint8)), int(mask.sum())
     if tokens.dtype == np.uint8:  # 4-bit: two values per byte
-        if tokens.shape != (math.ceil(kept * dim / 2),) or "scales" not in arrays:
-            raise PayloadError(f"upload 4-bit tokens have shape {tokens.shape} (scales: {'scales' in arrays}), "
-                               f"expected {(math.ceil(kept * dim / 2),)} with scales")
+        if tokens.shape != (math.ceil(kept * dim / 2),):
+            raise PayloadError(f"upload 4-bit tokens have shape {tokens.shape}, expected {(math.ceil(kept * dim / 2),)}")
         nib = np.stack([tokens >> 4, tokens & 15], 1).ravel()
         if (nib[:kept * dim] == 0).any() or nib[kept * dim:].any():
             raise PayloadError("upload 4-bit tokens hold a value outside [-7, 7] or non-zero padding")
