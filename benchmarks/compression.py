@@ -78,14 +78,17 @@ def main() -> None:
                 "every token, int8": _packed_bytes(uts.encode_upload(q, vis=vis))}
     rng = np.random.default_rng(0)
     d = uts.UTSConfig()  # stage 1 as the defaults: per-token confidence, budget shared by question type
-    for budget, keep in ((0.25, 0.5), (0.125, 0.5), (0.125, 1.0), (0.125, 0.375), (0.125, 0.25)):
+    for budget, keep, bits in ((0.25, 0.5, 4), (0.25, 0.5, 8), (0.125, 0.5, 8), (0.125, 0.5, 4), (0.125, 1.0, 8),
+                               (0.125, 0.375, 8), (0.125, 0.25, 8)):
         kept = uts.stage1(stats, rows["question"], d.method, budget, rng, d.normalize, d.stratify)
         v = vis[torch.as_tensor(kept)]
         mask = uts.select_tokens(uts.token_uncertainty_novelty(v, ref), keep)
-        variants[f"UTS budget {budget}, tokens {keep}, int8"] = _packed_bytes(
-            uts.encode_upload([q[i] for i in kept], vis=v, mask=mask))
+        name = f"UTS budget {budget}, tokens {keep}, {bits} bit"
+        if (budget, keep, bits) == (d.budget, d.keep_tokens, d.token_bits):
+            name += " (default)"
+        variants[name] = _packed_bytes(uts.encode_upload([q[i] for i in kept], vis=v, mask=mask, token_bits=bits))
     for name, b in variants.items():
-        print(f"  {name:<38} {b:>9,d} B   {raw / b:6.1f}x smaller than raw")
+        print(f"  {name:<46} {b:>9,d} B   {raw / b:6.1f}x smaller than raw")
 
     teacher = runtime.base_model(str(zoo.paths["teacher"]))
     checkpoint = int(read_meta(zoo.paths[tier])["device_bytes"])

@@ -58,14 +58,14 @@ class UTSConfig(BaseModel):
     normalize: bool = Field(True, description="confidence per answer token (geometric mean), not the product")
     stratify: bool = Field(True, description="share the budget by question type, rank within each type (not for random)")
     power: float | None = Field(None, gt=0, description="draw samples with p ~ uncertainty**power, not the top")
-    budget: float = Field(0.125, gt=0, le=1, description="max share of a round's samples uploaded")
+    budget: float = Field(0.25, gt=0, le=1, description="max share of a round's samples uploaded")
     min_uncertainty: float | None = Field(None, description="upload only samples more uncertain than this")
     tokens: Literal["off", "mc_dropout", "novelty"] = Field("novelty", description='stage-2 score; "off" = all')
     keep_tokens: float = Field(0.5, gt=0, le=1, description="share of visual tokens kept per sample")
     mc_passes: int = Field(8, ge=2)
     mc_p: float = Field(0.1, gt=0, lt=1)
     upload: Literal["tokens", "images"] = Field("tokens", description='"images" = raw-image baseline')
-    token_bits: Literal[4, 8, 16] = Field(8, description="int8 (or 4-bit) tokens with per-token scales, or float16")
+    token_bits: Literal[4, 8, 16] = Field(4, description="4-bit (or int8) tokens with per-token scales, or float16")
 
 
 def sample_uncertainty(stats: dict[str, np.ndarray], method: str, rng: np.random.Generator,
