@@ -142,6 +142,19 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _count(least: int):
+    """An argparse type: an integer of at least ``least`` (a one-line usage error otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fl-sim", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -149,12 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p):
         p.add_argument("--zoo", default="default", help="model zoo preset (default, tiny)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_count(0), default=0)
         p.add_argument("--cache-dir", default=None, help="cache root (default $FL_SIM_CACHE or ~/.cache/fl-sim)")
         p.add_argument("--model", action="append", metavar="ROLE=PATH",
                        help="replace a preset model (teacher or a tier) by a local Hugging Face checkpoint")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--workers", type=int, default=default_workers(),
+        p.add_argument("--workers", type=_count(1), default=default_workers(),
                        help="processes that train missing models side by side (default %(default)s; "
                             "the models are the same for any value)")
 
@@ -163,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
     p = sub.add_parser("evaluate", help="exact-match VQA accuracy per model x domain x family, caption BLEU")
     common(p)
-    p.add_argument("--n-test", type=int, default=300, help="test samples per domain")
+    p.add_argument("--n-test", type=_count(1), default=300, help="test samples per domain")
     p.add_argument("--json", default=None, help="also write the table to this JSON file")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("run", help="run an experiment (TOML) on Flower's simulation engine")

@@ -112,10 +112,10 @@ class SimulationConfig(Section):
 
 class ExperimentConfig(Section):
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="run seed: every random stream (devices, cloud, payloads) derives from it")
     rounds: int = Field(3, ge=1)
     zoo: str = "default"
-    zoo_seed: int = Field(0, description="seed the model zoo was pretrained with (independent of the run seed)")
+    zoo_seed: int = Field(0, ge=0, description="seed the model zoo was pretrained with (independent of the run seed)")
     cache_dir: str | None = None
     output_dir: str = "runs"
     fleet: FleetConfig = FleetConfig()

@@ -1,6 +1,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.toml"
 
 
 def _cli(*args, cache_dir):
@@ -29,3 +32,14 @@ def test_evaluate_prints_table_and_targets(cache_dir, tiny_zoo, tmp_path):
     assert set(table["teacher"]) == {"source", "dusk", "novel", "digits"}
     for row in table["teacher"].values():
         assert 0.0 <= row["vqa"] <= 1.0 and "bleu" in row
+
+
+def test_negative_seeds_are_one_line_errors(cache_dir, tmp_path):
+    r = _cli("pretrain", "--zoo", "tiny", "--seed", "-1", cache_dir=cache_dir)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == "fl-sim pretrain: error: argument --seed: expected an integer >= 0, got -1"
+    r = subprocess.run([sys.executable, "-m", "fl_sim.cli", "run", str(QUICKSTART), "--set", "seed=-1",
+                        "--set", f"cache_dir={cache_dir}", "--set", f"output_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["fl-sim: error: invalid config: seed: Input should be greater than or equal to 0"]
