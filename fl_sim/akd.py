@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .models.adapters import adapter_parameters
 from .models.mllm import MAX_POSITIONS, Prompter, answer_with_stats, embed_with_tokens
 from .models.train import per_sample_loss
+from .world.domains import questions_from_captions
 
 
 class AKDConfig(BaseModel):
@@ -44,6 +45,9 @@ class AKDConfig(BaseModel):
         "share of each batch drawn from the cloud's own labelled source data (CE on true answers, no "
         "distillation) against forgetting the source domain; 0 = off (the paper's AKD)"))
     anchor_size: int = Field(512, ge=1, description="source samples the cloud keeps for anchoring")
+    extra_questions: int = Field(0, ge=0, le=5, description=(
+        "per uploaded image, the teacher captions it and is asked up to this many more questions (distinct "
+        "VQA families) generated from its caption; the answers are distilled too (0 = off)"))
     cloud_ms_per_sample: float = Field(1.0, ge=0, description="virtual cloud time per teacher/student sample pass")
 
     @model_validator(mode="after")
@@ -90,6 +94,18 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
             "t_logits": torch.cat(logits), "t_hidden": torch.cat(hidden),
             "t_conf": torch.as_tensor(stats["confidence"], dtype=torch.float32),
             "distil": torch.ones(len(questions))}
+
+
+def question_targets(teacher, prompter: Prompter, vis: torch.Tensor, captions: list[str], k: int,
+                     rng: np.random.Generator, exclude: list[str] | None = None,
+                     max_new_tokens: int = 28) -> dict[str, torch.Tensor]:
+    """Teacher targets for up to ``k`` more questions about each image ``vis[i]``, generated from a caption
+    of it (``questions_from_captions``; ``exclude[i]``, the question it came with, is not asked again).
+    The teacher answers them from the image; ``{}`` when no caption parses."""
+    asked = questions_from_captions(captions, k, rng, exclude)
+    if not asked:
+        return {}
+    return teacher_targets(teacher, prompter, vis[[i for i, _ in asked]], [q for _, q in asked], max_new_tokens)
 
 
 def anchor_targets(prompter: Prompter, vis: torch.Tensor, questions: list[str], answers: list[str],

@@ -32,7 +32,8 @@ from safetensors.torch import save_file
 from fl_sim import akd, dwc, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
-from fl_sim.models.mllm import visual_tokens
+from fl_sim.models.mllm import answer_with_stats, visual_tokens
+from fl_sim.world.domains import CAPTION_QUESTION
 from fl_sim.wire import (config_value_bytes, pack_arrays, payload_bytes, record_values, to_array_record,
                          unpack_arrays)
 from strategies.base import FleetStrategy
@@ -196,6 +197,14 @@ class CDCCA(FleetStrategy):
         self.state[self._group("align", tier)] = {k: v.detach().clone() for k, v in align.state_dict().items()}
         return out
 
+    def _more_questions(self, teacher, pr, vis: torch.Tensor, questions: list[str], server_round: int) -> dict:
+        """``akd.extra_questions``: the teacher captions each upload and answers more questions about it,
+        generated from its own caption (``akd.question_targets``)."""
+        captions, _ = answer_with_stats(teacher, pr, vis, [CAPTION_QUESTION] * len(questions), self.akd.max_new_tokens)
+        rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 23, server_round]))
+        return akd.question_targets(teacher, pr, vis, captions, self.akd.extra_questions, rng, questions,
+                                    self.akd.max_new_tokens)
+
     def _payload_seed(self, tier: str) -> int:
         """The seed of the tier's next payload (``selection = "random"`` keeps the entries it picks)."""
         ss = np.random.SeedSequence([self.cfg.seed, 19, self.tiers.index(tier), self.version[tier] + 1])
@@ -276,11 +285,16 @@ class CDCCA(FleetStrategy):
         self.rejected["downlink"] += rejected_down
         pr = runtime.prompter(self.cfg.cache_dir)
         new = {}
+        extra_asked = 0
         if questions:
-            new = akd.teacher_targets(runtime.base_model(self.ctx.model_paths["teacher"]), pr, vis, questions,
-                                      self.akd.max_new_tokens)
+            teacher = runtime.base_model(self.ctx.model_paths["teacher"])
+            new = akd.teacher_targets(teacher, pr, vis, questions, self.akd.max_new_tokens)
+            if self.akd.extra_questions:
+                more = self._more_questions(teacher, pr, vis, questions, server_round)
+                extra_asked = akd.size(more)
+                new = akd.concat([new, more])
             new = akd.confident(new, self.akd.min_teacher_confidence)
-        extra = {"uploaded_samples": len(questions), "distilled_samples": akd.size(new),
+        extra = {"uploaded_samples": len(questions), "extra_questions": extra_asked, "distilled_samples": akd.size(new),
                  "rejected_uploads": rejected_up, "rejected_downlinks": rejected_down}
         trained = akd.size(new) > 0 or len(self.buffer) > 0
         figures = {}
@@ -299,6 +313,7 @@ class CDCCA(FleetStrategy):
                 if vals:
                     extra[f"akd_{key}" if key in ("loss", "ce", "kl", "feat") else f"dwc_{key}"] = float(np.mean(vals))
         n_passes = akd.size(new) + len(figures) * self.akd.steps * self.akd.batch_size
+        n_passes += len(questions) if self.akd.extra_questions else 0  # the teacher's captions
         extra["cloud_s"] = n_passes * self.akd.cloud_ms_per_sample / 1000
         extra["cloud_wall_s"] = time.time() - t0
         return extra

@@ -78,6 +78,20 @@ def test_cdcca_resume_equals_uninterrupted(cdcca_run):
         assert a["akd_loss"] == pytest.approx(b["akd_loss"], rel=1e-5)
 
 
+def test_the_teacher_is_asked_more_questions_about_each_upload(cdcca_run, tmp_path, cache_dir):
+    """``strategy.akd.extra_questions`` in the fleet: the same uploads (same participation and uplink as the
+    plain run); the teacher's answers to questions from its own captions are distilled with them. The tiny
+    teacher's captions do not parse, so none are asked here (``test_question_targets_...`` in
+    ``test_uts_akd.py`` covers the targets with true captions)."""
+    _, plain = cdcca_run
+    res = read_results(run_experiment(_cfg(tmp_path, cache_dir, **{"strategy.akd.extra_questions": 2})))
+    for r, p in zip(res, plain):
+        assert r["uploaded_samples"] == p["uploaded_samples"] == 16 and r["uplink_bytes"] == p["uplink_bytes"]
+        assert 0 <= r["extra_questions"] <= 2 * r["uploaded_samples"] and p["extra_questions"] == 0
+        assert r["distilled_samples"] == r["uploaded_samples"] + r["extra_questions"]
+        assert r["cloud_s"] > p["cloud_s"]  # the captions are charged to the cloud's virtual time
+
+
 @pytest.mark.parametrize("selection", ["top", "random"])
 def test_sparse_training_moves_only_what_the_payload_can_carry(tmp_path, cache_dir, tiny_zoo, selection):
     """``strategy.dwc.sparse_train``: after round 1 the cloud copy differs from the initial adapters in at

@@ -290,6 +290,29 @@ def test_anchor_samples_add_ce_on_true_answers_and_no_distillation(world):
     assert only_anchor["kl"] == 0 and only_anchor["feat"] == 0 and only_anchor["ce"] > 0
 
 
+def test_question_targets_ask_the_teacher_about_the_captioned_images(world):
+    """``akd.question_targets`` (``strategy.akd.extra_questions``): targets for generated questions, each on
+    its own image's visual tokens, answered by the teacher. True captions here: the tiny teacher's own
+    captions do not parse."""
+    from fl_sim.world.domains import questions_from_captions
+
+    zoo, ds, model, _ = world
+    pr = zoo.prompter
+    vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"][:6])))
+    caps, asked = list(ds["caption"][:6]) + ["one"], list(ds["question"][:6]) + ["?"]
+    vis = torch.cat([vis, vis[:1]])
+    want = questions_from_captions(caps, 2, np.random.default_rng(4), asked)
+    tg = akd.question_targets(zoo.teacher, pr, vis, caps, 2, np.random.default_rng(4), asked, max_new_tokens=8)
+    assert 6 <= akd.size(tg) == len(want) <= 12 and all(i < 6 for i, _ in want)
+    assert torch.equal(tg["vis"], vis[[i for i, _ in want]].float()) and tg["distil"].tolist() == [1.0] * len(want)
+    for row, (_, q) in zip(tg["input_ids"], want):  # each target's prompt is its generated question
+        assert q in pr.tok.decode([t for t in row.tolist() if t != pr.pad])
+    pseudo, _ = answer_with_stats(zoo.teacher, pr, vis[[i for i, _ in want]], [q for _, q in want], max_new_tokens=8)
+    for row, a in zip(tg["labels"], pseudo):  # the labels are the teacher's answers on those images
+        assert pr.tok.decode([t for t in row[row != -100].tolist() if t != pr.eos]).strip() == a.strip()
+    assert akd.question_targets(zoo.teacher, pr, vis, ["one"] * 7, 2, np.random.default_rng(4)) == {}
+
+
 def test_akd_terms_switch_off():
     cfg = akd.AKDConfig(w_kl=0, w_feat=0)
     assert cfg.w_ce == 1 and cfg.w_kl == 0

@@ -3,7 +3,8 @@ import pytest
 
 from fl_sim import FlSimError
 from fl_sim.world.data import generate, load_split, partition
-from fl_sim.world.domains import DOMAINS, FAMILIES, get_domain
+from fl_sim.world.domains import (DOMAINS, FAMILIES, VQA_FAMILIES, ask, get_domain, parse_caption,
+                                  questions_from_captions)
 from fl_sim.world.scenes import digit_pool
 
 
@@ -50,6 +51,38 @@ def test_answers_are_consistent_with_captions():
         if s["family"] == "exist":
             _, _, _, colour, shape, _ = s["question"].split()
             assert (s["answer"] == "yes") == any(o[1] == colour and o[2] == shape for o in objs)
+
+
+def test_captions_parse_back_and_give_questions_of_distinct_families():
+    samples = [s for d in DOMAINS for s in generate(d, "train", 30, 1, 8)]
+    for s in samples:
+        objs = parse_caption(s["caption"])
+        assert objs is not None and " and ".join(f"{o.size} {o.colour} {o.shape} {o.position}" for o in objs) == s["caption"]
+    for bad in ("", "large red circle", "large red circle top and small blue square top", "huge red circle top",
+                "large red circle top and", "large red circle nowhere"):
+        assert parse_caption(bad) is None, bad
+    caps = [s["caption"] for s in samples] + ["not a caption"]
+    asked = [s["question"] for s in samples] + ["?"]
+    got = questions_from_captions(caps, 3, np.random.default_rng(0), exclude=asked)
+    assert got == questions_from_captions(caps, 3, np.random.default_rng(0), exclude=asked)  # seeded
+    per_image = {}
+    for i, q in got:
+        per_image.setdefault(i, []).append(q)
+    assert len(samples) not in per_image and len(per_image) > 0.9 * len(samples)
+    families = {"is": "exist", "how": "count", "what colour": "colour", "what shape": "shape", "where": "position"}
+    for i, qs in per_image.items():
+        fams = [next(f for p, f in families.items() if q.startswith(p)) for q in qs]
+        assert len(qs) <= 3 and len(set(fams)) == len(fams) and set(fams) <= set(VQA_FAMILIES)
+        assert asked[i] not in qs
+        objs = parse_caption(caps[i])  # every question but "is there ...? no" is about an object of the caption
+        for q in qs:
+            if q.startswith(("what colour", "where")):
+                assert any(f" {o.shape} " in q for o in objs)
+    # with all five families, every answerable family is asked
+    objs = parse_caption("small red circle top and large blue square center")
+    full = questions_from_captions(["small red circle top and large blue square center"], 5, np.random.default_rng(1))
+    dom = get_domain("source")
+    assert len(full) == sum(ask(objs, dom, f, np.random.default_rng(0)) is not None for f in VQA_FAMILIES)
 
 
 def test_unknown_domain_is_one_line_error():

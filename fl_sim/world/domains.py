@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import FlSimError
-from .scenes import DIGIT_SHAPES, GRID, SIZES, SceneObject, digit_pool, render
+from .scenes import COLOURS, DIGIT_SHAPES, GEOMETRIC_SHAPES, GRID, POSITIONS, SIZES, SceneObject, digit_pool, render
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ SHIFTED = [d for d in DOMAINS if d != "source"]
 FAMILIES = ["exist", "count", "colour", "shape", "position", "caption"]
 VQA_FAMILIES = FAMILIES[:-1]
 COUNT_WORDS = ["zero", "one", "two", "three", "four"]
+CAPTION_QUESTION = "describe the image ."
 
 
 def get_domain(name: str) -> Domain:
@@ -65,6 +66,49 @@ def sample_scene(domain: Domain, rng: np.random.Generator, split: str, max_objec
 def caption(objects: list[SceneObject]) -> str:
     """Row-major description, e.g. ``small red circle top left and large blue square center``."""
     return " and ".join(f"{o.size} {o.colour} {o.shape} {o.position}" for o in objects)
+
+
+def parse_caption(text: str) -> list[SceneObject] | None:
+    """The objects a caption in :func:`caption`'s grammar describes (its inverse, without digit images), or
+    ``None`` when ``text`` is not such a caption (an unknown word, a cell named twice)."""
+    objects, cells = [], set()
+    for part in text.split(" and "):
+        w = part.split()
+        position = " ".join(w[3:])
+        if (len(w) < 4 or w[0] not in SIZES or w[1] not in COLOURS or w[2] not in GEOMETRIC_SHAPES + DIGIT_SHAPES
+                or position not in POSITIONS or POSITIONS.index(position) in cells):
+            return None
+        cells.add(POSITIONS.index(position))
+        objects.append(SceneObject(w[2], w[1], w[0], POSITIONS.index(position)))
+    return objects
+
+
+def questions_from_captions(captions: list[str], k: int, rng: np.random.Generator,
+                            exclude: list[str] | None = None) -> list[tuple[int, str]]:
+    """Up to ``k`` questions about each image, of distinct VQA families, from a caption of it: ``(image, question)``.
+
+    What a cloud LLM does to turn image descriptions into instruction data: the questions are the world's
+    templates (:func:`ask`) over the objects a caption names, with the colours and shapes of all
+    ``captions`` as the vocabulary of "is there a ...?" questions whose answer is no. Only the questions
+    come from the caption; whoever answers them (the teacher) sees the image. A caption that does not parse
+    gives none, and ``exclude[i]`` (the question image ``i`` came with) is not asked again.
+    """
+    scenes = [parse_caption(c) for c in captions]
+    seen = [o for objs in scenes if objs for o in objs]
+    if not seen:
+        return []
+    vocab = Domain("captions", tuple(sorted({o.shape for o in seen})), tuple(sorted({o.colour for o in seen})))
+    out = []
+    for i, objs in enumerate(scenes):
+        if not objs:
+            continue
+        asked = {exclude[i]} if exclude else set()
+        for family in rng.permutation(VQA_FAMILIES)[:k]:
+            qa = ask(objs, vocab, str(family), rng)
+            if qa is not None and qa[0] not in asked:
+                asked.add(qa[0])
+                out.append((i, qa[0]))
+    return out
 
 
 def _unique(objects, key):
@@ -106,7 +150,7 @@ def ask(objects: list[SceneObject], domain: Domain, family: str, rng: np.random.
         o = cands[int(rng.integers(len(cands)))]
         return f"where is the {o.colour} {o.shape} ?", o.position
     if family == "caption":
-        return "describe the image .", caption(objects)
+        return CAPTION_QUESTION, caption(objects)
     raise FlSimError(f"unknown question family {family!r}; allowed: {', '.join(FAMILIES)}")
 
 
