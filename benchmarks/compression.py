@@ -1,6 +1,6 @@
 """Compression: UTS uplink bytes per device round and DWC downlink bytes per payload, on real models.
 
-    python benchmarks/compression.py [--zoo default] [--tier phone-high] [--rounds 4]
+    python benchmarks/compression.py [--zoo default] [--tier phone-high] [--rounds 4]   (--rounds 0: uplink only)
 
 Uplink: one device round of 32 ``dusk`` samples through the tier's model; serialized Flower bytes of
 the upload for raw images (the baseline), every visual token, and UTS at its defaults and variants.
@@ -48,7 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--zoo", default="default")
     ap.add_argument("--tier", default="phone-high")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=4, help="AKD rounds for the downlink figures (0: uplink only)")
     args = ap.parse_args()
     _quiet_libraries()
     torch.set_num_threads(2)
@@ -90,6 +90,8 @@ def main() -> None:
     for name, b in variants.items():
         print(f"  {name:<46} {b:>9,d} B   {raw / b:6.1f}x smaller than raw")
 
+    if args.rounds <= 0:
+        return
     teacher = runtime.base_model(str(zoo.paths["teacher"]))
     checkpoint = int(read_meta(zoo.paths[tier])["device_bytes"])
     settings = {"dense fp32": dict(select=False, quantize=False), "top-k 5% only": dict(quantize=False),
