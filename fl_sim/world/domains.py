@@ -130,7 +130,8 @@ def ask(objects: list[SceneObject], domain: Domain, family: str, rng: np.random.
         return None
     if family == "count":
         shape = objects[int(rng.integers(len(objects)))].shape if rng.random() < 0.7 else str(rng.choice(domain.shapes))
-        return f"how many {shape} are there ?", COUNT_WORDS[sum(o.shape == shape for o in objects)]
+        n = sum(o.shape == shape for o in objects)
+        return (f"how many {shape} are there ?", COUNT_WORDS[n]) if n < len(COUNT_WORDS) else None
     if family == "colour":
         cands = _unique(objects, lambda o: o.shape)
         if not cands:
