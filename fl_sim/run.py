@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 from pathlib import Path
 
 from . import FlSimError
@@ -92,13 +93,29 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
     except BaseException as exc:
         ctx.abort.set()
         cause = exc.__cause__ or exc.__context__ or exc
+        where = _write_error(run_dir, exc)
         raise FlSimError(f"Flower simulation failed ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})"
-                         f" after {time.time() - t0:.0f} s; completed rounds are kept in {run_dir}") from None
+                         f" after {time.time() - t0:.0f} s; traceback in {where}; completed rounds are kept in {run_dir}"
+                         ) from None
     finally:
         _shutdown_ray()
     if errors:
-        raise FlSimError(f"run failed: {type(errors[0]).__name__}: {errors[0]}; completed rounds are kept in {run_dir}")
+        where = _write_error(run_dir, errors[0])
+        first = str(errors[0]).splitlines()[0] if str(errors[0]) else ""
+        raise FlSimError(f"run failed: {type(errors[0]).__name__}: {first}; traceback in {where}; "
+                         f"completed rounds are kept in {run_dir}")
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a resumed run that completes leaves no stale failure
     return run_dir
+
+
+ERROR_FILE = "error.txt"
+
+
+def _write_error(run_dir: Path, exc: BaseException) -> Path:
+    """Write ``exc``'s full traceback to ``run_dir/error.txt`` (the console gets one line); returns the path."""
+    path = run_dir / ERROR_FILE
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
 
 
 def _shutdown_ray() -> None:

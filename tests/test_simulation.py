@@ -170,3 +170,28 @@ def test_replaying_its_own_directory_is_refused(tmp_path, cache_dir, tiny_zoo):
     with pytest.raises(FlSimError, match="names this run's own directory"):
         run_experiment(_cfg(tmp_path, cache_dir, **{"fleet.replay": str(own)}))
     assert not (own / "config.toml").exists()
+
+
+def test_a_failing_round_writes_its_traceback_and_keeps_the_rounds_before(tmp_path, cache_dir, tiny_zoo,
+                                                                          monkeypatch):
+    from strategies.base import FleetStrategy
+
+    original = FleetStrategy.update
+
+    def broken_second_round(self, server_round, kept, replied):
+        if server_round == 2:
+            raise IndexError("list index out of range")
+        return original(self, server_round, kept, replied)
+
+    monkeypatch.setattr(FleetStrategy, "update", broken_second_round)
+    cfg = _cfg(tmp_path, cache_dir, **{"strategy.name": "source-only"})
+    run_dir = run_dir_for(cfg)
+    with pytest.raises(FlSimError, match=r"IndexError: list index out of range; traceback in .*error\.txt"):
+        run_experiment(cfg)
+    text = (run_dir / "error.txt").read_text()
+    assert text.startswith("Traceback") and "broken_second_round" in text and "IndexError" in text
+    assert [r["round"] for r in read_results(run_dir)] == [1]
+    monkeypatch.setattr(FleetStrategy, "update", original)
+    resume_experiment(run_dir)
+    assert [r["round"] for r in read_results(run_dir)] == [1, 2]
+    assert not (run_dir / "error.txt").exists()
