@@ -61,12 +61,12 @@ def evaluate_both(run_dir: Path, ck: Path, tiers: list[str]) -> None:
 
     from safetensors.torch import load_file
 
-    from fl_sim.config import load_config
+    from fl_sim.config import load_run_config
     from fl_sim.models.zoo import pretrain_zoo
     from fl_sim.world.domains import DOMAINS, SHIFTED
     from strategies.base import evaluate_adapters
 
-    cfg = load_config(run_dir / "config.toml")
+    cfg = load_run_config(run_dir / "config.toml")
     paths = {k: str(v) for k, v in pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir).paths.items()}
     fleet_tiers = [p["tier"] for p in json.loads((run_dir / "fleet.json").read_text())]
     print(f"\naccuracy (%), tier-share-weighted, {cfg.eval.n_test} test samples per domain")

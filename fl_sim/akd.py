@@ -45,9 +45,9 @@ class AKDConfig(BaseModel):
         "share of each batch drawn from the cloud's own labelled source data (CE on true answers, no "
         "distillation) against forgetting the source domain; 0 = off (the paper's AKD)"))
     anchor_size: int = Field(512, ge=1, description="source samples the cloud keeps for anchoring")
-    extra_questions: int = Field(0, ge=0, le=5, description=(
+    extra_questions: int = Field(2, ge=0, le=5, description=(
         "per uploaded image, the teacher captions it and is asked up to this many more questions (distinct "
-        "VQA families) generated from its caption; the answers are distilled too (0 = off)"))
+        "VQA families) generated from its caption; the answers are distilled too (0 = off, the paper's AKD)"))
     cloud_ms_per_sample: float = Field(1.0, ge=0, description="virtual cloud time per teacher/student sample pass")
 
     @model_validator(mode="after")

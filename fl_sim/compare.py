@@ -29,7 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import FlSimError
-from .config import ExperimentConfig, _explain, load_config
+from .config import ExperimentConfig, _explain, load_config, with_legacy_values
 from .metrics import read_results
 from .report import RunRef, build_report
 
@@ -121,8 +121,8 @@ def _check_same_setup(run_dir: Path, cfg: ExperimentConfig) -> None:
         return {k: v for k, v in d.items() if k not in ("rounds", "simulation", "eval")}
 
     want = STRATEGIES[cfg.strategy.name].effective_config(cfg).model_dump(mode="json", exclude_none=True)
-    have = tomllib.loads(saved.read_text())
-    try:  # a config saved before an option existed reads as that option's default
+    have = with_legacy_values(tomllib.loads(saved.read_text()))
+    try:  # a config saved before an option existed reads as what that run ran with (default or legacy value)
         have = ExperimentConfig.model_validate(have).model_dump(mode="json", exclude_none=True)
     except ValidationError:
         pass  # an option it has no longer exists: it differs

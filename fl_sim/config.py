@@ -162,14 +162,47 @@ def parse_config(data: dict, overrides: dict | None = None) -> ExperimentConfig:
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """An experiment file: keys it leaves out take today's defaults."""
+    return parse_config(_read_toml(path), overrides)
+
+
+def _read_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FlSimError(f"config file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise FlSimError(f"malformed TOML in {path}: {exc}") from None
-    return parse_config(data, overrides)
+
+
+# Options whose default changed after they were added: a run's saved config.toml written before the option
+# existed ran with the value here, not with today's default. (An option added with a default that keeps
+# the old behaviour needs no entry: a saved config without it reads as that default.)
+LEGACY_VALUES = {
+    "strategy.akd.extra_questions": 0,  # added off in f3fcd44; on (2) by default since then
+}
+
+
+def with_legacy_values(data: dict) -> dict:
+    """A copy of a saved run config (TOML dict) with the ``LEGACY_VALUES`` of the options it predates."""
+    data = {k: (with_legacy_values(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for dotted, value in LEGACY_VALUES.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.get(key)
+            if not isinstance(node, dict):
+                break
+        else:
+            node.setdefault(leaf, value)
+    return data
+
+
+def load_run_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """A run directory's saved ``config.toml``: what that run ran with (``LEGACY_VALUES`` for options it
+    predates), so resuming it continues the same experiment."""
+    return parse_config(with_legacy_values(_read_toml(path)), overrides)
 
 
 def to_toml(cfg: ExperimentConfig) -> str:

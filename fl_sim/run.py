@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from . import FlSimError
-from .config import ExperimentConfig, load_config, to_toml
+from .config import ExperimentConfig, load_run_config, to_toml
 from .fleet import load_participation, make_fleet, save_trace
 
 log = logging.getLogger(__name__)
@@ -139,4 +139,4 @@ def resume_experiment(run_dir: str | Path, overrides: dict | None = None, **kw) 
             raise FlSimError(f"cannot change {key!r} when resuming (only rounds, simulation.*, eval.*)")
     if not (run_dir / "config.toml").is_file():
         raise FlSimError(f"not a run directory (no config.toml): {run_dir}")
-    return run_experiment(load_config(run_dir / "config.toml", overrides), run_dir=run_dir, **kw)
+    return run_experiment(load_run_config(run_dir / "config.toml", overrides), run_dir=run_dir, **kw)

@@ -95,3 +95,27 @@ def test_a_run_saved_before_an_option_existed_is_the_same_experiment(tmp_path):
     (tmp_path / "config.toml").write_text(tomli_w.dumps(saved))
     with pytest.raises(FlSimError, match="differs in strategy"):
         _check_same_setup(tmp_path, cfg)
+
+
+def test_a_run_saved_before_a_default_changed_is_what_it_ran(tmp_path):
+    """``strategy.akd.extra_questions`` became 2 by default after runs were saved without it (they ran with
+    0): such a run is the experiment with 0, both for the comparison's same-setup check and for resuming."""
+    import tomllib
+
+    from fl_sim.compare import _check_same_setup
+    from fl_sim.config import load_config, load_run_config, parse_config, to_toml
+
+    cfg = parse_config({"zoo": "tiny", "strategy": {"name": "cdcca"}})
+    assert cfg.strategy.akd.extra_questions == 2
+    saved = tomllib.loads(to_toml(cfg))
+    del saved["strategy"]["akd"]["extra_questions"]
+    (tmp_path / "config.toml").write_text(tomli_w.dumps(saved))
+    off = parse_config({"zoo": "tiny", "strategy": {"name": "cdcca", "akd": {"extra_questions": 0}}})
+    _check_same_setup(tmp_path, off)
+    with pytest.raises(FlSimError, match="differs in strategy"):
+        _check_same_setup(tmp_path, cfg)
+    assert load_run_config(tmp_path / "config.toml").strategy.akd.extra_questions == 0
+    assert load_config(tmp_path / "config.toml").strategy.akd.extra_questions == 2  # an experiment file
+    (tmp_path / "config.toml").write_text(to_toml(cfg))  # saved with the key: what it says
+    assert load_run_config(tmp_path / "config.toml").strategy.akd.extra_questions == 2
+    _check_same_setup(tmp_path, cfg)
