@@ -65,7 +65,8 @@ class UTSConfig(BaseModel):
     mc_passes: int = Field(8, ge=2)
     mc_p: float = Field(0.1, gt=0, lt=1)
     upload: Literal["tokens", "images"] = Field("tokens", description='"images" = raw-image baseline')
-    token_bits: Literal[4, 8, 16] = Field(4, description="4-bit (or int8) tokens with per-token scales, or float16")
+    token_bits: Literal[2, 4, 8, 16] = Field(4, description=(
+        "4-bit (or 2-bit, or int8) tokens with per-token scales, or float16"))
 
 
 def sample_uncertainty(stats: dict[str, np.ndarray], method: str, rng: np.random.Generator,
@@ -180,7 +181,8 @@ def encode_upload(question_ids: list[list[int]], vis: torch.Tensor | None = None
 
     With ``token_bits = 8`` each token is sent as int8 with a float16 absmax scale (error per value at
     most half a step, ``scale / 2``, with ``scale = absmax / 127``); with ``4``, two values per byte and
-    ``scale = absmax / 7``.
+    ``scale = absmax / 7``; with ``2``, four values per byte (``"tokens_2bit"``), midrise levels
+    ``(c - 1.5) * scale`` for codes ``c`` in 0..3 and ``scale = absmax / 1.5``.
     """
     lens = [len(q) for q in question_ids]
     if any(ln > 255 for ln in lens):
@@ -196,6 +198,12 @@ def encode_upload(question_ids: list[list[int]], vis: torch.Tensor | None = None
     kept = vis[mask].float()
     if token_bits == 16:
         out["tokens"] = kept.to(torch.float16).numpy()
+    elif token_bits == 2:
+        scale = (kept.abs().amax(-1) / 1.5).to(torch.float16).float()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        code = (torch.clamp(torch.floor(kept / scale[:, None]), -2, 1) + 2).to(torch.uint8).numpy()
+        out["tokens_2bit"] = _pack_crumbs(code.ravel())
+        out["scales"] = scale.to(torch.float16).numpy()
     else:
         top = 2 ** (token_bits - 1) - 1
         scale = (kept.abs().amax(-1) / top).to(torch.float16).float()
@@ -211,6 +219,12 @@ def _pack_nibbles(v: np.ndarray) -> np.ndarray:
     """Values in ``[0, 15]`` two per byte, high nibble first (a last odd value gets a zero low nibble)."""
     v = np.append(v.astype(np.uint8), np.uint8(0)) if v.size % 2 else v.astype(np.uint8)
     return (v[0::2] << 4) | v[1::2]
+
+
+def _pack_crumbs(v: np.ndarray) -> np.ndarray:
+    """Values in ``[0, 3]`` four per byte, highest bits first (the last byte padded with zero codes)."""
+    v = np.concatenate([v.astype(np.uint8), np.zeros(-v.size % 4, np.uint8)]).reshape(-1, 4)
+    return (v[:, 0] << 6) | (v[:, 1] << 4) | (v[:, 2] << 2) | v[:, 3]
 
 
 def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab: int, reference: torch.Tensor | None,
@@ -244,7 +258,19 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
     if packed.size != math.ceil(b * n_tokens / 8):
         raise PayloadError(f"upload token_mask has {packed.size} bytes, expected {math.ceil(b * n_tokens / 8)}")
     mask = torch.from_numpy(np.unpackbits(packed)[:b * n_tokens].astype(bool).reshape(b, n_tokens))
-    tokens, kept = need("tokens", (np.float16, np.int8, np.uint8)), int(mask.sum())
+    kept = int(mask.sum())
+    if "tokens_2bit" in arrays:  # four codes per byte, levels (c - 1.5) * scale
+        if "tokens" in arrays:
+            raise PayloadError("upload holds both 'tokens' and 'tokens_2bit'")
+        packed2 = need("tokens_2bit", (np.uint8,))
+        if packed2.shape != (math.ceil(kept * dim / 4),):
+            raise PayloadError(f"upload 2-bit tokens have shape {packed2.shape}, expected {(math.ceil(kept * dim / 4),)}")
+        codes = np.stack([packed2 >> 6, (packed2 >> 4) & 3, (packed2 >> 2) & 3, packed2 & 3], 1).ravel()
+        if codes[kept * dim:].any():
+            raise PayloadError("upload 2-bit tokens have non-zero padding")
+        tokens = (codes[:kept * dim].astype(np.float16) - np.float16(1.5)).reshape(kept, dim)
+    else:
+        tokens = need("tokens", (np.float16, np.int8, np.uint8))
     if tokens.dtype == np.uint8:  # 4-bit: two values per byte
         if tokens.shape != (math.ceil(kept * dim / 2),):
             raise PayloadError(f"upload 4-bit tokens have shape {tokens.shape}, expected {(math.ceil(kept * dim / 2),)}")
@@ -254,10 +280,10 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
         tokens = (nib[:kept * dim].astype(np.int8) - 8).reshape(kept, dim)
     if tokens.shape != (kept, dim):
         raise PayloadError(f"upload tokens have shape {tokens.shape}, expected {(kept, dim)}")
-    quantized = tokens.dtype == np.int8
+    quantized = tokens.dtype == np.int8 or "tokens_2bit" in arrays
     if quantized != ("scales" in arrays):
-        raise PayloadError("upload scales must come with int8/4-bit tokens and only with them")
-    if quantized and tokens.size and tokens.min() < -127:
+        raise PayloadError("upload scales must come with int8/4-bit/2-bit tokens and only with them")
+    if tokens.dtype == np.int8 and tokens.size and tokens.min() < -127:
         raise PayloadError("upload int8 tokens hold -128, outside [-127, 127]")
     tokens = tokens.astype(np.float32)
     if quantized:

@@ -116,16 +116,18 @@ def test_upload_round_trip_sends_only_kept_tokens():
     mask = uts.select_tokens(torch.rand(3, 9), 0.5)
     ref = torch.full((8,), 0.25)
     kept = int(mask.sum())
-    for bits in (4, 8, 16):
+    for bits in (2, 4, 8, 16):
         up = uts.encode_upload([[5, 6], [7], [8, 9, 10]], vis=vis, mask=mask, token_bits=bits)
-        assert up["tokens"].shape == ((kept, 8) if bits > 4 else (kept * 4,))  # 4 bit: two values per byte
-        assert up["tokens"].dtype == {4: np.uint8, 8: np.int8, 16: np.float16}[bits]
-        assert ("scales" in up) == (bits < 16)
+        key = "tokens_2bit" if bits == 2 else "tokens"
+        assert set(up) == {"questions", "q_len", key, "token_mask"} | ({"scales"} if bits < 16 else set())
+        # 2 / 4 bit: four / two values per byte
+        assert up[key].shape == ((kept, 8) if bits > 4 else (kept * 4,) if bits == 4 else (kept * 2,))
+        assert up[key].dtype == {2: np.uint8, 4: np.uint8, 8: np.int8, 16: np.float16}[bits]
         out = uts.decode_upload(up, 9, 8, 61, ref)
         assert out["questions"] == [[5, 6], [7], [8, 9, 10]]
         err = (out["vis"][mask] - vis[mask]).abs()
-        top = 2 ** (bits - 1) - 1
-        bound = (vis[mask].abs().amax(-1, keepdim=True) / top / 2 * 1.01) if bits < 16 else 2e-3
+        step = 1.5 if bits == 2 else 2 ** (bits - 1) - 1  # absmax / step = the quantisation step
+        bound = (vis[mask].abs().amax(-1, keepdim=True) / step / 2 * 1.01) if bits < 16 else 2e-3
         assert (err <= bound).all()
         assert torch.equal(out["vis"][~mask], ref.expand(int((~mask).sum()), 8))
     full = uts.encode_upload([[5]] * 3, vis=vis, token_bits=16)
@@ -134,13 +136,22 @@ def test_upload_round_trip_sends_only_kept_tokens():
 
 @pytest.mark.parametrize("breakage", ["truncated", "nan", "nan-scale", "qlen", "vocab", "mask", "missing", "dtype",
                                       "nibble-truncated", "nibble-zero", "nibble-no-scales", "int8-no-scales",
-                                      "int8-min", "zero-scale", "fp16-with-scales"])
+                                      "int8-min", "zero-scale", "fp16-with-scales", "crumb-truncated",
+                                      "crumb-extra-byte", "crumb-no-scales", "crumb-and-tokens"])
 def test_malformed_uploads_are_rejected(breakage):
     vis = torch.randn(2, 9, 8)
     bits = (8 if breakage in ("nan-scale", "int8-no-scales", "int8-min", "zero-scale")
-            else 4 if breakage.startswith("nibble") else 16)
+            else 4 if breakage.startswith("nibble") else 2 if breakage.startswith("crumb") else 16)
     up = uts.encode_upload([[5, 6], [7]], vis=vis, mask=uts.select_tokens(torch.rand(2, 9), 0.5), token_bits=bits)
-    if breakage == "int8-no-scales":
+    if breakage == "crumb-truncated":
+        up["tokens_2bit"] = up["tokens_2bit"][:-1]
+    elif breakage == "crumb-extra-byte":
+        up["tokens_2bit"] = np.append(up["tokens_2bit"], np.uint8(1))
+    elif breakage == "crumb-no-scales":
+        del up["scales"]
+    elif breakage == "crumb-and-tokens":
+        up["tokens"] = np.zeros((10, 8), np.int8)
+    elif breakage == "int8-no-scales":
         del up["scales"]
     elif breakage == "int8-min":
         up["tokens"][0, 0] = -128
@@ -172,6 +183,16 @@ def test_malformed_uploads_are_rejected(breakage):
         up["tokens"] = up["tokens"].astype(np.float64)
     with pytest.raises(uts.PayloadError):
         uts.decode_upload(up, 9, 8, 61, None)
+
+
+def test_2bit_upload_padding_must_be_zero():
+    vis, mask = torch.randn(1, 3, 3), torch.tensor([[True, True, False]])  # 6 values: two padding codes
+    up = uts.encode_upload([[5]], vis=vis, mask=mask, token_bits=2)
+    assert up["tokens_2bit"].shape == (2,) and up["tokens_2bit"][-1] & 0x0F == 0
+    assert torch.allclose(uts.decode_upload(up, 3, 3, 61, None)["vis"][mask], vis[mask], atol=vis.abs().max() / 3 * 1.01)
+    up["tokens_2bit"][-1] |= 1
+    with pytest.raises(uts.PayloadError, match="padding"):
+        uts.decode_upload(up, 3, 3, 61, None)
 
 
 def test_4bit_upload_padding_must_be_zero():
