@@ -79,7 +79,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     d = uts.UTSConfig()  # stage 1 as the defaults: per-token confidence, budget shared by question type
     for budget, keep, bits in ((0.25, 0.5, 4), (0.25, 0.5, 8), (0.125, 0.5, 8), (0.125, 0.5, 4), (0.125, 1.0, 8),
-                               (0.125, 0.375, 8), (0.125, 0.25, 8)):
+                               (0.125, 0.375, 8), (0.125, 0.25, 8), (0.25, 1.0, 2), (0.5, 0.5, 2), (0.25, 0.5, 2)):
         kept = uts.stage1(stats, rows["question"], d.method, budget, rng, d.normalize, d.stratify)
         v = vis[torch.as_tensor(kept)]
         mask = uts.select_tokens(uts.token_uncertainty_novelty(v, ref), keep)

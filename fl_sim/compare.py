@@ -29,7 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import FlSimError
-from .config import ExperimentConfig, _explain, load_config, with_legacy_values
+from .config import ExperimentConfig, _explain, load_config
 from .metrics import read_results
 from .report import RunRef, build_report
 
@@ -110,38 +110,16 @@ def is_complete(run_dir: Path, rounds: int) -> bool:
     return bool(res) and res[-1]["round"] >= rounds
 
 
-def _check_same_setup(run_dir: Path, cfg: ExperimentConfig) -> None:
-    """Refuse to continue a run directory that holds a different experiment (rounds/simulation may differ)."""
-    saved = run_dir / "config.toml"
-    if not saved.is_file():
-        return
-    from strategies import STRATEGIES
-
-    def what(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k not in ("rounds", "simulation", "eval")}
-
-    want = STRATEGIES[cfg.strategy.name].effective_config(cfg).model_dump(mode="json", exclude_none=True)
-    have = with_legacy_values(tomllib.loads(saved.read_text()))
-    try:  # a config saved before an option existed reads as what that run ran with (default or legacy value)
-        have = ExperimentConfig.model_validate(have).model_dump(mode="json", exclude_none=True)
-    except ValidationError:
-        pass  # an option it has no longer exists: it differs
-    if what(have) != what(want):
-        diff = sorted(k for k in set(what(have)) | set(what(want)) if what(have).get(k) != what(want).get(k))
-        raise FlSimError(f"{run_dir} holds a different experiment (differs in {', '.join(diff)}); "
-                         "delete it or give the comparison another name")
-
-
 def run_compare(path: str | Path, overrides: dict | None = None, on_run=None, on_round=None, progress=None) -> Path:
     """Run (or continue) the grid in ``path`` and write ``report.md`` (complete runs only); returns its directory."""
-    from .run import run_experiment
+    from .run import check_same_setup, run_experiment
 
     cmp, grid = load_compare(path, overrides)
     out = Path(grid[0][2].output_dir) / cmp.name
     out.mkdir(parents=True, exist_ok=True)
     refs, failures = [], []
     for v, seed, cfg in grid:  # check every existing run directory before spending time on any run
-        _check_same_setup(out / f"{v.label}-{seed}", cfg)
+        check_same_setup(out / f"{v.label}-{seed}", cfg, "delete it or give the comparison another name")
     for i, (v, seed, cfg) in enumerate(grid):
         run_dir = out / f"{v.label}-{seed}"
         refs.append(RunRef(v.label, seed, run_dir))

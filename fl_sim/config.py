@@ -6,6 +6,7 @@ them as one line.
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -180,18 +181,18 @@ def _read_toml(path: str | Path) -> dict:
 # existed ran with the value here, not with today's default. (An option added with a default that keeps
 # the old behaviour needs no entry: a saved config without it reads as that default.)
 LEGACY_VALUES = {
-    "strategy.akd.extra_questions": 0,  # added off in f3fcd44; on (2) by default since then
+    "strategy.akd.extra_questions": 0,  # added off in f3fcd44; on (2) by default since 6fe356b
 }
 
 
 def with_legacy_values(data: dict) -> dict:
     """A copy of a saved run config (TOML dict) with the ``LEGACY_VALUES`` of the options it predates."""
-    data = {k: (with_legacy_values(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    data = copy.deepcopy(data)
     for dotted, value in LEGACY_VALUES.items():
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
-            node = node.get(key)
+            node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 break
         else:

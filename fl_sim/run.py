@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+import tomllib
 import traceback
 from pathlib import Path
 
 from . import FlSimError
-from .config import ExperimentConfig, load_run_config, to_toml
+from .config import ExperimentConfig, load_run_config, to_toml, with_legacy_values
 from .fleet import load_participation, make_fleet, save_trace
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
             raise FlSimError(f"fleet.replay names this run's own directory {run_dir}; give the run another name "
                              "(--set name=...)")
         replay = load_participation(cfg.fleet.replay, cfg.rounds, fleet, cfg.strategy.clients_per_round)
+    check_same_setup(run_dir, cfg, "delete it, resume it with `fl-sim run --resume`, or give the run another "
+                     "name (--set name=...)")
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     save_trace(fleet, run_dir / "fleet.json")
     ctx = RunContext(cfg=cfg, fleet=fleet, model_paths={k: str(v) for k, v in zoo.paths.items()}, run_dir=run_dir,
@@ -111,11 +115,53 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
 ERROR_FILE = "error.txt"
 
 
-def _write_error(run_dir: Path, exc: BaseException) -> Path:
-    """Write ``exc``'s full traceback to ``run_dir/error.txt`` (the console gets one line); returns the path."""
+def _write_error(run_dir: Path, exc: BaseException) -> str:
+    """Write ``exc``'s full traceback to ``run_dir/error.txt`` (the console gets one line); says where."""
     path = run_dir / ERROR_FILE
-    path.write_text("".join(traceback.format_exception(exc)))
-    return path
+    try:
+        path.write_text("".join(traceback.format_exception(exc)))
+    except OSError as err:  # the one-line error must still come out
+        return f"nowhere (cannot write {path}: {err.strerror or err})"
+    return str(path)
+
+
+def check_same_setup(run_dir: Path, cfg: ExperimentConfig, hint: str) -> None:
+    """Refuse to continue ``run_dir`` if it holds a different experiment than ``cfg``.
+
+    ``rounds``, ``simulation`` and ``eval`` may differ (they change how long and how it runs, not what),
+    and so may the ``strategy.uts/akd/dwc`` sections a strategy does not read (its ``config_sections``).
+    A saved config reads as what that run ran with: today's default for options added since, or their
+    ``LEGACY_VALUES`` where the default changed.
+    """
+    saved = Path(run_dir) / "config.toml"
+    if not saved.is_file():
+        return
+    from pydantic import ValidationError
+
+    from strategies import STRATEGIES
+
+    strategy = STRATEGIES[cfg.strategy.name]
+
+    def what(d: dict) -> dict:
+        d = {k: v for k, v in d.items() if k not in ("rounds", "simulation", "eval")}
+        if isinstance(d.get("strategy"), dict):
+            d["strategy"] = {k: v for k, v in d["strategy"].items()
+                             if k not in ("uts", "akd", "dwc") or k in strategy.config_sections}
+        return d
+
+    want = what(strategy.effective_config(cfg).model_dump(mode="json", exclude_none=True))
+    try:
+        have = with_legacy_values(tomllib.loads(saved.read_text()))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise FlSimError(f"{run_dir} has an unreadable config.toml ({exc}); {hint}") from None
+    try:
+        have = ExperimentConfig.model_validate(have).model_dump(mode="json", exclude_none=True)
+    except ValidationError:
+        pass  # an option it has no longer exists: it differs
+    have = what(have)
+    if have != want:
+        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        raise FlSimError(f"{run_dir} holds a different experiment (differs in {', '.join(diff)}); {hint}")
 
 
 def _shutdown_ray() -> None:

@@ -91,6 +91,8 @@ def evaluate_adapters(cfg: ExperimentConfig, model_paths: dict, states: dict, fl
 
 class FleetStrategy(Strategy):
     name = "base"
+    # the ``strategy.*`` sections of uts/akd/dwc it reads; changing the others does not change its runs
+    config_sections: tuple[str, ...] = ()
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx

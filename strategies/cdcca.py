@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 class CDCCA(FleetStrategy):
     name = "cdcca"
+    config_sections = ("uts", "akd", "dwc")
 
     def __init__(self, ctx):
         super().__init__(ctx)

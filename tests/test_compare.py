@@ -78,31 +78,36 @@ def test_paired_variant_runs_first_and_the_others_replay_it(tmp_path, cache_dir)
         load_compare(_write(tmp_path, cache_dir, runs, paired="nope"))
 
 
+def _same(run_dir, cfg):
+    from fl_sim.run import check_same_setup
+
+    check_same_setup(run_dir, cfg, "delete it")
+
+
 def test_a_run_saved_before_an_option_existed_is_the_same_experiment(tmp_path):
     import tomllib
 
-    from fl_sim.compare import _check_same_setup
     from fl_sim.config import parse_config, to_toml
 
     cfg = parse_config({"zoo": "tiny", "strategy": {"name": "cdcca"}})
     saved = tomllib.loads(to_toml(cfg))
     del saved["strategy"]["akd"]["anchor_size"]  # as written before akd.anchor_size existed (default 512)
     (tmp_path / "config.toml").write_text(tomli_w.dumps(saved))
-    _check_same_setup(tmp_path, cfg)
-    with pytest.raises(FlSimError, match="differs in strategy"):
-        _check_same_setup(tmp_path, parse_config({"zoo": "tiny", "strategy": {"name": "cdcca", "akd": {"anchor_size": 64}}}))
+    _same(tmp_path, cfg)
+    with pytest.raises(FlSimError, match="differs in strategy.*; delete it"):
+        _same(tmp_path, parse_config({"zoo": "tiny", "strategy": {"name": "cdcca", "akd": {"anchor_size": 64}}}))
     saved["strategy"]["gone"] = 1  # an option that no longer exists
     (tmp_path / "config.toml").write_text(tomli_w.dumps(saved))
     with pytest.raises(FlSimError, match="differs in strategy"):
-        _check_same_setup(tmp_path, cfg)
+        _same(tmp_path, cfg)
 
 
-def test_a_run_saved_before_a_default_changed_is_what_it_ran(tmp_path):
+def test_a_run_saved_before_a_default_changed_is_what_it_ran(tmp_path, monkeypatch):
     """``strategy.akd.extra_questions`` became 2 by default after runs were saved without it (they ran with
-    0): such a run is the experiment with 0, both for the comparison's same-setup check and for resuming."""
+    0): such a run is the experiment with 0, for the same-setup check and for resuming."""
     import tomllib
 
-    from fl_sim.compare import _check_same_setup
+    import fl_sim.run
     from fl_sim.config import load_config, load_run_config, parse_config, to_toml
 
     cfg = parse_config({"zoo": "tiny", "strategy": {"name": "cdcca"}})
@@ -111,11 +116,34 @@ def test_a_run_saved_before_a_default_changed_is_what_it_ran(tmp_path):
     del saved["strategy"]["akd"]["extra_questions"]
     (tmp_path / "config.toml").write_text(tomli_w.dumps(saved))
     off = parse_config({"zoo": "tiny", "strategy": {"name": "cdcca", "akd": {"extra_questions": 0}}})
-    _check_same_setup(tmp_path, off)
+    _same(tmp_path, off)
     with pytest.raises(FlSimError, match="differs in strategy"):
-        _check_same_setup(tmp_path, cfg)
+        _same(tmp_path, cfg)
     assert load_run_config(tmp_path / "config.toml").strategy.akd.extra_questions == 0
     assert load_config(tmp_path / "config.toml").strategy.akd.extra_questions == 2  # an experiment file
+    resumed = []
+    monkeypatch.setattr(fl_sim.run, "run_experiment", lambda c, run_dir, **kw: resumed.append(c))
+    fl_sim.run.resume_experiment(tmp_path, {"rounds": 5})
+    assert resumed[0].strategy.akd.extra_questions == 0 and resumed[0].rounds == 5
     (tmp_path / "config.toml").write_text(to_toml(cfg))  # saved with the key: what it says
     assert load_run_config(tmp_path / "config.toml").strategy.akd.extra_questions == 2
-    _check_same_setup(tmp_path, cfg)
+    _same(tmp_path, cfg)
+
+
+def test_sections_a_strategy_does_not_read_do_not_make_another_experiment(tmp_path):
+    """fedavg reads no uts/akd/dwc option: a saved fedavg run is the same experiment whatever they say,
+    while cdcca, which reads them, is not."""
+    from fl_sim.config import parse_config, to_toml
+
+    for name, same in (("fedavg", True), ("cdcca", False)):
+        saved = parse_config({"zoo": "tiny", "strategy": {"name": name}})
+        (tmp_path / "config.toml").write_text(to_toml(saved))
+        other = parse_config({"zoo": "tiny", "strategy": {"name": name, "akd": {"extra_questions": 0},
+                                                          "dwc": {"bits": 8}, "uts": {"budget": 0.5}}})
+        if same:
+            _same(tmp_path, other)
+        else:
+            with pytest.raises(FlSimError, match="differs in strategy"):
+                _same(tmp_path, other)
+        with pytest.raises(FlSimError, match="differs in strategy"):  # what fedavg does read still counts
+            _same(tmp_path, parse_config({"zoo": "tiny", "strategy": {"name": name, "local_steps": 7}}))

@@ -195,3 +195,13 @@ def test_a_failing_round_writes_its_traceback_and_keeps_the_rounds_before(tmp_pa
     resume_experiment(run_dir)
     assert [r["round"] for r in read_results(run_dir)] == [1, 2]
     assert not (run_dir / "error.txt").exists()
+
+
+def test_running_another_experiment_into_a_run_directory_is_refused(fedavg_run, cache_dir):
+    """``fl-sim run`` into a directory that holds a run of different settings would continue that run's
+    checkpoint under the new settings and overwrite its config.toml; it is refused and nothing changes."""
+    tmp, run_dir, _ = fedavg_run
+    before = (run_dir / "config.toml").read_text()
+    with pytest.raises(FlSimError, match=r"holds a different experiment \(differs in strategy\).*--resume"):
+        run_experiment(_cfg(tmp, cache_dir, **{"strategy.local_steps": 3}))
+    assert (run_dir / "config.toml").read_text() == before
