@@ -205,3 +205,18 @@ def test_running_another_experiment_into_a_run_directory_is_refused(fedavg_run, 
     with pytest.raises(FlSimError, match=r"holds a different experiment \(differs in strategy\).*--resume"):
         run_experiment(_cfg(tmp, cache_dir, **{"strategy.local_steps": 3}))
     assert (run_dir / "config.toml").read_text() == before
+
+
+def test_a_failing_simulation_engine_writes_its_traceback(tmp_path, cache_dir, tiny_zoo, monkeypatch):
+    import flwr.simulation
+
+    def engine_down(**kw):
+        raise RuntimeError("ray cluster unreachable")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", engine_down)
+    cfg = _cfg(tmp_path, cache_dir)
+    with pytest.raises(FlSimError, match=r"Flower simulation failed \(RuntimeError: ray cluster unreachable\).*"
+                                         r"traceback in .*error\.txt"):
+        run_experiment(cfg)
+    text = (run_dir_for(cfg) / "error.txt").read_text()
+    assert "engine_down" in text and "ray cluster unreachable" in text
