@@ -177,8 +177,8 @@ def apply_downlink(cfg: dict, initial: dict, downlink: dict | None) -> tuple[dic
                 p = p.tobytes()
             w = dwc.apply(w, dwc.decode(p, w))
         return w, v, ""
-    except (PayloadError, ValueError, TypeError) as exc:
-        return held, u, str(exc)
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with a downlink, reject it, never crash
+        return held, u, str(exc) if isinstance(exc, (PayloadError, ValueError)) else f"{type(exc).__name__}: {exc}"
 
 
 def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict, str]:
@@ -194,6 +194,10 @@ def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict, str]:
     if cfg.get("crash_prob", 0.0) > 0 and rng.random() < cfg["crash_prob"]:
         raise DeviceCrash(f"device {cfg['device_id']} crashed in round {cfg['round']} (simulated)")
     model, initial = adapted(cfg)
+    if downlink and cfg.get("corrupt_downlink_prob", 0.0) > 0:  # its own stream: the device's draws stay the same
+        link_rng = device_rng(cfg["seed"], cfg["device_id"], cfg["round"], 3)
+        if link_rng.random() < cfg["corrupt_downlink_prob"]:
+            downlink = corrupt_downlink(downlink, link_rng)
     weights, version, rejected = apply_downlink(cfg, initial, downlink)
     load_adapter_state(model, weights)
     pr = runtime.prompter(cfg["cache_dir"] or None)
@@ -233,10 +237,11 @@ def run_cdcca_round(cfg: dict, downlink: dict | None) -> tuple[dict, dict, str]:
 
 
 def corrupt(upload: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Fault injection (``fleet.corrupt_prob``): a truncated, NaN-poisoned or mis-shaped upload."""
+    """Fault injection (``fleet.corrupt_prob``): a truncated, NaN-poisoned, mis-shaped upload, or one whose
+    first question is too long for the cloud's sequences."""
     out = dict(upload)
-    key = "images" if "images" in out else "tokens"
-    kind = int(rng.integers(3))
+    key = next(k for k in ("images", "tokens_2bit", "tokens") if k in out)
+    kind = int(rng.integers(4))
     if kind == 0:
         out[key] = out[key].reshape(-1)[:-1]
     elif kind == 1 and "scales" in out and out["scales"].size:
@@ -245,6 +250,26 @@ def corrupt(upload: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str
     elif kind == 1 and key == "tokens" and out[key].dtype == np.float16 and out[key].size:
         out[key] = out[key].copy()
         out[key].reshape(-1)[0] = np.nan
+    elif kind == 3 and out["q_len"].size and out["q_len"][0] > 0:
+        n0 = int(out["q_len"][0])  # a valid upload but for its length: the first question's first word, 200 times
+        out["questions"] = np.concatenate([np.repeat(out["questions"][:1], 200), out["questions"][n0:]])
+        out["q_len"] = out["q_len"].copy()
+        out["q_len"][0] = 200
     else:
         out["q_len"] = np.concatenate([out["q_len"], np.asarray([3], np.uint8)])
     return out
+
+
+def corrupt_downlink(downlink: dict, rng: np.random.Generator) -> dict:
+    """Fault injection (``fleet.corrupt_downlink_prob``): a downlink damaged in transit. A payload chain
+    loses the last byte of a random payload; a dense refresh gets a NaN."""
+    if "full" in downlink:
+        full = {k: np.array(a, dtype=np.float32) for k, a in downlink["full"].items()}
+        first = next(iter(full))
+        full[first].reshape(-1)[0] = np.nan
+        return {"full": full}
+    payloads = list(downlink["chain"]["payloads"])
+    i = int(rng.integers(len(payloads)))
+    p = payloads[i]
+    payloads[i] = (p.tobytes() if isinstance(p, np.ndarray) else bytes(p))[:-1]
+    return {"chain": {"payloads": payloads}}

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from . import FlSimError
 from .models.adapters import adapter_parameters
 from .models.mllm import MAX_POSITIONS, Prompter, answer_with_stats, embed_with_tokens
 from .models.train import per_sample_loss
@@ -67,6 +68,8 @@ def _pad(t: torch.Tensor, length: int, value) -> torch.Tensor:
 def _padded_batch(prompter: Prompter, questions, answers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``input_ids, attention_mask, labels`` padded to ``MAX_POSITIONS`` (so batches of any round stack)."""
     b, L = prompter.train_batch(questions, answers), MAX_POSITIONS
+    if b["input_ids"].shape[1] > L:  # F.pad would crop silently, cutting labels and image positions
+        raise FlSimError(f"a question and answer take {b['input_ids'].shape[1]} positions, more than {L}")
     return _pad(b["input_ids"], L, prompter.pad), _pad(b["attention_mask"], L, 0), _pad(b["labels"], L, -100)
 
 

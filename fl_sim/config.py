@@ -54,6 +54,8 @@ class FleetConfig(Section):
     train_size: int = Field(2000, ge=1, description="train-split samples per domain, shared out among devices")
     crash_prob: float = Field(0.0, ge=0, le=1, description="chance a device raises during a round (fault injection)")
     corrupt_prob: float = Field(0.0, ge=0, le=1, description="chance a CD-CCA upload is malformed (fault injection)")
+    corrupt_downlink_prob: float = Field(0.0, ge=0, le=1, description=(
+        "chance a CD-CCA downlink reaches its device damaged (fault injection)"))
     replay: str | None = Field(None, description=(
         "run directory (or its results.jsonl) of an earlier run of this fleet: each round samples and keeps "
         "the devices that run sampled and kept, whatever their simulated times (a paired comparison)"))

@@ -103,7 +103,7 @@ def _select(x: np.ndarray, cfg: DWCConfig) -> np.ndarray:
     if x.size == 0 or cum[-1] == 0:
         return np.zeros(0, np.int64)
     k = min(int(np.searchsorted(cum, cfg.energy * cum[-1], side="left")) + 1, e.size)
-    k = max(1, min(k, math.ceil(cfg.max_density * x.size / cfg.block)))
+    k = max(1, min(k, math.ceil(round(cfg.max_density * x.size / cfg.block, 9))))  # round: 0.05 * 60 is 3
     return np.sort(order[:k])
 
 
@@ -216,8 +216,10 @@ def _best_rice(v: np.ndarray, rs, qmax=lambda r: None) -> int:
     return min(rs, key=lambda r: (int(_rice_lengths(v, r, qmax(r)).sum()), r))
 
 
-def _rice_decode(bits: str, n: int, r: int, qmax: int | None, what: str) -> tuple[np.ndarray, int]:
-    """``n`` Rice-coded values from the '0'/'1' string ``bits``, and the number of bits read."""
+def _rice_decode(bits: str, n: int, r: int, qmax: int | None, what: str,
+                 limit: int | None = None) -> tuple[np.ndarray, int]:
+    """``n`` Rice-coded values from the '0'/'1' string ``bits``, and the number of bits read; a value above
+    ``limit`` is malformed (an unbounded unary run would otherwise overflow int64)."""
     out, pos, end = [], 0, len(bits)
     for _ in range(n):
         z = bits.find("0", pos) if qmax is None else bits.find("0", pos, pos + qmax)
@@ -230,6 +232,8 @@ def _rice_decode(bits: str, n: int, r: int, qmax: int | None, what: str) -> tupl
         if pos + r > end:
             raise PayloadError(f"DWC {what} are truncated")
         out.append(q << r | (int(bits[pos:pos + r], 2) if r else 0))
+        if limit is not None and out[-1] > limit:
+            raise PayloadError(f"DWC {what} hold {out[-1]}, above {limit}")
         pos += r
     return np.array(out, np.int64), pos
 
@@ -269,7 +273,7 @@ def _decode_indices(data: bytes, code: int, r: int, k: int, numel: int) -> np.nd
         return np.flatnonzero(bits[:numel])
     if code != RICE:
         raise PayloadError(f"DWC unknown index code {code}")
-    gaps, used = _rice_decode(_bit_string(data), k, r, None, "index gaps")
+    gaps, used = _rice_decode(_bit_string(data), k, r, None, "index gaps", limit=numel)
     if len(data) != -(-used // 8):
         raise PayloadError(f"DWC index section has {len(data)} bytes, its {k} gaps use {-(-used // 8)}")
     idx = np.cumsum(gaps + 1) - 1

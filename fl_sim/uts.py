@@ -10,7 +10,7 @@ Two corrections to the paper's score, both on by default and both switchable for
 
 - ``normalize``: confidence per answer token (geometric mean of the max probabilities) instead of the
   product. The paper's VQA answers are short; here a caption has ~12 tokens, and the product ranked
-  captions as the least sure samples almost always (86-100 % of the picks on every shifted domain and
+  captions as the least sure samples almost always (80-100 % of the picks on every shifted domain and
   tier were captions, which VQA accuracy does not count: ``benchmarks/uts_selection.py``).
 - ``stratify``: the budget is shared by question type (the question's first two words: "how many",
   "is there", ..., what the device itself asked, as VQA datasets define question types) in proportion
@@ -105,6 +105,11 @@ def _shares(sizes: list[int], k: int) -> list[int]:
     return out
 
 
+def ceil_share(share: float, n: int) -> int:
+    """``ceil(share * n)`` of the exact product: ``0.07 * 100`` is 7, not the 8 of float rounding."""
+    return math.ceil(round(share * n, 9))
+
+
 def select_samples(uncertainty: np.ndarray, budget: float, min_uncertainty: float | None = None,
                    groups=None, power: float | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
     """Indices (ascending) of the most uncertain samples: at most ``ceil(budget * n)``, ties by index.
@@ -116,7 +121,7 @@ def select_samples(uncertainty: np.ndarray, budget: float, min_uncertainty: floa
     acquisition, which keeps a batch from being all outliers of one kind.
     """
     u = np.asarray(uncertainty, float)
-    k = min(len(u), math.ceil(budget * len(u)))
+    k = min(len(u), ceil_share(budget, len(u)))
     key = u  # samples are taken by key, descending
     if power is not None:
         if rng is None:
@@ -142,14 +147,14 @@ def stage1(stats: dict[str, np.ndarray], questions, method: str, budget: float, 
            min_uncertainty: float | None = None) -> np.ndarray:
     """Stage 1 as configured (``UTSConfig`` fields): indices of the samples to upload.
 
-    ``"off"`` keeps every sample; ``"random"`` is plain random at the same budget (no strata, no power).
+    ``"off"`` keeps every sample; ``"random"`` is plain random at the same budget (no strata, no power, no threshold).
     """
     if method == "off":
         return np.arange(len(stats["confidence"]), dtype=np.int64)
     unc = sample_uncertainty(stats, method, rng, normalize)
     scored = method != "random"
     groups = [question_type(q) for q in questions] if stratify and scored else None
-    return select_samples(unc, budget, min_uncertainty, groups, power if scored else None, rng)
+    return select_samples(unc, budget, min_uncertainty if scored else None, groups, power if scored else None, rng)
 
 
 @torch.no_grad()
@@ -170,7 +175,7 @@ def token_uncertainty_novelty(vis: torch.Tensor, reference: torch.Tensor) -> tor
 def select_tokens(scores: torch.Tensor, keep: float) -> torch.Tensor:
     """Boolean ``(B, N)`` mask keeping the ``ceil(keep * N)`` highest-scoring tokens of each sample."""
     b, n = scores.shape
-    k = max(1, min(n, math.ceil(keep * n)))
+    k = max(1, min(n, ceil_share(keep, n)))
     top = scores.topk(k, dim=1).indices
     return torch.zeros(b, n, dtype=torch.bool).scatter_(1, top, True)
 
@@ -250,6 +255,8 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
     b = len(q_len)
     questions = [q.tolist() for q in np.split(flat, np.cumsum(q_len)[:-1])] if b else []
     if "images" in arrays:
+        if image_shape is None:
+            raise PayloadError("upload holds raw images, but no image shape was given to check them against")
         img = need("images", (np.uint8,))
         if img.shape != (b, *image_shape):
             raise PayloadError(f"upload images have shape {img.shape}, expected {(b, *image_shape)}")

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from fl_sim import akd, dwc, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
-from fl_sim.models.mllm import answer_with_stats, visual_tokens
+from fl_sim.models.mllm import MAX_POSITIONS, answer_with_stats, visual_tokens
 from fl_sim.world.domains import CAPTION_QUESTION
 from fl_sim.wire import (config_value_bytes, pack_arrays, payload_bytes, record_values, to_array_record,
                          unpack_arrays)
@@ -103,6 +103,8 @@ class CDCCA(FleetStrategy):
                 "uts_budget": u.budget, "uts_tokens": u.tokens,
                 "uts_keep_tokens": u.keep_tokens, "uts_mc_passes": u.mc_passes, "uts_mc_p": u.mc_p,
                 "uts_upload": u.upload, "uts_token_bits": u.token_bits, "corrupt_prob": self.cfg.fleet.corrupt_prob} | (
+            # only when set: every key costs downlink bytes, and earlier runs' byte counts should reproduce
+            {"corrupt_downlink_prob": self.cfg.fleet.corrupt_downlink_prob} if self.cfg.fleet.corrupt_downlink_prob else {}) | (
             {"uts_min_uncertainty": u.min_uncertainty} if u.min_uncertainty is not None else {}) | (
             {"uts_power": u.power} if u.power is not None else {})
 
@@ -153,6 +155,10 @@ class CDCCA(FleetStrategy):
                 up = uts.decode_upload(arrays, n_tok, dim, len(pr.tok), ref, img_shape)
                 if "images" in up and self.uts.upload != "images" or "vis" in up and self.uts.upload == "images":
                     raise uts.PayloadError(f"upload kind does not match strategy.uts.upload={self.uts.upload!r}")
+                texts = [pr.tok.decode(q, skip_special_tokens=True) for q in up["questions"]]
+                room = MAX_POSITIONS - self.akd.max_new_tokens - 1  # the teacher's answer and EOS follow the prompt
+                if any(len(pr.prompt(t)) > room for t in texts):
+                    raise uts.PayloadError(f"upload question longer than the {room} prompt positions the cloud has")
             except Exception as exc:  # noqa: BLE001 - whatever is wrong with an upload, reject it, never crash
                 rejected += 1
                 log.warning("round %d: rejected upload of device %d: %s", server_round, dev, exc)
@@ -162,7 +168,7 @@ class CDCCA(FleetStrategy):
             if "images" in up:
                 up["vis"] = visual_tokens(teacher, pr.pixels(up["images"]))  # the shared front-end
             vis.append(up["vis"])
-            questions += [pr.tok.decode(q, skip_special_tokens=True) for q in up["questions"]]
+            questions += texts
         return (torch.cat(vis) if vis else torch.zeros(0, n_tok, dim)), questions, rejected
 
     def _train_tier(self, tier: str, new: dict, server_round: int) -> dict:

@@ -1,6 +1,7 @@
 """CD-CCA end to end through Flower's real ``run_simulation`` on tiny presets."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -54,10 +55,26 @@ def test_uts_uplink_is_far_smaller_than_raw_images(cdcca_run, tmp_path, cache_di
     assert sum(r["downlink_bytes"] for r in full) > sum(r["downlink_bytes"] for r in res)
 
 
-def test_malformed_uploads_are_rejected_and_counted(tmp_path, cache_dir, tiny_zoo):
-    res = read_results(run_experiment(_cfg(tmp_path, cache_dir, **{"fleet.corrupt_prob": 1.0})))
+def test_malformed_uploads_are_rejected_and_counted(tmp_path, cache_dir, tiny_zoo, caplog):
+    with caplog.at_level(logging.WARNING, logger="strategies.cdcca"):
+        res = read_results(run_experiment(_cfg(tmp_path, cache_dir, **{"fleet.corrupt_prob": 1.0})))
     assert [r["rejected_uploads"] for r in res] == [4, 4]
-    assert all(r["uploaded_samples"] == 0 and r["participants"] == 4 for r in res)
+    assert all(r["uploaded_samples"] == 0 and r["participants"] == 4 and r["failed"] == 0 for r in res)
+    reasons = [m for m in caplog.messages if "rejected upload of device" in m]
+    assert len(reasons) == 8 and all(m.split(": ", 1)[1] for m in reasons)  # each with its reason
+    assert any("longer than" in m for m in reasons)  # the length check (one of the injected faults here)
+
+
+def test_damaged_downlinks_are_rejected_counted_and_refreshed(tmp_path, cache_dir, tiny_zoo, caplog):
+    """Every downlink arrives damaged: devices keep their weights and say why; the cloud counts them and
+    sends each a dense refresh next (damaged too, here), and the rounds go on."""
+    with caplog.at_level(logging.WARNING, logger="strategies.cdcca"):
+        res = read_results(run_experiment(_cfg(tmp_path, cache_dir, rounds=3, **{"fleet.corrupt_downlink_prob": 1.0})))
+    assert [r["rejected_downlinks"] for r in res] == [0, 4, 4]  # round 1 has nothing to send yet
+    assert all(r["failed"] == 0 and r["uploaded_samples"] == 16 for r in res)
+    rejected = [m for m in caplog.messages if "rejected its downlink" in m]
+    assert sum("round 2:" in m and "full refresh" not in m for m in rejected) == 4  # a payload lost its last byte
+    assert sum("round 3:" in m and "full refresh contains NaN" in m for m in rejected) == 4
 
 
 def test_cdcca_resume_equals_uninterrupted(cdcca_run):

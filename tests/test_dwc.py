@@ -319,6 +319,16 @@ def test_malformed_indices(code, raw, match):
         decode(build(h, raw, val, sc), d)
 
 
+def test_an_oversized_index_gap_is_malformed_not_an_overflow():
+    """A long unary run with a large Rice parameter decodes to a gap beyond int64: rejected as malformed."""
+    d = {"w": torch.arange(1.0, 11.0)}
+    h, _, val, sc = sections(encode(d, DWCConfig(energy=1.0, max_density=0.3, quantize=False)))
+    h["index_code"], h["index_r"] = 2, 40
+    huge = np.packbits(np.concatenate([np.ones(2 ** 23, np.uint8), np.zeros(41 + 2 * 41, np.uint8)])).tobytes()
+    with pytest.raises(PayloadError, match="above 10"):
+        decode(build(h, huge, val, sc), d)
+
+
 @pytest.mark.parametrize("value,match", [(float("nan"), "NaN"), (1e5, "float16")])
 def test_unencodable_deltas_are_refused(value, match):
     d = make_delta(14)
@@ -356,6 +366,27 @@ def test_device_applies_a_payload_chain_and_rejects_malformed_ones():
     got, version, reason = apply_downlink(cfg, initial, {"chain": {"payloads": as_arrays}})
     assert (version, reason) == (2, "")
     assert all(torch.equal(got[k], want[k]) for k in initial)
+
+    # a dense refresh is applied as sent; one with a NaN or a wrong shape is rejected
+    full = {k: (t + 1).numpy() for k, t in initial.items()}
+    got, version, reason = apply_downlink(cfg, initial, {"full": full})
+    assert (version, reason) == (2, "") and all(torch.equal(got[k], initial[k] + 1) for k in initial)
+    for what, broken in (("nan", {**full, "a": np.full((40, 8), np.nan, np.float32)}),
+                         ("shape", {**full, "b": np.zeros(15, np.float32)}), ("missing", {"a": full["a"]})):
+        got, version, reason = apply_downlink(cfg, initial, {"full": broken})
+        assert version == 0 and reason, what
+    # a downlink damaged in transit (fault injection) is rejected, whichever payload lost its byte
+    from clients.local import corrupt_downlink
+    for seed in range(4):
+        damaged = corrupt_downlink({"chain": {"payloads": as_arrays}}, np.random.default_rng(seed))
+        assert apply_downlink(cfg, initial, damaged)[1] == 0
+    assert apply_downlink(cfg, initial, corrupt_downlink({"full": full}, np.random.default_rng(0)))[1] == 0
+    # anything unexpected while decoding is a rejection too, never an exception out of the device round
+    class Weird(bytes):
+        def __len__(self):
+            raise RuntimeError("boom")
+    got, version, reason = apply_downlink(cfg, initial, {"chain": {"payloads": [payloads[0], Weird(payloads[1])]}})
+    assert version == 0 and "RuntimeError" in reason
 
     bad = {"not a list": {"payloads": payloads[0]},
            "other key": {"packed": payloads},

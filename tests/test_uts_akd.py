@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fl_sim import akd, uts
+from fl_sim import FlSimError, akd, uts
 from fl_sim.models.mllm import answer, answer_with_stats, embed_with_tokens, visual_tokens
 
 
@@ -24,6 +24,18 @@ def test_select_samples_respects_budget_order_and_threshold():
     assert uts.select_samples(u, 1 / 6).tolist() == [1]
     assert uts.select_samples(u, 1.0, min_uncertainty=0.6).tolist() == [1, 3, 5]
     assert uts.select_samples(u, 0.5, min_uncertainty=0.8).tolist() == [1, 3]
+    # the budget is ceil of the exact product: 0.07 * 100 and 0.14 * 50 are 7 in floats plus an ulp
+    assert len(uts.select_samples(np.arange(100.0), 0.07)) == 7
+    assert len(uts.select_samples(np.arange(50.0), 0.14)) == 7
+    assert uts.select_tokens(torch.rand(1, 50), 0.14).sum() == 7
+
+
+def test_random_selection_ignores_the_threshold():
+    """``random`` is the equal-budget ablation: a threshold on the random scores would drop samples at random."""
+    stats = {"confidence": np.linspace(0.1, 0.9, 40)}
+    picked = uts.stage1(stats, ["q"] * 40, "random", 0.5, np.random.default_rng(0), min_uncertainty=0.99)
+    assert len(picked) == 20
+    assert len(uts.stage1(stats, ["q"] * 40, "confidence", 0.5, np.random.default_rng(0), min_uncertainty=0.7)) < 20
 
 
 def test_sample_uncertainty_methods():
@@ -185,6 +197,39 @@ def test_malformed_uploads_are_rejected(breakage):
         uts.decode_upload(up, 9, 8, 61, None)
 
 
+def test_raw_image_upload_needs_an_image_shape():
+    up = uts.encode_upload([[5]], images=np.zeros((1, 4, 4, 3), np.uint8))
+    with pytest.raises(uts.PayloadError, match="image shape"):
+        uts.decode_upload(up, 9, 8, 61, None)
+    assert uts.decode_upload(up, 9, 8, 61, None, (4, 4, 3))["images"].shape == (1, 4, 4, 3)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 16, "images"])
+def test_injected_faults_are_rejected_for_every_encoding(bits):
+    """``fleet.corrupt_prob``'s faults, each kind, on each upload encoding: the decoder rejects the upload,
+    or (an over-long question) it decodes and the cloud's length check rejects it (``test_cdcca``)."""
+    from clients.local import corrupt
+
+    if bits == "images":
+        up = uts.encode_upload([[5, 6], [7]], images=np.ones((2, 4, 4, 3), np.uint8))
+    else:
+        up = uts.encode_upload([[5, 6], [7]], vis=torch.randn(2, 9, 8),
+                               mask=uts.select_tokens(torch.rand(2, 9), 0.5), token_bits=bits)
+    kinds = {}
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        kind = int(np.random.default_rng(seed).integers(4))
+        bad = corrupt(up, rng)
+        try:
+            got = uts.decode_upload(bad, 9, 8, 61, None, (4, 4, 3))
+        except uts.PayloadError:
+            kinds[kind] = "rejected"
+            continue
+        assert max(map(len, got["questions"])) == 200, (bits, kind)
+        kinds[kind] = "long question"
+    assert kinds == {0: "rejected", 1: "rejected", 2: "rejected", 3: "long question"}
+
+
 def test_2bit_upload_padding_must_be_zero():
     vis, mask = torch.randn(1, 3, 3), torch.tensor([[True, True, False]])  # 6 values: two padding codes
     up = uts.encode_upload([[5]], vis=vis, mask=mask, token_bits=2)
@@ -237,7 +282,7 @@ def _akd_setup(world):
 
 def test_akd_lowers_the_loss_and_trains_only_adapters(world):
     _, _, model, init = world
-    from fl_sim.models.adapters import load_adapter_state
+    from fl_sim.models.adapters import adapter_parameters, load_adapter_state
 
     tg, cfg, align = _akd_setup(world)
     assert tg["t_logits"].shape[:2] == tg["input_ids"].shape and tg["t_hidden"].shape[-1] == 64
@@ -254,6 +299,7 @@ def test_akd_lowers_the_loss_and_trains_only_adapters(world):
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
     assert any(not torch.equal(p, trainable[n]) for n, p in model.named_parameters() if n in trainable)
+    assert len(adapter_parameters(model)) == len(trainable)  # every trainable parameter is an adapter tensor
     load_adapter_state(model, init)
 
 
@@ -334,9 +380,31 @@ def test_question_targets_ask_the_teacher_about_the_captioned_images(world):
     assert akd.question_targets(zoo.teacher, pr, vis, ["one"] * 7, 2, np.random.default_rng(4)) == {}
 
 
-def test_akd_terms_switch_off():
-    cfg = akd.AKDConfig(w_kl=0, w_feat=0)
-    assert cfg.w_ce == 1 and cfg.w_kl == 0
+def test_a_sequence_longer_than_the_positions_is_refused_not_cropped(world):
+    zoo, ds, _, _ = world
+    q = str(ds["question"][0])
+    ids, _, labels = akd._padded_batch(zoo.prompter, [q], ["yes"])
+    assert ids.shape[1] == akd.MAX_POSITIONS and (labels != -100).sum() == 2  # the answer and EOS
+    with pytest.raises(FlSimError, match="positions"):
+        akd._padded_batch(zoo.prompter, [" ".join([q] * 12)], ["yes"])
+
+
+def test_akd_terms_switch_off(world):
+    """A zero weight removes its term from the loss; the total is the weighted sum of the terms left."""
+    tg, _, align = _akd_setup(world)
+    model = world[2]
+    with torch.no_grad():
+        full = akd.akd_loss(model, align, tg, akd.AKDConfig(w_ce=1.0, w_kl=0.5, w_feat=2.0))
+        assert set(full) == {"loss", "ce", "kl", "feat"} and all(full[k] > 0 for k in ("ce", "kl", "feat"))
+        assert float(full["loss"]) == pytest.approx(full["ce"] + 0.5 * full["kl"] + 2.0 * full["feat"], rel=1e-5)
+        for off, left in (("w_kl", {"ce", "feat"}), ("w_feat", {"ce", "kl"}), ("w_ce", {"kl", "feat"})):
+            cfg = akd.AKDConfig(**{off: 0.0})
+            out = akd.akd_loss(model, align if cfg.w_feat else None, tg, cfg)
+            assert set(out) == {"loss"} | left, off
+            want = sum(getattr(cfg, f"w_{k}") * full[k] for k in left)
+            assert float(out["loss"]) == pytest.approx(want, rel=1e-5), off
+    with pytest.raises(ValueError, match="at least one"):
+        akd.AKDConfig(w_ce=0, w_kl=0, w_feat=0)
 
 
 def test_replay_buffer_is_bounded_uniform_and_restorable():
