@@ -269,6 +269,8 @@ def corrupt_downlink(downlink: dict, rng: np.random.Generator) -> dict:
         full[first].reshape(-1)[0] = np.nan
         return {"full": full}
     payloads = list(downlink["chain"]["payloads"])
+    if not payloads:
+        return downlink
     i = int(rng.integers(len(payloads)))
     p = payloads[i]
     payloads[i] = (p.tobytes() if isinstance(p, np.ndarray) else bytes(p))[:-1]
