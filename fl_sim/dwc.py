@@ -103,7 +103,7 @@ def _select(x: np.ndarray, cfg: DWCConfig) -> np.ndarray:
     if x.size == 0 or cum[-1] == 0:
         return np.zeros(0, np.int64)
     k = min(int(np.searchsorted(cum, cfg.energy * cum[-1], side="left")) + 1, e.size)
-    k = max(1, min(k, math.ceil(round(cfg.max_density * x.size / cfg.block, 9))))  # round: 0.05 * 60 is 3
+    k = max(1, min(k, math.ceil(round(cfg.max_density * x.size / cfg.block, 9))))  # round: 0.07 * 100 is 7, not 8
     return np.sort(order[:k])
 
 

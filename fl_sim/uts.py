@@ -59,7 +59,8 @@ class UTSConfig(BaseModel):
     stratify: bool = Field(True, description="share the budget by question type, rank within each type (not for random)")
     power: float | None = Field(None, gt=0, description="draw samples with p ~ uncertainty**power, not the top")
     budget: float = Field(0.25, gt=0, le=1, description="max share of a round's samples uploaded")
-    min_uncertainty: float | None = Field(None, description="upload only samples more uncertain than this")
+    min_uncertainty: float | None = Field(None, description=(
+        "upload only samples more uncertain than this (not with method = random)"))
     tokens: Literal["off", "mc_dropout", "novelty"] = Field("novelty", description='stage-2 score; "off" = all')
     keep_tokens: float = Field(0.5, gt=0, le=1, description="share of visual tokens kept per sample")
     mc_passes: int = Field(8, ge=2)

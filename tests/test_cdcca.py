@@ -61,7 +61,7 @@ def test_malformed_uploads_are_rejected_and_counted(tmp_path, cache_dir, tiny_zo
     assert [r["rejected_uploads"] for r in res] == [4, 4]
     assert all(r["uploaded_samples"] == 0 and r["participants"] == 4 and r["failed"] == 0 for r in res)
     reasons = [m for m in caplog.messages if "rejected upload of device" in m]
-    assert len(reasons) == 8 and all(m.split(": ", 1)[1] for m in reasons)  # each with its reason
+    assert len(reasons) == 8 and all(m.split(": ", 2)[2] for m in reasons)  # each with its reason
     assert any("longer than" in m for m in reasons)  # the length check (one of the injected faults here)
 
 

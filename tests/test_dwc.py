@@ -133,6 +133,8 @@ def test_selection_cap_and_zero_delta():
     assert idx.size == math.ceil(0.01 * n)
     x = np.abs(flat(d))
     assert x[idx].min() >= np.delete(x, idx).max()
+    w = {"w": torch.arange(1.0, 101.0)}  # 0.07 * 100 is 7.000000000000001 in floats: the cap is still 7
+    assert kept(encode(w, DWCConfig(energy=1.0, max_density=0.07, quantize=False)), w).size == 7
     z = {k: torch.zeros_like(v) for k, v in d.items()}
     p = encode(z, DWCConfig())
     assert parse_header(p)[0]["k"] == 0
