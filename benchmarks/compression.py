@@ -130,17 +130,17 @@ def main() -> None:
             err = ((got - target)[kept] ** 2).sum() / max((target[kept] ** 2).sum(), 1e-30)
             h, pos = dwc.parse_header(payload)
             sections = (pos, h["index_bytes"], h["value_bytes"], len(payload) - pos - h["index_bytes"] - h["value_bytes"])
-            figures[name].append((b, dense / b, checkpoint / b, t1 - t0, t2 - t1, err, *sections))
+            figures[name].append((b, dense / b, checkpoint / b, t1 - t0, t2 - t1, err, h["k"], *sections))
     print(f"\nDWC downlink, {tier} adapters ({sum(v.numel() for v in init.values()):,d} values), "
           f"device checkpoint {checkpoint:,d} B, mean over {args.rounds} AKD rounds:")
     print("  (kept err: squared error of the kept entries over their energy; sections: header / indices / "
-          "values / scales bytes, the rest of the payload column is Flower's framing)")
+          "values / scales bytes, the rest of the payload column is Flower's framing; kept: entries, or blocks)")
     print(f"  {'setting':<28} {'payload B':>10} {'vs dense':>9} {'vs ckpt':>8} {'encode ms':>10} {'decode ms':>10} "
-          f"{'kept err':>9}  sections")
+          f"{'kept err':>9} {'kept':>7}  sections")
     for name, f in figures.items():
         a = np.mean(np.array(f), 0)
         print(f"  {name:<28} {a[0]:>10,.0f} {a[1]:>8.1f}x {a[2]:>7.1f}x {1e3 * a[3]:>10.1f} {1e3 * a[4]:>10.1f} "
-              f"{a[5]:>9.4f}  {' / '.join(f'{v:,.0f}' for v in a[6:])}")
+              f"{a[5]:>9.4f} {a[6]:>7,.0f}  {' / '.join(f'{v:,.0f}' for v in a[7:])}")
 
 
 if __name__ == "__main__":
