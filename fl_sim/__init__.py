@@ -9,3 +9,11 @@ class FlSimError(Exception):
 
 class PayloadError(FlSimError):
     """A malformed upload or downlink payload: it is rejected (and counted), never applied."""
+
+
+def ceil_share(share: float, n: float) -> int:
+    """``ceil(share * n)`` of the exact product (budgets, kept tokens, DWC density caps): ``0.07 * 100`` is
+    7, not the 8 that float rounding gives."""
+    import math
+
+    return math.ceil(round(share * n, 9))

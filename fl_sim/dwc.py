@@ -46,7 +46,6 @@ refused (``FlSimError``), as are NaN/inf deltas. Without quantisation values are
 
 from __future__ import annotations
 
-import math
 import zlib
 from typing import Literal
 
@@ -55,7 +54,7 @@ import torch
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import FlSimError, PayloadError
+from . import FlSimError, PayloadError, ceil_share
 
 VERSION = 3
 SELECT, QUANTIZE = 1, 2
@@ -103,7 +102,7 @@ def _select(x: np.ndarray, cfg: DWCConfig) -> np.ndarray:
     if x.size == 0 or cum[-1] == 0:
         return np.zeros(0, np.int64)
     k = min(int(np.searchsorted(cum, cfg.energy * cum[-1], side="left")) + 1, e.size)
-    k = max(1, min(k, math.ceil(round(cfg.max_density * x.size / cfg.block, 9))))  # round: 0.07 * 100 is 7, not 8
+    k = max(1, min(k, ceil_share(cfg.max_density, x.size / cfg.block)))
     return np.sort(order[:k])
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import FlSimError, PayloadError
+from . import FlSimError, PayloadError, ceil_share
 
 MAX_TOKEN_VALUE = 1e4  # front-end features are O(10); anything this large is corrupt
 
@@ -104,11 +104,6 @@ def _shares(sizes: list[int], k: int) -> list[int]:
         if out[i] < sizes[i]:
             out[i] += 1
     return out
-
-
-def ceil_share(share: float, n: int) -> int:
-    """``ceil(share * n)`` of the exact product: ``0.07 * 100`` is 7, not the 8 of float rounding."""
-    return math.ceil(round(share * n, 9))
 
 
 def select_samples(uncertainty: np.ndarray, budget: float, min_uncertainty: float | None = None,
