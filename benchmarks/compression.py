@@ -134,7 +134,7 @@ def main() -> None:
     print(f"\nDWC downlink, {tier} adapters ({sum(v.numel() for v in init.values()):,d} values), "
           f"device checkpoint {checkpoint:,d} B, mean over {args.rounds} AKD rounds:")
     print("  (kept err: squared error of the kept entries over their energy; sections: header / indices / "
-          "values / scales bytes, the rest of the payload column is Flower's framing; kept: entries, or blocks)")
+          "values / scales bytes, the rest of the payload column is Flower's framing; kept: entries, whole blocks included)")
     print(f"  {'setting':<28} {'payload B':>10} {'vs dense':>9} {'vs ckpt':>8} {'encode ms':>10} {'decode ms':>10} "
           f"{'kept err':>9} {'kept':>7}  sections")
     for name, f in figures.items():
