@@ -101,9 +101,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--words-only", action="store_true", help="skip the adapters without word embeddings")
     args = ap.parse_args()
-    from fl_sim.cli import _quiet_libraries
+    from fl_sim.cli import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     import torch
 
     from fl_sim.models.presets import get_zoo
@@ -140,7 +140,8 @@ def main() -> None:
         print(f"  mean over {len(tiers)} tiers: no adapters {b:.1f} % shifted, teacher {teacher['shifted']:.1f} %")
         for name, per_tier in best.items():
             m = float(np.mean(list(per_tier.values())))
-            print(f"    {name:<28} {m:.1f} % shifted: {100 * (m - b) / (teacher['shifted'] - b):.1f} % of the gap closed")
+            closed = 100 * (m - b) / (teacher["shifted"] - b)
+            print(f"    {name:<28} {m:.1f} % shifted: {closed:.1f} % of the gap closed")
 
 
 if __name__ == "__main__":

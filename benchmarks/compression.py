@@ -6,8 +6,9 @@ Uplink: one device round of 32 ``dusk`` samples through the tier's model; serial
 the upload for raw images (the baseline), every visual token, and UTS at its defaults and variants.
 Downlink: ``--rounds`` rounds of AKD on teacher-labelled ``dusk`` uploads; each round's adapter change is
 compressed with every DWC setting (error feedback on) and its serialized payload (what it adds to a
-device's message: a ``bytes`` value in its config record, as the downlink sends it) compared with a
-dense fp32 delta (packed into one ``bytes`` value, sent the same way) and with the device checkpoint. Encode/decode times are per payload.
+device's message: a ``bytes`` value in its task record, as the downlink sends it) compared with a
+dense fp32 delta (packed into one ``bytes`` value, sent the same way) and with the device checkpoint.
+Encode/decode times are per payload.
 """
 
 import argparse
@@ -16,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from fl_sim.cli import _quiet_libraries
+from fl_sim.cli import quiet_libraries
 
 
 def _bytes(arrays) -> int:
@@ -38,7 +39,7 @@ def _packed_bytes(arrays) -> int:
 
 def _downlink_bytes(payload: bytes) -> int:
     """What a DWC payload adds to the message of a device one version behind (a one-payload chain in
-    its config record, as ``strategies/cdcca.py`` sends and counts it)."""
+    its task record, as ``strategies/cdcca.py`` sends and counts it)."""
     from fl_sim.wire import config_value_bytes
 
     return config_value_bytes("dwc_chain", [payload])
@@ -50,13 +51,13 @@ def main() -> None:
     ap.add_argument("--tier", default="phone-high")
     ap.add_argument("--rounds", type=int, default=4, help="AKD rounds for the downlink figures (0: uplink only)")
     args = ap.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     torch.set_num_threads(2)
     from fl_sim import akd, dwc, runtime, uts
     from fl_sim.cache import read_meta
     from fl_sim.config import StrategyConfig
     from fl_sim.models.adapters import adapter_state, load_adapter_state
-    from fl_sim.models.mllm import _llava, answer_with_stats, visual_tokens
+    from fl_sim.models.mllm import answer_with_stats, llava_of, visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
     from fl_sim.wire import pack_arrays
 
@@ -104,20 +105,20 @@ def main() -> None:
     settings = {k + (" (default)" if dwc.DWCConfig(**v) == dwc.DWCConfig() else ""): v for k, v in settings.items()}
     feedback = {k: dwc.ErrorFeedback(dwc.DWCConfig(**v)) for k, v in settings.items()}
     figures = {k: [] for k in settings}
-    align = torch.nn.Linear(_llava(model).config.text_config.hidden_size, teacher.config.text_config.hidden_size)
+    align = torch.nn.Linear(llava_of(model).config.text_config.hidden_size, teacher.config.text_config.hidden_size)
     load_adapter_state(model, init)
     for r in range(args.rounds):
         rows = ds.select(range(100 + 64 * r, 164 + 64 * r))
         tg = akd.teacher_targets(teacher, pr, visual_tokens(teacher, pr.pixels(np.asarray(rows["image"]))),
                                  list(rows["question"]))
         before = adapter_state(model)
-        akd.train_adapters(model, align, lambda s: akd.take(tg, rng.choice(64, 32, replace=False)),
+        akd.train_adapters(model, align, lambda s, tg=tg: akd.take(tg, rng.choice(64, 32, replace=False)),
                            akd.AKDConfig(), seed=r)  # the default steps per round
         after = adapter_state(model)
         delta = {k: after[k] - before[k] for k in after}
         dense = _downlink_bytes(pack_arrays({k: v.numpy() for k, v in delta.items()}).tobytes())
         for name, ef in feedback.items():
-            target = dwc._flatten({k: v + ef.residual[k] if ef.residual and ef.cfg.error_feedback else v
+            target = dwc.flatten({k: v + ef.residual[k] if ef.residual and ef.cfg.error_feedback else v
                                    for k, v in delta.items()}).astype(np.float64)  # what the payload encodes
             t0 = time.perf_counter()
             payload, sent = ef.step(delta)
@@ -125,16 +126,18 @@ def main() -> None:
             dwc.decode(payload, delta)
             t2 = time.perf_counter()
             b = _downlink_bytes(payload)
-            got = dwc._flatten(sent).astype(np.float64)
+            got = dwc.flatten(sent).astype(np.float64)
             kept = got != 0
             err = ((got - target)[kept] ** 2).sum() / max((target[kept] ** 2).sum(), 1e-30)
             h, pos = dwc.parse_header(payload)
-            sections = (pos, h["index_bytes"], h["value_bytes"], len(payload) - pos - h["index_bytes"] - h["value_bytes"])
+            rest = len(payload) - pos - h["index_bytes"] - h["value_bytes"]
+            sections = (pos, h["index_bytes"], h["value_bytes"], rest)
             figures[name].append((b, dense / b, checkpoint / b, t1 - t0, t2 - t1, err, h["k"], *sections))
     print(f"\nDWC downlink, {tier} adapters ({sum(v.numel() for v in init.values()):,d} values), "
           f"device checkpoint {checkpoint:,d} B, mean over {args.rounds} AKD rounds:")
     print("  (kept err: squared error of the kept entries over their energy; sections: header / indices / "
-          "values / scales bytes, the rest of the payload column is Flower's framing; kept: entries, whole blocks included)")
+          "values / scales bytes, the rest of the payload column is Flower's framing; "
+          "kept: entries, whole blocks included)")
     print(f"  {'setting':<28} {'payload B':>10} {'vs dense':>9} {'vs ckpt':>8} {'encode ms':>10} {'decode ms':>10} "
           f"{'kept err':>9} {'kept':>7}  sections")
     for name, f in figures.items():

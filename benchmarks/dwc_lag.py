@@ -51,7 +51,8 @@ def main() -> None:
             a[1] += float((c.float() - held[k].float()).pow(2).sum())
             a[2] += float(c.float().pow(2).sum())
         for name, (n, lag2, c2) in sorted(acc.items()):
-            print(f"{tier:<12} {name:<14} {n:>7} {(lag2 / n) ** .5:>8.4f} {(c2 / n) ** .5:>8.4f} {(lag2 / c2) ** .5:>9.3f}")
+            print(f"{tier:<12} {name:<14} {n:>7} {(lag2 / n) ** .5:>8.4f} {(c2 / n) ** .5:>8.4f} "
+                  f"{(lag2 / c2) ** .5:>9.3f}")
     if args.evaluate:
         evaluate_both(args.run_dir, ck, tiers)
 
@@ -62,9 +63,9 @@ def evaluate_both(run_dir: Path, ck: Path, tiers: list[str]) -> None:
     from safetensors.torch import load_file
 
     from fl_sim.config import load_run_config
+    from fl_sim.evaluation import evaluate_adapters
     from fl_sim.models.zoo import pretrain_zoo
     from fl_sim.world.domains import DOMAINS, SHIFTED
-    from strategies.base import evaluate_adapters
 
     cfg = load_run_config(run_dir / "config.toml")
     paths = {k: str(v) for k, v in pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir).paths.items()}

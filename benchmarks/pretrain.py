@@ -2,7 +2,7 @@
 
     python benchmarks/pretrain.py [--zoo default] [--cache-dir DIR] [--workers 2]
 
-Targets (issue 2): default preset <= 30 min on a 2-core CPU; cached reload <= 10 s.
+Targets: default preset <= 30 min on a 2-core CPU; cached reload <= 10 s.
 Run it on an otherwise idle machine: other jobs on the 2 cores inflate the figure.
 """
 
@@ -10,7 +10,7 @@ import argparse
 import tempfile
 import time
 
-from fl_sim.cli import _quiet_libraries, default_workers
+from fl_sim.cli import default_workers, quiet_libraries
 from fl_sim.models.zoo import pretrain_zoo
 
 
@@ -20,7 +20,7 @@ def main():
     ap.add_argument("--cache-dir", default=None, help="default: a fresh temporary directory")
     ap.add_argument("--workers", type=int, default=default_workers(), help="training processes (as fl-sim pretrain)")
     args = ap.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     cache = args.cache_dir or tempfile.mkdtemp(prefix="fl-sim-bench-")
     t0 = time.time()
     zoo = pretrain_zoo(args.zoo, cache_dir=cache, workers=args.workers)
@@ -30,7 +30,8 @@ def main():
     warm = time.time() - t0
     for role, meta in zoo.meta.items():
         print(f"{role:12s} train {meta.get('train', {}).get('seconds', 0):7.1f} s  params {meta.get('params')}")
-    print(f"pretrain (empty cache, {args.workers} training processes): {cold:.1f} s ({cold / 60:.1f} min)   target <= 30 min")
+    print(f"pretrain (empty cache, {args.workers} training processes): {cold:.1f} s ({cold / 60:.1f} min)"
+          "   target <= 30 min")
     print(f"cached reload:          {warm:.1f} s   target <= 10 s")
 
 

@@ -19,9 +19,9 @@ def main():
     ap.add_argument("--n", type=int, default=120)
     ap.add_argument("--zoo", default="default")
     args = ap.parse_args()
-    from fl_sim.cli import _quiet_libraries
+    from fl_sim.cli import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     from fl_sim import runtime, uts
     from fl_sim.models.mllm import answer_with_stats, visual_tokens
     from fl_sim.models.zoo import pretrain_zoo

@@ -19,9 +19,9 @@ def main():
     ap.add_argument("--budget", type=float, default=0.125)
     ap.add_argument("--zoo", default="default")
     args = ap.parse_args()
-    from fl_sim.cli import _quiet_libraries
+    from fl_sim.cli import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     from fl_sim import runtime, uts
     from fl_sim.models.mllm import answer_with_stats, visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
@@ -49,9 +49,10 @@ def main():
             cells = []
             for name, sel in picks.items():
                 v = sel[vqa[sel]]
-                acc = (lambda x: f"{100 * x[v].mean():4.0f}" if len(v) else "   -")
+                acc = (lambda x: f"{100 * x[v].mean():4.0f}" if len(v) else "   -")  # noqa: B023 - used at once
                 cells.append(f"{name} captions {100 * np.mean(~vqa[sel]):3.0f} % device {acc(ok)} teacher {acc(t_ok)}")
-            print(f"{dom:7s} {tier:11s} all: device {100 * ok[vqa].mean():3.0f} teacher {100 * t_ok[vqa].mean():3.0f} | "
+            print(f"{dom:7s} {tier:11s} all: device {100 * ok[vqa].mean():3.0f} "
+                  f"teacher {100 * t_ok[vqa].mean():3.0f} | "
                   + " | ".join(cells))
 
 

@@ -1,84 +1,64 @@
-"""The Flower ClientApp: one virtual node emulates one device (its profile comes from the server).
+"""The Flower ClientApp: one virtual node emulates one device, with the behaviour its task names.
 
 Messages it handles:
 
-``query``  reply with the device id this node emulates (``partition-id`` in the node config), so the
-           server can map Flower node ids to devices; with ``warm`` (ConfigRecord ``configs``: a JSON list
-           of device configs) the worker first loads what those devices need, once per process.
-``train``  content ``config`` (ConfigRecord: the device's round settings) and optionally ``adapter``
-           (ArrayRecord: the adapter state to run). Replies ``metrics`` (MetricRecord) and, if the
-           device adapted, ``adapter`` (its new adapter state).
-           With ``config["mode"] == "cdcca"`` the downlink is the record ``dwc_full`` (a dense refresh) or
-           ``config["dwc_chain"]`` (the list of DWC payloads to apply in order, each ``bytes``) and the
-           reply carries ``upload`` (ConfigRecord: the UTS upload arrays packed into one
-           ``bytes`` value, ``"packed"``; see ``fl_sim.wire.pack_arrays``) instead of an adapter.
+``query``  provisioning, once per run: content ``provision`` (ConfigRecord) holds ``env``, the path of the
+           run's device environment (``fl_sim.device_env``), which the node keeps in its
+           ``Context.state``; with ``warm`` (a JSON list of ``[behaviour, device id, round]``) the worker process
+           first loads what those devices need (``clients.warm_up``). Replies the device id this node emulates
+           (``partition-id`` in the node config), so the server can map node ids to devices.
+``train``  content ``task`` (``fl_sim.task``: the behaviour, the round, its settings) plus what the
+           strategy sends beside it; the behaviour (``clients/<name>.py``) makes the reply.
 
 Per-device state lives on the server side (adapters are shared per tier and version), so
-``Context.state`` stays empty; base models are cached per worker process by tier.
+``Context.state`` holds only the environment's path; base models are cached per worker by tier.
 """
 
 from __future__ import annotations
 
 import logging
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 app = ClientApp()  # heavy imports (torch, transformers) happen on the first message needing them, not at load
+STATE = "fl-sim"
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Which device this node emulates. A ``warm`` config (JSON list of device configs) in the query
-    also makes this worker process load what those devices need (``clients.local.warm_up``), once."""
-    if "warm" in msg.content:
-        import json
-
-        import torch
-
-        from clients.local import warm_up
-
-        try:  # best effort: a device that cannot load fails in its round, where it is counted
-            cfgs = json.loads(str(msg.content["warm"]["configs"]))
-            torch.set_num_threads(int(cfgs[0].get("threads", 1)) if cfgs else 1)
-            warm_up(cfgs)
-        except Exception as exc:  # noqa: BLE001
-            logging.getLogger(__name__).warning("worker warm-up failed: %s", exc)
+    if "provision" in msg.content:
+        rec = msg.content["provision"]
+        context.state[STATE] = ConfigRecord({"env": str(rec["env"])})
+        if "warm" in rec:
+            _warm(str(rec["env"]), str(rec["warm"]))
     return Message(RecordDict({"device": ConfigRecord({"device_id": int(context.node_config["partition-id"])})}),
                    reply_to=msg)
+
+
+def _warm(env_path: str, warm: str) -> None:
+    import json
+
+    from clients.warm_up import warm_up
+
+    try:  # best effort: a device that cannot load fails in its round, where it is counted
+        warm_up(env_path, [tuple(x) for x in json.loads(warm)])
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger(__name__).warning("worker warm-up failed: %s", exc)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     import torch
 
-    from clients.local import run_device_round
-    from fl_sim.wire import from_array_record, to_array_record
+    from clients.behaviour import DeviceRound, load_behaviour
+    from fl_sim.device_env import load_device_env
+    from fl_sim.task import read_task
 
-    cfg = dict(msg.content["config"])
-    torch.set_num_threads(int(cfg.get("threads", 1)))
-    if cfg.get("mode") == "cdcca":
-        return _cdcca(msg, cfg)
-    adapter = from_array_record(msg.content["adapter"]) if "adapter" in msg.content else None
-    new_state, metrics = run_device_round(cfg, adapter)
-    content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
-    if new_state is not None:
-        content["adapter"] = to_array_record(new_state)
-    return Message(content, reply_to=msg)
-
-
-def _cdcca(msg: Message, cfg: dict) -> Message:
-    from clients.local import run_cdcca_round
-    from fl_sim.wire import packed_record, record_values
-
-    downlink = None  # raw values; run_cdcca_round validates them (a bad downlink is rejected, not fatal)
-    if "dwc_full" in msg.content:
-        downlink = {"full": record_values(msg.content["dwc_full"])}
-    elif "dwc_chain" in cfg:
-        downlink = {"chain": {"payloads": cfg.pop("dwc_chain")}}
-    upload, metrics, reason = run_cdcca_round(cfg, downlink)
-    content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
-                          "upload": packed_record(upload)})
-    if reason:
-        content["status"] = ConfigRecord({"downlink_error": reason})
-    return Message(content, reply_to=msg)
+    env = load_device_env(str(context.state[STATE]["env"]))
+    torch.set_num_threads(env.threads)
+    task, _ = read_task(msg.content)
+    behaviour = load_behaviour(task.behaviour)
+    settings = behaviour.Settings.model_validate(task.settings)
+    dev = DeviceRound(env, int(context.node_config["partition-id"]), task.round)
+    return Message(RecordDict(behaviour.run(dev, settings, msg.content)), reply_to=msg)

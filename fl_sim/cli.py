@@ -16,7 +16,8 @@ from . import FlSimError
 log = logging.getLogger("fl_sim")
 
 
-def _quiet_libraries():
+def quiet_libraries():
+    """Offline, no telemetry, no progress bars or warnings from the libraries (the CLI and benchmarks)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -72,8 +73,8 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .models.zoo import pretrain_zoo
     from .evaluation import check_targets, evaluate_zoo, print_eval
+    from .models.zoo import pretrain_zoo
 
     with _progress(args.quiet) as p:
         zoo = pretrain_zoo(args.zoo, seed=args.seed, cache_dir=args.cache_dir, overrides=_overrides(args.model),
@@ -106,16 +107,10 @@ def _set_overrides(items: list[str]) -> dict:
     return out
 
 
-def _print_round(rec) -> None:
-    acc = rec.get("acc", {})
-    accs = " ".join(f"{d}={100 * v:.1f}" for d, v in acc.items())
-    print(f"round {rec['round']:>3}  t={rec['virtual_time_s']:8.1f}s  devices={rec['participants']}"
-          f"/{rec['sampled']} (stragglers {rec['stragglers']}, failed {rec['failed']})  "
-          f"up={rec['cum_uplink_bytes'] / 1e6:.2f}MB down={rec['cum_downlink_bytes'] / 1e6:.2f}MB  "
-          f"acc% {accs}  [{rec['wall_s']['round']:.1f}s]", flush=True)
-
-
 def cmd_run(args) -> int:
+    from strategies import check_name
+
+    from .callbacks.console import ConsoleProgress
     from .config import load_config
     from .run import resume_experiment, run_experiment
 
@@ -127,16 +122,16 @@ def cmd_run(args) -> int:
     if args.ray_address:
         overrides["simulation.ray_address"] = args.ray_address
 
-    on_round = None if args.quiet else _print_round
+    callbacks = [] if args.quiet else [ConsoleProgress()]
 
     t0 = time.time()
     with _progress(args.quiet) as p:
         if args.resume:
-            run_dir = resume_experiment(args.resume, on_round=on_round, progress=p,
-                                        overrides=overrides)
+            run_dir = resume_experiment(args.resume, callbacks=callbacks, progress=p, overrides=overrides)
         else:
             cfg = load_config(args.config, overrides)
-            run_dir = run_experiment(cfg, on_round=on_round, progress=p)
+            check_name(cfg.strategy.name)
+            run_dir = run_experiment(cfg, callbacks=callbacks, progress=p)
     print(f"run finished in {time.time() - t0:.0f} s: results in {run_dir}/results.jsonl")
     print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0
@@ -196,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compare(args) -> int:
+    from .callbacks.console import round_line
     from .compare import run_compare
 
     overrides = _set_overrides(args.set)
@@ -207,7 +203,8 @@ def cmd_compare(args) -> int:
 
     t0 = time.time()
     with _progress(args.quiet) as p:
-        out = run_compare(args.config, overrides, on_run=on_run, on_round=None if args.quiet else _print_round,
+        out = run_compare(args.config, overrides, on_run=on_run,
+                          on_round=None if args.quiet else (lambda rec: print(round_line(rec), flush=True)),
                           progress=p)
     print(f"comparison finished in {time.time() - t0:.0f} s: report in {out}/report.md")
     print(f"TensorBoard: tensorboard --logdir {out}")
@@ -217,7 +214,7 @@ def cmd_compare(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    _quiet_libraries()
+    quiet_libraries()
     import torch
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))

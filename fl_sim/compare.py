@@ -29,7 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import FlSimError
-from .config import ExperimentConfig, _explain, load_config
+from .config import ExperimentConfig, explain_error, load_config
 from .metrics import read_results
 from .report import RunRef, build_report
 
@@ -56,7 +56,8 @@ class CompareConfig(BaseModel):
     runs: list[Variant] = Field(min_length=1)
 
 
-def load_compare(path: str | Path, overrides: dict | None = None) -> tuple[CompareConfig, list[tuple[Variant, int, ExperimentConfig]]]:
+def load_compare(path: str | Path, overrides: dict | None = None
+                 ) -> tuple[CompareConfig, list[tuple[Variant, int, ExperimentConfig]]]:
     """The comparison and its fully validated grid ``[(variant, seed, experiment config)]``."""
     path = Path(path)
     if not path.is_file():
@@ -66,7 +67,7 @@ def load_compare(path: str | Path, overrides: dict | None = None) -> tuple[Compa
     except tomllib.TOMLDecodeError as exc:
         raise FlSimError(f"malformed TOML in {path}: {exc}") from None
     except ValidationError as exc:
-        raise FlSimError(f"invalid comparison {path}: {_explain(exc)}") from None
+        raise FlSimError(f"invalid comparison {path}: {explain_error(exc)}") from None
     labels = [v.label for v in cmp.runs]
     if len(set(labels)) != len(labels):
         raise FlSimError(f"invalid comparison {path}: duplicate run labels")
@@ -76,6 +77,13 @@ def load_compare(path: str | Path, overrides: dict | None = None) -> tuple[Compa
     # the paired variant goes first in each seed: the others replay its participation
     runs = sorted(cmp.runs, key=lambda v: v.label != cmp.paired) if cmp.paired else cmp.runs
     grid = []  # seed-major: every variant of the first seed finishes before any second seed starts
+    from strategies import check_name
+
+    for v in runs:
+        try:
+            check_name(v.strategy)
+        except FlSimError as exc:
+            raise FlSimError(f"run {v.label!r}: {exc}") from None
     for seed in cmp.seeds:
         for v in runs:
             over = {**_flat(cmp.set), **_flat(v.set), **(overrides or {}), "strategy.name": v.strategy, "seed": seed,

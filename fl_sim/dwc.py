@@ -51,7 +51,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import FlSimError, PayloadError, ceil_share
@@ -87,7 +86,8 @@ class DWCConfig(BaseModel):
     probe_steps: int = Field(20, ge=1, description="dense AKD steps that pick the entries sparse_train trains")
 
 
-def _flatten(tensors: dict[str, torch.Tensor]) -> np.ndarray:
+def flatten(tensors: dict[str, torch.Tensor]) -> np.ndarray:
+    """Every tensor's values in one 1-D float32 array, tensors in name order (how payloads index entries)."""
     flat = [tensors[k].detach().cpu().float().reshape(-1).numpy() for k in sorted(tensors)]
     return np.concatenate(flat) if flat else np.zeros(0, np.float32)
 
@@ -137,7 +137,7 @@ def train_mask(scores: dict[str, torch.Tensor], cfg: DWCConfig, seed: int | None
     ``scores`` were the delta and ``energy`` were 1: the ``max_density`` share of entries (in blocks of
     ``block``) with the largest ``scores**2``; with ``selection = "random"``, the entries the payload of
     ``seed`` keeps (``scores`` only give the shapes). All entries when ``select`` is off."""
-    x = _flatten(scores)
+    x = flatten(scores)
     keep = np.zeros(x.size, bool)
     if cfg.select and cfg.selection == "random":
         keep[seeded_entries(_need_seed(seed), _threshold(cfg.max_density), x.size)] = True
@@ -329,7 +329,7 @@ def _dequantize(stream: bytes, scales: bytes, bits: int, group: int, k: int, r: 
 def encode(delta: dict[str, torch.Tensor], cfg: DWCConfig, seed: int | None = None) -> bytes:
     """Compress ``delta`` into a payload (see the module docstring); ``seed`` picks the entries of
     ``selection = "random"``."""
-    x = _flatten(delta)
+    x = flatten(delta)
     numel = x.size
     if not np.isfinite(x).all():
         raise FlSimError("DWC delta contains NaN or inf")

@@ -1,7 +1,11 @@
-"""Evaluate a model zoo on every domain's test split and check the world's targets."""
+"""Server-side evaluation: a model zoo on every domain's test split (with the world's targets), and a
+fleet's tier models during a run (each tier's adapters per domain, tier-share-weighted means)."""
 
 from __future__ import annotations
 
+import numpy as np
+
+from . import runtime
 from .models.evaluate import evaluate
 from .world.data import load_split
 from .world.domains import DOMAINS, SHIFTED, VQA_FAMILIES
@@ -53,3 +57,59 @@ def check_targets(table: dict) -> list[str]:
         lines.append(f"[{'MET' if gaps[low] >= MIN_GAP else 'MISSED'}] {tier} >= {MIN_GAP * 100:.0f} points below "
                      f"the teacher on every shifted domain (smallest gap: {low} {gaps[low] * 100:.1f})")
     return lines
+
+
+# ---------------------------------------------------------------- a fleet's tiers during a run
+def eval_sets(cfg) -> dict:
+    """The run's server-side test sets: ``eval.n_test`` samples of every domain, drawn with the run seed."""
+    return {d: runtime.split(d, "test", cfg.eval.n_test, cfg.seed, cfg.cache_dir) for d in DOMAINS}
+
+
+def evaluate_adapters(cfg, model_paths: dict, states: dict, fleet_tiers: list[str]) -> dict:
+    """``{"acc": domain -> tier-share-weighted accuracy (and "overall"), "acc_tier": tier -> domain -> acc}``
+    of each tier's model with adapter state ``states[tier]`` (``None`` = the initial adapters, i.e. the
+    base model), the tier shares counted over ``fleet_tiers`` (one entry per device)."""
+    from .models.adapters import load_adapter_state
+
+    pr = runtime.prompter(cfg.cache_dir)
+    sets = eval_sets(cfg)
+    per_tier = {}
+    for tier, state in states.items():
+        model, init = runtime.adapted_model(model_paths[tier], *cfg.strategy.adapters())
+        load_adapter_state(model, state if state is not None else init)
+        per_tier[tier] = {d: r.get("vqa", float("nan")) for d, r in evaluate(model, pr, sets).items()}
+    share = {t: fleet_tiers.count(t) / len(fleet_tiers) for t in states}
+    by_domain = {d: sum(share[t] * per_tier[t][d] for t in states) for d in sets}
+    return {"acc": by_domain | {"overall": float(np.mean(list(by_domain.values())))}, "acc_tier": per_tier}
+
+
+class FleetEvaluator:
+    """Evaluates a run's tier models; the teacher and the source-only reference (every tier's base
+    model: what ``source-only`` measures) are evaluated once and kept (``state`` / ``load_state``)."""
+
+    def __init__(self, cfg, model_paths: dict, fleet_tiers: list[str]):
+        self.cfg, self.model_paths, self.fleet_tiers = cfg, model_paths, fleet_tiers
+        self.teacher_acc: dict | None = None
+        self.reference_acc: dict | None = None
+
+    def __call__(self, states: dict) -> dict:
+        """``acc``, ``acc_tier`` of ``states`` (tier -> adapter state or ``None``), plus ``teacher_acc``
+        and ``source_only_acc``."""
+        if self.teacher_acc is None:
+            t = evaluate(runtime.base_model(self.model_paths["teacher"]), runtime.prompter(self.cfg.cache_dir),
+                         eval_sets(self.cfg))
+            self.teacher_acc = {d: r.get("vqa", float("nan")) for d, r in t.items()}
+        base = all(s is None for s in states.values())
+        if self.reference_acc is None and not base:
+            self.reference_acc = evaluate_adapters(self.cfg, self.model_paths, dict.fromkeys(states),
+                                                   self.fleet_tiers)["acc"]
+        out = evaluate_adapters(self.cfg, self.model_paths, states, self.fleet_tiers)
+        if base:
+            self.reference_acc = dict(out["acc"])
+        return out | {"teacher_acc": dict(self.teacher_acc), "source_only_acc": dict(self.reference_acc)}
+
+    def state(self) -> dict:
+        return {"teacher_acc": self.teacher_acc, "source_only_acc": self.reference_acc}
+
+    def load_state(self, state: dict) -> None:
+        self.teacher_acc, self.reference_acc = state.get("teacher_acc"), state.get("source_only_acc")

@@ -49,7 +49,7 @@ class MetricsLogger:
 
     def log(self, record: dict) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(_finite(record), sort_keys=True, allow_nan=False) + "\n")
+            f.write(json.dumps(finite_json(record), sort_keys=True, allow_nan=False) + "\n")
         if self.writer is not None:
             step = int(record["round"])
             for k, v in flatten(record).items():
@@ -62,12 +62,12 @@ class MetricsLogger:
             self.writer.close()
 
 
-def _finite(obj):
-    """NaN/inf -> None, so results.jsonl is standard JSON."""
+def finite_json(obj):
+    """``obj`` with every NaN/inf float (in nested dicts and lists) as ``None``: standard JSON."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [finite_json(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj

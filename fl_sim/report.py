@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .metrics import finite_json
+
 log = logging.getLogger(__name__)
 DASH = "—"
 PLOTS = ("acc_vs_bytes.png", "acc_vs_virtual_time.png", "acc_per_domain.png", "source_forgetting.png")
@@ -138,7 +140,7 @@ def summarise(runs, baseline: str = "source-only", paired: str | None = None) ->
             b = base.get(run["seed"])
             den = st["teacher_shifted"] - b["acc_shifted"] if b else math.nan
             gaps.append((st["acc_shifted"] - b["acc_shifted"]) / den if b and den > 0 else math.nan)
-        col = lambda k: _stats(st[k] for _, st in mine)  # noqa: E731
+        col = lambda k: _stats(st[k] for _, st in mine)  # noqa: E731, B023 - used at once
         rows.append({
             "label": label,
             "seeds": [run["seed"] for run, _ in mine],
@@ -183,7 +185,8 @@ def _curve(runs, label, y, x=lambda r: _num(r.get("round"))):
     for run in (r for r in runs if r["label"] == label):
         for r in _evaluated(run):
             by_round.setdefault(r.get("round"), []).append((x(r), y(r)))
-    pts = [(_mean(a for a, _ in v), _mean(b for _, b in v)) for k, v in sorted(by_round.items(), key=lambda kv: kv[0] or 0)]
+    pts = [(_mean(a for a, _ in v), _mean(b for _, b in v))
+           for k, v in sorted(by_round.items(), key=lambda kv: kv[0] or 0)]
     return [p for p in pts if not (math.isnan(p[0]) or math.isnan(p[1]))]
 
 
@@ -211,7 +214,8 @@ def _plot(runs, domains, out_dir: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
 
-    specs = [("acc_vs_bytes.png", shifted, total, "cumulative bytes (uplink + downlink)", "shifted-domain accuracy vs bytes"),
+    specs = [("acc_vs_bytes.png", shifted, total, "cumulative bytes (uplink + downlink)",
+              "shifted-domain accuracy vs bytes"),
              ("acc_vs_virtual_time.png", shifted, lambda r: _num(r.get("virtual_time_s")), "virtual time (s)",
               "shifted-domain accuracy vs virtual time")]
     for name, y, x, xlabel, title in specs:
@@ -225,16 +229,9 @@ def _plot(runs, domains, out_dir: Path) -> None:
         lines(ax, lambda r, d=d: _num(r["acc"].get(d)), title=f"accuracy: {d}")
     _save(plt, fig, out_dir / "acc_per_domain.png")
     fig, ax = plt.subplots(figsize=(6, 4))
-    lines(ax, lambda r: _num(r["acc"].get("source")), ylabel="source accuracy", title="source-domain accuracy (forgetting)")
+    lines(ax, lambda r: _num(r["acc"].get("source")), ylabel="source accuracy",
+          title="source-domain accuracy (forgetting)")
     _save(plt, fig, out_dir / "source_forgetting.png")
-
-
-def _finite(obj):
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def build_report(refs: list[RunRef], out_dir: Path, title: str = "Strategy comparison",
@@ -247,18 +244,21 @@ def build_report(refs: list[RunRef], out_dir: Path, title: str = "Strategy compa
     runs = load_runs(refs)
     rows = summarise(runs, baseline, paired)
     domains = _domains(runs)
-    (out_dir / "summary.json").write_text(json.dumps(_finite({"baseline": baseline, "domains": domains, "rows": rows}), indent=2))
+    summary = finite_json({"baseline": baseline, "domains": domains, "rows": rows})
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     n_rounds = sorted({len(r["rounds"]) for r in runs}) or [0]
     rounds = str(n_rounds[0]) if len(n_rounds) == 1 else f"{n_rounds[0]}–{n_rounds[-1]}"
     seeds = sorted({r["seed"] for r in runs})
     md = [f"# {title}", "",
           f"{len(runs)} runs ({len(rows)} labels x {len(seeds)} seeds: {', '.join(map(str, seeds)) or DASH}), "
           f"{rounds} rounds; "
-          f"mean ± std over seeds; gap closed vs `{baseline}` on shifted domains ({', '.join(d for d in domains if d != 'source')}).",
-          "", "| label | seeds | overall acc (%) | shifted acc (%) | teacher shifted (%) | gap closed (%) | source forgetting (pts) "
-          "| uplink | downlink | virtual time (s) | wall time (s) |", "|" + "---|" * 11]
+          f"mean ± std over seeds; gap closed vs `{baseline}` on shifted domains "
+          f"({', '.join(d for d in domains if d != 'source')}).",
+          "", "| label | seeds | overall acc (%) | shifted acc (%) | teacher shifted (%) | gap closed (%) "
+          "| source forgetting (pts) | uplink | downlink | virtual time (s) | wall time (s) |", "|" + "---|" * 11]
     for r in rows:
-        md.append(f"| {r['label']} | {len(r['seeds'])} | {_pm(r['acc']['overall'], 100)} | {_pm(r['acc_shifted'], 100)} "
+        md.append(f"| {r['label']} | {len(r['seeds'])} | {_pm(r['acc']['overall'], 100)} "
+                  f"| {_pm(r['acc_shifted'], 100)} "
                   f"| {_pm(r['teacher_shifted'], 100)} | {_pm(r['gap_closed'], 100)} | {_pm(r['forgetting_pts'])} "
                   f"| {human_bytes(r['uplink_bytes']['mean'])} | {human_bytes(r['downlink_bytes']['mean'])} "
                   f"| {_pm(r['virtual_time_s'])} | {_pm(r['wall_s'])} |")

@@ -40,9 +40,12 @@ def backend_config(cfg: ExperimentConfig) -> dict:
     return {"client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": 0.0}, "init_args": init}
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
-                   on_round=None, progress=None) -> Path:
-    """Run (or continue, if ``run_dir`` holds a checkpoint) ``cfg``; returns the run directory."""
+def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=None, progress=None,
+                   callbacks: list | None = None) -> Path:
+    """Run (or continue, if ``run_dir`` holds a checkpoint) ``cfg``; returns the run directory.
+
+    ``on_round(record)`` is called after each round; ``callbacks`` (``fl_sim.callbacks.Callback``) are
+    added to the run's own (results and TensorBoard, checkpoints)."""
     for k, v in RAY_FAIL_FAST.items():
         os.environ.setdefault(k, v)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -50,15 +53,20 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from strategies import STRATEGIES
+    from strategies import get_strategy
     from strategies.base import RunContext
 
+    from .callbacks.checkpointing import Checkpointing
+    from .callbacks.hook import OnRound
+    from .callbacks.results import ResultsLogger
+    from .device_env import device_environment
     from .models.zoo import pretrain_zoo
 
+    strategy_cls = get_strategy(cfg.strategy.name)
     zoo = pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, progress=progress)
     tiers = list(zoo.tiers)
     fleet = make_fleet(cfg.fleet, tiers, cfg.seed)
-    cfg = STRATEGIES[cfg.strategy.name].effective_config(cfg)
+    cfg = strategy_cls.effective_config(cfg)
     run_dir = Path(run_dir or run_dir_for(cfg))
     replay = None
     if cfg.fleet.replay:
@@ -72,9 +80,15 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     save_trace(fleet, run_dir / "fleet.json")
-    ctx = RunContext(cfg=cfg, fleet=fleet, model_paths={k: str(v) for k, v in zoo.paths.items()}, run_dir=run_dir,
-                     on_round=on_round, replay=replay)
-    strategy = STRATEGIES[cfg.strategy.name](ctx)
+    model_paths = {k: str(v) for k, v in zoo.paths.items()}
+    env = device_environment(cfg, run_dir / "fleet.json", len(fleet), {t: model_paths[t] for t in tiers},
+                             strategy_cls.store_dir(run_dir))
+    callbacks = [ResultsLogger(run_dir), Checkpointing(run_dir), *(callbacks or [])]
+    if on_round is not None:
+        callbacks.append(OnRound(on_round))
+    ctx = RunContext(cfg=cfg, fleet=fleet, model_paths=model_paths, run_dir=run_dir, replay=replay,
+                     env_path=str(env.write(run_dir)), callbacks=callbacks)
+    strategy = strategy_cls(ctx)
     errors: list[BaseException] = []
     server_app = ServerApp()
 
@@ -98,9 +112,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
         ctx.abort.set()
         cause = exc.__cause__ or exc.__context__ or exc
         where = _write_error(run_dir, exc)
-        raise FlSimError(f"Flower simulation failed ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})"
-                         f" after {time.time() - t0:.0f} s; traceback in {where}; completed rounds are kept in {run_dir}"
-                         ) from None
+        first = str(cause).splitlines()[0] if str(cause) else ""
+        raise FlSimError(f"Flower simulation failed ({type(cause).__name__}: {first}) after {time.time() - t0:.0f} s; "
+                         f"traceback in {where}; completed rounds are kept in {run_dir}") from None
     finally:
         _shutdown_ray()
     if errors:
@@ -129,7 +143,7 @@ def check_same_setup(run_dir: Path, cfg: ExperimentConfig, hint: str) -> None:
     """Refuse to continue ``run_dir`` if it holds a different experiment than ``cfg``.
 
     ``rounds``, ``simulation`` and ``eval`` may differ (they change how long and how it runs, not what),
-    and so may the ``strategy.uts/akd/dwc`` sections a strategy does not read (its ``config_sections``).
+    and so may the nested ``strategy.*`` sections a strategy does not read (its ``config_sections``).
     A saved config reads as what that run ran with: today's default for options added since, or their
     ``LEGACY_VALUES`` where the default changed.
     """
@@ -138,15 +152,15 @@ def check_same_setup(run_dir: Path, cfg: ExperimentConfig, hint: str) -> None:
         return
     from pydantic import ValidationError
 
-    from strategies import STRATEGIES
+    from strategies import get_strategy
 
-    strategy = STRATEGIES[cfg.strategy.name]
+    strategy = get_strategy(cfg.strategy.name)
 
     def what(d: dict) -> dict:
         d = {k: v for k, v in d.items() if k not in ("rounds", "simulation", "eval")}
-        if isinstance(d.get("strategy"), dict):
+        if isinstance(d.get("strategy"), dict):  # nested sections count only if the strategy reads them
             d["strategy"] = {k: v for k, v in d["strategy"].items()
-                             if k not in ("uts", "akd", "dwc") or k in strategy.config_sections}
+                             if not isinstance(v, dict) or k in strategy.config_sections}
         return d
 
     want = what(strategy.effective_config(cfg).model_dump(mode="json", exclude_none=True))

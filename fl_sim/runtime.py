@@ -53,10 +53,10 @@ def device_pools(domain: str, n: int, seed: int, cache_dir: str | None, num_devi
     everything that determines it, so each Ray worker loads in milliseconds what a 1,000-device
     partition takes seconds to compute.
     """
+    from importlib.metadata import version
+
     from .cache import cache_root, get_or_build, stable_hash
     from .world.data import GENERATOR_VERSION
-
-    from importlib.metadata import version
 
     key = stable_hash({"v": GENERATOR_VERSION, "domain": domain, "n": n, "seed": seed, "devices": num_devices,
                        "kind": kind, "by": by, "alpha": alpha,

@@ -56,7 +56,8 @@ class UTSConfig(BaseModel):
     method: Literal["off", "random", "confidence", "entropy", "margin"] = Field(
         "confidence", description='stage-1 score; "off" uploads every sample')
     normalize: bool = Field(True, description="confidence per answer token (geometric mean), not the product")
-    stratify: bool = Field(True, description="share the budget by question type, rank within each type (not for random)")
+    stratify: bool = Field(True, description=(
+        "share the budget by question type, rank within each type (not for random)"))
     power: float | None = Field(None, gt=0, description="draw samples with p ~ uncertainty**power, not the top")
     budget: float = Field(0.25, gt=0, le=1, description="max share of a round's samples uploaded")
     min_uncertainty: float | None = Field(None, description=(
@@ -154,7 +155,8 @@ def stage1(stats: dict[str, np.ndarray], questions, method: str, budget: float, 
 
 
 @torch.no_grad()
-def token_uncertainty_mc(projector, vis: torch.Tensor, passes: int, p: float, generator: torch.Generator) -> torch.Tensor:
+def token_uncertainty_mc(projector, vis: torch.Tensor, passes: int, p: float,
+                         generator: torch.Generator) -> torch.Tensor:
     """``(B, N)``: variance over ``passes`` dropout masks of ``projector(dropout(vis))``, mean over channels."""
     outs = []
     for _ in range(passes):
@@ -267,7 +269,8 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
             raise PayloadError("upload holds both 'tokens' and 'tokens_2bit'")
         packed2 = need("tokens_2bit", (np.uint8,))
         if packed2.shape != (math.ceil(kept * dim / 4),):
-            raise PayloadError(f"upload 2-bit tokens have shape {packed2.shape}, expected {(math.ceil(kept * dim / 4),)}")
+            raise PayloadError(f"upload 2-bit tokens have shape {packed2.shape}, "
+                               f"expected {(math.ceil(kept * dim / 4),)}")
         codes = np.stack([packed2 >> 6, (packed2 >> 4) & 3, (packed2 >> 2) & 3, packed2 & 3], 1).ravel()
         if codes[kept * dim:].any():
             raise PayloadError("upload 2-bit tokens have non-zero padding")
@@ -276,7 +279,8 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
         tokens = need("tokens", (np.float16, np.int8, np.uint8))
     if tokens.dtype == np.uint8:  # 4-bit: two values per byte
         if tokens.shape != (math.ceil(kept * dim / 2),):
-            raise PayloadError(f"upload 4-bit tokens have shape {tokens.shape}, expected {(math.ceil(kept * dim / 2),)}")
+            raise PayloadError(f"upload 4-bit tokens have shape {tokens.shape}, "
+                               f"expected {(math.ceil(kept * dim / 2),)}")
         nib = np.stack([tokens >> 4, tokens & 15], 1).ravel()
         if (nib[:kept * dim] == 0).any() or nib[kept * dim:].any():
             raise PayloadError("upload 4-bit tokens hold a value outside [-7, 7] or non-zero padding")

@@ -1,9 +1,33 @@
-"""Server strategies (Flower ServerApp side): one algorithm per file, registered by name."""
+"""Server strategies: one algorithm per file, each naming its device behaviour (``clients/``).
 
-from strategies.cdcca import CDCCA, CloudKDFull
-from strategies.fedavg import FedAvg
-from strategies.fedprox import FedProx
-from strategies.source_only import SourceOnly
-from strategies.tent import Tent
+The registry maps a strategy's name to where it lives; a strategy is imported when it is first used,
+so names can be checked without importing torch or Flower.
+"""
 
-STRATEGIES = {s.name: s for s in (SourceOnly, Tent, FedAvg, FedProx, CloudKDFull, CDCCA)}
+from __future__ import annotations
+
+from importlib import import_module
+
+REGISTRY = {
+    "source-only": "strategies.source_only:SourceOnly",
+    "tent": "strategies.tent:Tent",
+    "fedavg": "strategies.fedavg:FedAvg",
+    "fedprox": "strategies.fedprox:FedProx",
+    "cloud-kd-full": "strategies.cloud_kd_full:CloudKDFull",
+    "cdcca": "strategies.cdcca:CDCCA",
+}
+
+
+def check_name(name: str) -> None:
+    """A one-line ``FlSimError`` when no strategy is registered as ``name``."""
+    from fl_sim import FlSimError
+
+    if name not in REGISTRY:
+        raise FlSimError(f"invalid config: strategy.name: unknown strategy {name!r}; allowed: {', '.join(REGISTRY)}")
+
+
+def get_strategy(name: str):
+    """The strategy class registered as ``name``."""
+    check_name(name)
+    module, cls = REGISTRY[name].split(":")
+    return getattr(import_module(module), cls)

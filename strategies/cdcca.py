@@ -1,21 +1,19 @@
 """cdcca: CD-CCA on the fleet. Devices upload what they are unsure of (UTS), the cloud distils the
 teacher into per-tier adapters (AKD), and sends back compressed adapter updates (DWC).
 
-Round ``r``:
+Device half: ``clients/cdcca_device.py``. Round ``r``:
 
 1. Each sampled device receives the DWC downlink that takes the version it holds to its tier's latest
-   version: the chain of stored payloads (``dwc_chain``, a list of ``bytes`` in the device's config
-   record: Flower frames an Array with about 450 bytes and a record with about 150, a ``bytes`` value
-   in a record with about 20), or a dense refresh (``dwc_full``) when that is smaller (a device that missed rounds
+   version: the chain of stored payloads (``dwc_chain``, a list of ``bytes`` in the task record: Flower
+   frames an Array with about 450 bytes and a record with about 150, a ``bytes`` value in a record with
+   about 20), or a dense refresh (``dwc_full``) when that is smaller (a device that missed rounds
    catches up exactly). It applies it, answers its stream, and uploads the UTS selection.
 2. The cloud validates uploads (malformed ones are rejected, logged and counted), lets the teacher label
    them once (pseudo-labels, logits, hidden states), and trains each tier's cloud copy with AKD on this
    round's uploads plus a replay buffer of earlier ones.
 3. DWC: the cloud copy's change (plus the error-feedback residual) is compressed into version ``v + 1``;
    ``held = held + decode(payload)`` is what devices of the tier will hold, and what evaluation measures.
-
-Per-tier versions live in ``<run dir>/dwc/<tier>/`` (``w<v>.safetensors`` the weights devices at version
-``v`` hold, ``p<v>.safetensors`` the payload from ``v - 1`` as one uint8 array ``"payload"``), shared by every device at that version.
+   Versions live in a ``VersionStore`` (``<run dir>/dwc``) that the devices read the weights they hold from.
 """
 
 from __future__ import annotations
@@ -23,19 +21,19 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file as load_np, save_file as save_np
-from safetensors.torch import save_file
 
+from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
 from fl_sim import akd, dwc, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
 from fl_sim.models.mllm import MAX_POSITIONS, answer_with_stats, visual_tokens
+from fl_sim.version_store import VersionStore
+from fl_sim.wire import config_value_bytes, pack_arrays, payload_bytes, record_values, to_array_record, unpack_arrays
 from fl_sim.world.domains import CAPTION_QUESTION
-from fl_sim.wire import (config_value_bytes, pack_arrays, payload_bytes, record_values, to_array_record,
-                         unpack_arrays)
 from strategies.base import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -43,20 +41,24 @@ log = logging.getLogger(__name__)
 
 class CDCCA(FleetStrategy):
     name = "cdcca"
+    device = CDCCADevice
     config_sections = ("uts", "akd", "dwc")
 
     def __init__(self, ctx):
         super().__init__(ctx)
         self.uts, self.akd, self.dwc = self.s.uts, self.s.akd, self.s.dwc
-        self.store = (ctx.run_dir / "dwc").resolve()  # devices (Ray workers) read held versions from here
+        self.store = VersionStore(self.store_dir(ctx.run_dir))
         self.version = {t: 0 for t in self.tiers}
         self.dev_version: dict[int, int] = {}
         self.buffer = akd.ReplayBuffer(self.akd.replay, self.cfg.seed)
         self.rejected = {"uploads": 0, "downlink": 0}
         self.needs_full: set[int] = set()  # devices whose last downlink failed: send them a dense refresh
         self._chains: dict = {}
-        self._sent: dict[int, tuple[int, int]] = {}  # device -> (held, target) versions sent this round
         self._anchor_targets: dict | None = None  # built on first use (see ``_anchor``)
+
+    @classmethod
+    def store_dir(cls, run_dir):
+        return (Path(run_dir) / "dwc").resolve()
 
     # ------------------------------------------------------------- state: cloud copy, held weights, residual
     def _group(self, kind: str, tier: str) -> str:
@@ -80,9 +82,9 @@ class CDCCA(FleetStrategy):
     def device_weights(self, tier):
         return self.state[self._group("held", tier)]
 
-    def _checkpoint_state(self, server_round):
+    def checkpoint_state(self):
         self.state["replay"] = self.buffer.state()
-        return super()._checkpoint_state(server_round) | {
+        return super().checkpoint_state() | {
             "version": self.version, "dev_version": {str(k): v for k, v in self.dev_version.items()},
             "rejected": self.rejected, "needs_full": sorted(self.needs_full)}
 
@@ -96,25 +98,11 @@ class CDCCA(FleetStrategy):
         return r
 
     # ------------------------------------------------------------- downlink
-    def device_settings(self) -> dict:
-        u = self.uts
-        return {"mode": "cdcca", "local_steps": 0, "proximal_mu": 0.0, "dwc_dir": str(self.store),
-                "uts_method": u.method, "uts_normalize": u.normalize, "uts_stratify": u.stratify,
-                "uts_budget": u.budget, "uts_tokens": u.tokens,
-                "uts_keep_tokens": u.keep_tokens, "uts_mc_passes": u.mc_passes, "uts_mc_p": u.mc_p,
-                "uts_upload": u.upload, "uts_token_bits": u.token_bits, "corrupt_prob": self.cfg.fleet.corrupt_prob} | (
-            # only when set: every key costs downlink bytes, and earlier runs' byte counts should reproduce
-            {"corrupt_downlink_prob": self.cfg.fleet.corrupt_downlink_prob} if self.cfg.fleet.corrupt_downlink_prob else {}) | (
-            {"uts_min_uncertainty": u.min_uncertainty} if u.min_uncertainty is not None else {}) | (
-            {"uts_power": u.power} if u.power is not None else {})
-
     REQUIRED_METRICS = FleetStrategy.REQUIRED_METRICS + ("version", "downlink_rejected", "uploaded")
 
-    def device_config(self, p, server_round):
-        held = self.dev_version.get(p.device_id, 0)
-        self._sent[p.device_id] = (held, self.version[p.tier])
-        return super().device_config(p, server_round) | {
-            "held_version": held, "target_version": self.version[p.tier]}
+    def device_settings(self, p, server_round) -> CDCCADeviceSettings:
+        return CDCCADeviceSettings(held_version=self.dev_version.get(p.device_id, 0),
+                                   target_version=self.version[p.tier], uts=self.uts)
 
     def downlink_records(self, p, server_round):
         """The cheaper of the payload chain ``held -> latest`` and a dense refresh (cached per tier/version)."""
@@ -125,15 +113,14 @@ class CDCCA(FleetStrategy):
             return {"dwc_full": to_array_record(self.device_weights(p.tier))}
         key = (p.tier, u, v)
         if key not in self._chains:
-            chain = [load_np(str(self.store / p.tier / f"p{w}.safetensors"))["payload"].tobytes()
-                     for w in range(u + 1, v + 1)]
+            chain = self.store.chain(p.tier, u, v)
             full = to_array_record(self.device_weights(p.tier))
-            self._chains[key] = ({"config": {"dwc_chain": chain}}
-                                 if config_value_bytes("dwc_chain", chain) <= payload_bytes(full) else {"dwc_full": full})
+            small = config_value_bytes("dwc_chain", chain) <= payload_bytes(full)
+            self._chains[key] = {"task": {"dwc_chain": chain}} if small else {"dwc_full": full}
         return self._chains[key]
 
-    def configure_train(self, server_round, arrays, config, grid):
-        self._chains, self._sent = {}, {}
+    def configure_train(self, server_round, arrays=None, config=None, grid=None):
+        self._chains = {}
         return super().configure_train(server_round, arrays, config, grid)
 
     # ------------------------------------------------------------- cloud side of the round
@@ -192,7 +179,8 @@ class CDCCA(FleetStrategy):
                 parts.append(akd.take(anchor, rng.choice(akd.size(anchor), size=k_anchor, replace=False)))
             return akd.concat(parts)
 
-        seed = int(np.random.SeedSequence([self.cfg.seed, 17, server_round, self.tiers.index(tier)]).generate_state(1)[0])
+        ss = np.random.SeedSequence([self.cfg.seed, 17, server_round, self.tiers.index(tier)])
+        seed = int(ss.generate_state(1)[0])
         sparse = self.dwc.sparse_train and self.dwc.select
         masks = self._sparse_masks(tier, model, align, draw, seed) if sparse else None
         out = akd.train_adapters(model, align, draw, self.akd, seed, masks=masks)
@@ -261,22 +249,21 @@ class CDCCA(FleetStrategy):
         self.state[self._group("ef", tier)] = ef.state()
         held = dwc.apply(self.state[self._group("held", tier)], sent)
         v = self.version[tier] + 1
-        folder = self.store / tier
-        folder.mkdir(parents=True, exist_ok=True)
-        save_np({"payload": np.frombuffer(payload, np.uint8)}, str(folder / f"p{v}.safetensors"))
-        save_file({k: t.contiguous() for k, t in held.items()}, str(folder / f"w{v}.safetensors"))
+        self.store.put(tier, v, payload, held)
         self.state[self._group("held", tier)] = held
         self.version[tier] = v
         wire = config_value_bytes("dwc_chain", [payload])  # what it adds to the message of a device one version behind
-        dense = config_value_bytes("dwc_chain", [pack_arrays({k: t.float().numpy() for k, t in delta.items()}).tobytes()])
+        dense_payload = pack_arrays({k: t.float().numpy() for k, t in delta.items()}).tobytes()
+        dense = config_value_bytes("dwc_chain", [dense_payload])
         return {"payload_bytes": wire, "ratio_dense": dense / wire,
                 "ratio_checkpoint": read_meta_bytes(self.ctx.model_paths[tier]) / wire}
 
-    def update(self, server_round, kept, replied):
+    def update(self, server_round, kept, replied, plan):
         t0 = time.time()
         rejected_down = 0
         for dev, rep, m in replied:  # every device that answered applied (or rejected) its downlink
-            held, target = self._sent.get(dev, (0, 0))
+            sent = plan.tasks[dev].settings
+            held, target = sent["held_version"], sent["target_version"]
             version = int(m["version"])
             if m["downlink_rejected"] or version not in (held, target, 0):
                 rejected_down += 1
@@ -328,21 +315,7 @@ class CDCCA(FleetStrategy):
 
 def read_meta_bytes(model_path: str) -> int:
     """Bytes of a device checkpoint as stored on the device (from the zoo manifest; fp32 size otherwise)."""
-    from pathlib import Path
-
     try:
         return int(read_meta(Path(model_path))["device_bytes"])
     except (OSError, KeyError, ValueError):
         return 4 * sum(p.numel() for p in runtime.base_model(model_path).parameters())
-
-
-class CloudKDFull(CDCCA):
-    """The cost upper bound: every raw image uploaded, dense fp32 downlink, same cloud distillation."""
-    name = "cloud-kd-full"
-
-    @classmethod
-    def effective_config(cls, cfg):
-        s = cfg.strategy
-        return cfg.model_copy(update={"strategy": s.model_copy(update={
-            "uts": s.uts.model_copy(update={"method": "off", "tokens": "off", "upload": "images"}),
-            "dwc": s.dwc.model_copy(update={"select": False, "quantize": False})})})

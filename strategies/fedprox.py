@@ -1,10 +1,13 @@
-"""fedprox: fedavg with a proximal term mu/2 * ||w - w_global||^2 in each device's local objective."""
+"""fedprox: fedavg with a proximal term ``mu/2 * ||w - w_received||^2`` in each device's local objective.
 
-from strategies.base import FleetStrategy
+Device half: ``clients/local_training.py`` with ``proximal_mu = strategy.proximal_mu``.
+"""
+
+from strategies.fedavg import FedAvg
 
 
-class FedProx(FleetStrategy):
+class FedProx(FedAvg):
     name = "fedprox"
 
-    def device_settings(self) -> dict:
-        return {"local_steps": self.s.local_steps, "proximal_mu": self.s.proximal_mu}
+    def device_settings(self, p, server_round):
+        return super().device_settings(p, server_round).model_copy(update={"proximal_mu": self.s.proximal_mu})

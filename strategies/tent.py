@@ -1,16 +1,18 @@
 """tent: test-time entropy minimisation on the devices (the CD-CCA paper's device-only baseline).
 
-Each device minimises the entropy of its own answer distributions on its unlabelled stream, training
-its adapters (TENT's objective; the original trains normalisation affines). So that the fleet has one
-model per tier to evaluate, the server averages the devices' adapters per tier as fedavg does.
+Device half: ``clients/local_training.py`` with the entropy objective: each device minimises the
+entropy of its own answer distributions on its unlabelled stream, training its adapters (TENT's
+objective; the original trains normalisation affines). It never uses labels, whatever
+``strategy.labels`` says. So that the fleet has one model per tier to evaluate, the server averages the
+devices' adapters per tier as fedavg does.
 """
 
-from strategies.base import FleetStrategy
+from strategies.fedavg import FedAvg
 
 
-class Tent(FleetStrategy):
+class Tent(FedAvg):
     name = "tent"
 
-    def device_settings(self) -> dict:
-        # entropy of the device's own answers: never the true ones, whatever strategy.labels says
-        return {"local_steps": self.s.local_steps, "proximal_mu": 0.0, "objective": "entropy", "labels": "pseudo"}
+    def device_settings(self, p, server_round):
+        return super().device_settings(p, server_round).model_copy(update={"objective": "entropy",
+                                                                            "labels": "pseudo"})

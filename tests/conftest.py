@@ -30,3 +30,51 @@ def pytest_configure(config):
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+# ---------------------------------------------------------------- tiny experiments shared by the tests
+TINY_FLEET = {"num_devices": 4, "samples_per_round": 8, "train_size": 64, "shift_round": [2, 2],
+              "active_fraction": {"low": 1.0, "high": 1.0}}
+TINY_SIM = {"num_cpus": 2, "round_timeout_s": 300}
+# fedavg on four devices, every one kept (end-to-end simulation tests)
+FEDAVG = {"zoo": "tiny", "rounds": 2, "seed": 5, "fleet": TINY_FLEET,
+          "strategy": {"name": "fedavg", "clients_per_round": 3, "over_commit": 1.0, "local_steps": 1,
+                       "batch_size": 4},
+          "eval": {"n_test": 12}, "simulation": TINY_SIM}
+# CD-CCA with small AKD and a half-share uplink budget
+CDCCA = {"zoo": "tiny", "rounds": 2, "seed": 3, "fleet": TINY_FLEET,
+         "strategy": {"name": "cdcca", "clients_per_round": 4, "over_commit": 1.0, "lora_r": 4,
+                      "uts": {"budget": 0.5}, "akd": {"steps": 3, "batch_size": 8, "replay": 16, "anchor_size": 32,
+                                                          "extra_questions": 0},
+                      "dwc": {"max_density": 0.2}},
+         "eval": {"n_test": 12}, "simulation": TINY_SIM}
+# the base of comparison tests: over-commitment, so some devices straggle
+COMPARE = {"zoo": "tiny", "rounds": 2, "seed": 0, "fleet": TINY_FLEET,
+           "strategy": {"name": "source-only", "clients_per_round": 3, "over_commit": 1.34, "lora_r": 4,
+                        "uts": {"budget": 0.5}, "akd": {"steps": 3, "batch_size": 8, "replay": 16, "anchor_size": 32},
+                        "dwc": {"max_density": 0.2}},
+           "eval": {"n_test": 8}, "simulation": TINY_SIM}
+
+
+def tiny_data(base: dict, cache_dir: str, output_dir) -> dict:
+    """A deep copy of ``base`` writing under ``output_dir`` with the test session's cache."""
+    import json
+
+    return json.loads(json.dumps(base)) | {"cache_dir": cache_dir, "output_dir": str(output_dir)}
+
+
+def tiny_config(base: dict, tmp_path, cache_dir: str, **over):
+    """``base`` validated, with runs under ``tmp_path/runs`` and dotted-key overrides ``over``."""
+    from fl_sim.config import parse_config
+
+    return parse_config(tiny_data(base, cache_dir, tmp_path / "runs"), over)
+
+
+def tiny_run(base: dict, tmp_path_factory, cache_dir: str, name: str, **over):
+    """``(tmp dir, run dir, results)`` of ``base`` run once through Flower (for module-scoped fixtures)."""
+    from fl_sim.metrics import read_results
+    from fl_sim.run import run_experiment
+
+    tmp = tmp_path_factory.mktemp(name)
+    run_dir = run_experiment(tiny_config(base, tmp, cache_dir, **over))
+    return tmp, run_dir, read_results(run_dir)

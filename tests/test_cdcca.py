@@ -1,37 +1,22 @@
 """CD-CCA end to end through Flower's real ``run_simulation`` on tiny presets."""
 
-import json
 import logging
 import shutil
 
 import pytest
+from conftest import CDCCA, tiny_config, tiny_run
 
-from fl_sim.config import parse_config
 from fl_sim.metrics import read_results
 from fl_sim.run import resume_experiment, run_experiment
 
-BASE = {"zoo": "tiny", "rounds": 2, "seed": 3,
-        "fleet": {"num_devices": 4, "samples_per_round": 8, "train_size": 64, "shift_round": [2, 2],
-                  "active_fraction": {"low": 1.0, "high": 1.0}},
-        "strategy": {"name": "cdcca", "clients_per_round": 4, "over_commit": 1.0, "lora_r": 4,
-                     "uts": {"budget": 0.5}, "akd": {"steps": 3, "batch_size": 8, "replay": 16, "anchor_size": 32,
-                                                         "extra_questions": 0},
-                     "dwc": {"max_density": 0.2}},
-        "eval": {"n_test": 12},
-        "simulation": {"num_cpus": 2, "round_timeout_s": 300}}
-
 
 def _cfg(tmp_path, cache_dir, **over):
-    data = json.loads(json.dumps(BASE))
-    data |= {"cache_dir": cache_dir, "output_dir": str(tmp_path / "runs")}
-    return parse_config(data, over)
+    return tiny_config(CDCCA, tmp_path, cache_dir, **over)
 
 
 @pytest.fixture(scope="module")
 def cdcca_run(tmp_path_factory, cache_dir, tiny_zoo):
-    tmp = tmp_path_factory.mktemp("cdcca")
-    run_dir = run_experiment(_cfg(tmp, cache_dir))
-    return run_dir, read_results(run_dir)
+    return tiny_run(CDCCA, tmp_path_factory, cache_dir, "cdcca")[1:]
 
 
 def test_two_round_cdcca(cdcca_run):
@@ -96,18 +81,41 @@ def test_cdcca_resume_equals_uninterrupted(cdcca_run):
         assert a["akd_loss"] == pytest.approx(b["akd_loss"], rel=1e-5)
 
 
-def test_the_teacher_is_asked_more_questions_about_each_upload(cdcca_run, tmp_path, cache_dir):
+def test_the_teacher_is_asked_more_questions_about_each_upload(cdcca_run, tmp_path, cache_dir, monkeypatch):
     """``strategy.akd.extra_questions`` in the fleet: the same uploads (same participation and uplink as the
-    plain run); the teacher's answers to questions from its own captions are distilled with them. The tiny
-    teacher's captions do not parse, so none are asked here (``test_question_targets_...`` in
-    ``test_uts_akd.py`` covers the targets with true captions)."""
+    plain run), and the teacher's answers to questions generated from its captions are distilled with them.
+    The tiny teacher's own captions rarely parse, so its caption pass is replaced by a fixed true-format
+    caption; question generation, the teacher's answers and their distillation run as they do."""
+    import strategies.cdcca as cdcca
+    from fl_sim.world.domains import CAPTION_QUESTION
+
+    real = cdcca.answer_with_stats
+
+    def captions_that_parse(model, pr, vis, questions, *a, **kw):
+        if list(questions) == [CAPTION_QUESTION] * len(questions):
+            return ["small red circle top left and large blue square center"] * len(questions), {}
+        return real(model, pr, vis, questions, *a, **kw)
+
+    monkeypatch.setattr(cdcca, "answer_with_stats", captions_that_parse)
     _, plain = cdcca_run
     res = read_results(run_experiment(_cfg(tmp_path, cache_dir, **{"strategy.akd.extra_questions": 2})))
     for r, p in zip(res, plain):
         assert r["uploaded_samples"] == p["uploaded_samples"] == 16 and r["uplink_bytes"] == p["uplink_bytes"]
-        assert 0 <= r["extra_questions"] <= 2 * r["uploaded_samples"] and p["extra_questions"] == 0
+        assert 0 < r["extra_questions"] <= 2 * r["uploaded_samples"] and p["extra_questions"] == 0
         assert r["distilled_samples"] == r["uploaded_samples"] + r["extra_questions"]
-        assert r["cloud_s"] > p["cloud_s"]  # the captions are charged to the cloud's virtual time
+        assert r["cloud_s"] > p["cloud_s"]  # the captions and extra answers are charged to the cloud's time
+        assert r["akd_loss"] != p["akd_loss"]  # the extra samples were trained on
+
+
+def test_bytes_do_not_depend_on_simulation_plumbing(cdcca_run, tmp_path, cache_dir):
+    """Only what a real device receives or sends is counted: a run whose directory (and so its DWC
+    store and device environment paths) is far longer logs the same bytes, round by round."""
+    _, res = cdcca_run
+    deep = tmp_path / ("very-long-directory-name-" * 6) / "nested"
+    other = read_results(run_experiment(tiny_config(CDCCA, deep, cache_dir)))
+    assert [(r["uplink_bytes"], r["downlink_bytes"]) for r in other] == [
+        (r["uplink_bytes"], r["downlink_bytes"]) for r in res]
+    assert [r["acc"] for r in other] == [r["acc"] for r in res]
 
 
 @pytest.mark.parametrize("selection", ["top", "random"])

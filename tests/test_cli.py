@@ -37,9 +37,11 @@ def test_evaluate_prints_table_and_targets(cache_dir, tiny_zoo, tmp_path):
 def test_negative_seeds_are_one_line_errors(cache_dir, tmp_path):
     r = _cli("pretrain", "--zoo", "tiny", "--seed", "-1", cache_dir=cache_dir)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1] == "fl-sim pretrain: error: argument --seed: expected an integer >= 0, got -1"
+    want = "fl-sim pretrain: error: argument --seed: expected an integer >= 0, got -1"
+    assert r.stderr.strip().splitlines()[-1] == want
     r = subprocess.run([sys.executable, "-m", "fl_sim.cli", "run", str(QUICKSTART), "--set", "seed=-1",
                         "--set", f"cache_dir={cache_dir}", "--set", f"output_dir={tmp_path}"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["fl-sim: error: invalid config: seed: Input should be greater than or equal to 0"]
+    want = "fl-sim: error: invalid config: seed: Input should be greater than or equal to 0"
+    assert r.stderr.strip().splitlines() == [want]

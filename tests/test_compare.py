@@ -5,23 +5,15 @@ import json
 
 import pytest
 import tomli_w
+from conftest import COMPARE, tiny_data
 
 from fl_sim import FlSimError
 from fl_sim.compare import load_compare, run_compare
 from fl_sim.metrics import read_results
 
-BASE = {"zoo": "tiny", "rounds": 2, "seed": 0,
-        "fleet": {"num_devices": 4, "samples_per_round": 8, "train_size": 64, "shift_round": [2, 2],
-                  "active_fraction": {"low": 1.0, "high": 1.0}},
-        "strategy": {"name": "source-only", "clients_per_round": 3, "over_commit": 1.34, "lora_r": 4,
-                     "uts": {"budget": 0.5}, "akd": {"steps": 3, "batch_size": 8, "replay": 16, "anchor_size": 32},
-                     "dwc": {"max_density": 0.2}},
-        "eval": {"n_test": 8},
-        "simulation": {"num_cpus": 2, "round_timeout_s": 300}}
-
 
 def _write(tmp_path, cache_dir, runs, **extra):
-    base = json.loads(json.dumps(BASE)) | {"cache_dir": cache_dir, "output_dir": str(tmp_path / "runs")}
+    base = tiny_data(COMPARE, cache_dir, tmp_path / "runs")
     (tmp_path / "base.toml").write_text(tomli_w.dumps(base))
     cmp = {"name": "tinycmp", "base": "base.toml", "seeds": [0], "baseline": "source-only", "runs": runs} | extra
     path = tmp_path / "cmp.toml"

@@ -8,8 +8,22 @@ import pytest
 import torch
 
 from fl_sim import FlSimError
-from fl_sim.dwc import (FIELDS, VERSION, DWCConfig, ErrorFeedback, PayloadError, _rice_bits, _rice_decode,
-                        _varints, apply, decode, dense_nbytes, encode, parse_header, payload_nbytes)
+from fl_sim.dwc import (
+    FIELDS,
+    VERSION,
+    DWCConfig,
+    ErrorFeedback,
+    PayloadError,
+    _rice_bits,
+    _rice_decode,
+    _varints,
+    apply,
+    decode,
+    dense_nbytes,
+    encode,
+    parse_header,
+    payload_nbytes,
+)
 
 SHAPES = {"b.lora_A": (8, 64), "a.lora_B": (64, 8), "c.bias": (37,), "d.proj": (30, 40)}
 
@@ -353,7 +367,8 @@ def test_config_and_apply():
 
 
 def test_device_applies_a_payload_chain_and_rejects_malformed_ones():
-    from clients.local import apply_downlink
+    from clients.cdcca_device import CDCCADeviceSettings, apply_downlink
+    from fl_sim.uts import UTSConfig
 
     g = torch.Generator().manual_seed(3)
     initial = {"a": torch.randn(40, 8, generator=g), "b": torch.randn(16, generator=g)}
@@ -363,31 +378,33 @@ def test_device_applies_a_payload_chain_and_rejects_malformed_ones():
         payload, sent = ef.step({k: 0.1 * torch.randn(t.shape, generator=g) for k, t in initial.items()})
         payloads.append(payload)
         want = apply(want, sent)
-    cfg = {"held_version": 0, "target_version": 2}
+    cfg = CDCCADeviceSettings(held_version=0, target_version=2, uts=UTSConfig())
     as_arrays = [payloads[0], np.frombuffer(payloads[1], np.uint8)]  # bytes, or uint8 arrays as received
-    got, version, reason = apply_downlink(cfg, initial, {"chain": {"payloads": as_arrays}})
+    got, version, reason = apply_downlink(None, cfg, initial, {"chain": {"payloads": as_arrays}})
     assert (version, reason) == (2, "")
     assert all(torch.equal(got[k], want[k]) for k in initial)
 
     # a dense refresh is applied as sent; one with a NaN or a wrong shape is rejected
     full = {k: (t + 1).numpy() for k, t in initial.items()}
-    got, version, reason = apply_downlink(cfg, initial, {"full": full})
+    got, version, reason = apply_downlink(None, cfg, initial, {"full": full})
     assert (version, reason) == (2, "") and all(torch.equal(got[k], initial[k] + 1) for k in initial)
     for what, broken in (("nan", {**full, "a": np.full((40, 8), np.nan, np.float32)}),
                          ("shape", {**full, "b": np.zeros(15, np.float32)}), ("missing", {"a": full["a"]})):
-        got, version, reason = apply_downlink(cfg, initial, {"full": broken})
+        got, version, reason = apply_downlink(None, cfg, initial, {"full": broken})
         assert version == 0 and reason, what
     # a downlink damaged in transit (fault injection) is rejected, whichever payload lost its byte
-    from clients.local import corrupt_downlink
+    from clients.faults import corrupt_downlink
+
     for seed in range(4):
         damaged = corrupt_downlink({"chain": {"payloads": as_arrays}}, np.random.default_rng(seed))
-        assert apply_downlink(cfg, initial, damaged)[1] == 0
-    assert apply_downlink(cfg, initial, corrupt_downlink({"full": full}, np.random.default_rng(0)))[1] == 0
+        assert apply_downlink(None, cfg, initial, damaged)[1] == 0
+    assert apply_downlink(None, cfg, initial, corrupt_downlink({"full": full}, np.random.default_rng(0)))[1] == 0
     # anything unexpected while decoding is a rejection too, never an exception out of the device round
     class Weird(bytes):
         def __len__(self):
             raise RuntimeError("boom")
-    got, version, reason = apply_downlink(cfg, initial, {"chain": {"payloads": [payloads[0], Weird(payloads[1])]}})
+    weird = {"chain": {"payloads": [payloads[0], Weird(payloads[1])]}}
+    got, version, reason = apply_downlink(None, cfg, initial, weird)
     assert version == 0 and "RuntimeError" in reason
 
     bad = {"not a list": {"payloads": payloads[0]},
@@ -396,7 +413,7 @@ def test_device_applies_a_payload_chain_and_rejects_malformed_ones():
            "not bytes": {"payloads": [payloads[0], 7]},
            "one payload for two versions": {"payloads": payloads[:1]}}
     for what, chain in bad.items():
-        got, version, reason = apply_downlink(cfg, initial, {"chain": chain})
+        got, version, reason = apply_downlink(None, cfg, initial, {"chain": chain})
         assert version == 0 and reason, what
         assert all(torch.equal(got[k], initial[k]) for k in initial), what
 

@@ -64,8 +64,11 @@ def test_config_errors_name_the_key(tmp_path):
         parse_config({"zoo": "tiny", "fleet": {"num_device": 3}})
     with pytest.raises(FlSimError, match="strategy.clients_per_round: Input should be greater than or equal to 1"):
         parse_config({"zoo": "tiny", "strategy": {"clients_per_round": 0}})
-    with pytest.raises(FlSimError, match="unknown strategy 'fedsgd'; allowed: source-only, tent, fedavg, fedprox, cloud-kd-full, cdcca"):
-        parse_config({"zoo": "tiny", "strategy": {"name": "fedsgd"}})
+    from strategies import check_name
+
+    allowed = "source-only, tent, fedavg, fedprox, cloud-kd-full, cdcca"
+    with pytest.raises(FlSimError, match=f"unknown strategy 'fedsgd'; allowed: {allowed}"):
+        check_name(parse_config({"zoo": "tiny", "strategy": {"name": "fedsgd"}}).strategy.name)
     with pytest.raises(FlSimError, match="unknown tier 'phone-high'"):
         parse_config({"zoo": "tiny", "fleet": {"tiers": {"phone-high": 1.0}}})
     with pytest.raises(FlSimError, match="unknown domain 'moon' in shift_domains"):
@@ -77,23 +80,19 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg.strategy.name == "fedprox" and cfg.rounds == 7
 
 
-def test_sampling_is_deterministic_and_respects_availability(tmp_path):
-    from strategies.base import RunContext
-    from strategies.fedavg import FedAvg
+def test_sampling_is_deterministic_and_respects_availability():
+    from fl_sim.selection import sample_devices
 
     cfg = parse_config({"zoo": "tiny", "seed": 3, "fleet": {"num_devices": 40}, "strategy": {"clients_per_round": 5}})
     fleet = make_fleet(cfg.fleet, ["tiny-high", "tiny-low"], cfg.seed)
-    s1 = FedAvg(RunContext(cfg, fleet, {}, tmp_path))
-    s2 = FedAvg(RunContext(cfg, fleet, {}, tmp_path))
     for r, clock in ((1, 0.0), (2, 700.0), (3, 1900.0)):
-        s1.clock_s = s2.clock_s = clock
-        a, n_av = s1.sample(r)
-        b, _ = s2.sample(r)
+        a, n_av = sample_devices(fleet, clock, 5, 1.3, cfg.seed, r)
+        b, _ = sample_devices(fleet, clock, 5, 1.3, cfg.seed, r)
         assert [p.device_id for p in a] == [p.device_id for p in b]
         assert len(a) == 7 and all(p.available(clock) for p in a)  # ceil(5 * 1.3)
         assert n_av == sum(p.available(clock) for p in fleet) < len(fleet)
-    s1.clock_s = 0.0
-    assert [p.device_id for p in s1.sample(1)[0]] != [p.device_id for p in s1.sample(2)[0]]
+    one, two = (sample_devices(fleet, 0.0, 5, 1.3, cfg.seed, r)[0] for r in (1, 2))
+    assert [p.device_id for p in one] != [p.device_id for p in two]
 
 
 def _results(path, rounds):
@@ -132,43 +131,31 @@ def test_participation_replay_loads_and_refuses_bad_records(tmp_path):
         load_participation(_results(tmp_path / "notrace" / "results.jsonl", good), 1, fleet, 2)
 
 
-class _Reply:
-    """What ``aggregate_train`` reads of a Flower reply. flwr builds a ``Message`` only inside a running app
-    (its task identity must be set), so this unit test uses these fields alone; the paired comparison in
-    ``test_compare`` runs the same code on real replies."""
-
-    def __init__(self, node, n_infer):
-        from flwr.app import MetricRecord, RecordDict
-
-        self.metadata = type("Meta", (), {"src_node_id": node})()
-        self.content = RecordDict({"metrics": MetricRecord({"n_infer": n_infer, "n_train": 0, "online_acc": 0.5,
-                                                            "loss": 0.0})})
-
-    def has_error(self):
-        return False
-
-
-def test_replay_samples_and_keeps_the_recorded_devices_whatever_their_times(tmp_path):
-    from strategies.base import RunContext
-    from strategies.fedavg import FedAvg
+def test_replay_samples_and_keeps_the_recorded_devices_whatever_their_times():
+    from fl_sim.selection import sample_devices
+    from fl_sim.timing import straggler_cut
 
     cfg = parse_config({"zoo": "tiny", "fleet": {"num_devices": 12}, "strategy": {"clients_per_round": 2}})
     fleet = make_fleet(cfg.fleet, ["tiny-high", "tiny-low"], cfg.seed)
     unavailable = [p.device_id for p in fleet if not p.available(0.0) and p.device_id not in (4, 5)]
     assert unavailable  # so the replay below samples a device the clock would not
     recorded = sorted([4, 5, unavailable[0]])
+    sampled, n_available = sample_devices(fleet, 0.0, 2, 1.3, cfg.seed, 1, replayed=recorded)
+    assert [p.device_id for p in sampled] == recorded and n_available == sum(p.available(0.0) for p in fleet)
+    times = {d: 50.0 if d == 4 else 1.0 + d / 100 for d in recorded}  # device 4 is the slowest by far
+    cut = straggler_cut(times, 2, 600.0, len(recorded), replay_kept=[4, 5])
+    assert sorted(cut.kept) == [4, 5] and cut.round_s == 50.0
+    timed = straggler_cut(times, 2, 600.0, len(recorded))  # the same devices without replay: 4 straggles
+    assert timed.kept == sorted(set(recorded) - {4}) and timed.round_s == times[recorded[-1]]
 
-    def round_one(replay):
-        s = FedAvg(RunContext(cfg, fleet, {}, tmp_path, replay=replay))
-        s.node_of = {p.device_id: 100 + p.device_id for p in fleet}
-        sampled = [p.device_id for p in s.sample(1)[0]] if replay else recorded
-        s._round_info = {"sampled": sampled, "available": 12, "down": {d: 1000 for d in sampled}}
-        # device 4 infers 100x more samples than the others: the slowest by far
-        s.aggregate_train(1, [_Reply(100 + d, 3200 if d == 4 else 32) for d in sampled])
-        return sampled, s._round_info
 
-    sampled, info = round_one({1: (recorded, [4, 5])})
-    assert sampled == recorded and info["participant_ids"] == [4, 5]
-    assert info["stragglers"] == len(recorded) - 2
-    _, timed = round_one(None)  # the same devices without replay: the slow device 4 is a straggler
-    assert timed["participant_ids"] == sorted(set(recorded) - {4})
+def test_straggler_cut_keeps_the_fastest_within_the_deadline():
+    from fl_sim.timing import straggler_cut
+
+    times = {0: 5.0, 1: 2.0, 2: 700.0, 3: 2.0, 4: 9.0}
+    cut = straggler_cut(times, 3, 600.0, 5)
+    assert cut.kept == [1, 3, 0] and cut.on_time == 4 and cut.round_s == 5.0  # ties by device id
+    short = straggler_cut(times, 3, 4.0, 5)  # only two make the deadline: the server waits it out
+    assert short.kept == [1, 3] and short.on_time == 2 and short.round_s == 4.0
+    assert straggler_cut({}, 3, 600.0, 3).round_s == 600.0  # nobody replied
+    assert straggler_cut({7: 3.0}, 3, 600.0, 1).round_s == 3.0  # fewer sampled than K: done when all are in

@@ -111,7 +111,8 @@ def test_adapter_state_round_trip_and_only_adapters_train(tiny_zoo, cache_dir):
     assert torch.allclose(a, b, atol=1e-6)
     merged = peft_model.get_base_model().state_dict()
     lm_key = next(k for k in frozen_before if "language_model" in k and k.endswith("fc1.weight"))
-    peft_key = next(k for k in merged if k.endswith(lm_key.split("language_model", 1)[1].replace("fc1.weight", "fc1.base_layer.weight")))
+    suffix = lm_key.split("language_model", 1)[1].replace("fc1.weight", "fc1.base_layer.weight")
+    peft_key = next(k for k in merged if k.endswith(suffix))
     assert torch.equal(merged[peft_key], frozen_before[lm_key])  # base weights untouched
 
 

@@ -1,35 +1,22 @@
 """End-to-end simulations through Flower's real ``run_simulation`` on the Ray backend (tiny presets)."""
 
-import json
 import shutil
 
 import pytest
+from conftest import FEDAVG, tiny_config, tiny_run
 
 from fl_sim import FlSimError
-from fl_sim.config import parse_config
 from fl_sim.metrics import read_results
 from fl_sim.run import resume_experiment, run_dir_for, run_experiment
 
-BASE = {"zoo": "tiny", "rounds": 2, "seed": 5,
-        "fleet": {"num_devices": 4, "samples_per_round": 8, "train_size": 64, "shift_round": [2, 2],
-                  "active_fraction": {"low": 1.0, "high": 1.0}},
-        "strategy": {"name": "fedavg", "clients_per_round": 3, "over_commit": 1.0, "local_steps": 1,
-                     "batch_size": 4},
-        "eval": {"n_test": 12},
-        "simulation": {"num_cpus": 2, "round_timeout_s": 300}}
-
 
 def _cfg(tmp_path, cache_dir, **over):
-    data = json.loads(json.dumps(BASE))
-    data |= {"cache_dir": cache_dir, "output_dir": str(tmp_path / "runs")}
-    return parse_config(data, over)
+    return tiny_config(FEDAVG, tmp_path, cache_dir, **over)
 
 
 @pytest.fixture(scope="module")
 def fedavg_run(tmp_path_factory, cache_dir, tiny_zoo):
-    tmp = tmp_path_factory.mktemp("sim")
-    run_dir = run_experiment(_cfg(tmp, cache_dir))
-    return tmp, run_dir, read_results(run_dir)
+    return tiny_run(FEDAVG, tmp_path_factory, cache_dir, "sim")
 
 
 def test_two_round_fedavg(fedavg_run):
@@ -62,9 +49,11 @@ def test_tensorboard_has_the_scalars(fedavg_run):
 
 def test_bytes_equal_serialized_payloads(fedavg_run, cache_dir):
     """Recompute the round-1 downlink from the messages' content and compare with the record."""
-    from flwr.app import ConfigRecord, RecordDict
+    from flwr.app import RecordDict
 
     from fl_sim.fleet import load_trace
+    from fl_sim.models.zoo import pretrain_zoo
+    from fl_sim.task import task_record
     from fl_sim.wire import payload_bytes, to_array_record
     from strategies.base import RunContext
     from strategies.fedavg import FedAvg
@@ -72,16 +61,14 @@ def test_bytes_equal_serialized_payloads(fedavg_run, cache_dir):
     tmp, run_dir, res = fedavg_run
     cfg = _cfg(tmp, cache_dir)
     fleet = load_trace(run_dir / "fleet.json", ["tiny-high", "tiny-low"])
-    from fl_sim.models.zoo import pretrain_zoo
-
     zoo = pretrain_zoo("tiny", seed=cfg.zoo_seed, cache_dir=cache_dir)
     s = FedAvg(RunContext(cfg, fleet, {k: str(v) for k, v in zoo.paths.items()}, run_dir))
     s.state = {t: s.initial_state(t) for t in s.tiers}
     chosen, _ = s.sample(1)
     expected = 0
-    for p in chosen:
-        content = RecordDict({"config": ConfigRecord(s.device_config(p, 1)),
-                              "adapter": to_array_record(s.state[p.tier])})
+    for p in chosen:  # built here from its parts, not by the strategy
+        content = RecordDict({"task": task_record(s.device_task(p, 1)), "adapter": to_array_record(s.state[p.tier])})
+        assert payload_bytes(content) == payload_bytes(s.message_content(p, 1)[1])
         expected += payload_bytes(content)
     assert res[0]["downlink_bytes"] == expected
     # independently: every device got its tier's fp32 adapter (4 bytes a value) plus a small envelope
@@ -121,24 +108,26 @@ def test_workers_warm_up_before_round_one(fedavg_run):
     assert "map_nodes" not in res[1]["wall_s"]
 
 
-def test_warm_up_loads_every_tier_and_domain_once(cache_dir, tiny_zoo, tmp_path):
-    from clients import local
+def test_warm_up_loads_every_tier_and_domain_once(fedavg_run, cache_dir, tiny_zoo):
+    from clients import warm_up
     from fl_sim import runtime
-    from fl_sim.fleet import make_fleet
-    from strategies import STRATEGIES
+    from fl_sim.fleet import load_trace
     from strategies.base import RunContext
+    from strategies.fedavg import FedAvg
 
-    cfg = _cfg(tmp_path, cache_dir)
-    fleet = make_fleet(cfg.fleet, list(tiny_zoo.tiers), cfg.seed)
-    s = STRATEGIES["fedavg"](RunContext(cfg, fleet, {k: str(v) for k, v in tiny_zoo.paths.items()}, tmp_path))
-    cfgs = s.warm_configs()
+    tmp, run_dir, _ = fedavg_run
+    cfg = _cfg(tmp, cache_dir)
+    fleet = load_trace(run_dir / "fleet.json", list(tiny_zoo.tiers))
+    s = FedAvg(RunContext(cfg, fleet, {k: str(v) for k, v in tiny_zoo.paths.items()}, run_dir))
+    visits = s.first_visits()
     pairs = {(p.tier, p.domain_at(r)) for p in fleet for r in (1, 2)}
-    assert {(c["tier"], c["domain"]) for c in cfgs} == pairs and len(cfgs) == len(pairs)
-    local._WARM.clear()
+    assert {(fleet[d].tier, fleet[d].domain_at(r)) for d, r in visits} == pairs and len(visits) == len(pairs)
+    env = str(run_dir / "device_env.json")
+    warm_up._DONE.clear()
     runtime.adapted_model.cache_clear()
-    assert local.warm_up(cfgs) == len(cfgs)
+    assert warm_up.warm_up(env, [(s.device.name, d, r) for d, r in visits]) == len(visits)
     assert runtime.adapted_model.cache_info().currsize == len(tiny_zoo.tiers)
-    assert local.warm_up(cfgs) == 0  # once per process
+    assert warm_up.warm_up(env, [(s.device.name, d, r) for d, r in visits]) == 0  # once per process
 
 
 def test_device_pools_are_cached_on_disk_and_equal_the_partition(cache_dir, tiny_zoo):
@@ -178,10 +167,10 @@ def test_a_failing_round_writes_its_traceback_and_keeps_the_rounds_before(tmp_pa
 
     original = FleetStrategy.update
 
-    def broken_second_round(self, server_round, kept, replied):
+    def broken_second_round(self, server_round, kept, replied, plan):
         if server_round == 2:
             raise IndexError("list index out of range")
-        return original(self, server_round, kept, replied)
+        return original(self, server_round, kept, replied, plan)
 
     monkeypatch.setattr(FleetStrategy, "update", broken_second_round)
     cfg = _cfg(tmp_path, cache_dir, **{"strategy.name": "source-only"})

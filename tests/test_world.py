@@ -3,8 +3,15 @@ import pytest
 
 from fl_sim import FlSimError
 from fl_sim.world.data import generate, load_split, partition
-from fl_sim.world.domains import (DOMAINS, FAMILIES, VQA_FAMILIES, ask, get_domain, parse_caption,
-                                  questions_from_captions)
+from fl_sim.world.domains import (
+    DOMAINS,
+    FAMILIES,
+    VQA_FAMILIES,
+    ask,
+    get_domain,
+    parse_caption,
+    questions_from_captions,
+)
 from fl_sim.world.scenes import digit_pool
 
 
@@ -57,7 +64,8 @@ def test_captions_parse_back_and_give_questions_of_distinct_families():
     samples = [s for d in DOMAINS for s in generate(d, "train", 30, 1, 8)]
     for s in samples:
         objs = parse_caption(s["caption"])
-        assert objs is not None and " and ".join(f"{o.size} {o.colour} {o.shape} {o.position}" for o in objs) == s["caption"]
+        assert objs is not None
+        assert " and ".join(f"{o.size} {o.colour} {o.shape} {o.position}" for o in objs) == s["caption"]
     for bad in ("", "large red circle", "large red circle top and small blue square top", "huge red circle top",
                 "large red circle top and", "large red circle nowhere"):
         assert parse_caption(bad) is None, bad

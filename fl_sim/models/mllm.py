@@ -107,8 +107,8 @@ class Prompter:
         ids = torch.full((len(seqs), n), self.pad)
         lab = torch.full((len(seqs), n), -100)
         mask = torch.zeros((len(seqs), n), dtype=torch.long)
-        for i, (s, l) in enumerate(zip(seqs, labels)):
-            ids[i, :len(s)], lab[i, :len(l)], mask[i, :len(s)] = torch.tensor(s), torch.tensor(l), 1
+        for i, (s, t) in enumerate(zip(seqs, labels)):
+            ids[i, :len(s)], lab[i, :len(t)], mask[i, :len(s)] = torch.tensor(s), torch.tensor(t), 1
         return {"input_ids": ids, "attention_mask": mask, "labels": lab}
 
     def decode(self, ids) -> str:
@@ -143,7 +143,7 @@ def answer(model, prompter: Prompter, images, questions, max_new_tokens: int = 6
 
 
 # ---------------------------------------------------------------- visual tokens as a common currency
-def _llava(model):
+def llava_of(model):
     """The ``LlavaForConditionalGeneration`` inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -151,7 +151,7 @@ def _llava(model):
 @torch.no_grad()
 def visual_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """``(B, N, D_vision)`` features of the shared frozen front-end: what the projector consumes."""
-    tower = _llava(model).model.vision_tower
+    tower = llava_of(model).model.vision_tower
     return tower(pixel_values, output_hidden_states=True).hidden_states[-1]
 
 
@@ -161,7 +161,7 @@ def embed_with_tokens(model, input_ids: torch.Tensor, vis: torch.Tensor) -> torc
     Equals what ``model(input_ids, pixel_values)`` builds internally when ``vis = visual_tokens(pixels)``,
     but lets the cloud run a model on uploaded (possibly partial) visual tokens instead of images.
     """
-    llava = _llava(model)
+    llava = llava_of(model)
     emb = llava.get_input_embeddings()(input_ids)
     feats = llava.model.multi_modal_projector(vis.to(emb.dtype))
     mask = (input_ids == llava.config.image_token_index).unsqueeze(-1).expand_as(emb)

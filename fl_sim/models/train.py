@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+
 import numpy as np
 import torch
 from torch import nn
@@ -56,7 +57,8 @@ def _cell_labels(samples) -> torch.Tensor:
     lab[:, :, 3], lab[:, :, 4] = np.arange(GRID * GRID) // GRID, np.arange(GRID * GRID) % GRID
     for b, s in enumerate(samples):
         for o in s["objects"]:
-            lab[b, o.cell, :3] = (SHAPE_CLASSES.index(o.shape), COLOUR_CLASSES.index(o.colour), SIZE_CLASSES.index(o.size))
+            lab[b, o.cell, :3] = (SHAPE_CLASSES.index(o.shape), COLOUR_CLASSES.index(o.colour),
+                                  SIZE_CLASSES.index(o.size))
     return torch.from_numpy(lab)
 
 

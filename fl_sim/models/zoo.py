@@ -194,7 +194,10 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
 
     get_or_build(fe_dir, build_fe, "front-end")
 
-    folders = {role: root / f"{role}-{stable_hash(base | {'frontend': fe_key, 'preset': preset.model_dump(), 'role': role})}"
+    def key(role, preset):
+        return stable_hash(base | {"frontend": fe_key, "preset": preset.model_dump(), "role": role})
+
+    folders = {role: root / f"{role}-{key(role, preset)}"
                for role, preset in [("teacher", zoo.teacher), *zoo.tiers.items()] if role not in overrides}
     presets = {"teacher": zoo.teacher, **zoo.tiers}
     missing = [(r, presets[r], f) for r, f in folders.items() if workers > 1 and verify(f) is not None]

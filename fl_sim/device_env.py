@@ -1,0 +1,88 @@
+"""What an emulated device knows locally: the simulation's plumbing, never sent in a round's message.
+
+A real device has its model on its own storage, its own data stream and its own faults; in the
+simulation those are paths and settings shared by every device of a run. The server writes them once
+to ``<run dir>/device_env.json``; each node learns that path when it is provisioned (the query that maps
+nodes to devices) and keeps it in its ``Context.state``. Round messages then carry only what a real
+device would receive (``fl_sim.task``), so their byte counts are honest.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FILE = "device_env.json"
+
+
+class DeviceEnvironment(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int = Field(description="run seed: each device's streams derive from it and its id")
+    cache_dir: str | None = Field(description="fl-sim cache (datasets, tokenizer)")
+    fleet_path: str = Field(description="the fleet's profiles (fleet.json): tier and domain schedule per device")
+    model_paths: dict[str, str] = Field(description="tier -> checkpoint directory of its base model")
+    lora_r: int
+    lora_tokens: bool
+    projector: str = Field(description='"full" (trained in full) or "lora"')
+    samples_per_round: int
+    train_size: int
+    num_devices: int
+    partition: str
+    partition_by: str
+    dirichlet_alpha: float
+    crash_prob: float = Field(description="chance a device raises during a round (fault injection)")
+    corrupt_prob: float = Field(description="chance a CD-CCA upload is malformed (fault injection)")
+    corrupt_downlink_prob: float = Field(description="chance a CD-CCA downlink arrives damaged (fault injection)")
+    store_dir: str | None = Field(description="DWC version store (fl_sim.version_store), for CD-CCA devices")
+    threads: int = Field(description="torch threads per emulated device")
+
+    def adapters(self) -> tuple[int, bool, str]:
+        """``runtime.adapted_model``'s adapter arguments."""
+        return self.lora_r, self.lora_tokens, self.projector
+
+    def write(self, run_dir: Path) -> Path:
+        path = Path(run_dir).resolve() / FILE
+        path.write_text(self.model_dump_json(indent=1))
+        return path
+
+
+def device_environment(cfg, fleet_path: Path, num_devices: int, model_paths: dict[str, str],
+                       store_dir: Path | None) -> DeviceEnvironment:
+    """The environment of the ``num_devices`` devices of the run ``cfg`` (an ``ExperimentConfig``)."""
+    f, s = cfg.fleet, cfg.strategy
+    r, tokens, projector = s.adapters()
+    return DeviceEnvironment(
+        seed=cfg.seed, cache_dir=cfg.cache_dir, fleet_path=str(Path(fleet_path).resolve()),
+        model_paths={k: str(v) for k, v in model_paths.items() if k != "teacher"},
+        lora_r=r, lora_tokens=tokens, projector=projector, samples_per_round=f.samples_per_round,
+        train_size=f.train_size, num_devices=num_devices,
+        partition=f.partition, partition_by=f.partition_by, dirichlet_alpha=f.dirichlet_alpha,
+        crash_prob=f.crash_prob, corrupt_prob=f.corrupt_prob, corrupt_downlink_prob=f.corrupt_downlink_prob,
+        store_dir=str(Path(store_dir).resolve()) if store_dir else None, threads=cfg.simulation.threads_per_client)
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, mtime_ns: int) -> DeviceEnvironment:
+    return DeviceEnvironment.model_validate_json(Path(path).read_text())
+
+
+def load_device_env(path: str) -> DeviceEnvironment:
+    """The environment at ``path`` (cached per process until the file changes)."""
+    return _load(str(path), Path(path).stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _profiles(path: str, mtime_ns: int) -> tuple:
+    import json
+
+    from .fleet import load_trace
+
+    tiers = sorted({row["tier"] for row in json.loads(Path(path).read_text())})
+    return tuple(load_trace(path, tiers))
+
+
+def profile(env: DeviceEnvironment, device_id: int):
+    """Device ``device_id``'s profile (``fl_sim.fleet.DeviceProfile``) from the run's fleet file."""
+    return _profiles(env.fleet_path, Path(env.fleet_path).stat().st_mtime_ns)[device_id]
