@@ -7,6 +7,14 @@ class FlSimError(Exception):
     """A user-facing error: the CLI prints its message as one line, without a traceback."""
 
 
+class Stopped(FlSimError):
+    """A run stopped by Ctrl-C or SIGTERM: its last checkpoint is kept; ``exit_code`` is 130 or 143."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class PayloadError(FlSimError):
     """A malformed upload or downlink payload: it is rejected (and counted), never applied."""
 

@@ -19,45 +19,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import FlSimError
+from .config import AKDConfig
 from .models.adapters import adapter_parameters
 from .models.mllm import MAX_POSITIONS, Prompter, answer_with_stats, embed_with_tokens
 from .models.train import per_sample_loss
 from .world.domains import questions_from_captions
-
-
-class AKDConfig(BaseModel):
-    """``[strategy.akd]``: cloud distillation per round and tier (a zero weight switches a term off)."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    steps: int = Field(100, ge=0, description="adapter training steps per tier per round")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    w_ce: float = Field(1.0, ge=0, description="CE on teacher pseudo-labels")
-    w_kl: float = Field(1.0, ge=0, description="logit distillation (KL with temperature)")
-    w_feat: float = Field(0.5, ge=0, description="feature distillation (MSE after a learned projection)")
-    temperature: float = Field(2.0, gt=0)
-    replay: int = Field(512, ge=0, description="replay buffer capacity (samples); 0 = no replay")
-    max_new_tokens: int = Field(28, ge=1, le=40, description=(
-        "teacher answer length; with EOS and the prompt it must fit the model's 64 positions"))
-    min_teacher_confidence: float = Field(0.0, ge=0, le=1, description=(
-        "distil only samples the teacher answers with at least this confidence (0 = all)"))
-    anchor: float = Field(0.5, ge=0, lt=1, description=(
-        "share of each batch drawn from the cloud's own labelled source data (CE on true answers, no "
-        "distillation) against forgetting the source domain; 0 = off (the paper's AKD)"))
-    anchor_size: int = Field(512, ge=1, description="source samples the cloud keeps for anchoring")
-    extra_questions: int = Field(2, ge=0, le=5, description=(
-        "per uploaded image, the teacher captions it and is asked up to this many more questions (distinct "
-        "VQA families) generated from its caption; the answers are distilled too (0 = off, the paper's AKD)"))
-    cloud_ms_per_sample: float = Field(1.0, ge=0, description="virtual cloud time per teacher/student sample pass")
-
-    @model_validator(mode="after")
-    def _some_loss(self):
-        if self.w_ce + self.w_kl + self.w_feat <= 0:
-            raise ValueError("at least one of w_ce, w_kl, w_feat must be > 0")
-        return self
-
 
 TARGET_KEYS = ("vis", "input_ids", "attention_mask", "labels", "t_logits", "t_hidden", "t_conf", "distil")
 

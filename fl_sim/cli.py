@@ -11,7 +11,7 @@ import time
 import warnings
 from contextlib import contextmanager
 
-from . import FlSimError
+from . import FlSimError, Stopped
 
 log = logging.getLogger("fl_sim")
 
@@ -58,7 +58,19 @@ def _overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def start_libraries() -> None:
+    """Import and quiet the heavy libraries (after every input is validated: errors come in well under 2 s)."""
+    quiet_libraries()
+    import torch
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+
 def cmd_pretrain(args) -> int:
+    from .preflight import check_models
+
+    check_models(args.zoo, _overrides(args.model))
+    start_libraries()
     from .models.zoo import pretrain_zoo, zoo_summary
 
     t0 = time.time()
@@ -73,6 +85,14 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from .preflight import check_models
+
+    check_models(args.zoo, _overrides(args.model))
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise FlSimError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist")
+    start_libraries()
     from .evaluation import check_targets, evaluate_zoo, print_eval
     from .models.zoo import pretrain_zoo
 
@@ -108,11 +128,9 @@ def _set_overrides(items: list[str]) -> dict:
 
 
 def cmd_run(args) -> int:
-    from strategies import check_name
-
-    from .callbacks.console import ConsoleProgress
     from .config import load_config
-    from .run import resume_experiment, run_experiment
+    from .preflight import check_run
+    from .run import resume_config
 
     if args.resume and args.config:
         raise FlSimError("give either a config file or --resume RUN_DIR, not both")
@@ -121,17 +139,16 @@ def cmd_run(args) -> int:
     overrides = _set_overrides(args.set)
     if args.ray_address:
         overrides["simulation.ray_address"] = args.ray_address
-
-    callbacks = [] if args.quiet else [ConsoleProgress()]
+    cfg = resume_config(args.resume, overrides) if args.resume else load_config(args.config, overrides)
+    check_run(cfg)
+    start_libraries()
+    from .callbacks.console import ConsoleProgress
+    from .run import run_experiment
 
     t0 = time.time()
     with _progress(args.quiet) as p:
-        if args.resume:
-            run_dir = resume_experiment(args.resume, callbacks=callbacks, progress=p, overrides=overrides)
-        else:
-            cfg = load_config(args.config, overrides)
-            check_name(cfg.strategy.name)
-            run_dir = run_experiment(cfg, callbacks=callbacks, progress=p)
+        run_dir = run_experiment(cfg, run_dir=args.resume, callbacks=[] if args.quiet else [ConsoleProgress()],
+                                 progress=p)
     print(f"run finished in {time.time() - t0:.0f} s: results in {run_dir}/results.jsonl")
     print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
     return 0
@@ -191,10 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compare(args) -> int:
-    from .callbacks.console import round_line
-    from .compare import run_compare
+    from .compare import load_compare
+    from .preflight import check_run
 
     overrides = _set_overrides(args.set)
+    cmp, grid = load_compare(args.config, overrides)
+    for v, seed, cfg in grid:
+        if cmp.paired and v.label != cmp.paired:  # replays a run of this comparison that may not exist yet
+            cfg = cfg.model_copy(update={"fleet": cfg.fleet.model_copy(update={"replay": None})})
+        try:
+            check_run(cfg)
+        except FlSimError as exc:
+            raise FlSimError(f"run {v.label!r} seed {seed}: {exc}") from None
+    start_libraries()
+    from .callbacks.console import round_line
+    from .compare import run_compare
 
     def on_run(i, n, label, seed, state):
         if not args.quiet:
@@ -211,22 +239,42 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    quiet_libraries()
-    import torch
-
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    previous = signal.signal(signal.SIGTERM, _terminate)  # `timeout` and schedulers stop a run like Ctrl-C
     try:
         return args.func(args)
+    except Stopped as exc:
+        print(f"fl-sim: {exc}", file=sys.stderr)
+        return exc.exit_code
     except FlSimError as exc:
         print(f"fl-sim: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fl-sim: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"fl-sim: stopped ({exc.args[0] if exc.args else 'Ctrl-C'})", file=sys.stderr)
+        return 143 if exc.args == ("SIGTERM",) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def entry() -> None:
+    """The ``fl-sim`` console script. After a stopped run (Ctrl-C, SIGTERM) Ray and Flower threads may still
+    be winding down and abort the interpreter's exit: the checkpoint is on disk and Ray is shut down, so
+    the process leaves at once."""
+    rc = main()
+    if rc in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

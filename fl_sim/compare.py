@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
-import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import FlSimError
-from .config import ExperimentConfig, explain_error, load_config
+from . import FlSimError, Stopped
+from .config import ExperimentConfig, explain_error, load_config, read_toml
 from .metrics import read_results
 from .report import RunRef, build_report
 
@@ -44,7 +43,7 @@ class Variant(BaseModel):
 
 
 class CompareConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = "compare"
     base: str
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -60,12 +59,8 @@ def load_compare(path: str | Path, overrides: dict | None = None
                  ) -> tuple[CompareConfig, list[tuple[Variant, int, ExperimentConfig]]]:
     """The comparison and its fully validated grid ``[(variant, seed, experiment config)]``."""
     path = Path(path)
-    if not path.is_file():
-        raise FlSimError(f"comparison file not found: {path}")
     try:
-        cmp = CompareConfig.model_validate(tomllib.loads(path.read_text()))
-    except tomllib.TOMLDecodeError as exc:
-        raise FlSimError(f"malformed TOML in {path}: {exc}") from None
+        cmp = CompareConfig.model_validate(read_toml(path, "comparison file"))
     except ValidationError as exc:
         raise FlSimError(f"invalid comparison {path}: {explain_error(exc)}") from None
     labels = [v.label for v in cmp.runs]
@@ -139,6 +134,8 @@ def run_compare(path: str | Path, overrides: dict | None = None, on_run=None, on
             on_run(i, len(grid), v.label, seed, "running")
         try:
             run_experiment(cfg, run_dir=run_dir, on_round=on_round, progress=progress)
+        except Stopped:
+            raise
         except FlSimError as exc:  # keep going: one broken variant must not cost the others
             failures.append(f"{v.label}-{seed}: {exc}")
             log.error("run %s-%d failed: %s", v.label, seed, exc)

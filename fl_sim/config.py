@@ -14,14 +14,106 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import FlSimError
-from .akd import AKDConfig
-from .dwc import DWCConfig
-from .uts import UTSConfig
 from .world.domains import DOMAINS, SHIFTED
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A config section: unknown keys, NaN and infinities are errors, and a boolean is not an integer."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_ints(cls, data):
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if field is not None and _takes_int(field.annotation) and _has_bool(value):
+                    raise ValueError(f"{key}: expected an integer, got a boolean ({value!r})")
+        return data
+
+
+def _takes_int(annotation) -> bool:
+    import typing
+
+    if annotation is int:
+        return True
+    return any(a is int for a in typing.get_args(annotation))
+
+
+def _has_bool(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value))
+
+
+class UTSConfig(Section):
+    """``[strategy.uts]``: what devices upload."""
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    method: Literal["off", "random", "confidence", "entropy", "margin"] = Field(
+        "confidence", description='stage-1 score; "off" uploads every sample')
+    normalize: bool = Field(True, description="confidence per answer token (geometric mean), not the product")
+    stratify: bool = Field(True, description=(
+        "share the budget by question type, rank within each type (not for random)"))
+    power: float | None = Field(None, gt=0, description="draw samples with p ~ uncertainty**power, not the top")
+    budget: float = Field(0.25, gt=0, le=1, description="max share of a round's samples uploaded")
+    min_uncertainty: float | None = Field(None, description=(
+        "upload only samples more uncertain than this (not with method = random)"))
+    tokens: Literal["off", "mc_dropout", "novelty"] = Field("novelty", description='stage-2 score; "off" = all')
+    keep_tokens: float = Field(0.5, gt=0, le=1, description="share of visual tokens kept per sample")
+    mc_passes: int = Field(8, ge=2)
+    mc_p: float = Field(0.1, gt=0, lt=1)
+    upload: Literal["tokens", "images"] = Field("tokens", description='"images" = raw-image baseline')
+    token_bits: Literal[2, 4, 8, 16] = Field(4, description=(
+        "4-bit (or 2-bit, or int8) tokens with per-token scales, or float16"))
+
+class AKDConfig(Section):
+    """``[strategy.akd]``: cloud distillation per round and tier (a zero weight switches a term off)."""
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    steps: int = Field(100, ge=0, description="adapter training steps per tier per round")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    w_ce: float = Field(1.0, ge=0, description="CE on teacher pseudo-labels")
+    w_kl: float = Field(1.0, ge=0, description="logit distillation (KL with temperature)")
+    w_feat: float = Field(0.5, ge=0, description="feature distillation (MSE after a learned projection)")
+    temperature: float = Field(2.0, gt=0)
+    replay: int = Field(512, ge=0, description="replay buffer capacity (samples); 0 = no replay")
+    max_new_tokens: int = Field(28, ge=1, le=40, description=(
+        "teacher answer length; with EOS and the prompt it must fit the model's 64 positions"))
+    min_teacher_confidence: float = Field(0.0, ge=0, le=1, description=(
+        "distil only samples the teacher answers with at least this confidence (0 = all)"))
+    anchor: float = Field(0.5, ge=0, lt=1, description=(
+        "share of each batch drawn from the cloud's own labelled source data (CE on true answers, no "
+        "distillation) against forgetting the source domain; 0 = off (the paper's AKD)"))
+    anchor_size: int = Field(512, ge=1, description="source samples the cloud keeps for anchoring")
+    extra_questions: int = Field(2, ge=0, le=5, description=(
+        "per uploaded image, the teacher captions it and is asked up to this many more questions (distinct "
+        "VQA families) generated from its caption; the answers are distilled too (0 = off, the paper's AKD)"))
+    cloud_ms_per_sample: float = Field(1.0, ge=0, description="virtual cloud time per teacher/student sample pass")
+
+    @model_validator(mode="after")
+    def _some_loss(self):
+        if self.w_ce + self.w_kl + self.w_feat <= 0:
+            raise ValueError("at least one of w_ce, w_kl, w_feat must be > 0")
+        return self
+
+class DWCConfig(Section):
+    """``[strategy.dwc]``: how the cloud compresses a downlink delta (both switches off = dense fp32)."""
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    select: bool = Field(True, description="keep only the entries holding `energy` of the delta's energy")
+    selection: Literal["top", "random"] = Field("top", description=(
+        'which entries: "top" = the largest (energy, max_density, block), "random" = a seeded pseudo-random '
+        "max_density share the device regenerates (no index bytes; energy and block unused)"))
+    energy: float = Field(0.9, gt=0, le=1, description="target share of sum(delta**2) kept")
+    max_density: float = Field(0.05, gt=0, le=1, description="cap on the kept share of entries")
+    block: int = Field(1, ge=1, le=4096, description=(
+        "select blocks of this many consecutive entries (1 = single entries): fewer index bytes per value"))
+    quantize: bool = Field(True, description="quantise kept values (sign + magnitude)")
+    bits: Literal[2, 3, 4, 8] = Field(3, description="bits per quantised value, its sign included")
+    group_size: int = Field(64, ge=1, description="values per float16 quantisation scale")
+    error_feedback: bool = Field(True, description="carry what was not sent into the next round")
+    sparse_train: bool = Field(False, description=(
+        "the cloud trains only the entries the payload can carry: a short dense probe (probe_steps) picks "
+        "the max_density share with the largest |probe change + residual| (selection = \"random\": the "
+        "payload's seeded entries, no probe), then AKD trains those alone"))
+    probe_steps: int = Field(20, ge=1, description="dense AKD steps that pick the entries sparse_train trains")
 
 
 class Range(Section):
@@ -111,10 +203,17 @@ class SimulationConfig(Section):
     warm_up: bool = Field(True, description=(
         "Ray workers import the device code and load every tier model and domain split while nodes are "
         "mapped, before round 1 (the cost is logged as the warm-up phase, not charged to round 1)"))
+    check_capacity: bool = Field(True, description=(
+        "refuse a run whose estimated memory or disk (fl_sim.capacity) exceeds what this machine has; "
+        "false on a cluster, where the workers' memory is elsewhere"))
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 class ExperimentConfig(Section):
-    name: str = "experiment"
+    name: str = Field("experiment", description=(
+        "the experiment's folder under output_dir: letters, digits, '.', '_', '-' (not a path)"))
     seed: int = Field(0, ge=0, description="run seed: every random stream (devices, cloud, payloads) derives from it")
     rounds: int = Field(3, ge=1)
     zoo: str = "default"
@@ -126,14 +225,32 @@ class ExperimentConfig(Section):
     eval: EvalConfig = EvalConfig()
     simulation: SimulationConfig = SimulationConfig()
 
+    @model_validator(mode="after")
+    def _consistent(self):
+        import re
+
+        if not re.match(NAME_PATTERN, self.name) or ".." in self.name:
+            raise ValueError(f"name {self.name!r} must be a plain name (letters, digits, '.', '_', '-'; at most 100), "
+                             "not a path: it names the run's folder under output_dir")
+        if not self.fleet.trace and self.strategy.clients_per_round > self.fleet.num_devices:
+            raise ValueError(f"strategy.clients_per_round ({self.strategy.clients_per_round}) is larger than "
+                             f"fleet.num_devices ({self.fleet.num_devices})")
+        return self
+
 
 def explain_error(exc: ValidationError) -> str:
     """A pydantic error as one line naming the key: ``unknown key 'fleet.x'`` or ``fleet.y: <message>``."""
+    import re
+
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"unknown key {loc!r}"
-    return f"{loc}: {err['msg']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if re.match(r"^[a-z_]+: ", msg):  # a section's validator named the key
+        key, msg = msg.split(": ", 1)
+        loc = f"{loc}.{key}" if loc else key
+    return f"{loc}: {msg}" if loc else msg
 
 
 def parse_config(data: dict, overrides: dict | None = None) -> ExperimentConfig:
@@ -160,19 +277,44 @@ def parse_config(data: dict, overrides: dict | None = None) -> ExperimentConfig:
     return cfg
 
 
+PATH_KEYS = ("fleet.trace", "fleet.replay")  # files an experiment refers to
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    """An experiment file: keys it leaves out take today's defaults."""
-    return parse_config(_read_toml(path), overrides)
-
-
-def _read_toml(path: str | Path) -> dict:
+    """An experiment file: keys it leaves out take today's defaults. Relative paths in the file
+    (``PATH_KEYS``) are relative to the file's folder; paths given as ``overrides`` to the current one."""
     path = Path(path)
+    data = read_toml(path)
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            data[section] = dict(data[section]) | {key: str((path.parent / value).resolve())}
+    return parse_config(data, overrides)
+
+
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """A TOML file as a dict; a one-line ``FlSimError`` for anything that is not one."""
+    path = Path(path)
+    if path.is_dir():
+        raise FlSimError(f"{what} {path} is a directory, not a TOML file")
     if not path.is_file():
-        raise FlSimError(f"config file not found: {path}")
+        raise FlSimError(f"{what} not found: {path}")
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FlSimError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise FlSimError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not text.strip():
+        raise FlSimError(f"{what} {path} is empty")
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise FlSimError(f"malformed TOML in {path}: {exc}") from None
+    if not data:
+        raise FlSimError(f"{what} {path} sets nothing (only comments)")
+    return data
 
 
 # Options whose default changed after they were added: a run's saved config.toml written before the option
@@ -201,7 +343,7 @@ def with_legacy_values(data: dict) -> dict:
 def load_run_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
     """A run directory's saved ``config.toml``: what that run ran with (``LEGACY_VALUES`` for options it
     predates), so resuming it continues the same experiment."""
-    return parse_config(with_legacy_values(_read_toml(path)), overrides)
+    return parse_config(with_legacy_values(read_toml(path)), overrides)
 
 
 def to_toml(cfg: ExperimentConfig) -> str:

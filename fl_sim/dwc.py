@@ -47,13 +47,12 @@ refused (``FlSimError``), as are NaN/inf deltas. Without quantisation values are
 from __future__ import annotations
 
 import zlib
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from . import FlSimError, PayloadError, ceil_share
+from .config import DWCConfig
 
 VERSION = 3
 SELECT, QUANTIZE = 1, 2
@@ -62,28 +61,6 @@ FIELDS = ("tensors", "numel", "flags", "bits", "group", "k", "block", "index_cod
           "index_bytes", "value_bytes")
 F16_MAX = float(np.finfo(np.float16).max)
 MAX_RICE_R = 40
-
-
-class DWCConfig(BaseModel):
-    """``[strategy.dwc]``: how the cloud compresses a downlink delta (both switches off = dense fp32)."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    select: bool = Field(True, description="keep only the entries holding `energy` of the delta's energy")
-    selection: Literal["top", "random"] = Field("top", description=(
-        'which entries: "top" = the largest (energy, max_density, block), "random" = a seeded pseudo-random '
-        "max_density share the device regenerates (no index bytes; energy and block unused)"))
-    energy: float = Field(0.9, gt=0, le=1, description="target share of sum(delta**2) kept")
-    max_density: float = Field(0.05, gt=0, le=1, description="cap on the kept share of entries")
-    block: int = Field(1, ge=1, le=4096, description=(
-        "select blocks of this many consecutive entries (1 = single entries): fewer index bytes per value"))
-    quantize: bool = Field(True, description="quantise kept values (sign + magnitude)")
-    bits: Literal[2, 3, 4, 8] = Field(3, description="bits per quantised value, its sign included")
-    group_size: int = Field(64, ge=1, description="values per float16 quantisation scale")
-    error_feedback: bool = Field(True, description="carry what was not sent into the next round")
-    sparse_train: bool = Field(False, description=(
-        "the cloud trains only the entries the payload can carry: a short dense probe (probe_steps) picks "
-        "the max_density share with the largest |probe change + residual| (selection = \"random\": the "
-        "payload's seeded entries, no probe), then AKD trains those alone"))
-    probe_steps: int = Field(20, ge=1, description="dense AKD steps that pick the entries sparse_train trains")
 
 
 def flatten(tensors: dict[str, torch.Tensor]) -> np.ndarray:

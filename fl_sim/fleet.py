@@ -22,6 +22,7 @@ import numpy as np
 
 from . import FlSimError
 from .config import FleetConfig
+from .world.domains import DOMAINS
 
 
 @dataclass(frozen=True)
@@ -85,39 +86,97 @@ def make_fleet(cfg: FleetConfig, tiers: list[str], seed: int) -> list[DeviceProf
     return out
 
 
+def _strict_int(v) -> int:
+    """An int from a JSON int or a CSV string of digits; ``ValueError`` for booleans, fractions and text."""
+    if isinstance(v, bool) or isinstance(v, float) or (isinstance(v, str) and not v.strip().lstrip("-").isdigit()):
+        raise ValueError(v)
+    return int(v)
+
+
+POSITIVE = ("compute_ms_per_sample", "uplink_kbps", "downlink_kbps", "active_period_s")
+
+
 def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
-    """Profiles from a CSV (header = field names) or JSON (list of objects) trace file."""
+    """Profiles from a CSV (header = field names) or JSON (list of objects) trace file.
+
+    Every problem is a one-line ``FlSimError`` naming the file, and the row and column where it has one.
+    Rows are numbered from 1 (a CSV's header is not a row).
+    """
+    import math
+
     path = Path(path)
+    where = f"fleet trace {path}"
     if not path.is_file():
-        raise FlSimError(f"fleet trace not found: {path}")
+        raise FlSimError(f"{where} not found" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FlSimError(f"{where} cannot be read: {exc}") from None
     if path.suffix == ".json":
-        rows = json.loads(path.read_text())
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            raise FlSimError(f"{where} is not valid JSON: {exc}") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise FlSimError(f"{where} must be a JSON list of objects, one per device")
     elif path.suffix == ".csv":
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(text.splitlines()))
+        if any(None in r or None in r.values() for r in rows):
+            bad = next(n for n, r in enumerate(rows, 1) if None in r or None in r.values())
+            raise FlSimError(f"{where} row {bad}: its number of values differs from the header's")
     else:
-        raise FlSimError(f"fleet trace must be .csv or .json, got {path.name}")
+        raise FlSimError(f"{where} must be .csv or .json, got {path.name}")
+    if not rows:
+        raise FlSimError(f"{where} holds no devices")
     names = {f.name: f.type for f in fields(DeviceProfile)}
     out = []
-    for n, row in enumerate(rows):
-        missing = set(names) - set(row)
-        extra = set(row) - set(names)
+    for n, row in enumerate(rows, 1):
+        missing, extra = sorted(set(names) - set(row)), sorted(set(row) - set(names))
         if missing or extra:
-            raise FlSimError(f"fleet trace {path.name} row {n}: missing {sorted(missing)} / unknown {sorted(extra)}")
-        try:
-            p = DeviceProfile(**{k: (int(v) if names[k] == "int" else float(v) if names[k] == "float" else str(v))
-                                 for k, v in row.items()})
-        except ValueError as exc:
-            raise FlSimError(f"fleet trace {path.name} row {n}: {exc}") from None
-        bad = [k for k in ("compute_ms_per_sample", "uplink_kbps", "downlink_kbps", "active_period_s")
-               if getattr(p, k) <= 0]
-        if bad or not 0 < p.active_fraction <= 1:
-            raise FlSimError(f"fleet trace {path.name} row {n}: {bad or ['active_fraction']} out of range")
+            raise FlSimError(f"{where} row {n}: " + "; ".join(
+                ([f"missing column(s) {', '.join(missing)}"] if missing else [])
+                + ([f"unknown column(s) {', '.join(extra)}"] if extra else [])))
+        values = {}
+        for k, kind in names.items():
+            v = row[k]
+            try:
+                if kind == "int":
+                    values[k] = _strict_int(v)
+                elif kind == "float":
+                    if isinstance(v, bool):
+                        raise ValueError
+                    values[k] = float(v)
+                    if not math.isfinite(values[k]):
+                        raise FlSimError(f"{where} row {n} column {k}: {v!r} is not a finite number")
+                else:
+                    if not isinstance(v, str) or not v:
+                        raise ValueError
+                    values[k] = v
+            except (ValueError, TypeError):
+                want = {"int": "an integer", "float": "a number"}.get(kind, "a non-empty string")
+                raise FlSimError(f"{where} row {n} column {k}: expected {want}, got {v!r}") from None
+        p = DeviceProfile(**values)
+        for k in POSITIVE:
+            if getattr(p, k) <= 0:
+                raise FlSimError(f"{where} row {n} column {k}: must be > 0, got {getattr(p, k)}")
+        if not 0 < p.active_fraction <= 1:
+            raise FlSimError(f"{where} row {n} column active_fraction: must be in (0, 1], got {p.active_fraction}")
+        if p.phase_s < 0 or p.shift_round < 1:
+            col = "phase_s" if p.phase_s < 0 else "shift_round"
+            raise FlSimError(f"{where} row {n} column {col}: must be {'>= 0' if col == 'phase_s' else '>= 1'}, "
+                             f"got {getattr(p, col)}")
         if p.tier not in tiers:
-            raise FlSimError(f"fleet trace {path.name} row {n}: unknown tier {p.tier!r}; allowed: {', '.join(tiers)}")
+            raise FlSimError(f"{where} row {n} column tier: unknown tier {p.tier!r}; allowed: {', '.join(tiers)}")
+        if p.shift_domain not in DOMAINS:
+            raise FlSimError(f"{where} row {n} column shift_domain: unknown domain {p.shift_domain!r}; "
+                             f"allowed: {', '.join(DOMAINS)}")
         out.append(p)
-    if [p.device_id for p in out] != list(range(len(out))):
-        raise FlSimError(f"fleet trace {path.name}: device_id must be 0..N-1 in order")
+    ids = [p.device_id for p in out]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise FlSimError(f"{where} column device_id: device {dup} appears twice")
+    if ids != list(range(len(out))):
+        raise FlSimError(f"{where} column device_id: ids must be 0..{len(out) - 1} in order")
     return out
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import tomllib
 import traceback
 from pathlib import Path
 
-from . import FlSimError
+from . import FlSimError, Stopped
 from .config import ExperimentConfig, load_run_config, to_toml, with_legacy_values
 from .fleet import load_participation, make_fleet, save_trace
 
@@ -46,6 +47,14 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
 
     ``on_round(record)`` is called after each round; ``callbacks`` (``fl_sim.callbacks.Callback``) are
     added to the run's own (results and TensorBoard, checkpoints)."""
+    from .preflight import check_run
+
+    run_dir = Path(run_dir or run_dir_for(cfg))
+    if cfg.fleet.replay and Path(cfg.fleet.replay).resolve() in (run_dir.resolve(),
+                                                                 (run_dir / "results.jsonl").resolve()):
+        raise FlSimError(f"fleet.replay names this run's own directory {run_dir}; give the run another name "
+                         "(--set name=...)")
+    check_run(cfg)  # everything the run was given, before a model is loaded or Ray starts
     for k, v in RAY_FAIL_FAST.items():
         os.environ.setdefault(k, v)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -67,12 +76,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
     tiers = list(zoo.tiers)
     fleet = make_fleet(cfg.fleet, tiers, cfg.seed)
     cfg = strategy_cls.effective_config(cfg)
-    run_dir = Path(run_dir or run_dir_for(cfg))
     replay = None
     if cfg.fleet.replay:
-        if Path(cfg.fleet.replay).resolve() in (run_dir.resolve(), (run_dir / "results.jsonl").resolve()):
-            raise FlSimError(f"fleet.replay names this run's own directory {run_dir}; give the run another name "
-                             "(--set name=...)")
         replay = load_participation(cfg.fleet.replay, cfg.rounds, fleet, cfg.strategy.clients_per_round)
     check_same_setup(run_dir, cfg, "delete it, resume it with `fl-sim run --resume`, or give the run another "
                      "name (--set name=...)")
@@ -108,6 +113,15 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
     try:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(fleet),
                        backend_config=backend_config(cfg), verbose_logging=False)
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (the CLI's handler, or Ray's: exit 15)
+        if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
+            raise
+        ctx.abort.set()
+        why = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) and exc.args != ("SIGTERM",) else "SIGTERM"
+        _write_error(run_dir, exc, f"stopped by {why} after {time.time() - t0:.0f} s; the last completed round's "
+                                   f"checkpoint is kept; continue with: fl-sim run --resume {run_dir}\n")
+        raise Stopped(f"stopped by {why}: completed rounds are kept in {run_dir}; continue with "
+                      f"`fl-sim run --resume {run_dir}`", 143 if why == "SIGTERM" else 130) from None
     except BaseException as exc:
         ctx.abort.set()
         cause = exc.__cause__ or exc.__context__ or exc
@@ -129,11 +143,12 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
 ERROR_FILE = "error.txt"
 
 
-def _write_error(run_dir: Path, exc: BaseException) -> str:
-    """Write ``exc``'s full traceback to ``run_dir/error.txt`` (the console gets one line); says where."""
+def _write_error(run_dir: Path, exc: BaseException, head: str = "") -> str:
+    """Write ``head`` and ``exc``'s full traceback to ``run_dir/error.txt`` (the console gets one line);
+    says where."""
     path = run_dir / ERROR_FILE
     try:
-        path.write_text("".join(traceback.format_exception(exc)))
+        path.write_text(head + "".join(traceback.format_exception(exc)))
     except OSError as err:  # the one-line error must still come out
         return f"nowhere (cannot write {path}: {err.strerror or err})"
     return str(path)
@@ -188,10 +203,10 @@ def _shutdown_ray() -> None:
         pass
 
 
-def resume_experiment(run_dir: str | Path, overrides: dict | None = None, **kw) -> Path:
-    """Continue the run in ``run_dir`` from its last checkpoint, with its saved config.
+def resume_config(run_dir: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """The saved config of the run in ``run_dir``, for continuing it from its last checkpoint.
 
-    ``overrides`` may change how it runs (e.g. ``rounds``, ``simulation.*``), not what it simulates.
+    ``overrides`` may change how it runs (``rounds``, ``simulation.*``, ``eval.*``), not what it simulates.
     """
     run_dir = Path(run_dir)
     for key in overrides or {}:
@@ -199,4 +214,9 @@ def resume_experiment(run_dir: str | Path, overrides: dict | None = None, **kw) 
             raise FlSimError(f"cannot change {key!r} when resuming (only rounds, simulation.*, eval.*)")
     if not (run_dir / "config.toml").is_file():
         raise FlSimError(f"not a run directory (no config.toml): {run_dir}")
-    return run_experiment(load_run_config(run_dir / "config.toml", overrides), run_dir=run_dir, **kw)
+    return load_run_config(run_dir / "config.toml", overrides)
+
+
+def resume_experiment(run_dir: str | Path, overrides: dict | None = None, **kw) -> Path:
+    """Continue the run in ``run_dir`` from its last checkpoint, with its saved config."""
+    return run_experiment(resume_config(run_dir, overrides), run_dir=Path(run_dir), **kw)

@@ -39,36 +39,14 @@ The cloud fills dropped tokens with the reference (mean) token before running a 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from . import FlSimError, PayloadError, ceil_share
+from .config import UTSConfig  # noqa: F401 - the [strategy.uts] section, also named here
 
 MAX_TOKEN_VALUE = 1e4  # front-end features are O(10); anything this large is corrupt
-
-
-class UTSConfig(BaseModel):
-    """``[strategy.uts]``: what devices upload."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    method: Literal["off", "random", "confidence", "entropy", "margin"] = Field(
-        "confidence", description='stage-1 score; "off" uploads every sample')
-    normalize: bool = Field(True, description="confidence per answer token (geometric mean), not the product")
-    stratify: bool = Field(True, description=(
-        "share the budget by question type, rank within each type (not for random)"))
-    power: float | None = Field(None, gt=0, description="draw samples with p ~ uncertainty**power, not the top")
-    budget: float = Field(0.25, gt=0, le=1, description="max share of a round's samples uploaded")
-    min_uncertainty: float | None = Field(None, description=(
-        "upload only samples more uncertain than this (not with method = random)"))
-    tokens: Literal["off", "mc_dropout", "novelty"] = Field("novelty", description='stage-2 score; "off" = all')
-    keep_tokens: float = Field(0.5, gt=0, le=1, description="share of visual tokens kept per sample")
-    mc_passes: int = Field(8, ge=2)
-    mc_p: float = Field(0.1, gt=0, lt=1)
-    upload: Literal["tokens", "images"] = Field("tokens", description='"images" = raw-image baseline')
-    token_bits: Literal[2, 4, 8, 16] = Field(4, description=(
-        "4-bit (or 2-bit, or int8) tokens with per-token scales, or float16"))
 
 
 def sample_uncertainty(stats: dict[str, np.ndarray], method: str, rng: np.random.Generator,
@@ -230,11 +208,18 @@ def _pack_crumbs(v: np.ndarray) -> np.ndarray:
     return (v[:, 0] << 6) | (v[:, 1] << 4) | (v[:, 2] << 2) | v[:, 3]
 
 
+TOKEN_ARRAYS = {16: ("tokens", np.float16), 8: ("tokens", np.int8), 4: ("tokens", np.uint8),
+                2: ("tokens_2bit", np.uint8)}
+
+
 def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab: int, reference: torch.Tensor | None,
-                  image_shape: tuple[int, ...] | None = None) -> dict:
+                  image_shape: tuple[int, ...] | None = None, max_samples: int | None = None,
+                  token_bits: int | None = None, max_tokens: int | None = None) -> dict:
     """Validate an upload and rebuild ``{"questions", "vis", "mask"}`` (or ``"images"``).
 
-    Dropped tokens are filled with ``reference``. Raises ``PayloadError`` naming what is wrong.
+    Dropped tokens are filled with ``reference``. Raises ``PayloadError`` naming what is wrong. What the
+    device was asked for is checked before anything is allocated: at most ``max_samples`` samples, tokens
+    encoded in ``token_bits``, at most ``max_tokens`` kept tokens per sample.
     """
     def need(key, dtypes):
         if key not in arrays:
@@ -245,6 +230,14 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
         return a
 
     q_len = need("q_len", (np.uint8,)).astype(np.int64)
+    if max_samples is not None and q_len.size > max_samples:
+        raise PayloadError(f"upload holds {q_len.size} samples, more than the {max_samples} the device was asked for")
+    if (q_len == 0).any():
+        raise PayloadError("upload holds an empty question")
+    if token_bits is not None and "images" not in arrays:
+        key, dtype = TOKEN_ARRAYS[token_bits]
+        if key not in arrays or np.asarray(arrays[key]).dtype != dtype:
+            raise PayloadError(f"upload tokens are not the {token_bits}-bit encoding the device was asked for")
     flat = need("questions", (np.uint8, np.uint16)).astype(np.int64)
     if q_len.ndim != 1 or flat.ndim != 1 or q_len.sum() != flat.size:
         raise PayloadError(f"upload questions hold {flat.size} ids but q_len sums to {int(q_len.sum())}")
@@ -264,6 +257,9 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
         raise PayloadError(f"upload token_mask has {packed.size} bytes, expected {math.ceil(b * n_tokens / 8)}")
     mask = torch.from_numpy(np.unpackbits(packed)[:b * n_tokens].astype(bool).reshape(b, n_tokens))
     kept = int(mask.sum())
+    if max_tokens is not None and b and int(mask.sum(1).max()) > max_tokens:
+        raise PayloadError(f"upload keeps {int(mask.sum(1).max())} tokens of a sample, more than the {max_tokens} "
+                           "the device was asked for")
     if "tokens_2bit" in arrays:  # four codes per byte, levels (c - 1.5) * scale
         if "tokens" in arrays:
             raise PayloadError("upload holds both 'tokens' and 'tokens_2bit'")

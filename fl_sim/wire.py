@@ -45,6 +45,7 @@ def from_array_record(record) -> dict[str, torch.Tensor]:
 # arrays' bytes in that order.
 PACK_DTYPES = ("|u1", "|i1", "<u2", "<i2", "<f2", "<f4", "<i4", "<i8")
 MAX_PACKED_ARRAYS = 64
+MAX_HEADER_BYTES = 8192
 
 
 def pack_arrays(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -100,13 +101,23 @@ def unpack_arrays(blob: np.ndarray) -> dict[str, np.ndarray]:
     n = int(blob[:4].view("<u4")[0])
     if n > blob.size - 4:
         raise PayloadError(f"packed payload is truncated (header of {n} bytes, {blob.size - 4} left)")
+    if n > MAX_HEADER_BYTES:
+        raise PayloadError(f"packed payload header of {n} bytes (at most {MAX_HEADER_BYTES})")
     try:
         header = json.loads(blob[4:4 + n].tobytes())
-        entries = [(str(name), str(dt), [int(d) for d in shape]) for name, dt, shape in header]
-    except (ValueError, TypeError) as exc:
-        raise PayloadError(f"packed payload has a malformed header: {exc}") from None
-    if len(entries) > MAX_PACKED_ARRAYS:
-        raise PayloadError(f"packed payload names {len(entries)} arrays (at most {MAX_PACKED_ARRAYS})")
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"packed payload has a malformed header: {type(exc).__name__}") from None
+    if not isinstance(header, list):
+        raise PayloadError("packed payload header is not a list of [name, dtype, shape]")
+    if len(header) > MAX_PACKED_ARRAYS:
+        raise PayloadError(f"packed payload names {len(header)} arrays (at most {MAX_PACKED_ARRAYS})")
+    entries = []
+    for entry in header:
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], str)
+                and isinstance(entry[2], list) and len(entry[2]) <= 8
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in entry[2])):
+            raise PayloadError(f"packed payload header entry {str(entry)[:60]} is not [name, dtype, [int, ...]]")
+        entries.append((entry[0], entry[1], entry[2]))
     out, pos = {}, 4 + n
     for name, dt, shape in entries:
         if dt not in PACK_DTYPES:

@@ -347,9 +347,13 @@ class FleetStrategy(Strategy):
                 t0 = time.time()
                 plan = self.configure_train(r)
                 replies = send_and_receive(grid, plan.messages, cfg.simulation.round_timeout_s, self.ctx.abort)
+                if self.ctx.abort.is_set():  # stopped while devices worked: this round is not kept
+                    raise RuntimeError("simulation backend stopped")
                 t1 = time.time()
                 outcome = self.aggregate_train(r, replies, plan)
                 t2 = time.time()
+                if self.ctx.abort.is_set():
+                    raise RuntimeError("simulation backend stopped")
                 ev = self.evaluate_tiers() if (r % cfg.eval.every == 0 or r == cfg.rounds) else {}
                 t3 = time.time()
                 record = {"round": r, "virtual_time_s": self.clock_s, "available": plan.available,

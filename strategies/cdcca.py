@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
-from fl_sim import akd, dwc, runtime, uts
+from fl_sim import akd, ceil_share, dwc, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
 from fl_sim.models.mllm import MAX_POSITIONS, answer_with_stats, visual_tokens
@@ -131,6 +131,7 @@ class CDCCA(FleetStrategy):
         n_tok, dim = pr.n_image, ref.shape[0]
         img_shape = tuple(teacher.config.vision_config.image_size for _ in range(2)) + (3,)
         vis, questions, rejected = [], [], 0
+        limits = self.upload_limits(n_tok)
         for dev, rep, _ in kept:
             if "upload" not in rep.content:
                 continue
@@ -139,7 +140,7 @@ class CDCCA(FleetStrategy):
                 if list(record.keys()) != ["packed"]:
                     raise uts.PayloadError(f"upload record holds {sorted(record.keys())}, expected ['packed']")
                 arrays = unpack_arrays(record_values(record)["packed"])
-                up = uts.decode_upload(arrays, n_tok, dim, len(pr.tok), ref, img_shape)
+                up = uts.decode_upload(arrays, n_tok, dim, len(pr.tok), ref, img_shape, **limits)
                 if "images" in up and self.uts.upload != "images" or "vis" in up and self.uts.upload == "images":
                     raise uts.PayloadError(f"upload kind does not match strategy.uts.upload={self.uts.upload!r}")
                 texts = [pr.tok.decode(q, skip_special_tokens=True) for q in up["questions"]]
@@ -157,6 +158,15 @@ class CDCCA(FleetStrategy):
             vis.append(up["vis"])
             questions += texts
         return (torch.cat(vis) if vis else torch.zeros(0, n_tok, dim)), questions, rejected
+
+    def upload_limits(self, n_tokens: int) -> dict:
+        """What a device was asked to upload (``uts.decode_upload``'s limits): a larger upload is rejected
+        before the cloud allocates anything for it."""
+        u, n = self.uts, self.cfg.fleet.samples_per_round
+        tokens = u.upload == "tokens"
+        return {"max_samples": ceil_share(u.budget, n) if u.method != "off" else n,
+                "token_bits": u.token_bits if tokens else None,
+                "max_tokens": ceil_share(u.keep_tokens, n_tokens) if tokens and u.tokens != "off" else None}
 
     def _train_tier(self, tier: str, new: dict, server_round: int) -> dict:
         model, _ = runtime.adapted_model(self.ctx.model_paths[tier], *self.s.adapters())

@@ -51,11 +51,11 @@ def test_trace_round_trip_and_errors(tmp_path):
     assert load_trace(tmp_path / "f.csv", ["x"]) == fleet
     rows[1]["tier"] = "z"
     (tmp_path / "bad.json").write_text(json.dumps(rows))
-    with pytest.raises(FlSimError, match="row 1: unknown tier 'z'"):
+    with pytest.raises(FlSimError, match="row 2 column tier: unknown tier 'z'"):
         load_trace(tmp_path / "bad.json", ["x"])
     del rows[0]["phase_s"]
     (tmp_path / "bad2.json").write_text(json.dumps(rows))
-    with pytest.raises(FlSimError, match=r"row 0: missing \['phase_s'\]"):
+    with pytest.raises(FlSimError, match=r"row 1: missing column\(s\) phase_s"):
         load_trace(tmp_path / "bad2.json", ["x"])
 
 

@@ -1,0 +1,96 @@
+"""What a run will need, estimated from its settings before anything starts, against what this machine has.
+
+A coarse model, per term (bytes):
+
+    driver and models           2 GiB
+    Ray workers                 0.6 GiB each (min(CPUs, CPUs / num_cpus_per_client) workers)
+    registered devices          30 KB each in the driver (Flower's node state, profiles, partitions)
+    datasets                    7.5 KB per sample (a 48x48 RGB image and its text), every domain's train
+                                split in the driver and in each worker, the test splits in the driver
+    a device round              200 KB per sample in a worker (images, visual tokens, activations)
+    the cloud's round           200 KB per uploaded sample (teacher targets with logits and hidden states)
+
+Disk: the datasets once (7.5 KB per sample), and per round about 4 KB of results and TensorBoard events
+plus 40 bytes per sampled device. ``simulation.check_capacity = false`` skips the check (a cluster's
+workers have their own memory).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from . import FlSimError
+
+GIB = 2**30
+DRIVER_BYTES = 2 * GIB
+WORKER_BYTES = 0.6 * GIB
+PER_DEVICE_BYTES = 30_000
+PER_SAMPLE_BYTES = 7_500
+ROUND_SAMPLE_BYTES = 200_000
+ROUND_DISK_BYTES = 4_000
+DOMAINS = 4
+
+
+def workers(cfg) -> int:
+    sim = cfg.simulation
+    cpus = sim.num_cpus or os.cpu_count() or 1
+    return max(1, min(cpus, int(cpus / sim.num_cpus_per_client)))
+
+
+def needs(cfg, n_devices: int) -> dict[str, dict[str, float]]:
+    """``{"memory": {term: bytes}, "disk": {term: bytes}}`` of the run ``cfg`` with ``n_devices`` devices."""
+    f, s = cfg.fleet, cfg.strategy
+    w = workers(cfg)
+    sampled = min(n_devices, s.clients_per_round * s.over_commit)
+    uploaded = sampled * f.samples_per_round * s.uts.budget
+    data = DOMAINS * (f.train_size * (w + 1) + cfg.eval.n_test) * PER_SAMPLE_BYTES
+    memory = {"driver and models": DRIVER_BYTES, "Ray workers (simulation.num_cpus)": w * WORKER_BYTES,
+              "registered devices (fleet.num_devices)": n_devices * PER_DEVICE_BYTES,
+              "datasets (fleet.train_size, eval.n_test)": data,
+              "device rounds (fleet.samples_per_round)": min(w, sampled) * f.samples_per_round * ROUND_SAMPLE_BYTES,
+              "uploads a round (fleet.samples_per_round, strategy.clients_per_round)": uploaded * ROUND_SAMPLE_BYTES}
+    disk = {"datasets (fleet.train_size, eval.n_test)": DOMAINS * (f.train_size + cfg.eval.n_test) * PER_SAMPLE_BYTES,
+            "results (rounds)": cfg.rounds * (ROUND_DISK_BYTES + 40 * sampled)}
+    return {"memory": memory, "disk": disk}
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (``MemAvailable``; all physical memory where that is unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def free_disk(path: str | Path) -> int:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def human(n: float) -> str:
+    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", GIB), ("MiB", 2**20)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n / 1024:,.0f} KiB"
+
+
+def check(cfg, n_devices: int) -> None:
+    """A one-line ``FlSimError`` with the estimate when the run cannot fit this machine."""
+    if not cfg.simulation.check_capacity:
+        return
+    est = needs(cfg, n_devices)
+    for kind, have in (("memory", available_memory()), ("disk", free_disk(cfg.output_dir))):
+        total = sum(est[kind].values())
+        if total > have:
+            top = max(est[kind], key=est[kind].get)
+            raise FlSimError(f"the run would need about {human(total)} of {kind} ({top}: {human(est[kind][top])}), "
+                             f"and this machine has {human(have)} available; make the fleet, samples or rounds "
+                             "smaller, or set simulation.check_capacity = false (a cluster)")

@@ -1,0 +1,57 @@
+"""Everything a command was given, checked before anything heavy starts (no torch, transformers, Flower
+or Ray): the experiment's strategy, its fleet (every row of a trace), what the machine can hold
+(``fl_sim.capacity``), a replayed run, and checkpoint directories. Each problem is one ``FlSimError``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import FlSimError, capacity
+
+
+def check_run(cfg) -> int:
+    """Check the run ``cfg`` (an ``ExperimentConfig``) can start; returns its number of devices."""
+    from strategies import check_name
+
+    from .models.presets import get_zoo
+
+    check_name(cfg.strategy.name)
+    f, s = cfg.fleet, cfg.strategy
+    tiers = list(get_zoo(cfg.zoo).tiers)
+    profiles = None
+    if f.trace:
+        from .fleet import load_trace
+
+        profiles = load_trace(f.trace, tiers)
+        n = len(profiles)
+        if "num_devices" in f.model_fields_set and n < f.num_devices:
+            raise FlSimError(f"fleet trace {f.trace} holds {n} devices, fewer than fleet.num_devices ({f.num_devices})")
+        if s.clients_per_round > n:
+            raise FlSimError(f"strategy.clients_per_round ({s.clients_per_round}) is larger than the {n} devices "
+                             f"of fleet trace {f.trace}")
+    else:
+        n = f.num_devices
+    capacity.check(cfg, n)
+    if f.replay:
+        from .fleet import load_participation, make_fleet
+
+        fleet = profiles if profiles is not None else make_fleet(f, tiers, cfg.seed)
+        load_participation(f.replay, cfg.rounds, fleet, s.clients_per_round)
+    return n
+
+
+def check_models(zoo_name: str, overrides: dict[str, str]) -> None:
+    """``--model ROLE=PATH``: known roles of the zoo, and directories that hold a Hugging Face config."""
+    from .models.presets import get_zoo
+
+    zoo = get_zoo(zoo_name)
+    roles = ["teacher", *zoo.tiers]
+    for role, path in overrides.items():
+        if role not in roles:
+            raise FlSimError(f"--model {role}={path}: unknown role {role!r}; allowed: {', '.join(roles)}")
+        p = Path(path).expanduser()
+        if not p.is_dir():
+            raise FlSimError(f"--model {role}={path}: {p.resolve()} is not a directory")
+        if not (p / "config.json").is_file():
+            raise FlSimError(f"--model {role}={path}: {p.resolve()} is not a checkpoint (no config.json)")

@@ -1,0 +1,152 @@
+"""A corpus of malformed inputs to ``fl-sim``: config files, ``--set`` values, fleet traces, run directories
+and checkpoints. Each case is ``(name, files, argv, expected)``: the files to write (path relative to a
+scratch folder -> text or bytes; a value of ``None`` makes a directory), the command line (``{dir}`` is
+the scratch folder), and a string the one-line error must contain (the offending key or file).
+Used by ``tests/test_bad_input.py`` (in process) and ``benchmarks/cli_startup.py`` (time to the error).
+"""
+
+import json
+
+GOOD = ('zoo = "tiny"\nrounds = 2\noutput_dir = "{dir}/runs"\n'
+        "[fleet]\nnum_devices = 4\n[strategy]\nclients_per_round = 2\n")
+ROW = {"device_id": 0, "tier": "tiny-high", "compute_ms_per_sample": 50.0, "uplink_kbps": 5000.0,
+       "downlink_kbps": 20000.0, "active_period_s": 1000.0, "active_fraction": 1.0, "phase_s": 0.0,
+       "shift_round": 2, "shift_domain": "dusk"}
+
+
+def _with(**sections) -> str:
+    """``GOOD`` plus top-level keys (``top``) and extra lines per section."""
+    text = GOOD.replace("[fleet]\n", "[fleet]\n" + sections.pop("fleet", ""))
+    text = text.replace("[strategy]\n", "[strategy]\n" + sections.pop("strategy", ""))
+    return sections.pop("top", "") + text + "".join(f"[{k}]\n{v}" for k, v in sections.items())
+
+
+def _rows(n=4, **change):
+    return [ROW | {"device_id": i} | change for i in range(n)]
+
+
+def _csv(rows, columns=None) -> str:
+    columns = columns or list(ROW)
+    return ",".join(columns) + "\n" + "".join(",".join(str(r.get(c, "")) for c in columns) + "\n" for r in rows)
+
+
+def _trace_case(name, text, suffix, expected):
+    return (name, {f"t.{suffix}": text, "e.toml": _with(fleet='trace = "t.' + suffix + '"\n')},
+            ["run", "{dir}/e.toml"], expected)
+
+
+def _run(name, text, expected, *extra):
+    return (name, {"e.toml": text}, ["run", "{dir}/e.toml", *extra], expected)
+
+
+CASES = [
+    # ------------------------------------------------------------ the file itself
+    ("undecodable bytes", {"e.toml": b"rounds = 3\n\xff\xfe\n"}, ["run", "{dir}/e.toml"], "not UTF-8"),
+    ("a directory", {"e.toml": None}, ["run", "{dir}/e.toml"], "is a directory"),
+    ("an empty file", {"e.toml": ""}, ["run", "{dir}/e.toml"], "is empty"),
+    ("only comments", {"e.toml": "# nothing\n"}, ["run", "{dir}/e.toml"], "sets nothing"),
+    ("missing file", {}, ["run", "{dir}/nope.toml"], "nope.toml"),
+    ("malformed TOML", {"e.toml": "rounds = ["}, ["run", "{dir}/e.toml"], "malformed TOML"),
+    ("a comparison, not an experiment", {"e.toml": 'base = "x.toml"\nseeds = [0]\n'}, ["run", "{dir}/e.toml"],
+     "unknown key 'base'"),
+    # ------------------------------------------------------------ keys and values
+    _run("unknown key", _with(top="roundz = 3\n"), "unknown key 'roundz'"),
+    _run("boolean rounds", _with(top="rounds = true\n").replace("rounds = 2\n", ""), "rounds"),
+    _run("zero rounds", _with().replace("rounds = 2", "rounds = 0"), "rounds"),
+    _run("infinite lr", _with(strategy="lr = inf\n"), "strategy.lr"),
+    _run("NaN lr", _with(strategy="lr = nan\n"), "strategy.lr"),
+    _run("infinite over_commit", _with(strategy="over_commit = inf\n"), "strategy.over_commit"),
+    _run("more clients than devices", _with().replace("clients_per_round = 2", "clients_per_round = 10"),
+         "clients_per_round"),
+    _run("a trillion devices", _with(fleet="num_devices = 1_000_000_000_000\n").replace("num_devices = 4\n", ""),
+         "fleet.num_devices"),
+    _run("a trillion rounds", _with().replace("rounds = 2", "rounds = 1_000_000_000_000"), "rounds"),
+    _run("a billion samples", _with(fleet="samples_per_round = 1_000_000_000\n"), "fleet.samples_per_round"),
+    _run("a name that climbs out", _with(top='name = "../x"\n'), "name"),
+    _run("a name with a slash", _with(top='name = "a/b"\n'), "name"),
+    _run("unknown strategy", _with(strategy='name = "fedsgd"\n'), "strategy.name"),
+    _run("unknown zoo", _with().replace('zoo = "tiny"', 'zoo = "huge"'), "zoo"),
+    _run("unknown tier", _with(fleet='tiers = { phone-high = 1.0 }\n'), "fleet.tiers"),
+    _run("unknown domain", _with(fleet='shift_domains = { moon = 1.0 }\n'), "shift_domains"),
+    _run("shift rounds reversed", _with(fleet="shift_round = [3, 2]\n"), "shift_round"),
+    _run("a section as a number", _with(top="eval = 3\n"), "eval"),
+    _run("zero upload budget", _with(**{"strategy.uts": "budget = 0\n"}), "strategy.uts.budget"),
+    _run("five-bit downlink", _with(**{"strategy.dwc": "bits = 5\n"}), "strategy.dwc.bits"),
+    _run("no distillation loss", _with(**{"strategy.akd": "w_ce = 0\nw_kl = 0\nw_feat = 0\n"}), "strategy.akd"),
+    _run("a probability above one", _with(fleet="crash_prob = 1.5\n"), "fleet.crash_prob"),
+    _run("a negative seed", _with(top="seed = -1\n"), "seed"),
+    _run("zero CPUs per client", _with(simulation="num_cpus_per_client = 0\n"),
+         "simulation.num_cpus_per_client"),
+    _run("a range upside down", _with(**{"fleet.compute_ms_per_sample": "low = 100\nhigh = 10\n"}),
+         "fleet.compute_ms_per_sample"),
+    _run("a replayed run that does not exist", _with(fleet='replay = "no-such-run"\n'), "no-such-run"),
+    # ------------------------------------------------------------ --set
+    _run("--set unknown key", GOOD, "unknown key 'roundz'", "--set", "roundz=3"),
+    _run("--set a word for a number", GOOD, "rounds", "--set", "rounds=abc"),
+    _run("--set without a value", GOOD, "--set expects KEY=VALUE", "--set", "rounds"),
+    _run("--set inside a value", GOOD, "rounds.x", "--set", "rounds.x=1"),
+    _run("--set infinity", GOOD, "strategy.lr", "--set", "strategy.lr=inf"),
+    _run("--set a boolean for a count", GOOD, "fleet.num_devices", "--set", "fleet.num_devices=true"),
+    # ------------------------------------------------------------ fleet traces
+    ("a trace that does not exist", {"e.toml": _with(fleet='trace = "none.csv"\n')}, ["run", "{dir}/e.toml"],
+     "none.csv"),
+    _trace_case("a CSV trace with only a header", _csv([]), "csv", "holds no devices"),
+    _trace_case("a CSV trace missing a column", _csv(_rows(), [c for c in ROW if c != "phase_s"]), "csv",
+                "missing column(s) phase_s"),
+    _trace_case("a CSV trace with an unknown column", _csv([r | {"x": 1} for r in _rows()], [*ROW, "x"]), "csv",
+                "unknown column(s) x"),
+    _trace_case("a JSON trace that is not a list", json.dumps({"devices": _rows()}), "json", "JSON list"),
+    _trace_case("a JSON trace that is not JSON", "[{", "json", "not valid JSON"),
+    _trace_case("a trace value of the wrong type", json.dumps(_rows(compute_ms_per_sample="fast")), "json",
+                "row 1 column compute_ms_per_sample"),
+    _trace_case("a NaN in a trace", _csv(_rows(uplink_kbps="nan")), "csv", "row 1 column uplink_kbps"),
+    _trace_case("a negative bandwidth", _csv(_rows(downlink_kbps=-5)), "csv", "row 1 column downlink_kbps"),
+    _trace_case("duplicate device ids", json.dumps([r | {"device_id": 0} for r in _rows()]), "json",
+                "device 0 appears twice"),
+    _trace_case("a fractional device id", json.dumps(_rows()[:1] + [ROW | {"device_id": 1.5}]), "json",
+                "row 2 column device_id"),
+    _trace_case("an empty JSON trace", "[]", "json", "holds no devices"),
+    _trace_case("an unknown tier in a trace", _csv(_rows(tier="phone-x")), "csv", "row 1 column tier"),
+    ("a trace with fewer devices than asked", {"t.json": json.dumps(_rows(2)),
+                                              "e.toml": _with(fleet='trace = "t.json"\n')},
+     ["run", "{dir}/e.toml"], "fewer than fleet.num_devices"),
+    # ------------------------------------------------------------ comparisons
+    ("an undecodable comparison", {"c.toml": b"\xff\xfe"}, ["compare", "{dir}/c.toml"], "not UTF-8"),
+    ("a comparison without its base", {"c.toml": 'base = "none.toml"\n[[runs]]\nlabel = "a"\nstrategy = "fedavg"\n'},
+     ["compare", "{dir}/c.toml"], "none.toml"),
+    ("a comparison with an unknown strategy", {"e.toml": GOOD, "c.toml": 'base = "e.toml"\n[[runs]]\nlabel = "a"\n'
+                                                                         'strategy = "fedsgd"\n'},
+     ["compare", "{dir}/c.toml"], "fedsgd"),
+    ("a comparison with too many clients", {"e.toml": GOOD, "c.toml": 'base = "e.toml"\n[[runs]]\nlabel = "a"\n'
+                                                                       'strategy = "fedavg"\nset = { "strategy.'
+                                                                       'clients_per_round" = 9 }\n'},
+     ["compare", "{dir}/c.toml"], "clients_per_round"),
+    # ------------------------------------------------------------ resume and checkpoints
+    ("resuming what is not a run", {"d/x.txt": "x"}, ["run", "--resume", "{dir}/d"], "not a run directory"),
+    ("resuming with another strategy", {"d/config.toml": GOOD}, ["run", "--resume", "{dir}/d", "--set",
+                                                                   "strategy.name=tent"], "strategy.name"),
+    ("a checkpoint that is not a directory", {}, ["pretrain", "--zoo", "tiny", "--model", "teacher={dir}/none"],
+     "teacher"),
+    ("a checkpoint without a config", {"ck/weights.bin": b"\0"}, ["evaluate", "--zoo", "tiny", "--model",
+                                                                   "tiny-low={dir}/ck"], "no config.json"),
+    ("a JSON report into a missing folder", {}, ["evaluate", "--zoo", "tiny", "--json", "{dir}/no/such/t.json"],
+     "--json"),
+    ("a checkpoint for an unknown role", {"ck/config.json": "{}"}, ["pretrain", "--zoo", "tiny", "--model",
+                                                                     "phone={dir}/ck"], "unknown role 'phone'"),
+]
+
+
+def write_case(folder, case) -> list[str]:
+    """Write ``case``'s files under ``folder``; returns its command line."""
+    _, files, argv, _ = case
+    for rel, content in files.items():
+        path = folder / rel
+        if content is None:
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content.replace("{dir}", str(folder)))
+    return [a.replace("{dir}", str(folder)) for a in argv]
