@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import FlSimError, Stopped
-from .config import ExperimentConfig, explain_error, load_config, read_toml
+from .config import NAME_PATTERN, ExperimentConfig, explain_error, load_config, read_toml
 from .metrics import read_results
 from .report import RunRef, build_report
 
@@ -44,7 +44,7 @@ class Variant(BaseModel):
 
 class CompareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    name: str = "compare"
+    name: str = Field("compare", pattern=NAME_PATTERN, description="the comparison's folder under output_dir")
     base: str
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     set: dict[str, object] = Field(default_factory=dict)

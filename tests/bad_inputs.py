@@ -114,6 +114,9 @@ CASES = [
     ("an undecodable comparison", {"c.toml": b"\xff\xfe"}, ["compare", "{dir}/c.toml"], "not UTF-8"),
     ("a comparison without its base", {"c.toml": 'base = "none.toml"\n[[runs]]\nlabel = "a"\nstrategy = "fedavg"\n'},
      ["compare", "{dir}/c.toml"], "none.toml"),
+    ("a comparison whose name climbs out", {"e.toml": GOOD, "c.toml": 'name = "../up"\nbase = "e.toml"\n[[runs]]\n'
+                                                                         'label = "a"\nstrategy = "fedavg"\n'},
+     ["compare", "{dir}/c.toml"], "name"),
     ("a comparison with an unknown strategy", {"e.toml": GOOD, "c.toml": 'base = "e.toml"\n[[runs]]\nlabel = "a"\n'
                                                                          'strategy = "fedsgd"\n'},
      ["compare", "{dir}/c.toml"], "fedsgd"),
