@@ -38,7 +38,8 @@ def main():
     ap.add_argument("--per-round", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--zoo", default="default")
-    ap.add_argument("--strategy", default="fedavg")
+    ap.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "tent", "source-only"],
+                    help="a local-training strategy (its plain loop is clients.local_training.run_local_round)")
     ap.add_argument("--no-warm-up", action="store_true", help="simulation.warm_up = false (workers load in round 1)")
     args = ap.parse_args()
     quiet_libraries()

@@ -260,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"fl-sim: stopped ({exc.args[0] if exc.args else 'Ctrl-C'})", file=sys.stderr)
         return 143 if exc.args == ("SIGTERM",) else 130
+    except SystemExit as exc:  # Ray's own SIGTERM handler, while Ray runs outside a simulation
+        if exc.code != signal.SIGTERM:
+            raise
+        print("fl-sim: stopped (SIGTERM)", file=sys.stderr)
+        return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
 

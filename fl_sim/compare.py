@@ -25,7 +25,7 @@ import json
 import logging
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import FlSimError, Stopped
 from .config import NAME_PATTERN, ExperimentConfig, explain_error, load_config, read_toml
@@ -47,6 +47,13 @@ class CompareConfig(BaseModel):
     name: str = Field("compare", pattern=NAME_PATTERN, description="the comparison's folder under output_dir")
     base: str
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _int_seeds(cls, v):
+        if isinstance(v, list) and any(isinstance(x, bool) for x in v):
+            raise ValueError(f"expected integers, got {v!r}")
+        return v
     set: dict[str, object] = Field(default_factory=dict)
     baseline: str = "source-only"
     paired: str | None = Field(None, description=(

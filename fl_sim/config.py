@@ -7,6 +7,7 @@ them as one line.
 from __future__ import annotations
 
 import copy
+import os
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -18,29 +19,33 @@ from .world.domains import DOMAINS, SHIFTED
 
 
 class Section(BaseModel):
-    """A config section: unknown keys, NaN and infinities are errors, and a boolean is not an integer."""
+    """A config section: unknown keys, NaN and infinities are errors, a boolean is not a number, and no
+    string holds a NUL character (it cannot be part of a path)."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
-    def _no_bool_ints(cls, data):
+    def _plain_values(cls, data):
         if isinstance(data, dict):
             for key, value in data.items():
                 field = cls.model_fields.get(key)
-                if field is not None and _takes_int(field.annotation) and _has_bool(value):
-                    raise ValueError(f"{key}: expected an integer, got a boolean ({value!r})")
+                if field is not None and _takes_number(field.annotation) and _has_bool(value):
+                    raise ValueError(f"{key}: expected a number, got a boolean ({value!r})")
+                if isinstance(value, str) and "\x00" in value:
+                    raise ValueError(f"{key}: contains a NUL character")
         return data
 
 
-def _takes_int(annotation) -> bool:
+def _takes_number(annotation) -> bool:
+    """Whether a field holds ints or floats (alone, in an optional, a tuple, or as a dict's values)."""
     import typing
 
-    if annotation is int:
-        return True
-    return any(a is int for a in typing.get_args(annotation))
+    return annotation in (int, float) or any(_takes_number(a) for a in typing.get_args(annotation))
 
 
 def _has_bool(value) -> bool:
+    if isinstance(value, dict):
+        value = list(value.values())
     return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value))
 
 
@@ -289,7 +294,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
         section, key = dotted.split(".")
         value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(value, str) and value and not Path(value).is_absolute():
-            data[section] = dict(data[section]) | {key: str((path.parent / value).resolve())}
+            data[section] = dict(data[section]) | {key: os.path.normpath(os.path.join(path.parent.resolve(), value))}
     return parse_config(data, overrides)
 
 

@@ -87,10 +87,16 @@ def make_fleet(cfg: FleetConfig, tiers: list[str], seed: int) -> list[DeviceProf
 
 
 def _strict_int(v) -> int:
-    """An int from a JSON int or a CSV string of digits; ``ValueError`` for booleans, fractions and text."""
-    if isinstance(v, bool) or isinstance(v, float) or (isinstance(v, str) and not v.strip().lstrip("-").isdigit()):
+    """An int from a JSON number or a CSV string with an integral value (``2``, ``2.0``); ``ValueError`` for
+    booleans, fractions and text."""
+    if isinstance(v, bool):
         raise ValueError(v)
-    return int(v)
+    if isinstance(v, int):
+        return v
+    f = float(v)  # ValueError for text
+    if not f.is_integer():
+        raise ValueError(v)
+    return int(f)
 
 
 POSITIVE = ("compute_ms_per_sample", "uplink_kbps", "downlink_kbps", "active_period_s")
@@ -120,7 +126,10 @@ def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise FlSimError(f"{where} must be a JSON list of objects, one per device")
     elif path.suffix == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        try:
+            rows = list(csv.DictReader(text.splitlines()))
+        except csv.Error as exc:
+            raise FlSimError(f"{where} is not a readable CSV file: {exc}") from None
         if any(None in r or None in r.values() for r in rows):
             bad = next(n for n, r in enumerate(rows, 1) if None in r or None in r.values())
             raise FlSimError(f"{where} row {bad}: its number of values differs from the header's")
@@ -152,7 +161,7 @@ def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
                     if not isinstance(v, str) or not v:
                         raise ValueError
                     values[k] = v
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, OverflowError):
                 want = {"int": "an integer", "float": "a number"}.get(kind, "a non-empty string")
                 raise FlSimError(f"{where} row {n} column {k}: expected {want}, got {v!r}") from None
         p = DeviceProfile(**values)
@@ -198,14 +207,22 @@ def load_participation(path: str | Path, rounds: int, fleet: list[DeviceProfile]
     trace = file.parent / "fleet.json"
     if not trace.is_file():
         raise FlSimError(f"fleet.replay: no fleet.json beside {file}")
-    if json.loads(trace.read_text()) != [asdict(p) for p in fleet]:
+    try:
+        recorded = json.loads(trace.read_text())
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise FlSimError(f"fleet.replay: {trace} cannot be read: {exc}") from None
+    if recorded != [asdict(p) for p in fleet]:
         raise FlSimError(f"fleet.replay: {trace} is another fleet than this run's (different seed or fleet settings)")
     out = {}
-    for n, line in enumerate(file.read_text().splitlines(), 1):
+    try:
+        lines = file.read_text().splitlines()
+    except (OSError, ValueError) as exc:
+        raise FlSimError(f"fleet.replay: {file} cannot be read: {exc}") from None
+    for n, line in enumerate(lines, 1):
         try:
             rec = json.loads(line)
             r, sampled, kept = int(rec["round"]), list(rec["sampled_ids"]), list(rec["participant_ids"])
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise FlSimError(f"fleet.replay: {file} line {n} is not a round record ({exc})") from None
         except KeyError as exc:
             raise FlSimError(f"fleet.replay: {file} line {n} lacks {exc.args[0]!r}; only runs made since "

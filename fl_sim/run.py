@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import tomllib
 import traceback
@@ -110,6 +111,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
     # Flower logs every simulation step at DEBUG; keep the console to our per-round lines
     logging.getLogger("flwr").setLevel(logging.DEBUG if os.environ.get("FL_SIM_DEBUG_FLWR") else logging.WARNING)
     t0 = time.time()
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None  # ray.init replaces it
     try:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(fleet),
                        backend_config=backend_config(cfg), verbose_logging=False)
@@ -130,6 +133,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
         raise FlSimError(f"Flower simulation failed ({type(cause).__name__}: {first}) after {time.time() - t0:.0f} s; "
                          f"traceback in {where}; completed rounds are kept in {run_dir}") from None
     finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
         _shutdown_ray()
     if errors:
         where = _write_error(run_dir, errors[0])
@@ -181,7 +186,7 @@ def check_same_setup(run_dir: Path, cfg: ExperimentConfig, hint: str) -> None:
     want = what(strategy.effective_config(cfg).model_dump(mode="json", exclude_none=True))
     try:
         have = with_legacy_values(tomllib.loads(saved.read_text()))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
         raise FlSimError(f"{run_dir} has an unreadable config.toml ({exc}); {hint}") from None
     try:
         have = ExperimentConfig.model_validate(have).model_dump(mode="json", exclude_none=True)

@@ -62,7 +62,6 @@ class RunContext:
 @dataclass
 class RoundPlan:
     """What ``configure_train`` decided: who was sampled, and what each was sent."""
-    server_round: int
     sampled: list[int]
     available: int
     messages: list = field(default_factory=list)
@@ -218,7 +217,7 @@ class FleetStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays=None, config=None, grid=None) -> RoundPlan:
         chosen, n_available = self.sample(server_round)
-        plan = RoundPlan(server_round, [p.device_id for p in chosen], n_available)
+        plan = RoundPlan([p.device_id for p in chosen], n_available)
         self._tier_records = {}
         for p in chosen:
             task, content = self.message_content(p, server_round)
