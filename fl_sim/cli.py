@@ -195,13 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="experiment TOML file")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. rounds=5")
-    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster (e.g. auto)")
+    p.add_argument("--ray-address", default=None, help="run on an existing Ray cluster (HOST:PORT or auto)")
     p.add_argument("--quiet", action="store_true", help="no per-round lines or progress bars")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="run a grid of strategies x seeds on one fleet and write report.md")
     p.add_argument("config", help="comparison TOML file (e.g. experiments/compare.toml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of every run, e.g. rounds=4")
+    p.add_argument("--ray-address", default=None, help="run every run on an existing Ray cluster (HOST:PORT or auto)")
     p.add_argument("--quiet", action="store_true", help="no per-round lines or progress bars")
     p.set_defaults(func=cmd_compare)
     return ap
@@ -212,6 +213,8 @@ def cmd_compare(args) -> int:
     from .preflight import check_run
 
     overrides = _set_overrides(args.set)
+    if args.ray_address:
+        overrides["simulation.ray_address"] = args.ray_address
     cmp, grid = load_compare(args.config, overrides)
     for v, seed, cfg in grid:
         if cmp.paired and v.label != cmp.paired:  # replays a run of this comparison that may not exist yet

@@ -32,6 +32,8 @@ def check_run(cfg) -> int:
                              f"of fleet trace {f.trace}")
     else:
         n = f.num_devices
+    if cfg.simulation.ray_address:
+        check_ray_address(cfg.simulation.ray_address)
     capacity.check(cfg, n)
     if f.replay:
         from .fleet import load_participation, make_fleet
@@ -55,3 +57,23 @@ def check_models(zoo_name: str, overrides: dict[str, str]) -> None:
             raise FlSimError(f"--model {role}={path}: {p.resolve()} is not a directory")
         if not (p / "config.json").is_file():
             raise FlSimError(f"--model {role}={path}: {p.resolve()} is not a checkpoint (no config.json)")
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """``simulation.ray_address``: ``auto`` (Ray finds the cluster this machine joined) or ``HOST:PORT`` of a
+    head node's GCS that answers a TCP connection within ``timeout_s``."""
+    import socket
+
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise FlSimError(f"simulation.ray_address {address!r}: expected HOST:PORT (the head node's, e.g. "
+                         "10.0.0.1:6379) or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise FlSimError(f"simulation.ray_address {address}: no Ray cluster answers there "
+                         f"({exc.strerror or type(exc).__name__}); start one with `ray start --head --port "
+                         f"{port}`") from None
