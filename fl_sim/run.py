@@ -109,7 +109,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
     from clients.device import app as client_app
 
     # Flower logs every simulation step at DEBUG; keep the console to our per-round lines
-    logging.getLogger("flwr").setLevel(logging.DEBUG if os.environ.get("FL_SIM_DEBUG_FLWR") else logging.WARNING)
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.setLevel(logging.DEBUG if os.environ.get("FL_SIM_DEBUG_FLWR") else logging.WARNING)
+    if not any(isinstance(f, _RunSimulationDeprecation) for f in flwr_log.filters):
+        flwr_log.addFilter(_RunSimulationDeprecation())
     t0 = time.time()
     main_thread = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None  # ray.init replaces it
@@ -143,6 +146,14 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
                          f"completed rounds are kept in {run_dir}")
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a resumed run that completes leaves no stale failure
     return run_dir
+
+
+class _RunSimulationDeprecation(logging.Filter):
+    """Drops Flower's notice that ``run_simulation`` is deprecated (printed twice a run): fl-sim calls it
+    for the user, who has nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("DEPRECATED FEATURE") and "run_simulation" in str(record.args))
 
 
 ERROR_FILE = "error.txt"

@@ -43,6 +43,7 @@ def test_a_run_on_a_ray_cluster_through_ray_address(ray_head, tmp_path, cache_di
     out = subprocess.run([sys.executable, "-m", "fl_sim.cli", "run", str(tmp_path / "e.toml"), "--ray-address",
                           ray_head, "--quiet"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "DEPRECATED" not in out.stderr  # Flower's notice about run_simulation is nothing a user can act on
     res = read_results(tmp_path / "runs" / "cluster" / "fedavg-5")
     assert [r["round"] for r in res] == [1, 2]
     assert all(r["participants"] == 3 and r["failed"] == 0 and r["uplink_bytes"] > 0 for r in res)
