@@ -1,0 +1,103 @@
+"""Throughput where the hardware is: what the fleet and the cloud get done per unit of time here.
+
+    python benchmarks/hardware.py [--zoo default] [--rounds 3]
+
+Prints, for this machine (CPU; the models run where fl-sim puts them, today always the CPU):
+- device-rounds per minute of the quickstart fleet (``experiments/quickstart.toml``, ``--rounds`` rounds)
+  with ``fedavg`` and with ``cdcca``, over the rounds' wall time;
+- teacher labelling, samples per second (``akd.teacher_targets``: greedy answers plus the logits and hidden
+  states AKD distils, on uploaded visual tokens);
+- cloud AKD steps per second (``akd.train_adapters`` on phone-high at the default batch size);
+- peak memory of this process and its children (Ray workers included), sampled every 0.5 s.
+"""
+
+import argparse
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+
+
+def _rss_tree() -> int:
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--zoo", default="default")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    from fl_sim.cli import quiet_libraries
+
+    quiet_libraries()
+    import torch
+
+    from fl_sim import akd, runtime
+    from fl_sim.config import AKDConfig, load_config
+    from fl_sim.metrics import read_results
+    from fl_sim.models.mllm import visual_tokens
+    from fl_sim.models.zoo import pretrain_zoo
+    from fl_sim.run import run_experiment
+
+    torch.set_num_threads(min(torch.get_num_threads(), psutil.cpu_count() or 1))
+    peak, stop = [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_tree())
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+    out = tempfile.mkdtemp(prefix="fl-sim-hw-")
+    print(f"hardware: {psutil.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CUDA {'available' if torch.cuda.is_available() else 'not available'}; models on the CPU")
+    for strategy in ("fedavg", "cdcca"):
+        cfg = load_config("experiments/quickstart.toml", {"strategy.name": strategy, "rounds": args.rounds,
+                                                          "zoo": args.zoo, "output_dir": out})
+        res = read_results(run_experiment(cfg))
+        done, wall = sum(r["participants"] for r in res), sum(r["wall_s"]["round"] for r in res)
+        print(f"{strategy:<7} quickstart: {done} device-rounds in {wall:.1f} s of rounds = {60 * done / wall:.0f} "
+              f"device-rounds per minute")
+
+    zoo = pretrain_zoo(args.zoo)
+    pr = zoo.prompter
+    teacher = runtime.base_model(str(zoo.paths["teacher"]))
+    ds = runtime.split("dusk", "train", 256, 0, None)
+    vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
+    questions = list(ds["question"])
+    akd.teacher_targets(teacher, pr, vis[:8], questions[:8])  # warm-up
+    t0 = time.perf_counter()
+    targets = akd.teacher_targets(teacher, pr, vis, questions)
+    label_s = time.perf_counter() - t0
+    print(f"teacher labelling: {len(questions)} samples in {label_s:.1f} s = {len(questions) / label_s:.1f} samples/s")
+
+    tier = "phone-high" if "phone-high" in zoo.tiers else next(iter(zoo.tiers))
+    cfg = AKDConfig(steps=30)
+    model, _ = runtime.adapted_model(str(zoo.paths[tier]))
+    align = torch.nn.Linear(model.config.text_config.hidden_size, teacher.config.text_config.hidden_size)
+    rng = np.random.default_rng(0)
+
+    def draw(step):
+        return akd.take(targets, rng.choice(akd.size(targets), size=cfg.batch_size, replace=False))
+
+    akd.train_adapters(model, align, draw, cfg.model_copy(update={"steps": 2}), seed=0)  # warm-up
+    t0 = time.perf_counter()
+    akd.train_adapters(model, align, draw, cfg, seed=0)
+    akd_s = time.perf_counter() - t0
+    print(f"cloud AKD ({tier}, batch {cfg.batch_size}): {cfg.steps} steps in {akd_s:.1f} s = "
+          f"{cfg.steps / akd_s:.2f} steps/s")
+    stop.set()
+    print(f"peak memory (this process + Ray workers): {peak[0] / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
