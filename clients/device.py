@@ -23,10 +23,21 @@ from flwr.clientapp import ClientApp
 
 app = ClientApp()  # heavy imports (torch, transformers) happen on the first message needing them, not at load
 STATE = "fl-sim"
+_QUIET: list = []
+
+
+def _quiet() -> None:
+    """No progress bars or library warnings from the workers (``flwr run`` streams their output)."""
+    if not _QUIET:
+        from fl_sim.cli import quiet_libraries
+
+        quiet_libraries()
+        _QUIET.append(True)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
+    _quiet()
     if "provision" in msg.content:
         rec = msg.content["provision"]
         context.state[STATE] = ConfigRecord({"env": str(rec["env"])})
@@ -55,6 +66,7 @@ def train(msg: Message, context: Context) -> Message:
     from fl_sim.device_env import load_device_env
     from fl_sim.task import read_task
 
+    _quiet()
     env = load_device_env(str(context.state[STATE]["env"]))
     torch.set_num_threads(env.threads)
     task, _ = read_task(msg.content)

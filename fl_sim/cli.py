@@ -112,7 +112,8 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _set_overrides(items: list[str]) -> dict:
+def parse_set_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as dotted-key overrides; values are TOML (a bare word is a string)."""
     import tomllib
 
     out = {}
@@ -136,7 +137,7 @@ def cmd_run(args) -> int:
         raise FlSimError("give either a config file or --resume RUN_DIR, not both")
     if not args.resume and not args.config:
         raise FlSimError("give a config file (e.g. experiments/quickstart.toml) or --resume RUN_DIR")
-    overrides = _set_overrides(args.set)
+    overrides = parse_set_overrides(args.set)
     if args.ray_address:
         overrides["simulation.ray_address"] = args.ray_address
     cfg = resume_config(args.resume, overrides) if args.resume else load_config(args.config, overrides)
@@ -212,7 +213,7 @@ def cmd_compare(args) -> int:
     from .compare import load_compare
     from .preflight import check_run
 
-    overrides = _set_overrides(args.set)
+    overrides = parse_set_overrides(args.set)
     if args.ray_address:
         overrides["simulation.ray_address"] = args.ray_address
     cmp, grid = load_compare(args.config, overrides)

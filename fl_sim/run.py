@@ -42,12 +42,11 @@ def backend_config(cfg: ExperimentConfig) -> dict:
     return {"client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": 0.0}, "init_args": init}
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=None, progress=None,
-                   callbacks: list | None = None) -> Path:
-    """Run (or continue, if ``run_dir`` holds a checkpoint) ``cfg``; returns the run directory.
-
-    ``on_round(record)`` is called after each round; ``callbacks`` (``fl_sim.callbacks.Callback``) are
-    added to the run's own (results and TensorBoard, checkpoints)."""
+def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=None, progress=None,
+                callbacks: list | None = None):
+    """Everything a run needs before Flower starts: the checks, the zoo (pretrained or cached), the fleet,
+    the run directory with its config, fleet and device environment, and the strategy. Returns the
+    strategy, whose ``run(grid)`` is the ServerApp's main loop (``run_experiment``, ``fl_sim.flower_app``)."""
     from .preflight import check_run
 
     run_dir = Path(run_dir or run_dir_for(cfg))
@@ -56,13 +55,6 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
         raise FlSimError(f"fleet.replay names this run's own directory {run_dir}; give the run another name "
                          "(--set name=...)")
     check_run(cfg)  # everything the run was given, before a model is loaded or Ray starts
-    for k, v in RAY_FAIL_FAST.items():
-        os.environ.setdefault(k, v)
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
-
     from strategies import get_strategy
     from strategies.base import RunContext
 
@@ -94,7 +86,34 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
         callbacks.append(OnRound(on_round))
     ctx = RunContext(cfg=cfg, fleet=fleet, model_paths=model_paths, run_dir=run_dir, replay=replay,
                      env_path=str(env.write(run_dir)), callbacks=callbacks)
-    strategy = strategy_cls(ctx)
+    return strategy_cls(ctx)
+
+
+def quiet_flower() -> None:
+    """Flower logs every simulation step at DEBUG; keep the console to our per-round lines."""
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.setLevel(logging.DEBUG if os.environ.get("FL_SIM_DEBUG_FLWR") else logging.WARNING)
+    if not any(isinstance(f, _RunSimulationDeprecation) for f in flwr_log.filters):
+        flwr_log.addFilter(_RunSimulationDeprecation())
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=None, progress=None,
+                   callbacks: list | None = None) -> Path:
+    """Run (or continue, if ``run_dir`` holds a checkpoint) ``cfg`` on Flower's simulation engine;
+    returns the run directory.
+
+    ``on_round(record)`` is called after each round; ``callbacks`` (``fl_sim.callbacks.Callback``) are
+    added to the run's own (results and TensorBoard, checkpoints)."""
+    strategy = prepare_run(cfg, run_dir, on_round, progress, callbacks)
+    ctx = strategy.ctx
+    cfg, run_dir, fleet = ctx.cfg, ctx.run_dir, ctx.fleet
+    for k, v in RAY_FAIL_FAST.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
     errors: list[BaseException] = []
     server_app = ServerApp()
 
@@ -108,11 +127,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
 
     from clients.device import app as client_app
 
-    # Flower logs every simulation step at DEBUG; keep the console to our per-round lines
-    flwr_log = logging.getLogger("flwr")
-    flwr_log.setLevel(logging.DEBUG if os.environ.get("FL_SIM_DEBUG_FLWR") else logging.WARNING)
-    if not any(isinstance(f, _RunSimulationDeprecation) for f in flwr_log.filters):
-        flwr_log.addFilter(_RunSimulationDeprecation())
+    quiet_flower()
     t0 = time.time()
     main_thread = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None  # ray.init replaces it
