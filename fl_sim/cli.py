@@ -131,7 +131,7 @@ def parse_set_overrides(items: list[str]) -> dict:
 def cmd_run(args) -> int:
     from .config import load_config
     from .preflight import check_run
-    from .run import resume_config
+    from .run import check_same_setup, resume_config, run_dir_for
 
     if args.resume and args.config:
         raise FlSimError("give either a config file or --resume RUN_DIR, not both")
@@ -142,6 +142,9 @@ def cmd_run(args) -> int:
         overrides["simulation.ray_address"] = args.ray_address
     cfg = resume_config(args.resume, overrides) if args.resume else load_config(args.config, overrides)
     check_run(cfg)
+    if not args.resume:  # a run directory that holds another experiment, before any model is loaded
+        check_same_setup(run_dir_for(cfg), cfg, "delete it, resume it with `fl-sim run --resume`, or give the "
+                         "run another name (--set name=...)")
     start_libraries()
     from .callbacks.console import ConsoleProgress
     from .run import run_experiment

@@ -126,10 +126,10 @@ def run_compare(path: str | Path, overrides: dict | None = None, on_run=None, on
 
     cmp, grid = load_compare(path, overrides)
     out = Path(grid[0][2].output_dir) / cmp.name
-    out.mkdir(parents=True, exist_ok=True)
-    refs, failures = [], []
     for v, seed, cfg in grid:  # check every existing run directory before spending time on any run
         check_same_setup(out / f"{v.label}-{seed}", cfg, "delete it or give the comparison another name")
+    out.mkdir(parents=True, exist_ok=True)
+    refs, failures = [], []
     for i, (v, seed, cfg) in enumerate(grid):
         run_dir = out / f"{v.label}-{seed}"
         refs.append(RunRef(v.label, seed, run_dir))

@@ -50,12 +50,13 @@ class DeviceEnvironment(BaseModel):
 
 def device_environment(cfg, fleet_path: Path, num_devices: int, model_paths: dict[str, str],
                        store_dir: Path | None) -> DeviceEnvironment:
-    """The environment of the ``num_devices`` devices of the run ``cfg`` (an ``ExperimentConfig``)."""
+    """The environment of the ``num_devices`` devices of the run ``cfg`` (an ``ExperimentConfig``);
+    ``model_paths`` maps each device tier to its checkpoint."""
     f, s = cfg.fleet, cfg.strategy
     r, tokens, projector = s.adapters()
     return DeviceEnvironment(
         seed=cfg.seed, cache_dir=cfg.cache_dir, fleet_path=str(Path(fleet_path).resolve()),
-        model_paths={k: str(v) for k, v in model_paths.items() if k != "teacher"},
+        model_paths={k: str(v) for k, v in model_paths.items()},
         lora_r=r, lora_tokens=tokens, projector=projector, samples_per_round=f.samples_per_round,
         train_size=f.train_size, num_devices=num_devices,
         partition=f.partition, partition_by=f.partition_by, dirichlet_alpha=f.dirichlet_alpha,
