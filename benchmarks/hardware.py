@@ -13,22 +13,11 @@ Prints, for this machine (CPU; the models run where fl-sim puts them, today alwa
 
 import argparse
 import tempfile
-import threading
 import time
 
 import numpy as np
 import psutil
-
-
-def _rss_tree() -> int:
-    me = psutil.Process()
-    total = 0
-    for p in [me, *me.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+from peak_memory import PeakMemory
 
 
 def main() -> None:
@@ -36,6 +25,12 @@ def main() -> None:
     ap.add_argument("--zoo", default="default")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    with PeakMemory() as mem:
+        measure(args)
+    print(f"peak memory (this process + Ray workers): {mem.peak / 2**30:.2f} GiB")
+
+
+def measure(args) -> None:
     from fl_sim.cli import quiet_libraries
 
     quiet_libraries()
@@ -49,14 +44,6 @@ def main() -> None:
     from fl_sim.run import run_experiment
 
     torch.set_num_threads(min(torch.get_num_threads(), psutil.cpu_count() or 1))
-    peak, stop = [0], threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_tree())
-            time.sleep(0.5)
-
-    threading.Thread(target=watch, daemon=True).start()
     out = tempfile.mkdtemp(prefix="fl-sim-hw-")
     print(f"hardware: {psutil.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CUDA {'available' if torch.cuda.is_available() else 'not available'}; models on the CPU")
@@ -95,8 +82,6 @@ def main() -> None:
     akd_s = time.perf_counter() - t0
     print(f"cloud AKD ({tier}, batch {cfg.batch_size}): {cfg.steps} steps in {akd_s:.1f} s = "
           f"{cfg.steps / akd_s:.2f} steps/s")
-    stop.set()
-    print(f"peak memory (this process + Ray workers): {peak[0] / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":

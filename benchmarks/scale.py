@@ -13,23 +13,11 @@ Targets: peak RSS <= 8 GiB, overhead ratio <= 1.5.
 
 import argparse
 import tempfile
-import threading
 import time
 
-import psutil
+from peak_memory import PeakMemory
 
 from fl_sim.cli import quiet_libraries
-
-
-def _rss_tree() -> int:
-    me = psutil.Process()
-    total = 0
-    for p in [me, *me.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def main():
@@ -61,18 +49,10 @@ def main():
                                      "over_commit": 1.0},
                         "eval": {"n_test": 20, "every": 1000},
                         "simulation": {"warm_up": not args.no_warm_up}})
-    peak, stop = [0], threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_tree())
-            time.sleep(0.5)
-
-    threading.Thread(target=watch, daemon=True).start()
     t0 = time.time()
-    run_dir = run_experiment(cfg)
+    with PeakMemory() as mem:
+        run_dir = run_experiment(cfg)
     total = time.time() - t0
-    stop.set()
     res = read_results(run_dir)
 
     # the same devices' work in a plain loop (same configs, initial adapters), 2 threads, one process
@@ -124,7 +104,7 @@ def main():
     print(f"overhead ratio per round: worst {max(ratios):.2f} (round {1 + ratios.index(max(ratios))}), all rounds "
           f"{sum(r['wall_s']['train'] for r in res) / sum(plain):.2f}   target <= 1.5"
           + ("" if plain_warm is not None else "   (cold start: round 1 includes worker start-up)"))
-    print(f"peak RSS (driver + Ray workers): {peak[0] / 2**30:.2f} GiB   target <= 8 GiB")
+    print(f"peak RSS (driver + Ray workers): {mem.peak / 2**30:.2f} GiB   target <= 8 GiB")
     done = sum(r["participants"] for r in res)
     rounds_wall = sum(r["wall_s"]["round"] for r in res)
     print(f"throughput: {done} device-rounds in {rounds_wall:.1f} s of rounds = "
