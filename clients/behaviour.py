@@ -106,16 +106,26 @@ class DeviceRound:
         return runtime.prompter(self.env.cache_dir)
 
     def samples(self, n: int | None = None) -> dict:
-        """The ``n`` (default ``samples_per_round``) samples this device sees this round."""
-        env, domain = self.env, self.domain
-        n = env.samples_per_round if n is None else n
+        """The ``n`` (default ``samples_per_round``) samples this device sees this round: from its current
+        domain, or during a gradual transition from two, in their shares (``DeviceProfile.mix_at``)."""
+        n = self.env.samples_per_round if n is None else n
+        mix = self.profile.mix_at(self.round)
+        if len(mix) == 1:
+            return self._draw(mix[0][0], n, self.rng(1))
+        (old, _), (new, share) = mix
+        k = int(round(share * n))
+        parts = [self._draw(old, n - k, self.rng(1)), self._draw(new, k, self.rng(6))]
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+    def _draw(self, domain: str, n: int, rng: np.random.Generator) -> dict:
+        env = self.env
         ds = runtime.split(domain, "train", env.train_size, env.seed, env.cache_dir)
         pools = runtime.device_pools(domain, env.train_size, env.seed, env.cache_dir, env.num_devices,
                                      env.partition, env.partition_by, env.dirichlet_alpha)
         pool = pools[self.device_id]
         if len(pool) == 0:  # Dirichlet may leave a device without data of this domain: it sees the domain at large
             pool = np.arange(len(ds))
-        idx = self.rng(1).choice(pool, size=n, replace=len(pool) < n)
+        idx = rng.choice(pool, size=n, replace=len(pool) < n)
         rows = ds[np.sort(idx)]
         return {k: rows[k] for k in ("image", "question", "answer", "family")}
 

@@ -133,6 +133,36 @@ class Range(Section):
         return self
 
 
+class ScheduleConfig(Section):
+    """``[fleet.schedule]``: each device's own sequence of domains (``fl_sim.schedule``), drawn from the run
+    seed; replaces the single shift (``shift_round``, ``shift_domains``)."""
+    first: str = Field("source", description="the domain every device starts in")
+    domains: dict[str, float] = Field(default_factory=lambda: {d: 1.0 for d in DOMAINS}, description=(
+        "domain -> weight of being the next stage's domain (never the current one)"))
+    stages: tuple[int, int] = Field((3, 4), description="[min, max] stages a device goes through, the first included")
+    stage_rounds: tuple[int, int] = Field((2, 4), description="[min, max] rounds a stage lasts")
+    ramp_rounds: tuple[int, int] = Field((0, 0), description=(
+        "[min, max] rounds of gradual transition into a stage (0 = abrupt); below stage_rounds' min"))
+    return_to_first: bool = Field(True, description="the last stage returns to `first` (a domain seen before)")
+
+    @model_validator(mode="after")
+    def _sane(self):
+        for key in ("stages", "stage_rounds", "ramp_rounds"):
+            lo, hi = getattr(self, key)
+            if lo > hi or lo < (0 if key == "ramp_rounds" else 1):
+                raise ValueError(f"{key} must be [min, max] with {0 if key == 'ramp_rounds' else 1} <= min <= max, "
+                                 f"got {[lo, hi]}")
+        if self.ramp_rounds[1] >= self.stage_rounds[0]:
+            raise ValueError(f"ramp_rounds max ({self.ramp_rounds[1]}) must be below stage_rounds min "
+                             f"({self.stage_rounds[0]}): a transition ends within its stage")
+        for d in [self.first, *self.domains]:
+            if d not in DOMAINS:
+                raise ValueError(f"unknown domain {d!r}; allowed: {', '.join(DOMAINS)}")
+        if any(w < 0 for w in self.domains.values()) or sum(self.domains.values()) <= 0:
+            raise ValueError(f"domains weights must be >= 0 with a positive sum, got {self.domains}")
+        return self
+
+
 class FleetConfig(Section):
     num_devices: int = Field(20, ge=1)
     tiers: dict[str, float] = Field(default_factory=dict, description="tier name -> share; empty = all equal")
@@ -153,6 +183,8 @@ class FleetConfig(Section):
     corrupt_prob: float = Field(0.0, ge=0, le=1, description="chance a CD-CCA upload is malformed (fault injection)")
     corrupt_downlink_prob: float = Field(0.0, ge=0, le=1, description=(
         "chance a CD-CCA downlink reaches its device damaged (fault injection)"))
+    schedule: ScheduleConfig | None = Field(None, description=(
+        "multi-stage domain schedules drawn per device (replaces shift_round and shift_domains)"))
     replay: str | None = Field(None, description=(
         "run directory (or its results.jsonl) of an earlier run of this fleet: each round samples and keeps "
         "the devices that run sampled and kept, whatever their simulated times (a paired comparison)"))
@@ -237,6 +269,10 @@ class ExperimentConfig(Section):
         if not re.match(NAME_PATTERN, self.name) or ".." in self.name:
             raise ValueError(f"name {self.name!r} must be a plain name (letters, digits, '.', '_', '-'; at most 100), "
                              "not a path: it names the run's folder under output_dir")
+        sched = self.fleet.schedule
+        if sched is not None and sched.ramp_rounds[1] >= self.rounds:
+            raise ValueError(f"fleet.schedule.ramp_rounds: a transition of {sched.ramp_rounds[1]} rounds is longer "
+                             f"than the run ({self.rounds} rounds)")
         if not self.fleet.trace and self.strategy.clients_per_round > self.fleet.num_devices:
             raise ValueError(f"strategy.clients_per_round ({self.strategy.clients_per_round}) is larger than "
                              f"fleet.num_devices ({self.fleet.num_devices})")

@@ -16,11 +16,12 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from . import FlSimError
+from . import FlSimError, schedule
 from .config import FleetConfig
 from .world.domains import DOMAINS
 
@@ -37,18 +38,32 @@ class DeviceProfile:
     phase_s: float
     shift_round: int
     shift_domain: str
+    schedule: str = ""  # stages (``fl_sim.schedule``); when set, shift_round/shift_domain only describe its 2nd
 
     def available(self, t_s: float) -> bool:
         return (t_s + self.phase_s) % self.active_period_s < self.active_fraction * self.active_period_s
 
+    def mix_at(self, server_round: int) -> list[tuple[str, float]]:
+        """``[(domain, share)]`` of the samples this device sees in ``server_round``."""
+        if self.schedule:
+            return schedule.mix_at(_stages(self.schedule), server_round)
+        return [("source" if server_round < self.shift_round else self.shift_domain, 1.0)]
+
     def domain_at(self, server_round: int) -> str:
-        return "source" if server_round < self.shift_round else self.shift_domain
+        """The domain of most of this device's samples in ``server_round`` (the newer one on a tie)."""
+        mix = self.mix_at(server_round)
+        return max(reversed(mix), key=lambda m: m[1])[0]
 
     def compute_s(self, n_infer: int, n_train: int) -> float:
         return (n_infer + 3 * n_train) * self.compute_ms_per_sample / 1000
 
     def comm_s(self, down_bytes: int, up_bytes: int) -> float:
         return 8 * (down_bytes / self.downlink_kbps + up_bytes / self.uplink_kbps) / 1000
+
+
+@lru_cache(maxsize=4096)
+def _stages(text: str) -> tuple:
+    return schedule.parse(text)
 
 
 def device_rng(seed: int, device_id: int, *stream: int) -> np.random.Generator:
@@ -80,10 +95,19 @@ def make_fleet(cfg: FleetConfig, tiers: list[str], seed: int) -> list[DeviceProf
             active_period_s=period,
             active_fraction=min(1.0, _draw(rng, cfg.active_fraction)),
             phase_s=float(rng.uniform(0, period)),
-            shift_round=int(rng.integers(cfg.shift_round[0], cfg.shift_round[1] + 1)),
-            shift_domain=str(rng.choice(dom_names, p=dom_p / dom_p.sum())),
+            **(_drawn_schedule(cfg.schedule, device_rng(seed, i, 4)) if cfg.schedule else {
+                "shift_round": int(rng.integers(cfg.shift_round[0], cfg.shift_round[1] + 1)),
+                "shift_domain": str(rng.choice(dom_names, p=dom_p / dom_p.sum()))}),
         ))
     return out
+
+
+def _drawn_schedule(cfg, rng: np.random.Generator) -> dict:
+    """``schedule`` (and the shift fields describing its second stage) drawn from ``rng``."""
+    stages = schedule.draw(rng, cfg.first, cfg.domains, cfg.stages, cfg.stage_rounds, cfg.ramp_rounds,
+                           cfg.return_to_first)
+    second = stages[1] if len(stages) > 1 else stages[0]
+    return {"schedule": schedule.format_stages(stages), "shift_round": second.start, "shift_domain": second.domain}
 
 
 def _strict_int(v) -> int:
@@ -140,6 +164,7 @@ def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
     names = {f.name: f.type for f in fields(DeviceProfile)}
     out = []
     for n, row in enumerate(rows, 1):
+        row = {"schedule": ""} | row  # optional column
         missing, extra = sorted(set(names) - set(row)), sorted(set(row) - set(names))
         if missing or extra:
             raise FlSimError(f"{where} row {n}: " + "; ".join(
@@ -158,7 +183,7 @@ def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
                     if not math.isfinite(values[k]):
                         raise FlSimError(f"{where} row {n} column {k}: {v!r} is not a finite number")
                 else:
-                    if not isinstance(v, str) or not v:
+                    if not isinstance(v, str) or (not v and k != "schedule"):
                         raise ValueError
                     values[k] = v
             except (ValueError, TypeError, OverflowError):
@@ -176,6 +201,11 @@ def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
                              f"got {getattr(p, col)}")
         if p.tier not in tiers:
             raise FlSimError(f"{where} row {n} column tier: unknown tier {p.tier!r}; allowed: {', '.join(tiers)}")
+        if p.schedule:
+            try:
+                schedule.parse(p.schedule, DOMAINS)
+            except ValueError as exc:
+                raise FlSimError(f"{where} row {n} column schedule (device {p.device_id}): {exc}") from None
         if p.shift_domain not in DOMAINS:
             raise FlSimError(f"{where} row {n} column shift_domain: unknown domain {p.shift_domain!r}; "
                              f"allowed: {', '.join(DOMAINS)}")
@@ -211,7 +241,8 @@ def load_participation(path: str | Path, rounds: int, fleet: list[DeviceProfile]
         recorded = json.loads(trace.read_text())
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise FlSimError(f"fleet.replay: {trace} cannot be read: {exc}") from None
-    if recorded != [asdict(p) for p in fleet]:
+    if not isinstance(recorded, list) or [{"schedule": ""} | r if isinstance(r, dict) else r for r in recorded] != [
+            asdict(p) for p in fleet]:
         raise FlSimError(f"fleet.replay: {trace} is another fleet than this run's (different seed or fleet settings)")
     out = {}
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import FlSimError, capacity
+from . import FlSimError, capacity, schedule
 
 
 def check_run(cfg) -> int:
@@ -25,6 +25,13 @@ def check_run(cfg) -> int:
 
         profiles = load_trace(f.trace, tiers)
         n = len(profiles)
+        for row, p in enumerate(profiles, 1):
+            if p.schedule:
+                try:
+                    schedule.check(schedule.parse(p.schedule), rounds=cfg.rounds)
+                except ValueError as exc:
+                    raise FlSimError(f"fleet trace {f.trace} row {row} column schedule (device {p.device_id}): "
+                                     f"{exc}") from None
         if "num_devices" in f.model_fields_set and n < f.num_devices:
             raise FlSimError(f"fleet trace {f.trace} holds {n} devices, fewer than fleet.num_devices ({f.num_devices})")
         if s.clients_per_round > n:

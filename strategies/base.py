@@ -35,6 +35,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fl_sim import runtime
 from fl_sim.config import ExperimentConfig
+from fl_sim.continual import ContinualTracker
 from fl_sim.evaluation import FleetEvaluator
 from fl_sim.fleet import DeviceProfile
 from fl_sim.grid import map_nodes, send_and_receive
@@ -112,6 +113,7 @@ class FleetStrategy(Strategy):
         self.clock_s = 0.0
         self.totals = {"uplink_bytes": 0, "downlink_bytes": 0}
         self.evaluator = FleetEvaluator(self.cfg, ctx.model_paths, [p.tier for p in ctx.fleet])
+        self.continual = ContinualTracker(ctx.fleet)
         self._tier_records: dict = {}  # this round's adapter record per tier, shared by its devices
 
     # ----------------------------------------------------------------- hooks for subclasses
@@ -182,12 +184,14 @@ class FleetStrategy(Strategy):
 
     def checkpoint_state(self) -> dict:
         """The JSON part of a checkpoint (the tensors are ``self.state``)."""
-        return {"clock_s": self.clock_s, "totals": self.totals, "strategy": self.name} | self.evaluator.state()
+        return {"clock_s": self.clock_s, "totals": self.totals, "strategy": self.name,
+                "continual": self.continual.state()} | self.evaluator.state()
 
     def restore(self, state: dict, tensors: dict) -> int:
         """Continue from a checkpoint; returns its round."""
         self.clock_s, self.totals = state["clock_s"], state["totals"]
         self.evaluator.load_state(state)
+        self.continual.load_state(state.get("continual"))
         self.state = dict(tensors)
         return int(state["round"])
 
@@ -287,18 +291,23 @@ class FleetStrategy(Strategy):
         return self.evaluator({tier: self.device_weights(tier) for tier in self.tiers})
 
     # ----------------------------------------------------------------- the loop
-    def first_visits(self) -> list[tuple[int, int]]:
-        """``(device id, round)`` of the first device of each tier to see each domain in this run."""
+    def _first(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """``(tier, domain) -> (device id, round)`` of the first device of each tier to see each domain."""
         first: dict[tuple[str, str], tuple[int, int]] = {}
         for p in self.ctx.fleet:
             for r in range(1, self.cfg.rounds + 1):
-                first.setdefault((p.tier, p.domain_at(r)), (p.device_id, r))
-        return list(first.values())
+                for domain, _ in p.mix_at(r):
+                    first.setdefault((p.tier, domain), (p.device_id, r))
+        return first
+
+    def first_visits(self) -> list[tuple[int, int]]:
+        """``(device id, round)`` of the first device of each tier to see each domain in this run."""
+        return list(self._first().values())
 
     def prepare_data(self) -> None:
         """Build (or find cached) every domain's device partition once here, not in each Ray worker."""
         f = self.cfg.fleet
-        for domain in sorted({self.ctx.fleet[d].domain_at(r) for d, r in self.first_visits()}):
+        for domain in sorted({d for _, d in self._first()}):
             runtime.device_pools(domain, f.train_size, self.cfg.seed, self.cfg.cache_dir, len(self.ctx.fleet),
                                  f.partition, f.partition_by, f.dirichlet_alpha)
 
@@ -354,6 +363,8 @@ class FleetStrategy(Strategy):
                 if self.ctx.abort.is_set():
                     raise RuntimeError("simulation backend stopped")
                 ev = self.evaluate_tiers() if (r % cfg.eval.every == 0 or r == cfg.rounds) else {}
+                if ev:
+                    ev |= self.continual.update(r, ev["acc_tier"])
                 t3 = time.time()
                 record = {"round": r, "virtual_time_s": self.clock_s, "available": plan.available,
                           "sampled": len(plan.sampled), "sampled_ids": plan.sampled, **outcome.record(),
