@@ -31,7 +31,9 @@ from .metrics import finite_json
 
 log = logging.getLogger(__name__)
 DASH = "—"
-PLOTS = ("acc_vs_bytes.png", "acc_vs_virtual_time.png", "acc_per_domain.png", "source_forgetting.png")
+PLOTS = ("acc_vs_bytes.png", "acc_vs_virtual_time.png", "acc_per_domain.png", "source_forgetting.png",
+         "continual.png")
+CONTINUAL = ("acc_seen", "forgetting", "bwt")  # fl_sim.continual's figures, per evaluated round
 
 
 @dataclass
@@ -113,7 +115,7 @@ def _run_stats(run, domains) -> dict:
         "virtual_time_s": _num(last.get("virtual_time_s")),
         "wall_s": wall,
         "rounds": len(run["rounds"]),
-    }
+    } | {f"cl_{k}": _num(final.get(k)) for k in CONTINUAL}
 
 
 def summarise(runs, baseline: str = "source-only", paired: str | None = None) -> list[dict]:
@@ -151,6 +153,7 @@ def summarise(runs, baseline: str = "source-only", paired: str | None = None) ->
             "gap_closed": _stats(gaps),
             "forgetting_pts": col("forgetting_pts"),
             **{k: col(k) for k in ("uplink_bytes", "downlink_bytes", "virtual_time_s", "wall_s")},
+            **{k: col(f"cl_{k}") for k in CONTINUAL},
         })
         if paired is not None:
             same = [(run["seed"], st) for run, st in mine if run["seed"] in ref
@@ -232,6 +235,10 @@ def _plot(runs, domains, out_dir: Path) -> None:
     lines(ax, lambda r: _num(r["acc"].get("source")), ylabel="source accuracy",
           title="source-domain accuracy (forgetting)")
     _save(plt, fig, out_dir / "source_forgetting.png")
+    fig, axes = plt.subplots(1, len(CONTINUAL), figsize=(4 * len(CONTINUAL), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], CONTINUAL):
+        lines(ax, lambda r, key=key: _num(r.get(key)), ylabel=key, title=f"continual: {key}")
+    _save(plt, fig, out_dir / "continual.png")
 
 
 def build_report(refs: list[RunRef], out_dir: Path, title: str = "Strategy comparison",
@@ -265,6 +272,11 @@ def build_report(refs: list[RunRef], out_dir: Path, title: str = "Strategy compa
     md += ["", "## Final accuracy per domain (%)", "", "| label | " + " | ".join([*domains, "overall"]) + " |",
            "|" + "---|" * (len(domains) + 2)]
     md += [f"| {r['label']} | " + " | ".join(_pm(r["acc"][d], 100) for d in [*domains, "overall"]) + " |" for r in rows]
+    md += ["", "## Continual learning (final evaluated round)", "",
+           "Over the domains each tier has met: accuracy, forgetting (the drop from each domain's best accuracy), "
+           "and backward transfer on the domains left behind (`fl_sim/continual.py`); in points.", "",
+           "| label | seen-domain acc | forgetting | backward transfer |", "|---|---|---|---|"]
+    md += [f"| {r['label']} | " + " | ".join(_pm(r[k], 100) for k in CONTINUAL) + " |" for r in rows]
     if paired is not None:
         md += ["", f"## Paired differences vs `{paired}`", "",
                f"Runs that kept the same devices every round as `{paired}` of their seed (they replayed its "

@@ -178,3 +178,15 @@ def test_a_run_that_kept_other_devices_is_not_paired(refs, tmp_path):
     row = _row(summarise(load_runs(refs), paired="source-only"), "cdcca")
     assert row["paired_seeds"] == [0] and row["unpaired_seeds"] == [1]
     assert row["paired_shifted_pts"] == pytest.approx([30.0])
+
+
+def test_continual_figures_get_a_table_and_a_plot(refs, tmp_path):
+    for ref in refs:  # the final evaluated round (2) holds the run's continual figures
+        recs = [json.loads(line) for line in (ref.run_dir / "results.jsonl").read_text().splitlines()]
+        recs[1] |= {"acc_seen": 0.5 + 0.1 * ref.seed, "forgetting": 0.1, "bwt": -0.05 if ref.seed else None}
+        (ref.run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    row = _row(summarise(load_runs(refs)), "cdcca")
+    assert row["acc_seen"]["mean"] == pytest.approx(0.55) and row["bwt"]["n"] == 1
+    md = build_report(refs, tmp_path / "rep").read_text()
+    assert "| cdcca | 55.0 ± 5.0 | 10.0 ± 0.0 | -5.0 ± 0.0 |" in md
+    assert (tmp_path / "rep" / "continual.png").read_bytes().startswith(PNG_MAGIC)
