@@ -10,6 +10,7 @@ from conftest import COMPARE, tiny_data
 from fl_sim import FlSimError
 from fl_sim.compare import load_compare, run_compare
 from fl_sim.metrics import read_results
+from fl_sim.report import PLOTS
 
 
 def _write(tmp_path, cache_dir, runs, **extra):
@@ -42,7 +43,7 @@ def test_two_strategy_compare_end_to_end(tmp_path, cache_dir, tiny_zoo):
     assert sorted(labels) == ["cdcca", "source-only"]
     report = (out / "report.md").read_text()
     assert "cdcca" in report and "source-only" in report and "## Paired differences vs `source-only`" in report
-    assert len(list(out.glob("*.png"))) == 4
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(PLOTS)
     assert json.loads((out / "compare.json").read_text())["failures"] == []
 
     # a second call finds both runs complete and only rebuilds the report
