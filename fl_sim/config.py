@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import FlSimError
-from .world.domains import DOMAINS, SHIFTED
+from .world.domains import DOMAINS, SHIFTED, domain_error
 
 
 class Section(BaseModel):
@@ -156,8 +156,8 @@ class ScheduleConfig(Section):
             raise ValueError(f"ramp_rounds max ({self.ramp_rounds[1]}) must be below stage_rounds min "
                              f"({self.stage_rounds[0]}): a transition ends within its stage")
         for d in [self.first, *self.domains]:
-            if d not in DOMAINS:
-                raise ValueError(f"unknown domain {d!r}; allowed: {', '.join(DOMAINS)}")
+            if (why := domain_error(d)) is not None:
+                raise ValueError(why)
         if any(w < 0 for w in self.domains.values()) or sum(self.domains.values()) <= 0:
             raise ValueError(f"domains weights must be >= 0 with a positive sum, got {self.domains}")
         return self
@@ -195,8 +195,8 @@ class FleetConfig(Section):
             if any(v < 0 for v in shares.values()) or (shares and sum(shares.values()) <= 0):
                 raise ValueError(f"{key} shares must be >= 0 with a positive sum, got {shares}")
         for d in self.shift_domains:
-            if d not in DOMAINS:
-                raise ValueError(f"unknown domain {d!r} in shift_domains; allowed: {', '.join(DOMAINS)}")
+            if (why := domain_error(d)) is not None:
+                raise ValueError(f"shift_domains: {why}")
         if self.shift_round[0] > self.shift_round[1] or self.shift_round[0] < 1:
             raise ValueError(f"shift_round must be [first, last] with 1 <= first <= last, got {self.shift_round}")
         return self

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import FlSimError, schedule
 from .config import FleetConfig
-from .world.domains import DOMAINS
+from .world.domains import domain_error
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,12 @@ class DeviceProfile:
         if self.schedule:
             return schedule.mix_at(_stages(self.schedule), server_round)
         return [("source" if server_round < self.shift_round else self.shift_domain, 1.0)]
+
+    def domains(self) -> list[str]:
+        """Every domain this device meets, in order (repeats removed)."""
+        if self.schedule:
+            return list(dict.fromkeys(s.domain for s in _stages(self.schedule)))
+        return ["source", self.shift_domain]
 
     def domain_at(self, server_round: int) -> str:
         """The domain of most of this device's samples in ``server_round`` (the newer one on a tie)."""
@@ -203,12 +209,11 @@ def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
             raise FlSimError(f"{where} row {n} column tier: unknown tier {p.tier!r}; allowed: {', '.join(tiers)}")
         if p.schedule:
             try:
-                schedule.parse(p.schedule, DOMAINS)
+                schedule.parse(p.schedule, domain_error)
             except ValueError as exc:
                 raise FlSimError(f"{where} row {n} column schedule (device {p.device_id}): {exc}") from None
-        if p.shift_domain not in DOMAINS:
-            raise FlSimError(f"{where} row {n} column shift_domain: unknown domain {p.shift_domain!r}; "
-                             f"allowed: {', '.join(DOMAINS)}")
+        if (why := domain_error(p.shift_domain)) is not None:
+            raise FlSimError(f"{where} row {n} column shift_domain: {why}")
         out.append(p)
     ids = [p.device_id for p in out]
     if len(set(ids)) != len(ids):

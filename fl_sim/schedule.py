@@ -28,7 +28,8 @@ class Stage:
 
 
 def parse(text: str, domains=None) -> tuple[Stage, ...]:
-    """The stages of ``text``; ``ValueError`` naming the first problem (``domains``: the allowed names)."""
+    """The stages of ``text``; ``ValueError`` naming the first problem (``domains``: the allowed names, or a
+    function giving why a name is not a domain, ``None`` when it is one)."""
     stages = []
     for part in str(text).split(","):
         m = _STAGE.match(part)
@@ -51,7 +52,10 @@ def check(stages: tuple[Stage, ...], domains=None, rounds: int | None = None) ->
         if a.start + a.ramp > b.start:
             raise ValueError(f"the transition into {a.domain}@{a.start} (~{a.ramp}) runs into the next stage")
     for s in stages:
-        if domains is not None and s.domain not in domains:
+        if callable(domains):
+            if (why := domains(s.domain)) is not None:
+                raise ValueError(why)
+        elif domains is not None and s.domain not in domains:
             raise ValueError(f"unknown domain {s.domain!r}; allowed: {', '.join(domains)}")
     if rounds is not None and stages[-1].ramp and stages[-1].start + stages[-1].ramp > rounds + 1:
         raise ValueError(f"the transition into {stages[-1].domain}@{stages[-1].start} (~{stages[-1].ramp}) "

@@ -36,7 +36,7 @@ from flwr.serverapp.strategy import Strategy
 from fl_sim import runtime
 from fl_sim.config import ExperimentConfig
 from fl_sim.continual import ContinualTracker
-from fl_sim.evaluation import FleetEvaluator
+from fl_sim.evaluation import FleetEvaluator, eval_domains
 from fl_sim.fleet import DeviceProfile
 from fl_sim.grid import map_nodes, send_and_receive
 from fl_sim.selection import sample_devices
@@ -112,7 +112,8 @@ class FleetStrategy(Strategy):
         self.node_of: dict[int, int] = {}
         self.clock_s = 0.0
         self.totals = {"uplink_bytes": 0, "downlink_bytes": 0}
-        self.evaluator = FleetEvaluator(self.cfg, ctx.model_paths, [p.tier for p in ctx.fleet])
+        self.evaluator = FleetEvaluator(self.cfg, ctx.model_paths, [p.tier for p in ctx.fleet],
+                                        eval_domains(ctx.fleet))
         self.continual = ContinualTracker(ctx.fleet)
         self._tier_records: dict = {}  # this round's adapter record per tier, shared by its devices
 

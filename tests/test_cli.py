@@ -14,7 +14,8 @@ def _cli(*args, cache_dir):
 def test_unknown_zoo_is_one_line_error(cache_dir):
     r = _cli("pretrain", "--zoo", "huge", cache_dir=cache_dir)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["fl-sim: error: unknown model zoo preset 'huge'; allowed: default, tiny"]
+    want = "fl-sim: error: unknown model zoo preset 'huge'; allowed: default, generalist, tiny"
+    assert r.stderr.strip().splitlines() == [want]
 
 
 def test_bad_model_override_is_one_line_error(cache_dir):
@@ -29,7 +30,7 @@ def test_evaluate_prints_table_and_targets(cache_dir, tiny_zoo, tmp_path):
     assert "exact-match VQA accuracy" in r.stdout and "teacher" in r.stdout
     table = json.loads(out.read_text())["table"]
     assert set(table) == {"teacher", "tiny-high", "tiny-low"}
-    assert set(table["teacher"]) == {"source", "dusk", "novel", "digits"}
+    assert set(table["teacher"]) == {"source", "dusk", "novel", "digits", "novel+dusk", "digits+dusk"}
     for row in table["teacher"].values():
         assert 0.0 <= row["vqa"] <= 1.0 and "bleu" in row
 

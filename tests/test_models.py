@@ -163,7 +163,7 @@ def test_local_checkpoint_replaces_a_preset(tiny_zoo, cache_dir, tmp_path):
         pretrain_zoo("tiny", cache_dir=cache_dir, overrides={"teacher": str(tmp_path / "nothing")})
     with pytest.raises(FlSimError, match="unknown model role 'phone-x'"):
         pretrain_zoo("tiny", cache_dir=cache_dir, overrides={"phone-x": str(tmp_path / "mine")})
-    with pytest.raises(FlSimError, match="unknown model zoo preset 'huge'; allowed: default, tiny"):
+    with pytest.raises(FlSimError, match="unknown model zoo preset 'huge'; allowed: default, generalist, tiny"):
         pretrain_zoo("huge", cache_dir=cache_dir)
 
 

@@ -130,3 +130,49 @@ def test_dirichlet_partition_is_non_iid(cache_dir):
     assert max(shares) - min(shares) > 0.3
     with pytest.raises(FlSimError, match="unknown partition column"):
         partition(parts_in, 2, by="weather")
+
+
+def test_combinations_take_each_parts_shift():
+    from fl_sim.world.domains import COMBINED, combine, domain_error
+
+    nd = get_domain("novel+dusk")
+    assert nd.shapes == DOMAINS["novel"].shapes and nd.colours == DOMAINS["dusk"].colours
+    assert (nd.brightness, nd.noise_std) == (DOMAINS["dusk"].brightness, DOMAINS["dusk"].noise_std)
+    dd = get_domain("digits+dusk")
+    assert dd.shapes == DOMAINS["digits"].shapes and dd.colours == DOMAINS["dusk"].colours
+    assert set(COMBINED) == {"novel+dusk", "digits+dusk"}
+    with pytest.raises(ValueError, match="'novel' and 'digits' in 'novel\\+digits' both shift the shapes"):
+        combine("novel+digits")
+    with pytest.raises(ValueError, match="write it 'novel\\+dusk'"):
+        combine("dusk+novel")
+    assert "not a shifted built-in domain" in domain_error("source+dusk")
+    assert domain_error("digits+dusk") is None and domain_error("moon").startswith("unknown domain 'moon'")
+
+
+def test_combined_domain_scenes_use_its_shapes_and_are_seeded_apart():
+    from fl_sim.world.data import domain_key
+
+    a = generate("digits+dusk", "test", 20, 0, 8)
+    shapes = lambda rows: {o.shape for r in rows for o in parse_caption(r["caption"])}  # noqa: E731
+    assert shapes(a) <= set(DOMAINS["digits"].shapes)
+    b = generate("novel+dusk", "test", 20, 0, 8)
+    assert shapes(b) <= set(DOMAINS["novel"].shapes)
+    assert [domain_key(d) for d in DOMAINS] == list(range(len(DOMAINS)))  # built-ins seed as they always did
+    assert domain_key("novel+dusk") == domain_key("novel+dusk") >= 1000
+    assert domain_key("novel+dusk") != domain_key("digits+dusk")
+
+
+def test_compositional_cells_cover_every_factor_mix_but_the_held_out():
+    from fl_sim.world.domains import COMBINED, FACTORS, compositional_cells
+
+    cells = compositional_cells()
+    key = lambda d: tuple(getattr(d, f) for f in FACTORS)  # noqa: E731
+    seen = {key(c) for c in cells}
+    assert len(seen) == len(cells) == 3 * 2 * 2 * 2 - len(COMBINED)
+    assert not seen & {key(get_domain(h)) for h in COMBINED}
+    assert all(key(d) in seen for d in DOMAINS.values())  # the four domains are cells themselves
+    # every pair of a held-out combination's factors is seen together somewhere (only the triple is new)
+    nd = key(get_domain("novel+dusk"))
+    for i in range(len(FACTORS)):
+        for j in range(i + 1, len(FACTORS)):
+            assert any(k[i] == nd[i] and k[j] == nd[j] for k in seen)

@@ -29,6 +29,12 @@ class FrontendPreset(Strict):
     steps: int = Field(gt=0, description="stage-A attribute pretraining steps")
     batch_size: int = 64
     lr: float = 2e-3
+    compositional: bool = Field(False, description=(
+        "stage A on every combination of the domains' factors but the held-out ones "
+        "(fl_sim.world.domains.compositional_cells), not on the four domains"))
+
+    def key(self) -> dict:
+        return _key(self)
 
 
 class ModelPreset(Strict):
@@ -44,10 +50,18 @@ class ModelPreset(Strict):
     lr: float = 1e-3
     domain_weights: dict[str, float] | None = Field(
         None, description="teacher only: relative share of each domain in its training stream (default 1 each)")
+    compositional: bool = Field(False, description=(
+        "teacher only: train on every combination of the domains' factors but the held-out ones "
+        "(fl_sim.world.domains.compositional_cells): a generalist, not a specialist of the four domains"))
     description: str = ""
+
+    def key(self) -> dict:
+        return _key(self)
 
     @model_validator(mode="after")
     def _check_weights(self):
+        if self.compositional and (self.role != "teacher" or self.domain_weights is not None):
+            raise ValueError("compositional applies to the teacher only, without domain_weights")
         if self.domain_weights is None:
             return self
         from ..world.domains import DOMAINS
@@ -60,6 +74,15 @@ class ModelPreset(Strict):
             if not w > 0:
                 raise ValueError(f"domain_weights[{d!r}] must be > 0, got {w}")
         return self
+
+
+def _key(preset: Strict) -> dict:
+    """What identifies a preset in cache keys: its fields, ``compositional`` only when set (so the
+    presets that predate it keep their cached models)."""
+    d = preset.model_dump()
+    if not d.get("compositional"):
+        d.pop("compositional", None)
+    return d
 
 
 class ZooPreset(Strict):
@@ -82,6 +105,18 @@ ZOOS: dict[str, ZooPreset] = {
         teacher=ModelPreset(role="teacher", hidden=256, layers=4, heads=4, steps=2000, lr=5e-4,
                             domain_weights={"dusk": 1.5, "digits": 2.5},
                             description="cloud teacher, all domains (more of the hard ones)"),
+        tiers={
+            "phone-high": _tier(96, 2, 4, "bf16", 2400, "high-end phone: 96x2, bf16 weights"),
+            "phone-mid": _tier(80, 2, 4, "int8", 2400, "mid-range phone: 80x2, int8 per-channel"),
+            "phone-low": _tier(64, 2, 4, "int4", 2400, "low-end phone: 64x2, int4 group-32"),
+        },
+    ),
+    "generalist": ZooPreset(
+        description="default's tiers, with a front-end and a teacher trained on every combination of shape set, "
+                    "palette, lighting and noise except novel+dusk and digits+dusk (held out to test them)",
+        frontend=FrontendPreset(hidden=128, layers=2, heads=4, steps=1500, compositional=True),
+        teacher=ModelPreset(role="teacher", hidden=256, layers=4, heads=4, steps=2500, lr=5e-4, compositional=True,
+                            description="cloud teacher, a generalist of the compositional world"),
         tiers={
             "phone-high": _tier(96, 2, 4, "bf16", 2400, "high-end phone: 96x2, bf16 weights"),
             "phone-mid": _tier(80, 2, 4, "int8", 2400, "mid-range phone: 80x2, int8 per-channel"),

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..world.data import sample_stream
-from ..world.domains import DOMAINS
+from ..world.domains import DOMAINS, compositional_cells
 from ..world.scenes import COLOURS, DIGIT_SHAPES, GEOMETRIC_SHAPES, GRID, SIZES
 from .mllm import Prompter
 from .presets import FrontendPreset
@@ -63,7 +63,8 @@ def _cell_labels(samples) -> torch.Tensor:
 
 
 def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progress=None) -> dict:
-    """Stage A: the SigLIP tower learns per-cell shape/colour/size on every domain (a shared, frozen
+    """Stage A: the SigLIP tower learns per-cell shape/colour/size on every domain, or on every
+    compositional cell with ``fe.compositional`` (a shared, frozen
     "foundation" front-end afterwards). Returns training metrics including held-out cell accuracy."""
     torch.manual_seed(seed)
     h = frontend.config.hidden_size
@@ -72,7 +73,8 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
     params = list(frontend.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=fe.lr, weight_decay=0.01)
     sched = _schedule(opt, fe.steps, max(1, fe.steps // 10))
-    stream = MixedStream(list(DOMAINS), seed, cell_px)
+    domains = compositional_cells() if fe.compositional else list(DOMAINS)
+    stream = MixedStream(domains, seed, cell_px)
     frontend.train()
     t0 = time.time()
 
@@ -94,7 +96,7 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
             progress(step + 1, fe.steps, loss.item())
     frontend.eval()
     with torch.no_grad():
-        held = MixedStream(list(DOMAINS), seed + 1, cell_px).batch(256)
+        held = MixedStream(domains, seed + 1, cell_px).batch(256)
         lab = _cell_labels(held)
         acc = {name: float((lg.argmax(-1) == lab[..., k]).float().mean())
                for k, (name, lg) in enumerate(zip(["shape", "colour", "size", "row", "column"], forward(held)))}

@@ -20,7 +20,7 @@ import torch
 from .. import FlSimError
 from ..cache import cache_root, get_or_build, read_meta, stable_hash, verify
 from ..world.data import GENERATOR_VERSION
-from ..world.domains import DOMAINS
+from ..world.domains import COMBINED, DOMAINS, compositional_cells
 from ..world.tokenizer import load_tokenizer
 from .mllm import Prompter, build_frontend, build_mllm, count_params, load_mllm
 from .presets import ModelPreset, ZooPreset, get_zoo
@@ -71,7 +71,8 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
     torch.manual_seed(seed)
     model = build_mllm(preset, zoo.frontend, cell_px, tokenizer)
     model.model.vision_tower.load_state_dict(SiglipVisionModel.from_pretrained(frontend_dir).state_dict())
-    domains = list(DOMAINS) if preset.role == "teacher" else ["source"]
+    domains = (compositional_cells() if preset.compositional else list(DOMAINS)) if preset.role == "teacher" \
+        else ["source"]
     weights = [preset.domain_weights.get(d, 1.0) for d in domains] if preset.domain_weights else None
     metrics = train_answers(model, Prompter(tokenizer), domains, preset.steps, preset.batch_size, preset.lr,
                             seed, cell_px, report or _progress_factory(progress, f"stage B {role_name}"),
@@ -81,7 +82,9 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
     head = quantize_linears(model.lm_head, preset.precision, preset.group_size)
     linear_bytes = quant["packed_linear_bytes"] + proj["packed_linear_bytes"] + head["packed_linear_bytes"]
     model.save_pretrained(folder)
-    return {"role": preset.role, "preset": preset.model_dump(), "trained_on": domains, "train": metrics,
+    trained_on = [f"compositional: {len(domains)} cells, not {', '.join(COMBINED)}"] if preset.compositional \
+        else domains
+    return {"role": preset.role, "preset": preset.model_dump(), "trained_on": trained_on, "train": metrics,
             "params": count_params(model), "lm_params": count_params(model.model.language_model),
             "precision": preset.precision, "device_bytes": device_size_bytes(model, linear_bytes),
             "fp32_bytes": 4 * count_params(model)}
@@ -182,7 +185,7 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     base = {"v": RECIPE_VERSION, "data": GENERATOR_VERSION, "cell_px": cell_px, "seed": seed,
             "vocab": tokenizer.get_vocab()}
 
-    fe_key = stable_hash(base | {"frontend": zoo.frontend.model_dump()})
+    fe_key = stable_hash(base | {"frontend": zoo.frontend.key()})
     fe_dir = root / f"frontend-{fe_key}"
 
     def build_fe(tmp: Path) -> dict:
@@ -195,7 +198,7 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     get_or_build(fe_dir, build_fe, "front-end")
 
     def key(role, preset):
-        return stable_hash(base | {"frontend": fe_key, "preset": preset.model_dump(), "role": role})
+        return stable_hash(base | {"frontend": fe_key, "preset": preset.key(), "role": role})
 
     folders = {role: root / f"{role}-{key(role, preset)}"
                for role, preset in [("teacher", zoo.teacher), *zoo.tiers.items()] if role not in overrides}

@@ -8,16 +8,26 @@ import numpy as np
 
 from .. import FlSimError
 from ..cache import cache_root, get_or_build, stable_hash
-from .domains import DOMAINS, FAMILIES, get_domain, make_sample
+from .domains import DOMAINS, FAMILIES, Domain, get_domain, make_sample
 
 SPLITS = {"train": 0, "test": 1}
 GENERATOR_VERSION = 1
 
 
-def sample_stream(domain: str, split: str, seed: int, cell_px: int, families=None):
+def domain_key(name: str) -> int:
+    """The integer that seeds ``name``'s samples: its index for a built-in domain (as it always was),
+    else a stable hash of the name."""
+    if name in DOMAINS:
+        return list(DOMAINS).index(name)
+    import zlib
+
+    return 1000 + zlib.crc32(name.encode())
+
+
+def sample_stream(domain: str | Domain, split: str, seed: int, cell_px: int, families=None):
     """Endless deterministic generator of samples (used for pretraining's fresh batches)."""
-    dom = get_domain(domain)
-    rng = np.random.default_rng([seed, list(DOMAINS).index(domain), SPLITS[split], 7])
+    dom = domain if isinstance(domain, Domain) else get_domain(domain)
+    rng = np.random.default_rng([seed, domain_key(dom.name), SPLITS[split], 7])
     while True:
         yield make_sample(dom, rng, split, cell_px, families)
 
@@ -29,7 +39,7 @@ def generate(domain: str, split: str, n: int, seed: int, cell_px: int, families=
         raise FlSimError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     out = []
     for i in range(n):
-        rng = np.random.default_rng([seed, list(DOMAINS).index(domain), SPLITS[split], i])
+        rng = np.random.default_rng([seed, domain_key(domain), SPLITS[split], i])
         s = make_sample(dom, rng, split, cell_px, families)
         s.pop("objects")
         out.append(s)

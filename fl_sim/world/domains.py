@@ -6,6 +6,12 @@
 ``novel``   novel-concept shift: shapes the device models never saw in pretraining (cross, diamond, ring).
 ``digits``  real data: handwritten digits from scikit-learn's ``load_digits`` (disjoint writers' samples
             for train and test), painted in the source palette; the digit is the object's "shape".
+
+A domain is four factors: shapes, palette, lighting (brightness) and sensor noise. ``A+B`` names the
+combination of two shifts (``novel+dusk``: novel shapes in the dusk palette at low light, with noise): each
+part brings the factors in which it differs from ``source``; two parts that shift the same factor do not
+combine. ``COMBINED`` are the combinations fl-sim evaluates; the generalist teacher (``compositional_cells``)
+trains on every other combination of the factors, never on these.
 """
 
 from __future__ import annotations
@@ -39,22 +45,77 @@ DOMAINS: dict[str, Domain] = {
                      description="real handwritten digits (scikit-learn load_digits)"),
 }
 SHIFTED = [d for d in DOMAINS if d != "source"]
+COMBINED = ["novel+dusk", "digits+dusk"]  # shifts never seen together by any model: compositional tests
+FACTORS = ("shapes", "colours", "brightness", "noise_std")
 FAMILIES = ["exist", "count", "colour", "shape", "position", "caption"]
 VQA_FAMILIES = FAMILIES[:-1]
 COUNT_WORDS = ["zero", "one", "two", "three", "four"]
 CAPTION_QUESTION = "describe the image ."
 
 
+def combine(name: str) -> Domain:
+    """The domain ``name`` = ``A+B[+...]`` of built-in domains: each part's factors that differ from
+    ``source``. ``ValueError`` for an unknown part or two parts shifting the same factor."""
+    base, factors, owner, first = DOMAINS["source"], {}, {}, {}
+    for part in name.split("+"):
+        if part not in DOMAINS or part == "source":
+            raise ValueError(f"{part!r} in {name!r} is not a shifted built-in domain ({', '.join(SHIFTED)})")
+        for f in FACTORS:
+            value = getattr(DOMAINS[part], f)
+            if value != getattr(base, f):
+                if f in factors:
+                    raise ValueError(f"{owner[f]!r} and {part!r} in {name!r} both shift the {f.split('_')[0]}")
+                factors[f], owner[f] = value, part
+                first.setdefault(part, FACTORS.index(f))
+    canonical = "+".join(sorted(name.split("+"), key=lambda p: first.get(p, len(FACTORS))))
+    if name != canonical:
+        raise ValueError(f"write it {canonical!r} (the shape shift first)")
+    return Domain(name, *(factors.get(f, getattr(base, f)) for f in FACTORS),
+                  description="combination of " + " and ".join(name.split("+")))
+
+
 def get_domain(name: str) -> Domain:
-    if name not in DOMAINS:
-        raise FlSimError(f"unknown domain {name!r}; allowed: {', '.join(DOMAINS)}")
-    return DOMAINS[name]
+    """A built-in domain or a combination ``A+B`` of shifted ones."""
+    if name in DOMAINS:
+        return DOMAINS[name]
+    if "+" in name:
+        try:
+            return combine(name)
+        except ValueError as e:
+            raise FlSimError(f"unknown domain {name!r}: {e}") from None
+    raise FlSimError(f"unknown domain {name!r}; allowed: {', '.join(DOMAINS)}, or A+B of shifted ones "
+                     f"(e.g. {COMBINED[0]})")
+
+
+def domain_error(name: str) -> str | None:
+    """Why ``name`` is not a domain (one line), or ``None`` when it is one."""
+    try:
+        get_domain(name)
+    except FlSimError as e:
+        return str(e)
+    return None
+
+
+def compositional_cells(held_out=COMBINED) -> list[Domain]:
+    """Every combination of the built-in domains' factors (shape set x palette x lighting x noise), except
+    those equal to a ``held_out`` domain: the generalist teacher's training world."""
+    from itertools import product
+
+    values = {f: list(dict.fromkeys(getattr(d, f) for d in DOMAINS.values())) for f in FACTORS}
+    excluded = {tuple(getattr(get_domain(h), f) for f in FACTORS) for h in held_out}
+    cells = []
+    for combo in product(*(values[f] for f in FACTORS)):
+        if combo not in excluded:
+            shapes, colours, light, noise = combo
+            cells.append(Domain(f"cell-{len(cells)}", shapes, colours, light, noise,
+                                description="compositional training cell"))
+    return cells
 
 
 def sample_scene(domain: Domain, rng: np.random.Generator, split: str, max_objects: int = 4) -> list[SceneObject]:
     n = int(rng.integers(1, max_objects + 1))
     cells = rng.choice(GRID * GRID, size=n, replace=False)
-    pool = digit_pool(split) if domain.name == "digits" else None
+    pool = digit_pool(split) if domain.shapes[0] in DIGIT_SHAPES else None
     objs = []
     for cell in sorted(int(c) for c in cells):
         shape = str(rng.choice(domain.shapes))
