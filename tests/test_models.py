@@ -250,3 +250,31 @@ def test_lora_projector_starts_at_the_base_trains_and_sends_fewer_values(tiny_zo
         assert torch.allclose(model(**batch).logits, fresh(**batch).logits, atol=1e-6)
     with pytest.raises(ValueError, match="projector must be"):
         add_adapters(load_mllm(tiny_zoo.paths["tiny-high"]), AdapterConfig(projector="half"))
+
+
+def test_a_compositional_zoo_trains_its_teacher_on_the_cells_and_its_tiers_on_source(cache_dir, monkeypatch):
+    from fl_sim.models import presets
+    from fl_sim.models.zoo import pretrain_zoo
+
+    tiny = presets.ZOOS["tiny"]
+    fe = tiny.frontend.model_copy(update={"compositional": True, "builtin_share": 0.5})
+    teacher = tiny.teacher.model_copy(update={"compositional": True})
+    monkeypatch.setitem(presets.ZOOS, "tiny-generalist", tiny.model_copy(update={"frontend": fe, "teacher": teacher}))
+    z = pretrain_zoo("tiny-generalist", cache_dir=cache_dir)
+    assert z.meta["teacher"]["trained_on"] == ["compositional: 22 cells, not novel+dusk, digits+dusk"]
+    assert all(z.meta[t]["trained_on"] == ["source"] for t in tiny.tiers)
+    # presets without the compositional fields keep their cache keys
+    for preset in (presets.ZOOS["default"].frontend, presets.ZOOS["default"].teacher):
+        assert "compositional" not in preset.key() and "builtin_share" not in preset.key()
+    assert fe.key()["builtin_share"] == 0.5 and teacher.key()["compositional"] is True
+
+
+def test_compositional_presets_are_validated():
+    from pydantic import ValidationError
+
+    from fl_sim.models.presets import FrontendPreset, ModelPreset
+
+    with pytest.raises(ValidationError, match="compositional applies to the teacher only"):
+        ModelPreset(role="device", hidden=8, layers=1, heads=1, steps=1, compositional=True)
+    with pytest.raises(ValidationError, match="builtin_share applies to a compositional front-end only"):
+        FrontendPreset(hidden=8, layers=1, heads=1, steps=1, builtin_share=0.5)

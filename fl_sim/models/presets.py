@@ -32,9 +32,19 @@ class FrontendPreset(Strict):
     compositional: bool = Field(False, description=(
         "stage A on every combination of the domains' factors but the held-out ones "
         "(fl_sim.world.domains.compositional_cells), not on the four domains"))
+    builtin_share: float = Field(0.0, ge=0, lt=1, description=(
+        "with compositional: the share of stage-A samples drawn from the four built-in domains (the rest "
+        "from the cells); the device tiers, trained on source alone, learn little on a front-end that "
+        "saw source in 1 sample of 22"))
 
     def key(self) -> dict:
         return _key(self)
+
+    @model_validator(mode="after")
+    def _share_needs_cells(self):
+        if self.builtin_share and not self.compositional:
+            raise ValueError("builtin_share applies to a compositional front-end only")
+        return self
 
 
 class ModelPreset(Strict):
@@ -77,11 +87,12 @@ class ModelPreset(Strict):
 
 
 def _key(preset: Strict) -> dict:
-    """What identifies a preset in cache keys: its fields, ``compositional`` only when set (so the
-    presets that predate it keep their cached models)."""
+    """What identifies a preset in cache keys: its fields, ``compositional`` and ``builtin_share`` only
+    when set (so the presets that predate them keep their cached models)."""
     d = preset.model_dump()
-    if not d.get("compositional"):
-        d.pop("compositional", None)
+    for field in ("compositional", "builtin_share"):
+        if not d.get(field):
+            d.pop(field, None)
     return d
 
 
@@ -113,8 +124,9 @@ ZOOS: dict[str, ZooPreset] = {
     ),
     "generalist": ZooPreset(
         description="default's tiers, with a front-end and a teacher trained on every combination of shape set, "
-                    "palette, lighting and noise except novel+dusk and digits+dusk (held out to test them)",
-        frontend=FrontendPreset(hidden=128, layers=2, heads=4, steps=1500, compositional=True),
+                    "palette, lighting and noise except novel+dusk and digits+dusk (held out to test them); "
+                    "half the front-end's samples come from the four built-in domains",
+        frontend=FrontendPreset(hidden=128, layers=2, heads=4, steps=1500, compositional=True, builtin_share=0.5),
         teacher=ModelPreset(role="teacher", hidden=256, layers=4, heads=4, steps=2500, lr=5e-4, compositional=True,
                             description="cloud teacher, a generalist of the compositional world"),
         tiers={

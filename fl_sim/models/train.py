@@ -73,8 +73,14 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
     params = list(frontend.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=fe.lr, weight_decay=0.01)
     sched = _schedule(opt, fe.steps, max(1, fe.steps // 10))
-    domains = compositional_cells() if fe.compositional else list(DOMAINS)
-    stream = MixedStream(domains, seed, cell_px)
+    domains, weights = list(DOMAINS), None
+    if fe.compositional:
+        cells = compositional_cells()
+        domains = cells + (list(DOMAINS) if fe.builtin_share else [])
+        if fe.builtin_share:
+            share = fe.builtin_share
+            weights = [(1 - share) / len(cells)] * len(cells) + [share / len(DOMAINS)] * len(DOMAINS)
+    stream = MixedStream(domains, seed, cell_px, weights=weights)
     frontend.train()
     t0 = time.time()
 
@@ -96,7 +102,7 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
             progress(step + 1, fe.steps, loss.item())
     frontend.eval()
     with torch.no_grad():
-        held = MixedStream(domains, seed + 1, cell_px).batch(256)
+        held = MixedStream(domains, seed + 1, cell_px, weights=weights).batch(256)
         lab = _cell_labels(held)
         acc = {name: float((lg.argmax(-1) == lab[..., k]).float().mean())
                for k, (name, lg) in enumerate(zip(["shape", "colour", "size", "row", "column"], forward(held)))}
