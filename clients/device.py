@@ -63,14 +63,19 @@ def train(msg: Message, context: Context) -> Message:
     import torch
 
     from clients.behaviour import DeviceRound, load_behaviour
+    from fl_sim import placement
     from fl_sim.device_env import load_device_env
     from fl_sim.task import read_task
 
     _quiet()
     env = load_device_env(str(context.state[STATE]["env"]))
     torch.set_num_threads(env.threads)
+    placement.use(env.device, env.precision)
     task, _ = read_task(msg.content)
     behaviour = load_behaviour(task.behaviour)
     settings = behaviour.Settings.model_validate(task.settings)
     dev = DeviceRound(env, int(context.node_config["partition-id"]), task.round)
-    return Message(RecordDict(behaviour.run(dev, settings, msg.content)), reply_to=msg)
+    try:
+        return Message(RecordDict(behaviour.run(dev, settings, msg.content)), reply_to=msg)
+    finally:
+        placement.release()  # the worker's GPU share keeps its models, not this device's activations

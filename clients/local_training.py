@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from clients.behaviour import ANSWER_TOKENS, DeviceBehaviour, DeviceRound, online_accuracy
+from fl_sim import placement
 from fl_sim.models.adapters import adapter_state, load_adapter_state, trainable_parameters
 from fl_sim.models.mllm import answer
 from fl_sim.models.train import per_sample_loss
@@ -80,8 +81,10 @@ def run_local_round(dev: DeviceRound, s: LocalTrainingSettings, adapter: dict[st
     for _ in range(s.local_steps):
         sel = rng.choice(n, size=min(s.batch_size, n), replace=False)
         batch = pr.train_batch([data["question"][i] for i in sel], [targets[i] for i in sel])
+        batch = {k: placement.to_model(model, v) for k, v in batch.items()}
         labels = batch.pop("labels")
-        logits = model(**batch, pixel_values=pr.pixels(data["image"][sel])).logits
+        with placement.autocast():
+            logits = model(**batch, pixel_values=placement.to_model(model, pr.pixels(data["image"][sel]))).logits
         loss = local_objective(logits, labels, s, params, anchor)
         opt.zero_grad()
         loss.backward()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from clients.behaviour import DeviceRound, load_behaviour
+from fl_sim import placement
 from fl_sim.device_env import load_device_env
 from fl_sim.models.mllm import answer
 
@@ -21,6 +22,7 @@ def warm_up(env_path: str, visits: list[tuple[str, int, int]]) -> int:
     each domain. Returns how many did new work."""
     env = load_device_env(env_path)
     torch.set_num_threads(env.threads)
+    placement.use(env.device, env.precision)
     done = 0
     for behaviour, device_id, server_round in visits:
         dev = DeviceRound(env, int(device_id), int(server_round))

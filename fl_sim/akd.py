@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import FlSimError
+from . import FlSimError, placement
 from .config import AKDConfig
 from .models.adapters import adapter_parameters
 from .models.mllm import MAX_POSITIONS, Prompter, answer_with_stats, embed_with_tokens
@@ -58,10 +58,11 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
     for s in range(0, len(questions), batch_size):
         sl = slice(s, s + batch_size)
         n = int(mask[sl].sum(1).max())
-        out = teacher(inputs_embeds=embed_with_tokens(teacher, ids[sl, :n], vis[sl]), attention_mask=mask[sl, :n],
-                      output_hidden_states=True)
-        logits.append(F.pad(out.logits, (0, 0, 0, L - n)).half())
-        hidden.append(F.pad(out.hidden_states[-1], (0, 0, 0, L - n)).half())
+        with placement.autocast():
+            out = teacher(inputs_embeds=embed_with_tokens(teacher, ids[sl, :n], vis[sl]),
+                          attention_mask=placement.to_model(teacher, mask[sl, :n]), output_hidden_states=True)
+        logits.append(F.pad(out.logits, (0, 0, 0, L - n)).half().cpu())
+        hidden.append(F.pad(out.hidden_states[-1], (0, 0, 0, L - n)).half().cpu())
     return {"vis": vis.float(), "input_ids": ids, "attention_mask": mask, "labels": labels,
             "t_logits": torch.cat(logits), "t_hidden": torch.cat(hidden),
             "t_conf": torch.as_tensor(stats["confidence"], dtype=torch.float32),
@@ -96,13 +97,16 @@ def anchor_targets(prompter: Prompter, vis: torch.Tensor, questions: list[str], 
 
 
 def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tensor], cfg: AKDConfig) -> dict:
-    """The weighted AKD loss on a batch of targets, and each term (floats) for logging."""
+    """The weighted AKD loss on a batch of targets (on the CPU; moved to the student), and each term
+    (floats) for logging."""
     n = int(batch["attention_mask"].sum(1).max())
+    batch = {k: placement.to_model(student, v) for k, v in batch.items()}
     ids, mask, labels = batch["input_ids"][:, :n], batch["attention_mask"][:, :n], batch["labels"][:, :n]
-    out = student(inputs_embeds=embed_with_tokens(student, ids, batch["vis"]), attention_mask=mask,
-                  output_hidden_states=cfg.w_feat > 0)
+    with placement.autocast():
+        out = student(inputs_embeds=embed_with_tokens(student, ids, batch["vis"]), attention_mask=mask,
+                      output_hidden_states=cfg.w_feat > 0)
     terms = {}
-    w = batch["distil"].float() if "distil" in batch else torch.ones(len(ids))  # per-sample KL/feature weight
+    w = batch["distil"].float() if "distil" in batch else torch.ones(len(ids), device=ids.device)  # KL/feature weight
     if cfg.w_ce > 0:
         terms["ce"] = per_sample_loss(out.logits, labels).mean()
     if cfg.w_kl > 0:
@@ -115,7 +119,7 @@ def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tens
         terms["kl"] = (kl * wk).sum() / wk.sum().clamp_min(1e-8) * T * T
     if cfg.w_feat > 0:
         keep = mask.bool()
-        h = align(out.hidden_states[-1][keep])
+        h = align(out.hidden_states[-1][keep].float())
         mse = (h - batch["t_hidden"][:, :n][keep].float()).pow(2).mean(-1)
         wf = w[:, None].expand_as(keep)[keep]
         terms["feat"] = (mse * wf).sum() / wf.sum().clamp_min(1e-8)

@@ -30,7 +30,15 @@ PER_DEVICE_BYTES = 30_000
 PER_SAMPLE_BYTES = 7_500
 ROUND_SAMPLE_BYTES = 200_000
 ROUND_DISK_BYTES = 4_000
-DOMAINS = 4
+BUILTIN_DOMAINS = 4  # every run evaluates the built-in domains (fl_sim.evaluation.eval_domains)
+
+
+def domains(cfg) -> int:
+    """Domains whose splits a run holds: the built-in ones plus the combinations its fleet may meet (a trace's
+    schedules are not read here: they name at most the domains a drawn schedule could)."""
+    f = cfg.fleet
+    named = set(f.schedule.domains) | {f.schedule.first} if f.schedule is not None else set(f.shift_domains)
+    return BUILTIN_DOMAINS + sum(1 for d in named if "+" in d)
 
 
 def workers(cfg) -> int:
@@ -45,13 +53,14 @@ def needs(cfg, n_devices: int) -> dict[str, dict[str, float]]:
     w = workers(cfg)
     sampled = min(n_devices, s.clients_per_round * s.over_commit)
     uploaded = sampled * f.samples_per_round * s.uts.budget
-    data = DOMAINS * (f.train_size * (w + 1) + cfg.eval.n_test) * PER_SAMPLE_BYTES
+    n_dom = domains(cfg)
+    data = n_dom * (f.train_size * (w + 1) + cfg.eval.n_test) * PER_SAMPLE_BYTES
     memory = {"driver and models": DRIVER_BYTES, "Ray workers (simulation.num_cpus)": w * WORKER_BYTES,
               "registered devices (fleet.num_devices)": n_devices * PER_DEVICE_BYTES,
               "datasets (fleet.train_size, eval.n_test)": data,
               "device rounds (fleet.samples_per_round)": min(w, sampled) * f.samples_per_round * ROUND_SAMPLE_BYTES,
               "uploads a round (fleet.samples_per_round, strategy.clients_per_round)": uploaded * ROUND_SAMPLE_BYTES}
-    disk = {"datasets (fleet.train_size, eval.n_test)": DOMAINS * (f.train_size + cfg.eval.n_test) * PER_SAMPLE_BYTES,
+    disk = {"datasets (fleet.train_size, eval.n_test)": n_dom * (f.train_size + cfg.eval.n_test) * PER_SAMPLE_BYTES,
             "results (rounds)": cfg.rounds * (ROUND_DISK_BYTES + 40 * sampled)}
     return {"memory": memory, "disk": disk}
 

@@ -36,6 +36,11 @@ def _progress(quiet: bool):
     if quiet:
         yield None
         return
+    if not sys.stdout.isatty():  # a log file: a line per model every 30 s (rich would draw nothing until the end)
+        from .progress_lines import LineProgress
+
+        yield LineProgress()
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as p:

@@ -240,12 +240,40 @@ class SimulationConfig(Section):
     warm_up: bool = Field(True, description=(
         "Ray workers import the device code and load every tier model and domain split while nodes are "
         "mapped, before round 1 (the cost is logged as the warm-up phase, not charged to round 1)"))
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description=(
+        "where the server runs teacher labelling, AKD, DWC and evaluation: auto (CUDA when available), cpu, "
+        "cuda or cuda:N (fl_sim.placement)"))
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description=(
+        "forward passes: auto = bf16 autocast on CUDA, fp32 on the CPU (bf16 is slower there and changes the "
+        "figures); fp32; bf16 (autocast wherever the models run)"))
+    num_gpus_per_client: float = Field(0.0, ge=0, description=(
+        "GPU share of each virtual client (Flower client resources; fractional: 0.25 = four clients per GPU). "
+        "With 0 the devices' models run on the CPU"))
     check_capacity: bool = Field(True, description=(
         "refuse a run whose estimated memory or disk (fl_sim.capacity) exceeds what this machine has; "
         "false on a cluster, where the workers' memory is elsewhere"))
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class DerivedTier(Section):
+    """A device tier made from a checkpoint (``fl_sim.models.provider``): its language model, projector and
+    output layer quantised to ``quantize`` (simulated low-bit weights, as the zoo's tiers), optionally with
+    its last ``drop_layers`` decoder layers removed."""
+    checkpoint: str = Field(min_length=1, description="a local Hugging Face checkpoint directory")
+    quantize: Literal["fp32", "bf16", "int8", "int4"] = Field("int8", description=(
+        "int8: per output channel; int4: in groups of group_size; symmetric"))
+    group_size: int = Field(32, ge=1)
+    drop_layers: int = Field(0, ge=0, description="decoder layers removed from the top of the language model")
+
+
+class ModelsConfig(Section):
+    """Where the run's models come from: local checkpoint directories in place of the zoo's presets."""
+    teacher: str | None = Field(None, min_length=1, description="the cloud teacher's checkpoint (default: the zoo's)")
+    tiers: dict[str, str | DerivedTier] = Field(default_factory=dict, description=(
+        "device tier name -> checkpoint directory, or a tier derived from one; given, these are the fleet's "
+        "tiers (shares: fleet.tiers) instead of the zoo's"))
 
 
 class ExperimentConfig(Section):
@@ -257,6 +285,7 @@ class ExperimentConfig(Section):
     zoo_seed: int = Field(0, ge=0, description="seed the model zoo was pretrained with (independent of the run seed)")
     cache_dir: str | None = None
     output_dir: str = "runs"
+    models: ModelsConfig = ModelsConfig()
     fleet: FleetConfig = FleetConfig()
     strategy: StrategyConfig = StrategyConfig()
     eval: EvalConfig = EvalConfig()
@@ -309,16 +338,28 @@ def parse_config(data: dict, overrides: dict | None = None) -> ExperimentConfig:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         raise FlSimError(f"invalid config: {explain_error(exc)}") from None
-    from .models.presets import get_zoo
-
-    zoo = get_zoo(cfg.zoo)
+    tiers = tier_names(cfg)
     for tier in cfg.fleet.tiers:
-        if tier not in zoo.tiers:
-            raise FlSimError(f"invalid config: fleet.tiers: unknown tier {tier!r}; allowed: {', '.join(zoo.tiers)}")
+        if tier not in tiers:
+            raise FlSimError(f"invalid config: fleet.tiers: unknown tier {tier!r}; allowed: {', '.join(tiers)}")
     return cfg
 
 
+def tier_names(cfg: ExperimentConfig) -> list[str]:
+    """The run's device tiers: ``models.tiers`` when given, else the zoo's."""
+    if cfg.models.tiers:
+        return list(cfg.models.tiers)
+    from .models.presets import get_zoo
+
+    return list(get_zoo(cfg.zoo).tiers)
+
+
 PATH_KEYS = ("fleet.trace", "fleet.replay")  # files an experiment refers to
+
+
+def _relative_to(folder: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return value if not value or p.is_absolute() else os.path.normpath(folder / p)
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
@@ -326,6 +367,19 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     (``PATH_KEYS``) are relative to the file's folder; paths given as ``overrides`` to the current one."""
     path = Path(path)
     data = read_toml(path)
+    here = path.parent.resolve()
+    models = data.get("models")
+    if isinstance(models, dict):  # checkpoint directories, relative to the file too
+        models = data["models"] = dict(models)
+        if isinstance(models.get("teacher"), str):
+            models["teacher"] = _relative_to(here, models["teacher"])
+        if isinstance(models.get("tiers"), dict):
+            tiers = models["tiers"] = dict(models["tiers"])
+            for name, v in tiers.items():
+                if isinstance(v, str):
+                    tiers[name] = _relative_to(here, v)
+                elif isinstance(v, dict) and isinstance(v.get("checkpoint"), str):
+                    tiers[name] = dict(v) | {"checkpoint": _relative_to(here, v["checkpoint"])}
     for dotted in PATH_KEYS:
         section, key = dotted.split(".")
         value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None

@@ -37,6 +37,8 @@ class DeviceEnvironment(BaseModel):
     corrupt_downlink_prob: float = Field(description="chance a CD-CCA downlink arrives damaged (fault injection)")
     store_dir: str | None = Field(description="DWC version store (fl_sim.version_store), for CD-CCA devices")
     threads: int = Field(description="torch threads per emulated device")
+    device: str = Field("cpu", description="where a worker runs its devices' models: cuda on a GPU share, else cpu")
+    precision: str = Field("auto", description="fl_sim.placement precision of the devices' forward passes")
 
     def adapters(self) -> tuple[int, bool, str]:
         """``runtime.adapted_model``'s adapter arguments."""
@@ -61,7 +63,8 @@ def device_environment(cfg, fleet_path: Path, num_devices: int, model_paths: dic
         train_size=f.train_size, num_devices=num_devices,
         partition=f.partition, partition_by=f.partition_by, dirichlet_alpha=f.dirichlet_alpha,
         crash_prob=f.crash_prob, corrupt_prob=f.corrupt_prob, corrupt_downlink_prob=f.corrupt_downlink_prob,
-        store_dir=str(Path(store_dir).resolve()) if store_dir else None, threads=cfg.simulation.threads_per_client)
+        store_dir=str(Path(store_dir).resolve()) if store_dir else None, threads=cfg.simulation.threads_per_client,
+        device="cuda" if cfg.simulation.num_gpus_per_client > 0 else "cpu", precision=cfg.simulation.precision)
 
 
 @lru_cache(maxsize=4)

@@ -14,11 +14,13 @@ def check_run(cfg) -> int:
     """Check the run ``cfg`` (an ``ExperimentConfig``) can start; returns its number of devices."""
     from strategies import check_name
 
-    from .models.presets import get_zoo
+    from .config import tier_names
+    from .models.provider import check_model_dirs
 
     check_name(cfg.strategy.name)
+    check_model_dirs(cfg.models)
     f, s = cfg.fleet, cfg.strategy
-    tiers = list(get_zoo(cfg.zoo).tiers)
+    tiers = tier_names(cfg)
     profiles = None
     if f.trace:
         from .fleet import load_trace

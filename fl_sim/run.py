@@ -32,14 +32,17 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
 
 
 def backend_config(cfg: ExperimentConfig) -> dict:
+    from .placement import gpu_count
+
     sim = cfg.simulation
     init = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
     if sim.ray_address:
         init["address"] = sim.ray_address
     else:
         init["num_cpus"] = sim.num_cpus or os.cpu_count() or 1
-        init["num_gpus"] = 0
-    return {"client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": 0.0}, "init_args": init}
+        init["num_gpus"] = gpu_count(sim)  # none unless virtual clients take GPU shares
+    return {"client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": float(sim.num_gpus_per_client)},
+            "init_args": init}
 
 
 def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=None, progress=None,
@@ -55,18 +58,33 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
         raise FlSimError(f"fleet.replay names this run's own directory {run_dir}; give the run another name "
                          "(--set name=...)")
     check_run(cfg)  # everything the run was given, before a model is loaded or Ray starts
+    from . import placement
+
+    placement.check(cfg.simulation)
+    placement.use(cfg.simulation.device, cfg.simulation.precision)  # the server's models and passes
     from strategies import get_strategy
     from strategies.base import RunContext
 
     from .callbacks.checkpointing import Checkpointing
     from .callbacks.hook import OnRound
     from .callbacks.results import ResultsLogger
+    from .config import tier_names
     from .device_env import device_environment
+    from .models.provider import check_loadable, resolve_models
+    from .models.provider import record as record_models
     from .models.zoo import pretrain_zoo
 
     strategy_cls = get_strategy(cfg.strategy.name)
-    zoo = pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, progress=progress)
-    tiers = list(zoo.tiers)
+    m = cfg.models
+    zoo_paths = None
+    if not (m.teacher and m.tiers):  # the zoo supplies what [models] does not name
+        zoo = pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, progress=progress,
+                           overrides={"teacher": m.teacher} if m.teacher else None,
+                           roles={"teacher"} if m.tiers else None)
+        zoo_paths = zoo.paths
+    model_paths = resolve_models(cfg, zoo_paths)
+    check_loadable(model_paths, cfg.cache_dir)
+    tiers = tier_names(cfg)
     fleet = make_fleet(cfg.fleet, tiers, cfg.seed)
     cfg = strategy_cls.effective_config(cfg)
     replay = None
@@ -78,7 +96,7 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     save_trace(fleet, run_dir / "fleet.json")
-    model_paths = {k: str(v) for k, v in zoo.paths.items()}
+    record_models(run_dir, model_paths)
     env = device_environment(cfg, run_dir / "fleet.json", len(fleet), {t: model_paths[t] for t in tiers},
                              strategy_cls.store_dir(run_dir))
     callbacks = [ResultsLogger(run_dir), Checkpointing(run_dir), *(callbacks or [])]

@@ -11,27 +11,42 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from . import placement
 from .models.adapters import AdapterConfig, adapter_state, add_adapters
 from .models.mllm import Prompter, load_mllm
 from .world.data import load_split, partition
 from .world.tokenizer import load_tokenizer
 
 
-@lru_cache(maxsize=8)
 def adapted_model(model_path: str, lora_r: int = 8, tokens: bool = False, projector: str = "full"):
     """``(model, initial_adapter_state)``: the base MLLM at ``model_path`` with LoRA adapters (and trainable
-    word embeddings with ``tokens``), one copy per process. The initial state (LoRA B = 0, projector = base,
-    token deltas = 0) makes the model equal to its base."""
+    word embeddings with ``tokens``), one copy per process and device (``fl_sim.placement``). The initial
+    state (LoRA B = 0, projector = base, token deltas = 0, on the CPU) makes the model equal to its base."""
+    return _adapted_model(model_path, lora_r, tokens, projector, str(placement.current()))
+
+
+@lru_cache(maxsize=8)
+def _adapted_model(model_path: str, lora_r: int, tokens: bool, projector: str, device: str):
     torch.manual_seed(0)  # the same initial LoRA A in every process
     model = add_adapters(load_mllm(model_path), AdapterConfig(r=lora_r, alpha=2 * lora_r, tokens=tokens,
                                                                 projector=projector))
     model.eval()
-    return model, adapter_state(model)
+    initial = adapter_state(model)
+    return model.to(device), initial
+
+
+def base_model(model_path: str):
+    """The base MLLM at ``model_path``, once per process and device."""
+    return _base_model(model_path, str(placement.current()))
 
 
 @lru_cache(maxsize=8)
-def base_model(model_path: str):
-    return load_mllm(model_path)
+def _base_model(model_path: str, device: str):
+    return load_mllm(model_path).to(device)
+
+
+for _public, _cached in ((adapted_model, _adapted_model), (base_model, _base_model)):
+    _public.cache_clear, _public.cache_info = _cached.cache_clear, _cached.cache_info
 
 
 @lru_cache(maxsize=4)

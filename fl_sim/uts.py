@@ -136,10 +136,10 @@ def stage1(stats: dict[str, np.ndarray], questions, method: str, budget: float, 
 def token_uncertainty_mc(projector, vis: torch.Tensor, passes: int, p: float,
                          generator: torch.Generator) -> torch.Tensor:
     """``(B, N)``: variance over ``passes`` dropout masks of ``projector(dropout(vis))``, mean over channels."""
-    outs = []
+    outs, device = [], next(projector.parameters()).device  # masks drawn on the CPU: the same on any device
     for _ in range(passes):
         keep = (torch.rand(vis.shape, generator=generator) >= p).to(vis.dtype) / (1 - p)
-        outs.append(projector(vis * keep))
+        outs.append(projector((vis * keep).to(device)).float().cpu())
     return torch.stack(outs).var(0, unbiased=False).mean(-1)
 
 

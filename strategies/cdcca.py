@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
-from fl_sim import akd, ceil_share, dwc, runtime, uts
+from fl_sim import akd, ceil_share, dwc, placement, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
 from fl_sim.models.mllm import MAX_POSITIONS, answer_with_stats, visual_tokens
@@ -173,6 +173,7 @@ class CDCCA(FleetStrategy):
         load_adapter_state(model, self.state[self._group("cloud", tier)])
         align = torch.nn.Linear(self._width(tier), self._width("teacher"))
         align.load_state_dict(self.state[self._group("align", tier)])
+        align.to(placement.model_device(model))
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 13, server_round, self.tiers.index(tier)]))
         bs = self.akd.batch_size
 
@@ -199,7 +200,7 @@ class CDCCA(FleetStrategy):
             log.warning("round %d: AKD diverged for %s (non-finite weights); update discarded", server_round, tier)
             return {}
         self.state[self._group("cloud", tier)] = new_state
-        self.state[self._group("align", tier)] = {k: v.detach().clone() for k, v in align.state_dict().items()}
+        self.state[self._group("align", tier)] = {k: v.detach().cpu().clone() for k, v in align.state_dict().items()}
         return out
 
     def _more_questions(self, teacher, pr, vis: torch.Tensor, questions: list[str], server_round: int) -> dict:
@@ -320,6 +321,7 @@ class CDCCA(FleetStrategy):
         n_passes += len(questions) if self.akd.extra_questions else 0  # the teacher's captions
         extra["cloud_s"] = n_passes * self.akd.cloud_ms_per_sample / 1000
         extra["cloud_wall_s"] = time.time() - t0
+        placement.release()
         return extra
 
 

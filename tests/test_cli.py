@@ -46,3 +46,25 @@ def test_negative_seeds_are_one_line_errors(cache_dir, tmp_path):
     assert r.returncode == 2
     want = "fl-sim: error: invalid config: seed: Input should be greater than or equal to 0"
     assert r.stderr.strip().splitlines() == [want]
+
+
+def test_pretraining_progress_is_lines_in_a_log(tmp_path):
+    """Out of a terminal, pretraining prints a line per model: its step, loss, elapsed time and time left."""
+    import io
+
+    from fl_sim.progress_lines import LineProgress
+
+    out = io.StringIO()
+    p = LineProgress(every_s=0.0, stream=out)
+    task = p.add_task("stage B tiny-high")
+    for step in range(1, 5):
+        p.update(task, completed=step, total=4, description=f"stage B tiny-high loss {1 / step:.3f}")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("stage B tiny-high loss 0.250: step 4/4, ")
+    assert "left" in lines[1] and "elapsed" in lines[0]
+    quiet = io.StringIO()
+    p = LineProgress(every_s=3600, stream=quiet)
+    task = p.add_task("teacher")
+    for step in range(1, 11):
+        p.update(task, completed=step, total=10)
+    assert len(quiet.getvalue().splitlines()) == 2  # the first step and the last

@@ -16,8 +16,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|dense|fc1|fc2)"
 PROJECTOR_TARGETS = r".*multi_modal_projector\.(linear_1|linear_2)"
+
+
+def language_model_targets(model) -> str:
+    """peft ``target_modules`` for every linear layer of ``model``'s language model (its decoder), found
+    from the model itself: any decoder family (Phi, Llama, Qwen2, ...), never the vision tower or the
+    output head."""
+    import re
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    prefix = next((n for n, m in model.named_modules() if m is decoder and n), None)
+    if prefix is None:
+        raise ValueError(f"{type(model).__name__} has no language model (get_decoder) to put LoRA adapters on")
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)})
+    if not leaves:
+        raise ValueError(f"the language model of {type(model).__name__} has no linear layers for LoRA")
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, leaves))})"
 
 
 @dataclass(frozen=True)
@@ -25,7 +40,7 @@ class AdapterConfig:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    target_modules: str = LM_TARGETS
+    target_modules: str | None = None  # None: every linear layer of the language model (language_model_targets)
     modules_to_save: tuple[str, ...] = field(default=("multi_modal_projector",))
     tokens: bool = False  # train the embeddings of every non-special word (peft trainable_token_indices)
     projector: str = "full"  # "full": the projector trains in full (modules_to_save); "lora": LoRA on it
@@ -39,7 +54,7 @@ def add_adapters(model, cfg: AdapterConfig = AdapterConfig()):
     from ..world.tokenizer import SPECIALS
 
     extra = {}
-    targets, save = cfg.target_modules, list(cfg.modules_to_save)
+    targets, save = cfg.target_modules or language_model_targets(model), list(cfg.modules_to_save)
     if cfg.projector == "lora":
         targets, save = f"({targets})|({PROJECTOR_TARGETS})", [m for m in save if m != "multi_modal_projector"]
     elif cfg.projector != "full":

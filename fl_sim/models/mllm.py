@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, PhiConfig, SiglipVisionConfig, SiglipVisionModel
 
-from .. import FlSimError
+from .. import FlSimError, placement
 from ..world.scenes import GRID
 from ..world.tokenizer import BOS, EOS, IMAGE, PAD, SEP
 from .presets import FrontendPreset, ModelPreset
@@ -133,10 +133,12 @@ def answer(model, prompter: Prompter, images, questions, max_new_tokens: int = 6
     for idx in by_len.values():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s:s + batch_size]
-            ids = torch.tensor([prompts[i] for i in chunk])
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 pixel_values=prompter.pixels(images[chunk]), max_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=prompter.eos, pad_token_id=prompter.pad)
+            ids, pixels = placement.to_model(model, torch.tensor([prompts[i] for i in chunk]),
+                                             prompter.pixels(images[chunk]))
+            with placement.autocast():
+                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                                     max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompter.eos,
+                                     pad_token_id=prompter.pad)
             for i, row in zip(chunk, gen[:, ids.shape[1]:]):
                 out[i] = prompter.decode(row)
     return out
@@ -150,9 +152,12 @@ def llava_of(model):
 
 @torch.no_grad()
 def visual_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``(B, N, D_vision)`` features of the shared frozen front-end: what the projector consumes."""
+    """``(B, N, D_vision)`` fp32 features of the shared frozen front-end (on the CPU): what the projector
+    consumes."""
     tower = llava_of(model).model.vision_tower
-    return tower(pixel_values, output_hidden_states=True).hidden_states[-1]
+    with placement.autocast():
+        out = tower(placement.to_model(tower, pixel_values), output_hidden_states=True).hidden_states[-1]
+    return out.float().cpu()
 
 
 def embed_with_tokens(model, input_ids: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
@@ -162,8 +167,9 @@ def embed_with_tokens(model, input_ids: torch.Tensor, vis: torch.Tensor) -> torc
     but lets the cloud run a model on uploaded (possibly partial) visual tokens instead of images.
     """
     llava = llava_of(model)
+    input_ids, vis = placement.to_model(llava, input_ids, vis)
     emb = llava.get_input_embeddings()(input_ids)
-    feats = llava.model.multi_modal_projector(vis.to(emb.dtype))
+    feats = llava.model.multi_modal_projector(vis.to(emb.dtype)).to(emb.dtype)  # bf16 under autocast
     mask = (input_ids == llava.config.image_token_index).unsqueeze(-1).expand_as(emb)
     return emb.masked_scatter(mask, feats)
 
@@ -189,13 +195,14 @@ def answer_with_stats(model, prompter: Prompter, vis: torch.Tensor, questions, m
     for idx in by_len.values():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s:s + batch_size]
-            ids = torch.tensor([prompts[i] for i in chunk])
-            emb = embed_with_tokens(model, ids, vis[chunk])
-            gen = model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompter.eos,
-                                 pad_token_id=prompter.pad, output_logits=True, return_dict_in_generate=True)
-            probs = torch.stack(gen.logits, 1).float().softmax(-1)  # (b, steps, V)
-            seq = gen.sequences[:, -probs.shape[1]:]
+            ids = placement.to_model(model, torch.tensor([prompts[i] for i in chunk]))
+            with placement.autocast():
+                emb = embed_with_tokens(model, ids, vis[chunk])
+                gen = model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompter.eos,
+                                     pad_token_id=prompter.pad, output_logits=True, return_dict_in_generate=True)
+            probs = torch.stack(gen.logits, 1).float().softmax(-1).cpu()  # (b, steps, V)
+            seq = gen.sequences[:, -probs.shape[1]:].cpu()
             top2 = probs.topk(2, dim=-1).values
             ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
             for j, i in enumerate(chunk):

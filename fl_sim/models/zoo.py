@@ -164,14 +164,16 @@ def _build_parallel(jobs: list, workers: int, zoo_name: str, fe_dir: Path, cell_
 
 
 def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_dir: str | None = None,
-                 overrides: dict[str, str] | None = None, progress=None, workers: int = 1) -> Zoo:
+                 overrides: dict[str, str] | None = None, progress=None, workers: int = 1,
+                 roles: set[str] | None = None) -> Zoo:
     """Pretrain (or load from cache) the models of zoo preset ``name``.
 
     ``overrides`` maps a role ("teacher" or a tier name) to a local Hugging Face checkpoint directory
     that replaces the preset (it must use the shared tokenizer's vocabulary). Models missing from the
     cache train in ``workers`` spawned processes when ``workers > 1`` (1 = in this process; the CLI
     uses ``fl_sim.cli.default_workers()``); the models are the same either way. A script calling this with
-    ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard of spawned processes.
+    ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard of spawned processes. ``roles``
+    (default: all) limits the zoo to those roles (the others are neither trained nor loaded).
     """
     zoo = get_zoo(name)
     if workers < 1:
@@ -200,15 +202,15 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     def key(role, preset):
         return stable_hash(base | {"frontend": fe_key, "preset": preset.key(), "role": role})
 
-    folders = {role: root / f"{role}-{key(role, preset)}"
-               for role, preset in [("teacher", zoo.teacher), *zoo.tiers.items()] if role not in overrides}
+    wanted = [(r, p) for r, p in [("teacher", zoo.teacher), *zoo.tiers.items()] if roles is None or r in roles]
+    folders = {role: root / f"{role}-{key(role, preset)}" for role, preset in wanted if role not in overrides}
     presets = {"teacher": zoo.teacher, **zoo.tiers}
     missing = [(r, presets[r], f) for r, f in folders.items() if workers > 1 and verify(f) is not None]
     if len(missing) > 1:
         _build_parallel(missing, workers, name, fe_dir, cell_px, seed, cache_dir, progress)
 
     models, meta, paths = {}, {"frontend": read_meta(fe_dir)}, {"frontend": fe_dir}
-    for role, preset in [("teacher", zoo.teacher), *zoo.tiers.items()]:
+    for role, preset in wanted:
         if role in overrides:
             path = Path(overrides[role]).expanduser()
             models[role] = load_mllm(path, tokenizer)
