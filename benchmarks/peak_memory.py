@@ -14,13 +14,12 @@ def gpu_used() -> int:
     import sys
 
     torch = sys.modules.get("torch")  # never imports torch itself (nor initialises CUDA early)
-    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+    try:
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return 0
+        return sum(total - free for free, total in map(torch.cuda.mem_get_info, range(torch.cuda.device_count())))
+    except AttributeError:  # torch is being imported by the main thread right now
         return 0
-    used = 0
-    for i in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(i)
-        used += total - free
-    return used
 
 
 def rss_tree() -> int:

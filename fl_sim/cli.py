@@ -71,10 +71,25 @@ def start_libraries() -> None:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 
+def _user_domains(args) -> None:
+    """``--domains FILE``: register that experiment's ``[domains]`` and convert (and check) their data."""
+    if not args.domains:
+        return
+    from .config import load_config
+    from .world.user_data import build_all, register
+
+    cfg = load_config(args.domains)
+    if not cfg.domains:
+        raise FlSimError(f"--domains {args.domains}: the file declares no [domains.NAME]")
+    register(cfg.domains, args.cache_dir)
+    build_all()
+
+
 def cmd_pretrain(args) -> int:
     from .preflight import check_models
 
     check_models(args.zoo, _overrides(args.model))
+    _user_domains(args)
     start_libraries()
     from .models.zoo import pretrain_zoo, zoo_summary
 
@@ -95,6 +110,7 @@ def cmd_evaluate(args) -> int:
     from .preflight import check_models
 
     check_models(args.zoo, _overrides(args.model))
+    _user_domains(args)
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise FlSimError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist")
     start_libraries()
@@ -187,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache-dir", default=None, help="cache root (default $FL_SIM_CACHE or ~/.cache/fl-sim)")
         p.add_argument("--model", action="append", metavar="ROLE=PATH",
                        help="replace a preset model (teacher or a tier) by a local Hugging Face checkpoint")
+        p.add_argument("--domains", metavar="TOML", default=None,
+                       help="an experiment file whose [domains] (datasets on disk) the teacher also learns")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--workers", type=_count(1), default=default_workers(),
                        help="processes that train missing models side by side (default %(default)s; "

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from . import FlSimError
 from .world.domains import DOMAINS, SHIFTED, domain_error
@@ -146,7 +146,7 @@ class ScheduleConfig(Section):
     return_to_first: bool = Field(True, description="the last stage returns to `first` (a domain seen before)")
 
     @model_validator(mode="after")
-    def _sane(self):
+    def _sane(self, info: ValidationInfo):
         for key in ("stages", "stage_rounds", "ramp_rounds"):
             lo, hi = getattr(self, key)
             if lo > hi or lo < (0 if key == "ramp_rounds" else 1):
@@ -156,7 +156,7 @@ class ScheduleConfig(Section):
             raise ValueError(f"ramp_rounds max ({self.ramp_rounds[1]}) must be below stage_rounds min "
                              f"({self.stage_rounds[0]}): a transition ends within its stage")
         for d in [self.first, *self.domains]:
-            if (why := domain_error(d)) is not None:
+            if (why := domain_error(d, declared(info))) is not None:
                 raise ValueError(why)
         if any(w < 0 for w in self.domains.values()) or sum(self.domains.values()) <= 0:
             raise ValueError(f"domains weights must be >= 0 with a positive sum, got {self.domains}")
@@ -190,12 +190,12 @@ class FleetConfig(Section):
         "the devices that run sampled and kept, whatever their simulated times (a paired comparison)"))
 
     @model_validator(mode="after")
-    def _domains(self):
+    def _domains(self, info: ValidationInfo):
         for key, shares in (("tiers", self.tiers), ("shift_domains", self.shift_domains)):
             if any(v < 0 for v in shares.values()) or (shares and sum(shares.values()) <= 0):
                 raise ValueError(f"{key} shares must be >= 0 with a positive sum, got {shares}")
         for d in self.shift_domains:
-            if (why := domain_error(d)) is not None:
+            if (why := domain_error(d, declared(info))) is not None:
                 raise ValueError(f"shift_domains: {why}")
         if self.shift_round[0] > self.shift_round[1] or self.shift_round[0] < 1:
             raise ValueError(f"shift_round must be [first, last] with 1 <= first <= last, got {self.shift_round}")
@@ -257,6 +257,26 @@ class SimulationConfig(Section):
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
+def declared(info: ValidationInfo) -> tuple[str, ...]:
+    """The user domains (``[domains.NAME]``) of the config being validated (``ExperimentConfig.of``)."""
+    return tuple((info.context or {}).get("domains", ()))
+
+
+class UserDomainConfig(Section):
+    """``[domains.NAME]``: a dataset on disk as a domain (``fl_sim.world.user_data``)."""
+    path: str = Field(min_length=1, description=(
+        "a folder written by datasets' save_to_disk (Dataset or DatasetDict), or an image folder with "
+        "metadata.jsonl / metadata.csv (file_name plus the columns below)"))
+    image: str = Field("image", min_length=1, description="image column")
+    question: str = Field("question", min_length=1, description="question column")
+    answer: str = Field("answer", min_length=1, description="answer column")
+    question_type: str | None = Field(None, min_length=1, description="optional column: per-type accuracy")
+    test_split: str = Field("test", min_length=1, description="the split to test on, when the dataset has it")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description=(
+        "without a test split: the share of images held out for testing (all questions of an image on one "
+        "side; seeded by the domain's name only, so every run tests on the same images)"))
+
+
 class DerivedTier(Section):
     """A device tier made from a checkpoint (``fl_sim.models.provider``): its language model, projector and
     output layer quantised to ``quantize`` (simulated low-bit weights, as the zoo's tiers), optionally with
@@ -285,16 +305,28 @@ class ExperimentConfig(Section):
     zoo_seed: int = Field(0, ge=0, description="seed the model zoo was pretrained with (independent of the run seed)")
     cache_dir: str | None = None
     output_dir: str = "runs"
+    domains: dict[str, UserDomainConfig] = Field(default_factory=dict, description=(
+        "domains backed by datasets on disk, by name (usable wherever a built-in domain is)"))
     models: ModelsConfig = ModelsConfig()
     fleet: FleetConfig = FleetConfig()
     strategy: StrategyConfig = StrategyConfig()
     eval: EvalConfig = EvalConfig()
     simulation: SimulationConfig = SimulationConfig()
 
+    @classmethod
+    def of(cls, data: dict) -> ExperimentConfig:
+        """Validate ``data``, with its own ``[domains]`` as known domain names."""
+        names = list(data.get("domains") or {}) if isinstance(data.get("domains"), dict) else []
+        return cls.model_validate(data, context={"domains": names})
+
     @model_validator(mode="after")
     def _consistent(self):
         import re
 
+        for d in self.domains:
+            if d in DOMAINS or "+" in d:
+                raise ValueError(f"domains.{d}: the name is taken by a built-in domain or looks like a combination "
+                                 "(A+B); give the dataset another name")
         if not re.match(NAME_PATTERN, self.name) or ".." in self.name:
             raise ValueError(f"name {self.name!r} must be a plain name (letters, digits, '.', '_', '-'; at most 100), "
                              "not a path: it names the run's folder under output_dir")
@@ -335,7 +367,7 @@ def parse_config(data: dict, overrides: dict | None = None) -> ExperimentConfig:
                 raise FlSimError(f"cannot set {dotted!r}: {p!r} is not a section")
         node[leaf] = value
     try:
-        cfg = ExperimentConfig.model_validate(data)
+        cfg = ExperimentConfig.of(data)
     except ValidationError as exc:
         raise FlSimError(f"invalid config: {explain_error(exc)}") from None
     tiers = tier_names(cfg)
@@ -368,6 +400,10 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     path = Path(path)
     data = read_toml(path)
     here = path.parent.resolve()
+    if isinstance(data.get("domains"), dict):  # datasets on disk, relative to the file too
+        data["domains"] = {name: (dict(v) | {"path": _relative_to(here, v["path"])}
+                                  if isinstance(v, dict) and isinstance(v.get("path"), str) else v)
+                           for name, v in data["domains"].items()}
     models = data.get("models")
     if isinstance(models, dict):  # checkpoint directories, relative to the file too
         models = data["models"] = dict(models)

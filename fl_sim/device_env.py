@@ -39,6 +39,7 @@ class DeviceEnvironment(BaseModel):
     threads: int = Field(description="torch threads per emulated device")
     device: str = Field("cpu", description="where a worker runs its devices' models: cuda on a GPU share, else cpu")
     precision: str = Field("auto", description="fl_sim.placement precision of the devices' forward passes")
+    domains: dict = Field(default_factory=dict, description="the run's domains backed by datasets on disk")
 
     def adapters(self) -> tuple[int, bool, str]:
         """``runtime.adapted_model``'s adapter arguments."""
@@ -64,12 +65,17 @@ def device_environment(cfg, fleet_path: Path, num_devices: int, model_paths: dic
         partition=f.partition, partition_by=f.partition_by, dirichlet_alpha=f.dirichlet_alpha,
         crash_prob=f.crash_prob, corrupt_prob=f.corrupt_prob, corrupt_downlink_prob=f.corrupt_downlink_prob,
         store_dir=str(Path(store_dir).resolve()) if store_dir else None, threads=cfg.simulation.threads_per_client,
-        device="cuda" if cfg.simulation.num_gpus_per_client > 0 else "cpu", precision=cfg.simulation.precision)
+        device="cuda" if cfg.simulation.num_gpus_per_client > 0 else "cpu", precision=cfg.simulation.precision,
+        domains={k: v.model_dump(mode="json") for k, v in cfg.domains.items()})
 
 
 @lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int) -> DeviceEnvironment:
-    return DeviceEnvironment.model_validate_json(Path(path).read_text())
+    from .world.user_data import register
+
+    env = DeviceEnvironment.model_validate_json(Path(path).read_text())
+    register(env.domains, env.cache_dir)  # this worker's user domains
+    return env
 
 
 def load_device_env(path: str) -> DeviceEnvironment:

@@ -16,8 +16,10 @@ def check_run(cfg) -> int:
 
     from .config import tier_names
     from .models.provider import check_model_dirs
+    from .world.user_data import register
 
     check_name(cfg.strategy.name)
+    register(cfg.domains, cfg.cache_dir)  # names only: the data is read (and checked) before pretraining
     check_model_dirs(cfg.models)
     f, s = cfg.fleet, cfg.strategy
     tiers = tier_names(cfg)

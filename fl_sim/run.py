@@ -62,6 +62,9 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
 
     placement.check(cfg.simulation)
     placement.use(cfg.simulation.device, cfg.simulation.precision)  # the server's models and passes
+    from .world.user_data import build_all
+
+    build_all()  # the user domains' data, read and checked before any model trains
     from strategies import get_strategy
     from strategies.base import RunContext
 
@@ -233,7 +236,7 @@ def check_same_setup(run_dir: Path, cfg: ExperimentConfig, hint: str) -> None:
     except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
         raise FlSimError(f"{run_dir} has an unreadable config.toml ({exc}); {hint}") from None
     try:
-        have = ExperimentConfig.model_validate(have).model_dump(mode="json", exclude_none=True)
+        have = ExperimentConfig.of(have).model_dump(mode="json", exclude_none=True)
     except ValidationError:
         pass  # an option it has no longer exists: it differs
     have = what(have)

@@ -45,12 +45,15 @@ def _base_model(model_path: str, device: str):
     return load_mllm(model_path).to(device)
 
 
-for _public, _cached in ((adapted_model, _adapted_model), (base_model, _base_model)):
-    _public.cache_clear, _public.cache_info = _cached.cache_clear, _cached.cache_info
+def prompter(cache_dir: str | None) -> Prompter:
+    """The shared tokenizer's prompter (its vocabulary covers this process's user domains)."""
+    from .world.domains import USER_DOMAINS
+
+    return _prompter(cache_dir, tuple((n, s.model_dump_json()) for n, s in sorted(USER_DOMAINS.items())))
 
 
 @lru_cache(maxsize=4)
-def prompter(cache_dir: str | None) -> Prompter:
+def _prompter(cache_dir: str | None, user_domains: tuple) -> Prompter:
     return Prompter(load_tokenizer(cache_dir))
 
 
@@ -108,3 +111,7 @@ def reference_token(model_path: str, cache_dir: str | None) -> torch.Tensor:
     with torch.no_grad():
         vis = visual_tokens(base_model(model_path), prompter(cache_dir).pixels(np.asarray(ds["image"])))
     return vis.mean((0, 1))
+
+
+for _public, _cached in ((adapted_model, _adapted_model), (base_model, _base_model), (prompter, _prompter)):
+    _public.cache_clear, _public.cache_info = _cached.cache_clear, _cached.cache_info

@@ -20,8 +20,10 @@ import torch
 from .. import FlSimError
 from ..cache import cache_root, get_or_build, read_meta, stable_hash, verify
 from ..world.data import GENERATOR_VERSION
-from ..world.domains import COMBINED, DOMAINS, compositional_cells
+from ..world.domains import COMBINED, DOMAINS, USER_DOMAINS, compositional_cells
 from ..world.tokenizer import load_tokenizer
+from ..world.user_data import build as build_user
+from ..world.user_data import cache_dir as user_cache_dir
 from .mllm import Prompter, build_frontend, build_mllm, count_params, load_mllm
 from .presets import ModelPreset, ZooPreset, get_zoo
 from .quantize import quantize_linears
@@ -74,6 +76,10 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
     domains = (compositional_cells() if preset.compositional else list(DOMAINS)) if preset.role == "teacher" \
         else ["source"]
     weights = [preset.domain_weights.get(d, 1.0) for d in domains] if preset.domain_weights else None
+    if preset.role == "teacher" and USER_DOMAINS:  # the teacher learns every user domain, each as much as a
+        w = weights or [1.0] * len(domains)        # built-in domain (a quarter of the built-in world's share)
+        weights = w + [sum(w) / len(DOMAINS)] * len(USER_DOMAINS)
+        domains = domains + list(USER_DOMAINS)
     metrics = train_answers(model, Prompter(tokenizer), domains, preset.steps, preset.batch_size, preset.lr,
                             seed, cell_px, report or _progress_factory(progress, f"stage B {role_name}"),
                             weights=weights)
@@ -111,8 +117,11 @@ def _init_worker(threads: int) -> None:
 
 
 def _build_chain(chain: list, zoo_name: str, fe_dir: str, cell_px: int, seed: int, cache_dir: str | None,
-                 queue) -> None:
+                 queue, user_domains: dict, user_cache: str | None) -> None:
     """Worker process: train and cache each ``(role, preset, folder)`` of ``chain`` in turn."""
+    from ..world.user_data import register
+
+    register(user_domains, user_cache)  # the parent's domains on disk: the same vocabulary and data
     zoo, tokenizer = get_zoo(zoo_name), load_tokenizer(cache_dir)
     for role, preset, folder in chain:
         def report(step, total, loss, r=role):
@@ -152,7 +161,9 @@ def _build_parallel(jobs: list, workers: int, zoo_name: str, fe_dir: Path, cell_
                 with ProcessPoolExecutor(len(chains), mp_context=ctx, initializer=_init_worker,
                                          initargs=(torch.get_num_threads(),)) as ex:
                     futures = [ex.submit(_build_chain, [(r, p, str(f)) for r, p, f in chain], zoo_name,
-                                         str(fe_dir), cell_px, seed, cache_dir, queue) for chain in chains]
+                                         str(fe_dir), cell_px, seed, cache_dir, queue,
+                                         {k: v.model_dump() for k, v in USER_DOMAINS.items()}, user_cache_dir())
+                               for chain in chains]
                     for f in futures:
                         f.result()
             finally:
@@ -186,6 +197,9 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     tokenizer = load_tokenizer(cache_dir)
     base = {"v": RECIPE_VERSION, "data": GENERATOR_VERSION, "cell_px": cell_px, "seed": seed,
             "vocab": tokenizer.get_vocab()}
+    if USER_DOMAINS:  # the datasets on disk the teacher trains on, by content
+        base["user_domains"] = {n: build_user(n, spec, cell_px, user_cache_dir()).name
+                                for n, spec in USER_DOMAINS.items()}
 
     fe_key = stable_hash(base | {"frontend": zoo.frontend.key()})
     fe_dir = root / f"frontend-{fe_key}"

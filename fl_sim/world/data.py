@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import FlSimError
 from ..cache import cache_root, get_or_build, stable_hash
-from .domains import DOMAINS, FAMILIES, Domain, get_domain, make_sample
+from .domains import DOMAINS, FAMILIES, USER_DOMAINS, Domain, get_domain, make_sample
 
 SPLITS = {"train": 0, "test": 1}
 GENERATOR_VERSION = 1
@@ -25,11 +25,26 @@ def domain_key(name: str) -> int:
 
 
 def sample_stream(domain: str | Domain, split: str, seed: int, cell_px: int, families=None):
-    """Endless deterministic generator of samples (used for pretraining's fresh batches)."""
+    """Endless deterministic generator of samples (used for pretraining's fresh batches); for a domain
+    backed by a dataset on disk, its rows drawn at random (with replacement)."""
+    if isinstance(domain, str) and domain in USER_DOMAINS:
+        yield from _user_stream(domain, split, seed, cell_px)
+        return
     dom = domain if isinstance(domain, Domain) else get_domain(domain)
     rng = np.random.default_rng([seed, domain_key(dom.name), SPLITS[split], 7])
     while True:
         yield make_sample(dom, rng, split, cell_px, families)
+
+
+def _user_stream(domain: str, split: str, seed: int, cell_px: int):
+    from .user_data import load
+
+    ds = load(domain, split, 10**12, seed, cell_px, None)
+    cols = {k: ds[k] for k in ("image", "question", "answer", "family")}
+    rng = np.random.default_rng([seed, domain_key(domain), SPLITS[split], 7])
+    while True:
+        i = int(rng.integers(len(ds)))
+        yield {k: v[i] for k, v in cols.items()} | {"domain": domain, "caption": ""}
 
 
 def generate(domain: str, split: str, n: int, seed: int, cell_px: int, families=None) -> list[dict]:
@@ -58,9 +73,14 @@ def _features(cell_px: int):
 
 
 def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None):
-    """The cached ``datasets.Dataset`` of ``n`` samples of ``domain``/``split`` (numpy format)."""
+    """The cached ``datasets.Dataset`` of ``n`` samples of ``domain``/``split`` (numpy format); for a domain
+    backed by a dataset on disk, ``n`` of its rows (all when it has fewer: ``fl_sim.world.user_data``)."""
     from datasets import Dataset, load_from_disk
 
+    if domain in USER_DOMAINS:
+        from .user_data import load
+
+        return load(domain, split, n, seed, cell_px, cache_dir)
     get_domain(domain)
     key = stable_hash({"v": GENERATOR_VERSION, "domain": domain, "split": split, "n": n, "seed": seed,
                        "cell_px": cell_px, "families": FAMILIES})

@@ -87,8 +87,16 @@ def get_domain(name: str) -> Domain:
                      f"(e.g. {COMBINED[0]})")
 
 
-def domain_error(name: str) -> str | None:
-    """Why ``name`` is not a domain (one line), or ``None`` when it is one."""
+# Domains backed by a dataset on disk (``fl_sim.world.user_data``): name -> its spec (a ``UserDomain``),
+# registered by the process that runs them.
+USER_DOMAINS: dict = {}
+
+
+def domain_error(name: str, declared=()) -> str | None:
+    """Why ``name`` is not a domain (one line), or ``None`` when it is one: built in, a combination,
+    registered from a dataset on disk, or among ``declared`` (the user domains of a config being read)."""
+    if name in USER_DOMAINS or name in declared:
+        return None
     try:
         get_domain(name)
     except FlSimError as e:

@@ -13,7 +13,7 @@ PAD, BOS, EOS, IMAGE, SEP, UNK = "<pad>", "<bos>", "<eos>", "<image>", "<sep>", 
 SPECIALS = [PAD, BOS, EOS, IMAGE, SEP, UNK]
 
 
-def _train(folder: Path, n_corpus: int, seed: int) -> dict:
+def _train(folder: Path, n_corpus: int, seed: int, extra: list[str]) -> dict:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -24,6 +24,8 @@ def _train(folder: Path, n_corpus: int, seed: int) -> dict:
             s = make_sample(dom, rng, "train", cell_px=4, families=FAMILIES)
             corpus += [s["question"], s["answer"], s["caption"]]
     corpus.append(" ".join(corpus_words()))  # the closed vocabulary, so rare words are never <unk>
+    if extra:
+        corpus.append(" ".join(extra))  # every word of the user domains' questions and answers
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=SPECIALS, min_frequency=1))
@@ -34,9 +36,16 @@ def _train(folder: Path, n_corpus: int, seed: int) -> dict:
 
 
 def load_tokenizer(cache_dir: str | None = None, n_corpus: int = 300, seed: int = 0):
-    """Train (once, cached) and load the shared word-level tokenizer."""
+    """Train (once, cached) and load the shared word-level tokenizer: the built-in world's words plus every
+    word of the process's user domains (``fl_sim.world.user_data``), so a user's word is never ``<unk>``.
+    With user domains, its cache key (and so every zoo model's) covers their words."""
     from transformers import PreTrainedTokenizerFast
 
-    key = stable_hash({"n_corpus": n_corpus, "seed": seed, "vocab": corpus_words(), "specials": SPECIALS})
-    folder = get_or_build(cache_root(cache_dir) / "tokenizer" / key, lambda d: _train(d, n_corpus, seed), "tokenizer")
+    from .user_data import registered_words
+
+    extra = registered_words()
+    spec = {"n_corpus": n_corpus, "seed": seed, "vocab": corpus_words(), "specials": SPECIALS}
+    key = stable_hash(spec | ({"user_words": extra} if extra else {}))
+    folder = get_or_build(cache_root(cache_dir) / "tokenizer" / key, lambda d: _train(d, n_corpus, seed, extra),
+                          "tokenizer")
     return PreTrainedTokenizerFast.from_pretrained(folder)
