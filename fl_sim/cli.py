@@ -82,6 +82,7 @@ def _user_domains(args) -> None:
     if not cfg.domains:
         raise FlSimError(f"--domains {args.domains}: the file declares no [domains.NAME]")
     register(cfg.domains, args.cache_dir)
+    quiet_libraries()
     build_all()
 
 
