@@ -103,7 +103,8 @@ class DeviceRound:
         return runtime.adapted_model(self.model_path, *self.env.adapters())
 
     def prompter(self):
-        return runtime.prompter(self.env.cache_dir)
+        """How the tier's model reads questions and images (its own processor, or the shared tokenizer)."""
+        return runtime.prompter_for(self.model_path, self.env.cache_dir)
 
     def samples(self, n: int | None = None) -> dict:
         """The ``n`` (default ``samples_per_round``) samples this device sees this round: from its current

@@ -23,11 +23,14 @@ import torch.nn.functional as F
 from . import FlSimError, placement
 from .config import AKDConfig
 from .models.adapters import adapter_parameters
-from .models.mllm import MAX_POSITIONS, Prompter, answer_with_stats, embed_with_tokens
+from .models.mllm import Prompter, answer_with_stats, embed_with_tokens
 from .models.train import per_sample_loss
 from .world.domains import questions_from_captions
 
 TARGET_KEYS = ("vis", "input_ids", "attention_mask", "labels", "t_logits", "t_hidden", "t_conf", "distil")
+# A student that reads text differently from the teacher (its own tokenizer or visual token count) has no
+# position-by-position match with it: no logit KL, and features are distilled pooled over the sequence.
+POOLED_KEYS = ("vis", "input_ids", "attention_mask", "labels", "t_pooled", "t_conf", "distil")
 
 
 def _pad(t: torch.Tensor, length: int, value) -> torch.Tensor:
@@ -35,8 +38,8 @@ def _pad(t: torch.Tensor, length: int, value) -> torch.Tensor:
 
 
 def _padded_batch(prompter: Prompter, questions, answers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``input_ids, attention_mask, labels`` padded to ``MAX_POSITIONS`` (so batches of any round stack)."""
-    b, L = prompter.train_batch(questions, answers), MAX_POSITIONS
+    """``input_ids, attention_mask, labels`` padded to ``prompter.max_len`` (so batches of any round stack)."""
+    b, L = prompter.train_batch(questions, answers), prompter.max_len
     if b["input_ids"].shape[1] > L:  # F.pad would crop silently, cutting labels and image positions
         raise FlSimError(f"a question and answer take {b['input_ids'].shape[1]} positions, more than {L}")
     return _pad(b["input_ids"], L, prompter.pad), _pad(b["attention_mask"], L, 0), _pad(b["labels"], L, -100)
@@ -47,12 +50,12 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
                     max_new_tokens: int = 28, batch_size: int = 128) -> dict[str, torch.Tensor]:
     """Pseudo-labels, logits, hidden states and answer confidence of the teacher for ``(vis, questions)``.
 
-    Sequences are padded to ``MAX_POSITIONS`` so targets of different rounds stack into one buffer;
+    Sequences are padded to ``prompter.max_len`` so targets of different rounds stack into one buffer;
     logits and hidden states are stored in fp16.
     """
     pseudo, stats = answer_with_stats(teacher, prompter, vis, questions, max_new_tokens)
     ids, mask, labels = _padded_batch(prompter, questions, pseudo)
-    L = MAX_POSITIONS
+    L = prompter.max_len
     logits, hidden = [], []
     teacher.eval()
     for s in range(0, len(questions), batch_size):
@@ -81,15 +84,42 @@ def question_targets(teacher, prompter: Prompter, vis: torch.Tensor, captions: l
     return teacher_targets(teacher, prompter, vis[[i for i, _ in asked]], [q for _, q in asked], max_new_tokens)
 
 
+def pseudo_labels(targets: dict[str, torch.Tensor], prompter: Prompter) -> list[str]:
+    """The teacher's answers (text) inside ``targets``, read back from their labels."""
+    return [prompter.decode(row[row != -100]) for row in targets["labels"]]
+
+
+def pooled_hidden(targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(n, D_teacher)`` fp16: the teacher's last hidden states averaged over each sequence's positions."""
+    m = targets["attention_mask"].unsqueeze(-1).float()
+    return ((targets["t_hidden"].float() * m).sum(1) / m.sum(1).clamp_min(1)).half()
+
+
+def student_targets(prompter: Prompter, vis: torch.Tensor, questions: list[str], teacher: dict[str, torch.Tensor],
+                    answers: list[str]) -> dict[str, torch.Tensor]:
+    """The teacher's targets ``teacher`` (one row per question) for a student that reads text with its own
+    ``prompter`` and sees the images as ``vis`` (its own tower's tokens): CE on the pseudo-labels
+    ``answers`` in its own token ids, feature distillation on the pooled teacher features (``POOLED_KEYS``)."""
+    ids, mask, labels = _padded_batch(prompter, questions, answers)
+    return {"vis": vis.float(), "input_ids": ids, "attention_mask": mask, "labels": labels,
+            "t_pooled": pooled_hidden(teacher), "t_conf": teacher["t_conf"].clone(),
+            "distil": teacher["distil"].clone()}
+
+
 def anchor_targets(prompter: Prompter, vis: torch.Tensor, questions: list[str], answers: list[str],
-                   vocab: int, teacher_width: int) -> dict[str, torch.Tensor]:
+                   vocab: int, teacher_width: int, pooled: bool = False) -> dict[str, torch.Tensor]:
     """Targets for the cloud's own labelled source data (true answers, CE only: ``distil`` = 0).
 
     The cloud pretrained the device models on this data; mixing it into AKD batches (``AKDConfig.anchor``)
     keeps the source domain from being overwritten by teacher labels where the teacher is no better.
+    ``pooled``: in the keys of a student that reads text its own way (``POOLED_KEYS``).
     """
     ids, mask, labels = _padded_batch(prompter, questions, answers)
-    L, n = MAX_POSITIONS, len(questions)
+    L, n = prompter.max_len, len(questions)
+    if pooled:
+        return {"vis": vis.float(), "input_ids": ids, "attention_mask": mask, "labels": labels,
+                "t_pooled": torch.zeros(n, teacher_width, dtype=torch.float16), "t_conf": torch.ones(n),
+                "distil": torch.zeros(n)}
     return {"vis": vis.float(), "input_ids": ids, "attention_mask": mask, "labels": labels,
             "t_logits": torch.zeros(n, L, vocab, dtype=torch.float16),
             "t_hidden": torch.zeros(n, L, teacher_width, dtype=torch.float16),
@@ -109,7 +139,7 @@ def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tens
     w = batch["distil"].float() if "distil" in batch else torch.ones(len(ids), device=ids.device)  # KL/feature weight
     if cfg.w_ce > 0:
         terms["ce"] = per_sample_loss(out.logits, labels).mean()
-    if cfg.w_kl > 0:
+    if cfg.w_kl > 0 and "t_logits" in batch:
         ans = labels[:, 1:] != -100  # positions that predict an answer token
         T = cfg.temperature
         s = out.logits[:, :-1][ans].float() / T
@@ -117,12 +147,17 @@ def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tens
         kl = F.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="none").sum(-1)
         wk = w[:, None].expand_as(ans)[ans]
         terms["kl"] = (kl * wk).sum() / wk.sum().clamp_min(1e-8) * T * T
-    if cfg.w_feat > 0:
+    if cfg.w_feat > 0 and "t_hidden" in batch:
         keep = mask.bool()
         h = align(out.hidden_states[-1][keep].float())
         mse = (h - batch["t_hidden"][:, :n][keep].float()).pow(2).mean(-1)
         wf = w[:, None].expand_as(keep)[keep]
         terms["feat"] = (mse * wf).sum() / wf.sum().clamp_min(1e-8)
+    elif cfg.w_feat > 0 and "t_pooled" in batch:
+        m = mask.unsqueeze(-1).float()
+        h = align((out.hidden_states[-1].float() * m).sum(1) / m.sum(1).clamp_min(1))
+        mse = (h - batch["t_pooled"].float()).pow(2).mean(-1)
+        terms["feat"] = (mse * w).sum() / w.sum().clamp_min(1e-8)
     weights = {"ce": cfg.w_ce, "kl": cfg.w_kl, "feat": cfg.w_feat}
     total = sum(weights[k] * v for k, v in terms.items())
     return {"loss": total, **{k: float(v.detach()) for k, v in terms.items()}}
@@ -181,7 +216,12 @@ def take(targets: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
 
 def concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     parts = [p for p in parts if p and len(p["input_ids"])]
-    return {k: torch.cat([p[k] for p in parts]) for k in TARGET_KEYS} if parts else {}
+    if not parts:
+        return {}
+    keys = tuple(parts[0])
+    if any(set(p) != set(keys) for p in parts):
+        raise ValueError(f"targets with different keys: {sorted(keys)} vs {sorted(set().union(*parts))}")
+    return {k: torch.cat([p[k] for p in parts]) for k in keys}
 
 
 def size(targets: dict) -> int:
@@ -209,7 +249,7 @@ class ReplayBuffer:
         for i in range(size(head), size(targets)):
             j = int(rng.integers(self.seen + i + 1))
             if j < self.capacity:
-                for k in TARGET_KEYS:
+                for k in self.data:
                     self.data[k][j] = targets[k][i]
         self.seen += size(targets)
 
@@ -222,6 +262,6 @@ class ReplayBuffer:
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.seen = int(tensors.get("seen", torch.tensor([0]))[0])
-        self.data = {k: tensors[k] for k in TARGET_KEYS if k in tensors}
+        self.data = {k: v for k, v in tensors.items() if k != "seen"}
         if self.data and "distil" not in self.data:  # checkpoints written before per-sample weights
             self.data["distil"] = torch.ones(len(self.data["input_ids"]))

@@ -90,12 +90,12 @@ def evaluate_adapters(cfg, model_paths: dict, states: dict, fleet_tiers: list[st
     base model) on ``domains``, the tier shares counted over ``fleet_tiers`` (one entry per device)."""
     from .models.adapters import load_adapter_state
 
-    pr = runtime.prompter(cfg.cache_dir)
     sets = eval_sets(cfg, domains)
     per_tier = {}
     for tier, state in states.items():
         model, init = runtime.adapted_model(model_paths[tier], *cfg.strategy.adapters())
         load_adapter_state(model, state if state is not None else init)
+        pr = runtime.prompter_for(model_paths[tier], cfg.cache_dir)
         per_tier[tier] = {d: r.get("vqa", float("nan")) for d, r in evaluate(model, pr, sets).items()}
     share = {t: fleet_tiers.count(t) / len(fleet_tiers) for t in states}
     by_domain = {d: sum(share[t] * per_tier[t][d] for t in states) for d in sets}
@@ -115,7 +115,8 @@ class FleetEvaluator:
         """``acc``, ``acc_tier`` of ``states`` (tier -> adapter state or ``None``), plus ``teacher_acc``
         and ``source_only_acc``."""
         if self.teacher_acc is None:
-            t = evaluate(runtime.base_model(self.model_paths["teacher"]), runtime.prompter(self.cfg.cache_dir),
+            path = self.model_paths["teacher"]
+            t = evaluate(runtime.base_model(path), runtime.prompter_for(path, self.cfg.cache_dir),
                          eval_sets(self.cfg, self.domains))
             self.teacher_acc = {d: r.get("vqa", float("nan")) for d, r in t.items()}
         base = all(s is None for s in states.values())

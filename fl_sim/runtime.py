@@ -14,7 +14,9 @@ import torch
 from . import placement
 from .models.adapters import AdapterConfig, adapter_state, add_adapters
 from .models.mllm import Prompter, load_mllm
+from .models.prompts import has_own_processor
 from .world.data import load_split, partition
+from .world.scenes import GRID
 from .world.tokenizer import load_tokenizer
 
 
@@ -27,9 +29,13 @@ def adapted_model(model_path: str, lora_r: int = 8, tokens: bool = False, projec
 
 @lru_cache(maxsize=8)
 def _adapted_model(model_path: str, lora_r: int, tokens: bool, projector: str, device: str):
+    ids = None  # the shared word tokenizer's words; a checkpoint's own tokenizer names its own
+    if tokens and has_own_processor(model_path):
+        vocab = _base_model(model_path, device).config.text_config.vocab_size
+        ids = _prompter_for(model_path, device).trainable_token_ids(vocab)
     torch.manual_seed(0)  # the same initial LoRA A in every process
     model = add_adapters(load_mllm(model_path), AdapterConfig(r=lora_r, alpha=2 * lora_r, tokens=tokens,
-                                                                projector=projector))
+                                                                projector=projector), ids)
     model.eval()
     initial = adapter_state(model)
     return model.to(device), initial
@@ -57,9 +63,49 @@ def _prompter(cache_dir: str | None, user_domains: tuple) -> Prompter:
     return Prompter(load_tokenizer(cache_dir))
 
 
+def prompter_for(model_path: str, cache_dir: str | None) -> Prompter:
+    """How the model at ``model_path`` reads text and images: its own processor when its directory has one
+    (``fl_sim.models.prompts``), the shared word tokenizer's prompter otherwise (the built-in zoo)."""
+    if not has_own_processor(model_path):
+        return prompter(cache_dir)
+    return _prompter_for(model_path, str(placement.current()))
+
+
+@lru_cache(maxsize=8)
+def _prompter_for(model_path: str, device: str) -> Prompter:
+    from .models.mllm import visual_tokens
+    from .models.prompts import CheckpointPrompter
+
+    model = _base_model(model_path, device)
+    probe = CheckpointPrompter(model_path, model.config, 1)  # the tower's token count, from one blank image
+    n = visual_tokens(model, probe.pixels(np.zeros((1, *IMAGE_SHAPE), np.uint8))).shape[1]
+    return CheckpointPrompter(model_path, model.config, n)
+
+
+@lru_cache(maxsize=8)
+def tower_hash(model_path: str) -> str:
+    """SHA-256 (16 hex digits) of the model's vision tower weights: equal hashes, the same visual tokens."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(_base_model(model_path, "cpu").model.vision_tower.state_dict().items()):
+        h.update(name.encode() + b"\0" + t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def same_view(a: str, b: str, cache_dir: str | None) -> bool:
+    """Whether models ``a`` and ``b`` see a sample identically: the same vision tower weights and the same
+    prompter (token ids, visual token count). Then one's visual tokens and token ids serve the other."""
+    return tower_hash(a) == tower_hash(b) and prompter_for(a, cache_dir).identity == prompter_for(b, cache_dir).identity
+
+
+CELL_PX = 16  # pixels per grid cell of the fleet's images
+IMAGE_SHAPE = (GRID * CELL_PX, GRID * CELL_PX, 3)  # every domain's images, built-in or the user's
+
+
 @lru_cache(maxsize=32)
 def split(domain: str, which: str, n: int, seed: int, cache_dir: str | None):
-    return load_split(domain, which, n, seed, 16, cache_dir)
+    return load_split(domain, which, n, seed, CELL_PX, cache_dir)
 
 
 @lru_cache(maxsize=32)
@@ -109,9 +155,10 @@ def reference_token(model_path: str, cache_dir: str | None) -> torch.Tensor:
 
     ds = split("source", "train", 256, 0, cache_dir)
     with torch.no_grad():
-        vis = visual_tokens(base_model(model_path), prompter(cache_dir).pixels(np.asarray(ds["image"])))
+        vis = visual_tokens(base_model(model_path), prompter_for(model_path, cache_dir).pixels(np.asarray(ds["image"])))
     return vis.mean((0, 1))
 
 
-for _public, _cached in ((adapted_model, _adapted_model), (base_model, _base_model), (prompter, _prompter)):
+for _public, _cached in ((adapted_model, _adapted_model), (base_model, _base_model), (prompter, _prompter),
+                        (prompter_for, _prompter_for)):
     _public.cache_clear, _public.cache_info = _cached.cache_clear, _cached.cache_info

@@ -30,7 +30,7 @@ from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
 from fl_sim import akd, ceil_share, dwc, placement, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
-from fl_sim.models.mllm import MAX_POSITIONS, answer_with_stats, visual_tokens
+from fl_sim.models.mllm import answer_with_stats, visual_tokens
 from fl_sim.version_store import VersionStore
 from fl_sim.wire import config_value_bytes, pack_arrays, payload_bytes, record_values, to_array_record, unpack_arrays
 from fl_sim.world.domains import CAPTION_QUESTION
@@ -50,7 +50,7 @@ class CDCCA(FleetStrategy):
         self.store = VersionStore(self.store_dir(ctx.run_dir))
         self.version = {t: 0 for t in self.tiers}
         self.dev_version: dict[int, int] = {}
-        self.buffer = akd.ReplayBuffer(self.akd.replay, self.cfg.seed)
+        self.buffers: dict[str, akd.ReplayBuffer] = {}  # per view (``_view``): "teacher", or a tier's own
         self.rejected = {"uploads": 0, "downlink": 0}
         self.needs_full: set[int] = set()  # devices whose last downlink failed: send them a dense refresh
         self._chains: dict = {}
@@ -79,11 +79,47 @@ class CDCCA(FleetStrategy):
     def _width(self, role: str) -> int:
         return runtime.base_model(self.ctx.model_paths[role]).config.text_config.hidden_size
 
+    # ------------------------------------------------------------- views: how each model sees a sample
+    def _prompter(self, role: str):
+        return runtime.prompter_for(self.ctx.model_paths[role], self.cfg.cache_dir)
+
+    def _view(self, tier: str) -> str:
+        """``"teacher"`` when the tier sees samples as the teacher does (the same vision tower weights and
+        prompter: the built-in zoo's shared front-end), so its devices' visual tokens serve the teacher and
+        the teacher's targets serve it as they are; else the tier's name: its devices upload images and
+        the cloud turns the teacher's targets into its own inputs (``akd.student_targets``)."""
+        if not hasattr(self, "_views"):
+            t = self.ctx.model_paths["teacher"]
+            self._views = {}
+            for name in self.tiers:
+                shared = runtime.same_view(t, self.ctx.model_paths[name], self.cfg.cache_dir)
+                self._views[name] = "teacher" if shared else name
+                if not shared:
+                    reads = self._prompter(name).identity == self._prompter("teacher").identity
+                    log.warning("tier %s does not see samples as the teacher does (%s): its devices upload images%s",
+                                name, "another vision tower" if reads else "its own tokenizer or visual tokens",
+                                "" if reads else "; AKD has no logit KL for it and distils pooled features")
+        return self._views[tier]
+
+    def _uts(self, tier: str):
+        """The UTS settings of ``tier``'s devices: images instead of visual tokens when its view is its own."""
+        return self.uts if self._view(tier) == "teacher" else self.uts.model_copy(update={"upload": "images"})
+
+    def _buffer(self, view: str) -> akd.ReplayBuffer:
+        if view not in self.buffers:
+            self.buffers[view] = akd.ReplayBuffer(self.akd.replay, self.cfg.seed)
+        return self.buffers[view]
+
+    @staticmethod
+    def _replay_group(view: str) -> str:
+        return "replay" if view == "teacher" else f"replay.{view}"
+
     def device_weights(self, tier):
         return self.state[self._group("held", tier)]
 
     def checkpoint_state(self):
-        self.state["replay"] = self.buffer.state()
+        for view, buf in self.buffers.items():
+            self.state[self._replay_group(view)] = buf.state()
         return super().checkpoint_state() | {
             "version": self.version, "dev_version": {str(k): v for k, v in self.dev_version.items()},
             "rejected": self.rejected, "needs_full": sorted(self.needs_full)}
@@ -94,7 +130,9 @@ class CDCCA(FleetStrategy):
         self.dev_version = {int(k): int(v) for k, v in state["dev_version"].items()}
         self.rejected = dict(state["rejected"])
         self.needs_full = set(state.get("needs_full", []))
-        self.buffer.load_state(tensors.get("replay", {}))
+        for group, t in tensors.items():
+            if group == "replay" or group.startswith("replay."):
+                self._buffer("teacher" if group == "replay" else group.split(".", 1)[1]).load_state(t)
         return r
 
     # ------------------------------------------------------------- downlink
@@ -102,7 +140,7 @@ class CDCCA(FleetStrategy):
 
     def device_settings(self, p, server_round) -> CDCCADeviceSettings:
         return CDCCADeviceSettings(held_version=self.dev_version.get(p.device_id, 0),
-                                   target_version=self.version[p.tier], uts=self.uts)
+                                   target_version=self.version[p.tier], uts=self._uts(p.tier))
 
     def downlink_records(self, p, server_round):
         """The cheaper of the payload chain ``held -> latest`` and a dense refresh (cached per tier/version)."""
@@ -124,29 +162,33 @@ class CDCCA(FleetStrategy):
         return super().configure_train(server_round, arrays, config, grid)
 
     # ------------------------------------------------------------- cloud side of the round
-    def _decode_uploads(self, kept: list, server_round: int) -> tuple[torch.Tensor, list[str], int]:
-        pr = runtime.prompter(self.cfg.cache_dir)
+    def _decode_uploads(self, kept: list, server_round: int) -> tuple[torch.Tensor, list[str], list, int]:
+        """``(teacher's visual tokens, question texts, images or None per sample, rejected uploads)``."""
+        pr = self._prompter("teacher")
         teacher = runtime.base_model(self.ctx.model_paths["teacher"])
         ref = runtime.reference_token(self.ctx.model_paths["teacher"], self.cfg.cache_dir)
         n_tok, dim = pr.n_image, ref.shape[0]
-        img_shape = tuple(teacher.config.vision_config.image_size for _ in range(2)) + (3,)
-        vis, questions, rejected = [], [], 0
-        limits = self.upload_limits(n_tok)
+        vis, questions, images, rejected = [], [], [], 0
         for dev, rep, _ in kept:
             if "upload" not in rep.content:
                 continue
+            tier = self.ctx.fleet[dev].tier
+            u, pr_dev = self._uts(tier), self._prompter(tier)
             try:
                 record = rep.content["upload"]
                 if list(record.keys()) != ["packed"]:
                     raise uts.PayloadError(f"upload record holds {sorted(record.keys())}, expected ['packed']")
                 arrays = unpack_arrays(record_values(record)["packed"])
-                up = uts.decode_upload(arrays, n_tok, dim, len(pr.tok), ref, img_shape, **limits)
-                if "images" in up and self.uts.upload != "images" or "vis" in up and self.uts.upload == "images":
-                    raise uts.PayloadError(f"upload kind does not match strategy.uts.upload={self.uts.upload!r}")
-                texts = [pr.tok.decode(q, skip_special_tokens=True) for q in up["questions"]]
-                room = MAX_POSITIONS - self.akd.max_new_tokens - 1  # the teacher's answer and EOS follow the prompt
-                if any(len(pr.prompt(t)) > room for t in texts):
-                    raise uts.PayloadError(f"upload question longer than the {room} prompt positions the cloud has")
+                up = uts.decode_upload(arrays, n_tok, dim, len(pr_dev.tok), ref, runtime.IMAGE_SHAPE,
+                                       **self.upload_limits(n_tok, u))
+                if "images" in up and u.upload != "images" or "vis" in up and u.upload == "images":
+                    raise uts.PayloadError(f"upload kind does not match the {u.upload!r} its device was asked for")
+                texts = [pr_dev.tok.decode(q, skip_special_tokens=True) for q in up["questions"]]
+                for p in (pr, pr_dev):  # the teacher's answer and EOS follow the prompt
+                    room = p.max_len - self.akd.max_new_tokens - 1
+                    if any(len(p.prompt(t)) > room for t in texts):
+                        raise uts.PayloadError(f"upload question longer than the {room} prompt positions the cloud "
+                                               "has")
             except Exception as exc:  # noqa: BLE001 - whatever is wrong with an upload, reject it, never crash
                 rejected += 1
                 log.warning("round %d: rejected upload of device %d: %s", server_round, dev, exc)
@@ -154,21 +196,42 @@ class CDCCA(FleetStrategy):
             if not up["questions"]:
                 continue
             if "images" in up:
-                up["vis"] = visual_tokens(teacher, pr.pixels(up["images"]))  # the shared front-end
+                images += list(up["images"])
+                up["vis"] = visual_tokens(teacher, pr.pixels(up["images"]))  # the teacher's own tower
+            else:
+                images += [None] * len(texts)
             vis.append(up["vis"])
             questions += texts
-        return (torch.cat(vis) if vis else torch.zeros(0, n_tok, dim)), questions, rejected
+        return (torch.cat(vis) if vis else torch.zeros(0, n_tok, dim)), questions, images, rejected
 
-    def upload_limits(self, n_tokens: int) -> dict:
-        """What a device was asked to upload (``uts.decode_upload``'s limits): a larger upload is rejected
-        before the cloud allocates anything for it."""
-        u, n = self.uts, self.cfg.fleet.samples_per_round
+    def _view_targets(self, view: str, targets: dict, questions: list[str], images: list) -> dict:
+        """The teacher's ``targets`` (one row per question) as tier ``view``'s own inputs: its tower's tokens
+        of the uploaded images and, when it reads text its own way, its token ids (``akd.student_targets``).
+        Samples uploaded as visual tokens of the teacher's tower have no image for it and are skipped."""
+        pr_t, pr = self._prompter("teacher"), self._prompter(view)
+        room = pr.max_len - self.akd.max_new_tokens - 1
+        rows = [i for i, im in enumerate(images) if im is not None and len(pr.prompt(questions[i])) <= room]
+        if not rows:
+            return {}
+        model = runtime.base_model(self.ctx.model_paths[view])
+        vis = visual_tokens(model, pr.pixels(np.stack([images[i] for i in rows])))
+        sub = akd.take(targets, rows)
+        if pr.identity == pr_t.identity:  # the same token ids: every target but the visual tokens carries over
+            return sub | {"vis": vis}
+        return akd.student_targets(pr, vis, [questions[i] for i in rows], sub, akd.pseudo_labels(sub, pr_t))
+
+    def upload_limits(self, n_tokens: int, u=None) -> dict:
+        """What a device was asked to upload (``uts.decode_upload``'s limits; ``u``: its UTS settings): a
+        larger upload is rejected before the cloud allocates anything for it."""
+        u, n = u or self.uts, self.cfg.fleet.samples_per_round
         tokens = u.upload == "tokens"
         return {"max_samples": ceil_share(u.budget, n) if u.method != "off" else n,
                 "token_bits": u.token_bits if tokens else None,
                 "max_tokens": ceil_share(u.keep_tokens, n_tokens) if tokens and u.tokens != "off" else None}
 
     def _train_tier(self, tier: str, new: dict, server_round: int) -> dict:
+        view = self._view(tier)
+        buffer = self._buffer(view)
         model, _ = runtime.adapted_model(self.ctx.model_paths[tier], *self.s.adapters())
         load_adapter_state(model, self.state[self._group("cloud", tier)])
         align = torch.nn.Linear(self._width(tier), self._width("teacher"))
@@ -177,15 +240,15 @@ class CDCCA(FleetStrategy):
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 13, server_round, self.tiers.index(tier)]))
         bs = self.akd.batch_size
 
-        anchor = self._anchor()
+        anchor = self._anchor(view)
         k_anchor = round(self.akd.anchor * bs) if anchor else 0
         bs -= k_anchor
 
         def draw(step):
             n_new = akd.size(new)
-            k_new = min(n_new, bs if len(self.buffer) == 0 else bs // 2)
+            k_new = min(n_new, bs if len(buffer) == 0 else bs // 2)
             parts = [akd.take(new, rng.choice(n_new, size=k_new, replace=False))] if k_new else []
-            parts.append(self.buffer.sample(bs - k_new, rng))
+            parts.append(buffer.sample(bs - k_new, rng))
             if k_anchor:
                 parts.append(akd.take(anchor, rng.choice(akd.size(anchor), size=k_anchor, replace=False)))
             return akd.concat(parts)
@@ -233,22 +296,25 @@ class CDCCA(FleetStrategy):
         score = {k: probe[k] - before[k] + residual.get(k, 0) for k in probe}
         return dwc.train_mask(score, self.dwc)
 
-    def _anchor(self) -> dict:
-        """The cloud's labelled source samples (the domain it pretrained the devices on), built once.
+    def _anchor(self, view: str = "teacher") -> dict:
+        """The cloud's labelled source samples (the domain it pretrained the devices on), built once per view.
 
         Drawn from the source stream with a seed of their own, so they are not the devices' samples."""
         if self.akd.anchor <= 0:
             return {}
         if self._anchor_targets is None:
-            pr = runtime.prompter(self.cfg.cache_dir)
+            self._anchor_targets = {}
+        if view not in self._anchor_targets:
+            pr = self._prompter(view)
+            model = runtime.base_model(self.ctx.model_paths[view])
             teacher = runtime.base_model(self.ctx.model_paths["teacher"])
             ds = runtime.split("source", "train", self.akd.anchor_size, 10_000 + self.cfg.seed, self.cfg.cache_dir)
             with torch.no_grad():
-                vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
-            self._anchor_targets = akd.anchor_targets(
+                vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"])))
+            self._anchor_targets[view] = akd.anchor_targets(
                 pr, vis, list(ds["question"]), list(ds["answer"]), teacher.config.text_config.vocab_size,
-                self._width("teacher"))
-        return self._anchor_targets
+                self._width("teacher"), pooled=pr.identity != self._prompter("teacher").identity)
+        return self._anchor_targets[view]
 
     def _compress(self, tier: str, before: dict, after: dict) -> dict:
         """DWC: new version ``v + 1`` of what devices of ``tier`` hold; returns its figures."""
@@ -285,39 +351,44 @@ class CDCCA(FleetStrategy):
                 self.needs_full.discard(dev)
             if version in (held, target, 0):
                 self.dev_version[dev] = version
-        vis, questions, rejected_up = self._decode_uploads(kept, server_round)
+        vis, questions, images, rejected_up = self._decode_uploads(kept, server_round)
         self.rejected["uploads"] += rejected_up
         self.rejected["downlink"] += rejected_down
-        pr = runtime.prompter(self.cfg.cache_dir)
-        new = {}
+        pr = self._prompter("teacher")
+        new = {}  # view -> this round's targets
         extra_asked = 0
         if questions:
             teacher = runtime.base_model(self.ctx.model_paths["teacher"])
-            new = akd.teacher_targets(teacher, pr, vis, questions, self.akd.max_new_tokens)
+            labelled = akd.teacher_targets(teacher, pr, vis, questions, self.akd.max_new_tokens)
+            new["teacher"] = labelled
             if self.akd.extra_questions:
                 more = self._more_questions(teacher, pr, vis, questions, server_round)
                 extra_asked = akd.size(more)
-                new = akd.concat([new, more])
-            new = akd.confident(new, self.akd.min_teacher_confidence)
-        extra = {"uploaded_samples": len(questions), "extra_questions": extra_asked, "distilled_samples": akd.size(new),
+                new["teacher"] = akd.concat([labelled, more])
+            for view in sorted({self._view(t) for t in self.tiers} - {"teacher"}):
+                new[view] = self._view_targets(view, labelled, questions, images)
+            new = {v: akd.confident(t, self.akd.min_teacher_confidence) for v, t in new.items()}
+        extra = {"uploaded_samples": len(questions), "extra_questions": extra_asked,
+                 "distilled_samples": akd.size(new.get("teacher", {})),
                  "rejected_uploads": rejected_up, "rejected_downlinks": rejected_down}
-        trained = akd.size(new) > 0 or len(self.buffer) > 0
         figures = {}
         for tier in self.tiers:
-            if not trained or self.akd.steps == 0:
+            view = self._view(tier)
+            if self.akd.steps == 0 or not (akd.size(new.get(view, {})) or len(self._buffer(view))):
                 continue
             before = dict(self.state[self._group("cloud", tier)])
-            losses = self._train_tier(tier, new, server_round)
+            losses = self._train_tier(tier, new.get(view, {}), server_round)
             if losses:
                 figures[tier] = losses | self._compress(tier, before, self.state[self._group("cloud", tier)])
-        self.buffer.add(new)
-        extra["replay_size"] = len(self.buffer)
+        for view, targets in new.items():
+            self._buffer(view).add(targets)
+        extra["replay_size"] = len(self._buffer("teacher"))
         if figures:
             for key in ("loss", "ce", "kl", "feat", "payload_bytes", "ratio_dense", "ratio_checkpoint"):
                 vals = [f[key] for f in figures.values() if key in f]
                 if vals:
                     extra[f"akd_{key}" if key in ("loss", "ce", "kl", "feat") else f"dwc_{key}"] = float(np.mean(vals))
-        n_passes = akd.size(new) + len(figures) * self.akd.steps * self.akd.batch_size
+        n_passes = akd.size(new.get("teacher", {})) + len(figures) * self.akd.steps * self.akd.batch_size
         n_passes += len(questions) if self.akd.extra_questions else 0  # the teacher's captions
         extra["cloud_s"] = n_passes * self.akd.cloud_ms_per_sample / 1000
         extra["cloud_wall_s"] = time.time() - t0

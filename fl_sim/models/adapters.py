@@ -46,9 +46,10 @@ class AdapterConfig:
     projector: str = "full"  # "full": the projector trains in full (modules_to_save); "lora": LoRA on it
 
 
-def add_adapters(model, cfg: AdapterConfig = AdapterConfig()):
+def add_adapters(model, cfg: AdapterConfig = AdapterConfig(), token_ids: list[int] | None = None):
     """Wrap ``model`` in a peft LoRA model; everything but the adapters (the projector and, with
-    ``cfg.tokens``, the word embeddings) is frozen."""
+    ``cfg.tokens``, the embeddings of ``token_ids``: by default every word of the shared tokenizer) is
+    frozen."""
     from peft import LoraConfig, get_peft_model
 
     from ..world.tokenizer import SPECIALS
@@ -61,7 +62,8 @@ def add_adapters(model, cfg: AdapterConfig = AdapterConfig()):
         raise ValueError(f"projector must be 'full' or 'lora', got {cfg.projector!r}")
     if cfg.tokens:
         vocab = model.config.text_config.vocab_size
-        extra["trainable_token_indices"] = {"embed_tokens": list(range(len(SPECIALS), vocab))}
+        ids = list(range(len(SPECIALS), vocab)) if token_ids is None else list(token_ids)
+        extra["trainable_token_indices"] = {"embed_tokens": ids}
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                       modules_to_save=save, bias="none", **extra)
     return get_peft_model(model, lora)

@@ -55,11 +55,14 @@ def build_mllm(preset: ModelPreset, fe: FrontendPreset, cell_px: int, tokenizer)
 
 
 def load_mllm(path: str | Path, tokenizer=None) -> LlavaForConditionalGeneration:
-    """Load a local Hugging Face checkpoint (never from a hub) and check it fits the shared tokenizer."""
+    """Load a local Hugging Face vision-language checkpoint (never from a hub) with transformers' generic
+    entry point; with ``tokenizer``, check it fits that tokenizer."""
+    from transformers import AutoModelForImageTextToText
+
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FlSimError(f"no Hugging Face checkpoint (config.json) at {path}")
-    model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
     if tokenizer is not None and model.config.text_config.vocab_size != len(tokenizer):
         raise FlSimError(f"checkpoint {path} has vocab size {model.config.text_config.vocab_size}, "
                          f"the shared tokenizer has {len(tokenizer)}")
@@ -78,11 +81,20 @@ def count_params(module: torch.nn.Module) -> int:
 class Prompter:
     """Turns (images, questions, answers) into model inputs with the shared tokenizer."""
 
+    max_len = MAX_POSITIONS  # positions a padded training sequence takes (AKD targets of all rounds stack)
+
     def __init__(self, tokenizer, n_image_tokens: int = GRID * GRID):
         self.tok = tokenizer
         self.n_image = n_image_tokens
         c = tokenizer.convert_tokens_to_ids
         self.pad, self.bos, self.eos, self.image, self.sep = c(PAD), c(BOS), c(EOS), c(IMAGE), c(SEP)
+        self.identity = f"fl-sim-words-{len(tokenizer)}"  # equal identities: the same token ids for the same text
+
+    def trainable_token_ids(self, vocab: int) -> list[int]:
+        """The word ids whose embeddings adapters may train (every id but the special tokens)."""
+        from ..world.tokenizer import SPECIALS
+
+        return list(range(len(SPECIALS), vocab))
 
     def words(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -152,11 +164,17 @@ def llava_of(model):
 
 @torch.no_grad()
 def visual_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``(B, N, D_vision)`` fp32 features of the shared frozen front-end (on the CPU): what the projector
-    consumes."""
-    tower = llava_of(model).model.vision_tower
+    """``(B, N, D_vision)`` fp32 features of the model's frozen vision tower (on the CPU): what its projector
+    consumes, selected as the model's config says (``vision_feature_layer``; ``"default"`` drops the CLS)."""
+    llava = llava_of(model)
+    tower, cfg = llava.model.vision_tower, llava.config
+    layer = cfg.vision_feature_layer
+    if not isinstance(layer, int):
+        raise FlSimError(f"vision_feature_layer = {layer!r}: fl-sim takes one feature layer (an int)")
     with placement.autocast():
-        out = tower(placement.to_model(tower, pixel_values), output_hidden_states=True).hidden_states[-1]
+        out = tower(placement.to_model(tower, pixel_values), output_hidden_states=True).hidden_states[layer]
+    if cfg.vision_feature_select_strategy == "default":
+        out = out[:, 1:]
     return out.float().cpu()
 
 

@@ -6,10 +6,13 @@ quantize = "int4", drop_layers = 1}``: built once into the cache, keyed by the s
 the recipe). The zoo supplies the roles the experiment does not name. Each model is recorded in the run
 directory's ``models.json`` with its path and content hash, so resuming notices a changed checkpoint.
 
-What a checkpoint must be today: a LLaVA (``LlavaForConditionalGeneration``) whose vocabulary is the shared
-word tokenizer's and whose vision tower takes the built-in world's 48-pixel images as 9 visual tokens
-(``check_model_dirs`` reads ``config.json`` and says so in one line otherwise). Its LoRA targets are found
-from the model (``adapters.language_model_targets``), whatever its decoder family.
+What a checkpoint must be: a LLaVA-family model (``model_type`` llava, loaded with
+``AutoModelForImageTextToText``) with any vision tower and decoder transformers builds. With its own
+processor saved beside it (tokenizer, image processor, chat template) it reads questions and images its own
+way (``fl_sim.models.prompts``); without one it must fit the shared word tokenizer and the built-in world's
+9 visual tokens, as the zoo's models do. ``check_model_dirs`` reads ``config.json`` and ``check_loadable``
+the processors, before Ray starts, and say what is wrong in one line. LoRA targets are found from the
+model (``adapters.language_model_targets``), whatever its decoder family.
 """
 
 from __future__ import annotations
@@ -92,25 +95,36 @@ def check_model_dirs(models) -> None:
 
 
 def check_loadable(paths: dict[str, str], cache_dir: str | None) -> None:
-    """Each model of ``paths`` (role -> directory) fits what feeds it today: the shared word tokenizer's
-    vocabulary and the built-in world's images (``GRID x GRID`` cells, one visual token each)."""
+    """Each model of ``paths`` (role -> directory) can read what feeds it: with its own processor (a
+    tokenizer in its directory, ``fl_sim.models.prompts``), that processor loads and agrees with the model;
+    without one, it fits the shared word tokenizer's vocabulary and the built-in world's images (``GRID x
+    GRID`` cells, one visual token each)."""
+    from .. import runtime
     from ..world.scenes import GRID
     from ..world.tokenizer import load_tokenizer
+    from .prompts import has_own_processor
 
-    vocab = len(load_tokenizer(cache_dir))
+    vocab = None
     for role, path in paths.items():
         cfg = check_checkpoint(role, path)
+        if has_own_processor(path):
+            try:
+                runtime.prompter_for(path, cache_dir)
+            except FlSimError as exc:
+                raise FlSimError(f"models.{role} = {path!r}: {str(exc).split(': ', 1)[-1]}") from None
+            continue
+        vocab = vocab or len(load_tokenizer(cache_dir))
         v = (cfg.get("text_config") or {}).get("vocab_size")
         if v != vocab:
-            raise FlSimError(f"models.{role} = {path!r}: vocabulary of {v} tokens, but fl-sim feeds its models the "
-                             f"shared word tokenizer ({vocab} tokens); checkpoints with their own tokenizer and "
-                             "processor are not supported yet")
+            raise FlSimError(f"models.{role} = {path!r}: vocabulary of {v} tokens, but the directory has no tokenizer "
+                             f"of its own and the shared word tokenizer has {vocab}; save the checkpoint's "
+                             "processor (tokenizer, image processor, chat template) beside it")
         vc = cfg.get("vision_config") or {}
         size, patch = vc.get("image_size"), vc.get("patch_size")
         if not size or not patch or (size // patch) != GRID or cfg.get("vision_feature_select_strategy") != "full":
-            raise FlSimError(f"models.{role} = {path!r}: its vision tower makes {size}/{patch} patches per side "
-                             f"({cfg.get('vision_feature_select_strategy')!r} features); the built-in world needs "
-                             f"{GRID} x {GRID} visual tokens ('full')")
+            raise FlSimError(f"models.{role} = {path!r}: without a processor of its own, its vision tower must take "
+                             f"the built-in world's images as {GRID} x {GRID} visual tokens ('full'); it makes "
+                             f"{size}/{patch} patches per side ({cfg.get('vision_feature_select_strategy')!r})")
 
 
 def content_hash(path: str | Path) -> str:
@@ -132,6 +146,7 @@ def derive_tier(name: str, spec, cache_dir: str | None) -> Path:
 
     from ..cache import cache_root, get_or_build, stable_hash
     from .mllm import count_params, load_mllm
+    from .prompts import PROCESSOR_FILES
     from .quantize import quantize_linears
     from .zoo import device_size_bytes
 
@@ -150,8 +165,7 @@ def derive_tier(name: str, spec, cache_dir: str | None) -> Path:
         parts = [quantize_linears(m, spec.quantize, spec.group_size)
                  for m in (lm, model.model.multi_modal_projector, model.lm_head)]
         model.save_pretrained(tmp)
-        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                  "preprocessor_config.json", "processor_config.json"):
+        for f in PROCESSOR_FILES:
             if (source / f).is_file():
                 (tmp / f).write_bytes((source / f).read_bytes())
         return {"role": name, "derived_from": str(source), "source_hash": content_hash(source), "recipe": recipe,
