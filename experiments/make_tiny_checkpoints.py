@@ -42,7 +42,7 @@ def train_tokenizer(kind: str, vocab_size: int):
     tok = Tokenizer(models.BPE(unk_token="<unk>" if kind == "metaspace" else None))
     if kind == "metaspace":
         tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-        alphabet = list(string.ascii_letters + string.digits + string.punctuation)
+        alphabet = list(string.ascii_letters + string.digits + string.punctuation + "\n")
     else:
         tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()

@@ -104,7 +104,7 @@ def test_directories_that_are_not_runnable_checkpoints(tmp_path, checkpoints, ca
             check_checkpoint("tiers.mine", path)
         assert str(e.value).startswith(f"models.tiers.mine = {path!r}") and "\n" not in str(e.value)
     other_vocab = _fake(tmp_path, "own-vocab", llava | {"text_config": llava["text_config"] | {"vocab_size": 32000}})
-    with pytest.raises(FlSimError, match="vocabulary of 32000 tokens.*own tokenizer"):
+    with pytest.raises(FlSimError, match="vocabulary of 32000 tokens, but the directory has no tokenizer of its own"):
         check_loadable({"teacher": other_vocab}, cache_dir)
 
 

@@ -386,7 +386,7 @@ def test_a_sequence_longer_than_the_positions_is_refused_not_cropped(world):
     zoo, ds, _, _ = world
     q = str(ds["question"][0])
     ids, _, labels = akd._padded_batch(zoo.prompter, [q], ["yes"])
-    assert ids.shape[1] == akd.MAX_POSITIONS and (labels != -100).sum() == 2  # the answer and EOS
+    assert ids.shape[1] == zoo.prompter.max_len == 64 and (labels != -100).sum() == 2  # the answer and EOS
     with pytest.raises(FlSimError, match="positions"):
         akd._padded_batch(zoo.prompter, [" ".join([q] * 12)], ["yes"])
 

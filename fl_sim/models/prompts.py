@@ -46,6 +46,9 @@ class CheckpointPrompter(Prompter):
         from transformers import AutoProcessor
 
         path = Path(path)
+        if not any((path / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
+            raise FlSimError(f"{path}: a tokenizer but no image processor (preprocessor_config.json or "
+                             "processor_config.json); save the model's processor (AutoProcessor) beside it")
         try:
             proc = AutoProcessor.from_pretrained(path, local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any loading failure is the checkpoint's, named in one line
