@@ -1,14 +1,17 @@
-"""The Flower ClientApp: one virtual node emulates one device, with the behaviour its task names.
+"""The Flower ClientApp: a virtual node emulates the device its message names, with the behaviour its task names.
 
 Messages it handles:
 
 ``query``  provisioning, once per run: content ``provision`` (ConfigRecord) holds ``env``, the path of the
            run's device environment (``fl_sim.device_env``), which the node keeps in its
            ``Context.state``; with ``warm`` (a JSON list of ``[behaviour, device id, round]``) the worker process
-           first loads what those devices need (``clients.warm_up``). Replies the device id this node emulates
-           (``partition-id`` in the node config), so the server can map node ids to devices.
-``train``  content ``task`` (``fl_sim.task``: the behaviour, the round, its settings) plus what the
-           strategy sends beside it; the behaviour (``clients/<name>.py``) makes the reply.
+           first loads what those devices need (``clients.warm_up``). Replies an empty ``ready`` record.
+``train``  content ``task`` (``fl_sim.task``: the behaviour, the round, its settings), ``emulate`` (the device
+           this node emulates this round) plus what the strategy sends beside them; the behaviour
+           (``clients/<name>.py``) makes the reply.
+
+A node is not tied to one device: it emulates whichever device a message names, so a few nodes serve a
+fleet of any size.
 
 Per-device state lives on the server side (adapters are shared per tier and version), so
 ``Context.state`` holds only the environment's path; base models are cached per worker by tier.
@@ -43,8 +46,7 @@ def query(msg: Message, context: Context) -> Message:
         context.state[STATE] = ConfigRecord({"env": str(rec["env"])})
         if "warm" in rec:
             _warm(str(rec["env"]), str(rec["warm"]))
-    return Message(RecordDict({"device": ConfigRecord({"device_id": int(context.node_config["partition-id"])})}),
-                   reply_to=msg)
+    return Message(RecordDict({"ready": ConfigRecord({})}), reply_to=msg)
 
 
 def _warm(env_path: str, warm: str) -> None:
@@ -65,7 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     from clients.behaviour import DeviceRound, load_behaviour
     from fl_sim import placement
     from fl_sim.device_env import load_device_env
-    from fl_sim.task import read_task
+    from fl_sim.task import EMULATE, read_task
 
     _quiet()
     env = load_device_env(str(context.state[STATE]["env"]))
@@ -74,7 +76,7 @@ def train(msg: Message, context: Context) -> Message:
     task, _ = read_task(msg.content)
     behaviour = load_behaviour(task.behaviour)
     settings = behaviour.Settings.model_validate(task.settings)
-    dev = DeviceRound(env, int(context.node_config["partition-id"]), task.round)
+    dev = DeviceRound(env, int(msg.content[EMULATE]["device_id"]), task.round)
     try:
         return Message(RecordDict(behaviour.run(dev, settings, msg.content)), reply_to=msg)
     finally:

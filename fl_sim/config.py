@@ -236,6 +236,9 @@ class SimulationConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs Ray may use (default: all)")
     ray_address: str | None = None
     round_timeout_s: float = Field(600.0, gt=0)
+    num_nodes: int | None = Field(None, ge=1, description=(
+        "Flower SuperNodes; each emulates whichever device its message names (default: as many as one round "
+        "messages, clients_per_round x over_commit, at most the fleet)"))
     threads_per_client: int = Field(1, ge=1)
     warm_up: bool = Field(True, description=(
         "Ray workers import the device code and load every tier model and domain split while nodes are "

@@ -148,12 +148,14 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
 
     from clients.device import app as client_app
 
+    from .grid import num_nodes
+
     quiet_flower()
     t0 = time.time()
     main_thread = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None  # ray.init replaces it
     try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(fleet),
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_nodes(cfg, len(fleet)),
                        backend_config=backend_config(cfg), verbose_logging=False)
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (the CLI's handler, or Ray's: exit 15)
         if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:

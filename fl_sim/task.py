@@ -4,7 +4,8 @@ A ``DeviceTask`` names the device behaviour to run (its module, e.g. ``clients.l
 behaviour's settings (its ``Settings`` model, validated again on the device). It travels as one JSON
 string in the message's ``"task"`` ConfigRecord; the downlink payload a strategy sends (adapter
 weights, DWC payloads) travels beside it in the same message. Everything in the message is counted as
-downlink bytes, so nothing else goes in it: simulation plumbing is in ``fl_sim.device_env``.
+downlink bytes but one record added after counting, ``emulate``: which device the receiving Flower node
+emulates (a real device knows who it is). Other simulation plumbing is in ``fl_sim.device_env``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 RECORD = "task"
+EMULATE = "emulate"  # ConfigRecord {"device_id"}: the device the receiving node emulates (plumbing, not counted)
 
 
 class DeviceTask(BaseModel):

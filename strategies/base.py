@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from flwr.app import Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
 from fl_sim import runtime
@@ -38,9 +38,9 @@ from fl_sim.config import ExperimentConfig
 from fl_sim.continual import ContinualTracker
 from fl_sim.evaluation import FleetEvaluator, eval_domains
 from fl_sim.fleet import DeviceProfile
-from fl_sim.grid import map_nodes, send_and_receive
+from fl_sim.grid import num_nodes, provision_nodes, send_and_receive
 from fl_sim.selection import sample_devices
-from fl_sim.task import DeviceTask, task_record
+from fl_sim.task import EMULATE, DeviceTask, task_record
 from fl_sim.timing import straggler_cut
 from fl_sim.wire import from_array_record, payload_bytes, to_array_record
 
@@ -109,7 +109,7 @@ class FleetStrategy(Strategy):
         self.s = ctx.cfg.strategy
         self.tiers = sorted({p.tier for p in ctx.fleet})
         self.state: dict[str, dict[str, torch.Tensor]] = {}  # tensor groups, checkpointed every round
-        self.node_of: dict[int, int] = {}
+        self.nodes: list[int] = []  # Flower node ids; each emulates whichever device its message names
         self.clock_s = 0.0
         self.totals = {"uplink_bytes": 0, "downlink_bytes": 0}
         self.evaluator = FleetEvaluator(self.cfg, ctx.model_paths, [p.tier for p in ctx.fleet],
@@ -224,21 +224,19 @@ class FleetStrategy(Strategy):
         chosen, n_available = self.sample(server_round)
         plan = RoundPlan([p.device_id for p in chosen], n_available)
         self._tier_records = {}
-        for p in chosen:
+        for i, p in enumerate(chosen):
             task, content = self.message_content(p, server_round)
             plan.tasks[p.device_id] = task
             plan.down_bytes[p.device_id] = payload_bytes(content)
-            plan.messages.append(Message(content=content, dst_node_id=self.node_of[p.device_id],
+            content[EMULATE] = ConfigRecord({"device_id": p.device_id})  # simulation plumbing: not downlink bytes
+            plan.messages.append(Message(content=content, dst_node_id=self.nodes[i % len(self.nodes)],
                                          message_type=MessageType.TRAIN, group_id=str(server_round)))
         return plan
 
     def aggregate_train(self, server_round: int, replies, plan: RoundPlan = None) -> RoundOutcome:
-        device_of = {n: d for d, n in self.node_of.items()}
+        """The round's outcome from ``replies``, ``[(device id, reply message)]``."""
         finished, failed, up_total = {}, 0, 0
-        for rep in replies:
-            dev = device_of.get(rep.metadata.src_node_id)
-            if dev is None:
-                continue
+        for dev, rep in replies:
             if rep.has_error():
                 failed += 1
                 log.info("device %d failed in round %d: %s", dev, server_round, rep.error.reason.splitlines()[-1:])
@@ -334,17 +332,19 @@ class FleetStrategy(Strategy):
                                f"not {self.name!r}")
         return self.restore(*ck)
 
-    def run(self, grid) -> None:
-        """The experiment: (resume,) map nodes, then ``rounds`` rounds of train/aggregate/evaluate/callbacks."""
+    def run(self, grid, n_nodes: int | None = None) -> None:
+        """The experiment: (resume,) provision the nodes, then ``rounds`` rounds of
+        train/aggregate/evaluate/callbacks. ``n_nodes``: how many nodes to wait for (default
+        ``num_nodes(cfg)``, what ``fl-sim run`` starts; 0 = whichever registered, as under ``flwr run``)."""
         cfg, callbacks = self.cfg, self.ctx.callbacks
         start = self.start()
         self.summary()
         t_map = time.time()
         self.prepare_data()
-        self.node_of = map_nodes(grid, len(self.ctx.fleet), self.provision(), cfg.simulation.round_timeout_s,
-                                 self.ctx.abort)
+        self.nodes = provision_nodes(grid, num_nodes(cfg, len(self.ctx.fleet)) if n_nodes is None else n_nodes or None,
+                                     self.provision(), cfg.simulation.round_timeout_s, self.ctx.abort)
         map_s = time.time() - t_map
-        log.info("mapped %d nodes%s in %.1f s", len(self.node_of),
+        log.info("provisioned %d nodes for %d devices%s in %.1f s", len(self.nodes), len(self.ctx.fleet),
                  " and warmed the workers up" if cfg.simulation.warm_up else "", map_s)
         for cb in callbacks:
             cb.on_run_begin(self, start + 1)
@@ -355,7 +355,8 @@ class FleetStrategy(Strategy):
                     raise RuntimeError("simulation backend stopped")
                 t0 = time.time()
                 plan = self.configure_train(r)
-                replies = send_and_receive(grid, plan.messages, cfg.simulation.round_timeout_s, self.ctx.abort)
+                replies = [(plan.sampled[i], rep) for i, rep in
+                           send_and_receive(grid, plan.messages, cfg.simulation.round_timeout_s, self.ctx.abort)]
                 if self.ctx.abort.is_set():  # stopped while devices worked: this round is not kept
                     raise RuntimeError("simulation backend stopped")
                 t1 = time.time()
