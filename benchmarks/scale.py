@@ -1,6 +1,7 @@
 """Scale: many registered devices, a sample per round; framework overhead against a plain PyTorch loop.
 
     python benchmarks/scale.py [--devices 1000] [--per-round 50] [--rounds 3] [--zoo default] [--no-warm-up]
+                               [--strategy fedavg|fedprox|tent|source-only|cdcca]
 
 Prints wall time per round, peak RSS (this process plus its Ray workers, sampled every 0.5 s) and the
 overhead ratio: Flower round wall time (send -> all replies) divided by the time the same devices' work
@@ -8,6 +9,12 @@ overhead ratio: Flower round wall time (send -> all replies) divided by the time
 throughput, device-rounds per minute. With ``simulation.warm_up`` (the default) the Ray workers load tier
 models and domain splits while nodes are mapped, and the plain loop loads the same (``clients.warm_up``)
 before its timed rounds; both warm-up times are printed. ``--no-warm-up``: both start cold.
+With ``--strategy cdcca`` the plain loop runs ``clients.cdcca_device.run_cdcca_round`` (the devices'
+work), the round's cloud phases are printed from ``cloud_phases_s`` (decode, teacher labelling, extra
+questions, AKD and DWC per tier), and a plain-loop cloud reference repeats the round's teacher labelling
+and AKD steps on as many source samples, calling ``fl_sim.akd`` directly.
+Each domain's train split holds at least two samples per device (``fleet.train_size``), so the
+partitioner can give every device data.
 Targets: peak RSS <= 8 GiB, overhead ratio <= 1.5.
 """
 
@@ -26,14 +33,15 @@ def main():
     ap.add_argument("--per-round", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--zoo", default="default")
-    ap.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "tent", "source-only"],
-                    help="a local-training strategy (its plain loop is clients.local_training.run_local_round)")
+    ap.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "tent", "source-only", "cdcca"],
+                    help="the plain loop runs the strategy's device round (run_local_round, run_cdcca_round)")
     ap.add_argument("--no-warm-up", action="store_true", help="simulation.warm_up = false (workers load in round 1)")
     args = ap.parse_args()
     quiet_libraries()
     import torch
 
     from clients.behaviour import DeviceRound
+    from clients.cdcca_device import run_cdcca_round
     from clients.local_training import run_local_round
     from fl_sim.config import parse_config
     from fl_sim.device_env import load_device_env
@@ -44,7 +52,8 @@ def main():
 
     out = tempfile.mkdtemp(prefix="fl-sim-scale-")
     cfg = parse_config({"name": "scale", "zoo": args.zoo, "rounds": args.rounds, "output_dir": out,
-                        "fleet": {"num_devices": args.devices, "active_fraction": {"low": 1.0, "high": 1.0}},
+                        "fleet": {"num_devices": args.devices, "active_fraction": {"low": 1.0, "high": 1.0},
+                                  "train_size": max(2000, 2 * args.devices)},
                         "strategy": {"name": args.strategy, "clients_per_round": args.per_round,
                                      "over_commit": 1.0},
                         "eval": {"n_test": 20, "every": 1000},
@@ -72,8 +81,8 @@ def main():
         from clients.warm_up import warm_up
         from fl_sim import runtime
 
-        for f in (runtime.adapted_model, runtime.base_model, runtime.prompter, runtime.split, runtime.device_pools,
-                  runtime.reference_token):
+        for f in (runtime.adapted_model, runtime.base_model, runtime.prompter, runtime.prompter_for, runtime.split,
+                  runtime.device_pools, runtime.reference_token):
             f.cache_clear()  # this process loaded them already: start the plain loop as cold as a fresh worker
         t = time.time()
         warm_up(env_path, [(s.device.name, d, r) for d, r in s.first_visits()])
@@ -83,9 +92,13 @@ def main():
         t = time.time()
         for dev in rec["sampled_ids"]:
             p = fleet[dev]
-            run_local_round(DeviceRound(env, dev, rec["round"]), s.device_settings(p, rec["round"]),
-                            s.downlink(p.tier))
+            if args.strategy == "cdcca":  # held = target = version 0: the devices' work without the downlink
+                run_cdcca_round(DeviceRound(env, dev, rec["round"]), s.device_settings(p, 1), None)
+            else:
+                run_local_round(DeviceRound(env, dev, rec["round"]), s.device_settings(p, rec["round"]),
+                                s.downlink(p.tier))
         plain.append(time.time() - t)
+    cloud_plain = [plain_cloud(s, cfg, rec) for rec in res] if args.strategy == "cdcca" else None
     print(f"devices {args.devices}, {args.per_round} per round, {args.rounds} rounds, zoo {args.zoo}")
     for rec, p in zip(res, plain):
         ratio = rec["wall_s"]["train"] / p
@@ -100,6 +113,13 @@ def main():
         print(f"before round 1: Flower node mapping{' + worker warm-up' if warmed else ''} {warm:.1f} s"
               + (f"; plain-loop warm-up {plain_warm:.1f} s; round 1 + warm-up ratio "
                  f"{(first['wall_s']['train'] + warm) / (plain[0] + plain_warm):.2f}" if warmed else ""))
+    if cloud_plain is not None:
+        for rec, cp in zip(res, cloud_plain):
+            ph = rec.get("cloud_phases_s") or {}
+            print(f"round {rec['round']} cloud: {rec['cloud_wall_s']:.1f} s = "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in ph.items())
+                  + f"; evaluation {rec['wall_s']['evaluate']:.1f} s; plain-loop cloud {cp:.1f} s, ratio "
+                  f"{rec['cloud_wall_s'] / cp:.2f}   target <= 1.3")
     ratios = [r["wall_s"]["train"] / p for r, p in zip(res, plain)]
     print(f"overhead ratio per round: worst {max(ratios):.2f} (round {1 + ratios.index(max(ratios))}), all rounds "
           f"{sum(r['wall_s']['train'] for r in res) / sum(plain):.2f}   target <= 1.5"
@@ -111,6 +131,42 @@ def main():
           f"{60 * done / rounds_wall:.0f} per minute "
           f"({60 * done / total:.0f} per minute counting Ray start and node mapping)")
     print(f"total wall time incl. Ray start and node mapping: {total:.1f} s")
+
+
+def plain_cloud(s, cfg, rec) -> float:
+    """Seconds the round's cloud work takes as plain calls: the teacher labels ``uploaded_samples`` source
+    samples (and captions them when extra questions are on) and each tier runs ``akd.steps`` AKD steps."""
+    import numpy as np
+    import torch
+
+    from fl_sim import akd, runtime
+    from fl_sim.models.mllm import visual_tokens
+
+    n = int(rec.get("uploaded_samples", 0))
+    if n == 0:
+        return float("nan")
+    a = cfg.strategy.akd
+    ds = runtime.split("source", "train", cfg.fleet.train_size, cfg.seed, cfg.cache_dir).select(range(n))
+    teacher_path = s.ctx.model_paths["teacher"]
+    teacher, pr = runtime.base_model(teacher_path), runtime.prompter_for(teacher_path, cfg.cache_dir)
+    with torch.no_grad():
+        vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
+    t = time.time()
+    targets = akd.teacher_targets(teacher, pr, vis, list(ds["question"]), a.max_new_tokens)
+    if a.extra_questions:
+        from fl_sim.world.domains import CAPTION_QUESTION
+
+        akd.teacher_targets(teacher, pr, vis, [CAPTION_QUESTION] * n, a.max_new_tokens)
+    rng = np.random.default_rng(0)
+    for tier in s.tiers:
+        model, init = runtime.adapted_model(s.ctx.model_paths[tier], *cfg.strategy.adapters())
+        align = torch.nn.Linear(model.config.text_config.hidden_size, teacher.config.text_config.hidden_size)
+        akd.train_adapters(model, align, lambda step: akd.take(targets, rng.choice(n, size=min(n, a.batch_size))),
+                           a, 0)
+        from fl_sim.models.adapters import load_adapter_state
+
+        load_adapter_state(model, init)
+    return time.time() - t
 
 
 if __name__ == "__main__":

@@ -351,7 +351,16 @@ class CDCCA(FleetStrategy):
                 self.needs_full.discard(dev)
             if version in (held, target, 0):
                 self.dev_version[dev] = version
+        phases: dict[str, float] = {}  # wall seconds of each step of the cloud's work (``cloud_phases_s``)
+        clock = [time.time()]
+
+        def lap(name):
+            now = time.time()
+            phases[name] = phases.get(name, 0.0) + now - clock[0]
+            clock[0] = now
+
         vis, questions, images, rejected_up = self._decode_uploads(kept, server_round)
+        lap("decode")
         self.rejected["uploads"] += rejected_up
         self.rejected["downlink"] += rejected_down
         pr = self._prompter("teacher")
@@ -361,13 +370,16 @@ class CDCCA(FleetStrategy):
             teacher = runtime.base_model(self.ctx.model_paths["teacher"])
             labelled = akd.teacher_targets(teacher, pr, vis, questions, self.akd.max_new_tokens)
             new["teacher"] = labelled
+            lap("label")
             if self.akd.extra_questions:
                 more = self._more_questions(teacher, pr, vis, questions, server_round)
                 extra_asked = akd.size(more)
                 new["teacher"] = akd.concat([labelled, more])
+                lap("extra_questions")
             for view in sorted({self._view(t) for t in self.tiers} - {"teacher"}):
                 new[view] = self._view_targets(view, labelled, questions, images)
             new = {v: akd.confident(t, self.akd.min_teacher_confidence) for v, t in new.items()}
+            lap("targets")
         extra = {"uploaded_samples": len(questions), "extra_questions": extra_asked,
                  "distilled_samples": akd.size(new.get("teacher", {})),
                  "rejected_uploads": rejected_up, "rejected_downlinks": rejected_down}
@@ -378,10 +390,13 @@ class CDCCA(FleetStrategy):
                 continue
             before = dict(self.state[self._group("cloud", tier)])
             losses = self._train_tier(tier, new.get(view, {}), server_round)
+            lap(f"akd.{tier}")
             if losses:
                 figures[tier] = losses | self._compress(tier, before, self.state[self._group("cloud", tier)])
+                lap(f"dwc.{tier}")
         for view, targets in new.items():
             self._buffer(view).add(targets)
+        lap("replay")
         extra["replay_size"] = len(self._buffer("teacher"))
         if figures:
             for key in ("loss", "ce", "kl", "feat", "payload_bytes", "ratio_dense", "ratio_checkpoint"):
@@ -392,6 +407,7 @@ class CDCCA(FleetStrategy):
         n_passes += len(questions) if self.akd.extra_questions else 0  # the teacher's captions
         extra["cloud_s"] = n_passes * self.akd.cloud_ms_per_sample / 1000
         extra["cloud_wall_s"] = time.time() - t0
+        extra["cloud_phases_s"] = phases
         placement.release()
         return extra
 
