@@ -55,6 +55,7 @@ class CDCCA(FleetStrategy):
         self.needs_full: set[int] = set()  # devices whose last downlink failed: send them a dense refresh
         self._chains: dict = {}
         self._anchor_targets: dict | None = None  # built on first use (see ``_anchor``)
+        self._views: dict[str, str] | None = None  # tier -> view, found on first use (see ``_view``)
 
     @classmethod
     def store_dir(cls, run_dir):
@@ -88,17 +89,18 @@ class CDCCA(FleetStrategy):
         prompter: the built-in zoo's shared front-end), so its devices' visual tokens serve the teacher and
         the teacher's targets serve it as they are; else the tier's name: its devices upload images and
         the cloud turns the teacher's targets into its own inputs (``akd.student_targets``)."""
-        if not hasattr(self, "_views"):
+        if self._views is None:
             t = self.ctx.model_paths["teacher"]
-            self._views = {}
+            views = {}
             for name in self.tiers:
                 shared = runtime.same_view(t, self.ctx.model_paths[name], self.cfg.cache_dir)
-                self._views[name] = "teacher" if shared else name
+                views[name] = "teacher" if shared else name
                 if not shared:
                     reads = self._prompter(name).identity == self._prompter("teacher").identity
                     log.warning("tier %s does not see samples as the teacher does (%s): its devices upload images%s",
                                 name, "another vision tower" if reads else "its own tokenizer or visual tokens",
                                 "" if reads else "; AKD has no logit KL for it and distils pooled features")
+            self._views = views
         return self._views[tier]
 
     def _uts(self, tier: str):
