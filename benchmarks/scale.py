@@ -108,9 +108,13 @@ def main():
               f"{60 * rec['participants'] / rec['wall_s']['round']:.0f} per minute")
     first = res[0]
     warm = (first.get("wall_s") or {}).get("map_nodes")
+    data_s = (first.get("wall_s") or {}).get("prepare_data")
+    if data_s is not None:
+        print(f"before round 1: domain splits and device partitions for {args.devices} devices {data_s:.1f} s "
+              "(cached on disk for the next run)")
     if warm is not None:
         warmed = plain_warm is not None
-        print(f"before round 1: Flower node mapping{' + worker warm-up' if warmed else ''} {warm:.1f} s"
+        print(f"before round 1: provisioning the Flower nodes{' + worker warm-up' if warmed else ''} {warm:.1f} s"
               + (f"; plain-loop warm-up {plain_warm:.1f} s; round 1 + warm-up ratio "
                  f"{(first['wall_s']['train'] + warm) / (plain[0] + plain_warm):.2f}" if warmed else ""))
     if cloud_plain is not None:

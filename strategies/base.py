@@ -339,8 +339,10 @@ class FleetStrategy(Strategy):
         cfg, callbacks = self.cfg, self.ctx.callbacks
         start = self.start()
         self.summary()
-        t_map = time.time()
+        t_data = time.time()
         self.prepare_data()
+        t_map = time.time()
+        data_s = t_map - t_data
         self.nodes = provision_nodes(grid, num_nodes(cfg, len(self.ctx.fleet)) if n_nodes is None else n_nodes or None,
                                      self.provision(), cfg.simulation.round_timeout_s, self.ctx.abort)
         map_s = time.time() - t_map
@@ -377,6 +379,7 @@ class FleetStrategy(Strategy):
                 record["wall_s"]["round"] = time.time() - t0
                 if r == start + 1:  # node mapping (and worker warm-up) of this simulation, before its first round
                     record["wall_s"]["map_nodes"] = map_s
+                    record["wall_s"]["prepare_data"] = data_s
                 for cb in callbacks:
                     cb.after_round(self, record)
             completed = True
