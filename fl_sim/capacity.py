@@ -4,7 +4,9 @@ A coarse model, per term (bytes):
 
     driver and models           2 GiB
     Ray workers                 0.6 GiB each (min(CPUs, CPUs / num_cpus_per_client) workers)
-    registered devices          30 KB each in the driver (Flower's node state, profiles, partitions)
+    registered devices          500 B each in the driver (profile), plus 150 B per domain in the driver and
+                                each worker (device partitions); Flower holds nothing per device
+                                (``benchmarks/registered_devices.py`` measured 608 B at 10k and 100k)
     datasets                    7.5 KB per sample (a 48x48 RGB image and its text), every domain's train
                                 split in the driver and in each worker, the test splits in the driver
     a device round              200 KB per sample in a worker (images, visual tokens, activations)
@@ -26,7 +28,8 @@ from . import FlSimError
 GIB = 2**30
 DRIVER_BYTES = 2 * GIB
 WORKER_BYTES = 0.6 * GIB
-PER_DEVICE_BYTES = 30_000
+PER_DEVICE_BYTES = 500
+PER_DEVICE_DOMAIN_BYTES = 150
 PER_SAMPLE_BYTES = 7_500
 ROUND_SAMPLE_BYTES = 200_000
 ROUND_DISK_BYTES = 4_000
@@ -56,7 +59,8 @@ def needs(cfg, n_devices: int) -> dict[str, dict[str, float]]:
     n_dom = domains(cfg)
     data = n_dom * (f.train_size * (w + 1) + cfg.eval.n_test) * PER_SAMPLE_BYTES
     memory = {"driver and models": DRIVER_BYTES, "Ray workers (simulation.num_cpus)": w * WORKER_BYTES,
-              "registered devices (fleet.num_devices)": n_devices * PER_DEVICE_BYTES,
+              "registered devices (fleet.num_devices)": n_devices * (PER_DEVICE_BYTES
+                                                                     + PER_DEVICE_DOMAIN_BYTES * n_dom * (w + 1)),
               "datasets (fleet.train_size, eval.n_test)": data,
               "device rounds (fleet.samples_per_round)": min(w, sampled) * f.samples_per_round * ROUND_SAMPLE_BYTES,
               "uploads a round (fleet.samples_per_round, strategy.clients_per_round)": uploaded * ROUND_SAMPLE_BYTES}
