@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "tent", "source-only", "cdcca"],
                     help="the plain loop runs the strategy's device round (run_local_round, run_cdcca_round)")
     ap.add_argument("--no-warm-up", action="store_true", help="simulation.warm_up = false (workers load in round 1)")
+    ap.add_argument("--teacher-int8", action="store_true", help="cdcca: strategy.akd.teacher_int8 = true")
     args = ap.parse_args()
     quiet_libraries()
     import torch
@@ -55,7 +56,7 @@ def main():
                         "fleet": {"num_devices": args.devices, "active_fraction": {"low": 1.0, "high": 1.0},
                                   "train_size": max(2000, 2 * args.devices)},
                         "strategy": {"name": args.strategy, "clients_per_round": args.per_round,
-                                     "over_commit": 1.0},
+                                     "over_commit": 1.0, "akd": {"teacher_int8": args.teacher_int8}},
                         "eval": {"n_test": 20, "every": 1000},
                         "simulation": {"warm_up": not args.no_warm_up}})
     t0 = time.time()
@@ -153,14 +154,15 @@ def plain_cloud(s, cfg, rec) -> float:
     ds = runtime.split("source", "train", cfg.fleet.train_size, cfg.seed, cfg.cache_dir).select(range(n))
     teacher_path = s.ctx.model_paths["teacher"]
     teacher, pr = runtime.base_model(teacher_path), runtime.prompter_for(teacher_path, cfg.cache_dir)
+    labeller = runtime.labelling_model(teacher_path, cfg.strategy.akd.teacher_int8)
     with torch.no_grad():
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
     t = time.time()
-    targets = akd.teacher_targets(teacher, pr, vis, list(ds["question"]), a.max_new_tokens)
+    targets = akd.teacher_targets(labeller, pr, vis, list(ds["question"]), a.max_new_tokens)
     if a.extra_questions:
         from fl_sim.world.domains import CAPTION_QUESTION
 
-        akd.teacher_targets(teacher, pr, vis, [CAPTION_QUESTION] * n, a.max_new_tokens)
+        akd.teacher_targets(labeller, pr, vis, [CAPTION_QUESTION] * n, a.max_new_tokens)
     rng = np.random.default_rng(0)
     for tier in s.tiers:
         model, init = runtime.adapted_model(s.ctx.model_paths[tier], *cfg.strategy.adapters())

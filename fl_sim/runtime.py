@@ -51,6 +51,19 @@ def _base_model(model_path: str, device: str):
     return load_mllm(model_path).to(device)
 
 
+def labelling_model(model_path: str, int8: bool = False):
+    """The base MLLM at ``model_path`` for labelling; with ``int8`` on the CPU, a copy whose linear layers
+    are int8 dynamically quantised (``torch.ao.quantization.quantize_dynamic``), made once per process."""
+    if not int8 or placement.current().type != "cpu":
+        return base_model(model_path)
+    return _int8_model(model_path)
+
+
+@lru_cache(maxsize=2)
+def _int8_model(model_path: str):
+    return torch.ao.quantization.quantize_dynamic(load_mllm(model_path), {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def prompter(cache_dir: str | None) -> Prompter:
     """The shared tokenizer's prompter (its vocabulary covers this process's user domains)."""
     from .world.domains import USER_DOMAINS

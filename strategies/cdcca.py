@@ -369,7 +369,7 @@ class CDCCA(FleetStrategy):
         new = {}  # view -> this round's targets
         extra_asked = 0
         if questions:
-            teacher = runtime.base_model(self.ctx.model_paths["teacher"])
+            teacher = runtime.labelling_model(self.ctx.model_paths["teacher"], self.akd.teacher_int8)
             labelled = akd.teacher_targets(teacher, pr, vis, questions, self.akd.max_new_tokens)
             new["teacher"] = labelled
             lap("label")

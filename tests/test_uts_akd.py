@@ -470,3 +470,22 @@ def test_malformed_packed_payloads_are_rejected(breakage):
            "not-uint8": good.astype(np.int16)}[breakage]
     with pytest.raises(uts.PayloadError):
         unpack_arrays(bad)
+
+
+def test_an_int8_teacher_labels_like_the_fp32_one(world):
+    """strategy.akd.teacher_int8: the teacher's linears become int8 dynamic ones; its targets keep their shapes."""
+    from fl_sim import runtime
+    from fl_sim.models.mllm import visual_tokens
+
+    zoo, ds, _, _ = world
+    path = str(zoo.paths["teacher"])
+    fp32, q8 = runtime.labelling_model(path), runtime.labelling_model(path, int8=True)
+    assert fp32 is runtime.base_model(path) and q8 is runtime.labelling_model(path, int8=True)
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in q8.modules())
+    vis = visual_tokens(fp32, zoo.prompter.pixels(np.asarray(ds["image"][:8])))
+    questions = list(ds["question"][:8])
+    a, b = (akd.teacher_targets(m, zoo.prompter, vis, questions, 6) for m in (fp32, q8))
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    assert torch.isfinite(b["t_logits"].float()).all()
+    same = np.mean([x == y for x, y in zip(akd.pseudo_labels(a, zoo.prompter), akd.pseudo_labels(b, zoo.prompter))])
+    assert same >= 0.5
