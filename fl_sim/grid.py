@@ -46,6 +46,12 @@ def provision_nodes(grid, n_nodes: int | None, provision: dict, timeout: float, 
         if time.time() > deadline or abort.is_set():
             raise RuntimeError(f"only {len(ids)} of {n_nodes or 1} nodes registered")
         time.sleep(0.05)
+    if n_nodes is None:  # however many: until no more register for a second
+        while time.time() < deadline and not abort.is_set():
+            time.sleep(1.0)
+            if len(more := sorted(grid.get_node_ids())) == len(ids):
+                break
+            ids = more
     msgs = [Message(RecordDict({"provision": ConfigRecord(dict(provision))}), dst_node_id=n,
                     message_type=MessageType.QUERY) for n in ids]
     ready, errors = set(), []

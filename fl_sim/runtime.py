@@ -61,7 +61,11 @@ def labelling_model(model_path: str, int8: bool = False):
 
 @lru_cache(maxsize=2)
 def _int8_model(model_path: str):
-    return torch.ao.quantization.quantize_dynamic(load_mllm(model_path), {torch.nn.Linear}, dtype=torch.qint8)
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao, which is not a dependency
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.ao.quantization.quantize_dynamic(load_mllm(model_path), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def prompter(cache_dir: str | None) -> Prompter:
@@ -97,19 +101,24 @@ def _prompter_for(model_path: str, device: str) -> Prompter:
 
 @lru_cache(maxsize=8)
 def tower_hash(model_path: str) -> str:
-    """SHA-256 (16 hex digits) of the model's vision tower weights: equal hashes, the same visual tokens."""
+    """SHA-256 (16 hex digits) of the model's vision tower weights and feature selection: equal hashes, the
+    same visual tokens."""
     import hashlib
 
-    h = hashlib.sha256()
-    for name, t in sorted(_base_model(model_path, "cpu").model.vision_tower.state_dict().items()):
-        h.update(name.encode() + b"\0" + t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    model = base_model(model_path)
+    cfg = model.config
+    h = hashlib.sha256(f"{cfg.vision_feature_layer}|{cfg.vision_feature_select_strategy}".encode())
+    for name, t in sorted(model.model.vision_tower.state_dict().items()):
+        h.update(name.encode() + b"\0" + t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 def same_view(a: str, b: str, cache_dir: str | None) -> bool:
     """Whether models ``a`` and ``b`` see a sample identically: the same vision tower weights and the same
     prompter (token ids, visual token count). Then one's visual tokens and token ids serve the other."""
-    return tower_hash(a) == tower_hash(b) and prompter_for(a, cache_dir).identity == prompter_for(b, cache_dir).identity
+    vocab = {base_model(p).config.text_config.vocab_size for p in (a, b)}
+    return (tower_hash(a) == tower_hash(b) and len(vocab) == 1
+            and prompter_for(a, cache_dir).identity == prompter_for(b, cache_dir).identity)
 
 
 CELL_PX = 16  # pixels per grid cell of the fleet's images

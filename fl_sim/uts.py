@@ -29,7 +29,7 @@ Dropped tokens are not sent at all. An upload is a few numpy arrays:
                 tokens and no scales; ``4`` sends uint8 ``(ceil(kept tokens * D / 2),)``, two values
                 ``q + 8`` per byte, high nibble first, ``q`` in ``[-7, 7]``, zero padding)
 ``token_mask``  uint8, ``np.packbits`` of the ``(samples, N)`` keep mask
-``questions``   uint8/uint16 token ids of every kept sample's question, concatenated
+``questions``   uint8/uint16/uint32 token ids of every kept sample's question, concatenated
 ``q_len``       uint8 ``(samples,)`` question lengths
 ``images``      uint8 ``(samples, H, W, 3)``, instead of the first two, for the raw-image baseline
 
@@ -169,7 +169,8 @@ def encode_upload(question_ids: list[list[int]], vis: torch.Tensor | None = None
     if any(ln > 255 for ln in lens):
         raise FlSimError("a question longer than 255 tokens cannot be uploaded")
     flat = np.concatenate([np.asarray(q, np.int64) for q in question_ids]) if question_ids else np.zeros(0, np.int64)
-    qdt = np.uint8 if flat.size == 0 or flat.max() < 256 else np.uint16
+    top = flat.max() if flat.size else 0
+    qdt = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32  # a 150k-token tokenizer fits
     out = {"questions": flat.astype(qdt), "q_len": np.asarray(lens, np.uint8)}
     if images is not None:
         out["images"] = np.ascontiguousarray(images, dtype=np.uint8)
@@ -238,7 +239,7 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
         key, dtype = TOKEN_ARRAYS[token_bits]
         if key not in arrays or np.asarray(arrays[key]).dtype != dtype:
             raise PayloadError(f"upload tokens are not the {token_bits}-bit encoding the device was asked for")
-    flat = need("questions", (np.uint8, np.uint16)).astype(np.int64)
+    flat = need("questions", (np.uint8, np.uint16, np.uint32)).astype(np.int64)
     if q_len.ndim != 1 or flat.ndim != 1 or q_len.sum() != flat.size:
         raise PayloadError(f"upload questions hold {flat.size} ids but q_len sums to {int(q_len.sum())}")
     if flat.size and flat.max() >= vocab:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
-from fl_sim import akd, ceil_share, dwc, placement, runtime, uts
+from fl_sim import FlSimError, akd, ceil_share, dwc, placement, runtime, uts
 from fl_sim.cache import read_meta
 from fl_sim.models.adapters import adapter_state, load_adapter_state
 from fl_sim.models.mllm import answer_with_stats, visual_tokens
@@ -97,6 +97,9 @@ class CDCCA(FleetStrategy):
                 views[name] = "teacher" if shared else name
                 if not shared:
                     reads = self._prompter(name).identity == self._prompter("teacher").identity
+                    if not reads and self.akd.w_ce + self.akd.w_feat <= 0:
+                        raise FlSimError(f"tier {name} reads text its own way, so AKD has no logit KL for it: "
+                                         "strategy.akd needs w_ce or w_feat > 0")
                     log.warning("tier %s does not see samples as the teacher does (%s): its devices upload images%s",
                                 name, "another vision tower" if reads else "its own tokenizer or visual tokens",
                                 "" if reads else "; AKD has no logit KL for it and distils pooled features")
@@ -211,16 +214,18 @@ class CDCCA(FleetStrategy):
         of the uploaded images and, when it reads text its own way, its token ids (``akd.student_targets``).
         Samples uploaded as visual tokens of the teacher's tower have no image for it and are skipped."""
         pr_t, pr = self._prompter("teacher"), self._prompter(view)
-        room = pr.max_len - self.akd.max_new_tokens - 1
-        rows = [i for i, im in enumerate(images) if im is not None and len(pr.prompt(questions[i])) <= room]
+        same_ids = pr.identity == pr_t.identity
+        answers = akd.pseudo_labels(targets, pr_t)
+        rows = [i for i, im in enumerate(images) if im is not None and  # its own ids must fit its positions
+                len(pr.prompt(questions[i])) + len(pr.words(answers[i])) + 1 <= pr.max_len]
         if not rows:
             return {}
         model = runtime.base_model(self.ctx.model_paths[view])
         vis = visual_tokens(model, pr.pixels(np.stack([images[i] for i in rows])))
         sub = akd.take(targets, rows)
-        if pr.identity == pr_t.identity:  # the same token ids: every target but the visual tokens carries over
+        if same_ids:  # the same token ids: every target but the visual tokens carries over
             return sub | {"vis": vis}
-        return akd.student_targets(pr, vis, [questions[i] for i in rows], sub, akd.pseudo_labels(sub, pr_t))
+        return akd.student_targets(pr, vis, [questions[i] for i in rows], sub, [answers[i] for i in rows])
 
     def upload_limits(self, n_tokens: int, u=None) -> dict:
         """What a device was asked to upload (``uts.decode_upload``'s limits; ``u``: its UTS settings): a
@@ -382,8 +387,11 @@ class CDCCA(FleetStrategy):
                 new[view] = self._view_targets(view, labelled, questions, images)
             new = {v: akd.confident(t, self.akd.min_teacher_confidence) for v, t in new.items()}
             lap("targets")
+        taught = akd.size(new.get("teacher", {}))  # the teacher's passes, whichever views use them
+        used = {self._view(t) for t in self.tiers}
+        new = {v: t for v, t in new.items() if v in used}  # the teacher's own targets only serve tiers of its view
         extra = {"uploaded_samples": len(questions), "extra_questions": extra_asked,
-                 "distilled_samples": akd.size(new.get("teacher", {})),
+                 "distilled_samples": sum(akd.size(t) for t in new.values()),
                  "rejected_uploads": rejected_up, "rejected_downlinks": rejected_down}
         figures = {}
         for tier in self.tiers:
@@ -405,7 +413,7 @@ class CDCCA(FleetStrategy):
                 vals = [f[key] for f in figures.values() if key in f]
                 if vals:
                     extra[f"akd_{key}" if key in ("loss", "ce", "kl", "feat") else f"dwc_{key}"] = float(np.mean(vals))
-        n_passes = akd.size(new.get("teacher", {})) + len(figures) * self.akd.steps * self.akd.batch_size
+        n_passes = taught + len(figures) * self.akd.steps * self.akd.batch_size
         n_passes += len(questions) if self.akd.extra_questions else 0  # the teacher's captions
         extra["cloud_s"] = n_passes * self.akd.cloud_ms_per_sample / 1000
         extra["cloud_wall_s"] = time.time() - t0

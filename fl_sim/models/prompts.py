@@ -86,15 +86,24 @@ class CheckpointPrompter(Prompter):
         marker = "\u2063QUESTION\u2063"
         template = getattr(self.processor, "chat_template", None) or getattr(self.tok, "chat_template", None)
         image_text = self.tok.convert_ids_to_tokens(self.image)
+        if isinstance(template, dict):  # several named templates: the default one
+            template = template.get("default") or next(iter(template.values()), None)
         if template:
             turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": marker}]}]
-            text = self.processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+            try:
+                text = self.processor.apply_chat_template(turn, chat_template=template, add_generation_prompt=True,
+                                                          tokenize=False)
+            except Exception as exc:  # noqa: BLE001 - a template that does not render is the checkpoint's
+                raise FlSimError(f"{path}: its chat template does not render a user turn with an image "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         else:
             text = FALLBACK_TEMPLATE.format(image=image_text, question=marker)
         if text.count(marker) != 1:
             raise FlSimError(f"{path}: its chat template does not render the question text once")
         before, after = text.split(marker)
         head, tail = self.words(before), self.words(after)
+        if self.bos is not None and head[:1] != [self.bos]:  # what the processor adds when the template does not
+            head = [self.bos] + head
         if (head + tail).count(self.image) != 1:
             raise FlSimError(f"{path}: its chat template renders {(head + tail).count(self.image)} image tokens "
                              f"({image_text!r}) for one image, expected 1")
