@@ -124,14 +124,6 @@ class CheckpointPrompter(Prompter):
             return self.pixels(np.zeros((1, 8, 8, 3), np.uint8))[:0]
         return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"].float()
 
-    def decode(self, ids) -> str:
-        out = []
-        for t in ids.tolist():
-            if t in (self.eos, self.pad):
-                break
-            out.append(t)
-        return self.tok.decode(out, skip_special_tokens=True).strip()
-
     def trainable_token_ids(self, vocab: int) -> list[int]:
         special = set(self.tok.all_special_ids) | {self.image}
         return [i for i in range(min(vocab, len(self.tok))) if i not in special]
