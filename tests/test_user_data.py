@@ -174,3 +174,15 @@ def test_a_tiny_fleet_shifts_to_a_user_domain(tmp_path, cache_dir, tiny_zoo):
     models = json.loads((run_dir / "models.json").read_text())
     assert models["teacher"]["path"] != str(tiny_zoo.paths["teacher"])  # a zoo of its own: new words, new data
     assert "fruit" in json.loads((Path(models["teacher"]["path"]) / "MANIFEST.json").read_text())["meta"]["trained_on"]
+    # stage A+: the shared front-end trained on the user's images too (its own folder, its own weights)
+    metas = {p: json.loads((p / "MANIFEST.json").read_text())["meta"]
+             for p in Path(cache_dir, "models").glob("frontend-*")}
+    adapted = [p for p, m in metas.items() if "fruit" in m.get("train_user", {}).get("domains", [])]
+    assert len(adapted) == 1 and "train_user" not in metas[tiny_zoo.paths["frontend"]]
+    assert metas[adapted[0]]["train_user"]["steps"] == 10
+    from safetensors.torch import load_file
+
+    def tower(folder):
+        return load_file(folder / "model.safetensors")
+    user, plain = tower(adapted[0]), tower(tiny_zoo.paths["frontend"])
+    assert user.keys() == plain.keys() and any(not (user[k] == plain[k]).all() for k in user)

@@ -21,6 +21,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+USER_STAGE = ("user_steps", "user_lr")
+
+
 class FrontendPreset(Strict):
     """SigLIP vision tower; one patch per grid cell (patch size = cell size)."""
     hidden: int = Field(gt=0)
@@ -36,9 +39,18 @@ class FrontendPreset(Strict):
         "with compositional: the share of stage-A samples drawn from the four built-in domains (the rest "
         "from the cells); the device tiers, trained on source alone, learn little on a front-end that "
         "saw source in 1 sample of 22"))
+    user_steps: int = Field(600, ge=0, description=(
+        "stage A+ steps, run only when the experiment declares domains on disk: the user's images carry no "
+        "per-cell labels, so the tower trains on answers instead, under a small proxy LM, on every built-in "
+        "and user domain (half the samples from the user's); 0 = the user's images never reach the front-end"))
+    user_lr: float = Field(5e-4, gt=0, description="stage A+ learning rate of the tower (the proxy LM: 1e-3)")
 
     def key(self) -> dict:
-        return _key(self)
+        """Stage A+ settings are left out: they count (in the zoo's cache key) only when user domains exist."""
+        return {k: v for k, v in _key(self).items() if k not in USER_STAGE}
+
+    def user_stage(self) -> dict:
+        return {k: getattr(self, k) for k in USER_STAGE}
 
     @model_validator(mode="after")
     def _share_needs_cells(self):
@@ -137,7 +149,7 @@ ZOOS: dict[str, ZooPreset] = {
     ),
     "tiny": ZooPreset(
         description="seconds-to-train models for tests and smoke runs (accuracy is not meaningful)",
-        frontend=FrontendPreset(hidden=32, layers=1, heads=2, steps=20, batch_size=32),
+        frontend=FrontendPreset(hidden=32, layers=1, heads=2, steps=20, batch_size=32, user_steps=10),
         teacher=ModelPreset(role="teacher", hidden=64, layers=2, heads=2, steps=30, batch_size=32),
         tiers={
             "tiny-high": _tier(32, 1, 2, "bf16", 20, "tiny tier, bf16"),

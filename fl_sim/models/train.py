@@ -1,4 +1,5 @@
-"""Pretraining recipes: stage A (vision front-end on per-cell attributes), stage B (projector + LM).
+"""Pretraining recipes: stage A (vision front-end on per-cell attributes), stage A+ (the front-end on
+answers, when the experiment brings its own data), stage B (projector + LM).
 
 Both stages draw fresh samples every batch from the deterministic generator (a pretraining stream that
 never touches the cached train/test splits), use fp32 (bf16 autocast is ~100x slower on CPUs without
@@ -17,8 +18,12 @@ from torch import nn
 from ..world.data import sample_stream
 from ..world.domains import DOMAINS, compositional_cells
 from ..world.scenes import COLOURS, DIGIT_SHAPES, GEOMETRIC_SHAPES, GRID, SIZES
-from .mllm import Prompter
-from .presets import FrontendPreset
+from .mllm import Prompter, build_mllm
+from .presets import FrontendPreset, ModelPreset
+
+# the LM that stage A+ trains the tower under, thrown away afterwards
+PROXY_LM = ModelPreset(role="teacher", hidden=128, layers=2, heads=4, steps=1, lr=1e-3,
+                       description="stage A+ proxy LM")
 
 SHAPE_CLASSES = ["empty"] + GEOMETRIC_SHAPES + DIGIT_SHAPES
 COLOUR_CLASSES = ["empty"] + list(COLOURS)
@@ -109,6 +114,27 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
     return {"seconds": time.time() - t0, "steps": fe.steps, "final_loss": loss.item(), "cell_accuracy": acc}
 
 
+def adapt_frontend(frontend, fe: FrontendPreset, tokenizer, user_domains: list[str], cell_px: int, seed: int,
+                   progress=None) -> dict:
+    """Stage A+: the front-end learns the user's images, which have no per-cell labels to supervise stage A.
+
+    A fresh MLLM (``frontend`` + projector + the small ``PROXY_LM``) trains every parameter, the tower at
+    ``fe.user_lr``, on answers from every built-in domain and every user domain (half the samples from the
+    user's, so the built-in features are kept while the new ones form); then ``frontend`` takes the trained
+    tower's weights and the rest is discarded. Every model of the zoo is trained on top of it afterwards.
+    """
+    torch.manual_seed(seed)
+    proxy = build_mllm(PROXY_LM, fe, cell_px, tokenizer)
+    proxy.model.vision_tower.load_state_dict(frontend.state_dict())
+    domains = list(DOMAINS) + list(user_domains)
+    weights = [0.5 / len(DOMAINS)] * len(DOMAINS) + [0.5 / len(user_domains)] * len(user_domains)
+    metrics = train_answers(proxy, Prompter(tokenizer), domains, fe.user_steps, fe.batch_size, PROXY_LM.lr, seed,
+                            cell_px, progress, weights=weights, tower_lr=fe.user_lr)
+    frontend.load_state_dict(proxy.model.vision_tower.state_dict())
+    frontend.eval()
+    return metrics | {"domains": domains, "proxy_lm": PROXY_LM.key()}
+
+
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy averaged within each sample, ``(B,)``.
 
@@ -121,13 +147,19 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: int, lr: float, seed: int,
-                  cell_px: int, progress=None, trainable=None, weights=None) -> dict:
+                  cell_px: int, progress=None, trainable=None, weights=None, tower_lr: float | None = None) -> dict:
     """Stage B: train ``trainable`` parameters (default: all but the vision tower) on answers only,
-    drawing each sample's domain uniformly or in proportion to ``weights`` (one per domain)."""
+    drawing each sample's domain uniformly or in proportion to ``weights`` (one per domain). With
+    ``tower_lr`` the vision tower trains too, at that learning rate (stage A+)."""
     torch.manual_seed(seed)
-    model.model.vision_tower.requires_grad_(False)
+    tower = model.model.vision_tower
+    tower.requires_grad_(tower_lr is not None)
     params = [p for p in (trainable if trainable is not None else model.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    tower_ids = {id(p) for p in tower.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in tower_ids]}]
+    if tower_lr is not None:
+        groups.append({"params": [p for p in params if id(p) in tower_ids], "lr": tower_lr})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
     sched = _schedule(opt, steps, max(1, steps // 20))
     stream = MixedStream(domains, seed, cell_px, weights=weights)
     model.train()

@@ -27,7 +27,7 @@ from ..world.user_data import cache_dir as user_cache_dir
 from .mllm import Prompter, build_frontend, build_mllm, count_params, load_mllm
 from .presets import ModelPreset, ZooPreset, get_zoo
 from .quantize import quantize_linears
-from .train import train_answers, train_frontend
+from .train import adapt_frontend, train_answers, train_frontend
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
@@ -201,15 +201,20 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
         base["user_domains"] = {n: build_user(n, spec, cell_px, user_cache_dir()).name
                                 for n, spec in USER_DOMAINS.items()}
 
-    fe_key = stable_hash(base | {"frontend": zoo.frontend.key()})
+    fe_spec = zoo.frontend.key() | ({"user_stage": zoo.frontend.user_stage()} if USER_DOMAINS else {})
+    fe_key = stable_hash(base | {"frontend": fe_spec})
     fe_dir = root / f"frontend-{fe_key}"
 
     def build_fe(tmp: Path) -> dict:
         torch.manual_seed(seed)
         fe = build_frontend(zoo.frontend, cell_px)
         metrics = train_frontend(fe, zoo.frontend, cell_px, seed, _progress_factory(progress, "stage A front-end"))
+        meta = {"role": "frontend", "train": metrics, "params": count_params(fe)}
+        if USER_DOMAINS and zoo.frontend.user_steps:
+            meta["train_user"] = adapt_frontend(fe, zoo.frontend, tokenizer, list(USER_DOMAINS), cell_px, seed,
+                                                _progress_factory(progress, "stage A+ front-end on user domains"))
         fe.save_pretrained(tmp)
-        return {"role": "frontend", "train": metrics, "params": count_params(fe)}
+        return meta
 
     get_or_build(fe_dir, build_fe, "front-end")
 
@@ -245,5 +250,5 @@ def zoo_summary(zoo: Zoo) -> list[dict]:
         rows.append({"model": role, "params": m.get("params"), "precision": m.get("precision", "fp32"),
                      "trained_on": ",".join(m.get("trained_on", [])) or "-",
                      "device_MB": round(m["device_bytes"] / 1e6, 3) if "device_bytes" in m else None,
-                     "train_s": round(m.get("train", {}).get("seconds", 0.0), 1)})
+                     "train_s": round(sum(m.get(k, {}).get("seconds", 0.0) for k in ("train", "train_user")), 1)})
     return rows
