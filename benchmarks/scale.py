@@ -1,7 +1,7 @@
 """Scale: many registered devices, a sample per round; framework overhead against a plain PyTorch loop.
 
     python benchmarks/scale.py [--devices 1000] [--per-round 50] [--rounds 3] [--zoo default] [--no-warm-up]
-                               [--strategy fedavg|fedprox|tent|source-only|cdcca]
+                               [--strategy fedavg|fedprox|tent|source-only|cdcca] [--no-plain] [--json FILE]
 
 Prints wall time per round, peak RSS (this process plus its Ray workers, sampled every 0.5 s) and the
 overhead ratio: Flower round wall time (send -> all replies) divided by the time the same devices' work
@@ -13,6 +13,8 @@ With ``--strategy cdcca`` the plain loop runs ``clients.cdcca_device.run_cdcca_r
 work), the round's cloud phases are printed from ``cloud_phases_s`` (decode, teacher labelling, extra
 questions, AKD and DWC per tier), and a plain-loop cloud reference repeats the round's teacher labelling
 and AKD steps on as many source samples, calling ``fl_sim.akd`` directly.
+``--no-plain`` skips the plain-loop references (the Flower run's own figures only); ``--json FILE`` also
+writes the run's figures there (``benchmarks/cost_curves.py`` collects them).
 Each domain's train split holds at least two samples per device (``fleet.train_size``), so the
 partitioner can give every device data.
 Targets: peak RSS <= 8 GiB, overhead ratio <= 1.5.
@@ -37,6 +39,8 @@ def main():
                     help="the plain loop runs the strategy's device round (run_local_round, run_cdcca_round)")
     ap.add_argument("--no-warm-up", action="store_true", help="simulation.warm_up = false (workers load in round 1)")
     ap.add_argument("--teacher-int8", action="store_true", help="cdcca: strategy.akd.teacher_int8 = true")
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain-loop references")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     quiet_libraries()
     import torch
@@ -64,6 +68,26 @@ def main():
         run_dir = run_experiment(cfg)
     total = time.time() - t0
     res = read_results(run_dir)
+    done = sum(r["participants"] for r in res)
+    rounds_wall = sum(r["wall_s"]["round"] for r in res)
+    first_wall = res[0].get("wall_s") or {}
+    figures = {"strategy": args.strategy, "devices": args.devices, "per_round": args.per_round, "rounds": args.rounds,
+               "teacher_int8": args.teacher_int8, "peak_rss_gib": mem.peak / 2**30,
+               "device_rounds_per_min": 60 * done / rounds_wall, "device_rounds_per_min_total": 60 * done / total,
+               "map_nodes_s": first_wall.get("map_nodes"), "prepare_data_s": first_wall.get("prepare_data"),
+               "round_s": [r["wall_s"]["round"] for r in res], "cloud_s": [r.get("cloud_wall_s") for r in res],
+               "total_s": total}
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+    if args.no_plain:
+        print(f"devices {args.devices}, {args.per_round} per round, {args.rounds} rounds, {args.strategy}: "
+              f"{figures['device_rounds_per_min']:.0f} device-rounds/min over the rounds, peak RSS "
+              f"{figures['peak_rss_gib']:.2f} GiB, provisioning {figures['map_nodes_s'] or 0:.1f} s, "
+              f"total {total:.1f} s")
+        return
 
     # the same devices' work in a plain loop (same configs, initial adapters), 2 threads, one process
     from fl_sim.fleet import load_trace
@@ -130,8 +154,6 @@ def main():
           f"{sum(r['wall_s']['train'] for r in res) / sum(plain):.2f}   target <= 1.5"
           + ("" if plain_warm is not None else "   (cold start: round 1 includes worker start-up)"))
     print(f"peak RSS (driver + Ray workers): {mem.peak / 2**30:.2f} GiB   target <= 8 GiB")
-    done = sum(r["participants"] for r in res)
-    rounds_wall = sum(r["wall_s"]["round"] for r in res)
     print(f"throughput: {done} device-rounds in {rounds_wall:.1f} s of rounds = "
           f"{60 * done / rounds_wall:.0f} per minute "
           f"({60 * done / total:.0f} per minute counting Ray start and node mapping)")

@@ -93,8 +93,10 @@ def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16
         return {"domain": domain, "split": split, "n": n}
 
     get_or_build(folder, build, f"dataset {domain}/{split}")
-    # in memory: a later rebuild of the entry must never pull pages from under a running process
-    return load_from_disk(str(folder), keep_in_memory=True).with_format("numpy")
+    # memory-mapped: a process holds only the pages of the rows it reads, shared with every other process
+    # through the page cache (a device touches its own few rows of a 10,000-device split). A rebuild of the
+    # entry writes new files and renames them into place, so files already mapped stay valid.
+    return load_from_disk(str(folder)).with_format("numpy")
 
 
 def partition(dataset, num_partitions: int, by: str = "domain", alpha: float = 0.5, seed: int = 0,

@@ -222,7 +222,7 @@ def load(name: str, split: str, n: int, seed: int, cell_px: int, cache_dir: str 
     from datasets import load_from_disk
 
     folder = build(name, USER_DOMAINS[name], cell_px, cache_dir or _STATE["cache_dir"])
-    ds = load_from_disk(str(folder / split), keep_in_memory=True)
+    ds = load_from_disk(str(folder / split))  # memory-mapped, as the built-in splits (fl_sim.world.data)
     if n < len(ds):
         rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 0 if split == "train" else 1])
         ds = ds.select(np.sort(rng.choice(len(ds), size=n, replace=False)))
