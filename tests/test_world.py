@@ -114,7 +114,9 @@ def test_dataset_cache_hit_and_corruption(cache_dir):
     again = load_split("source", "test", 30, seed=0, cell_px=8, cache_dir=cache_dir)
     assert (folder / "MANIFEST.json").stat().st_mtime_ns == stamp  # hit: not rebuilt
     arrow = next(folder.glob("*.arrow"))
-    arrow.write_bytes(arrow.read_bytes()[:100])  # truncate: a corrupt entry
+    cut = arrow.with_suffix(".cut")  # a corrupt entry: a truncated copy put in place (a new file, as every
+    cut.write_bytes(arrow.read_bytes()[:100])  # cache write is: the splits loaded above map the old one)
+    cut.replace(arrow)
     rebuilt = load_split("source", "test", 30, seed=0, cell_px=8, cache_dir=cache_dir)
     assert [r for r in rebuilt["question"]] == [r for r in again["question"]]
     assert np.array_equal(rebuilt[3]["image"], ds[3]["image"])
