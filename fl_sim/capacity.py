@@ -7,8 +7,10 @@ A coarse model, per term (bytes):
     registered devices          500 B each in the driver (profile), plus 150 B per domain in the driver and
                                 each worker (device partitions); Flower holds nothing per device
                                 (``benchmarks/registered_devices.py`` measured 608 B at 10k and 100k)
-    datasets                    7.5 KB per sample (a 48x48 RGB image and its text), every domain's train
-                                split in the driver and in each worker, the test splits in the driver
+    datasets                    7.5 KB per sample (a 48x48 RGB image and its text), memory-mapped: the test
+                                splits in the driver (evaluation reads them whole) and the rows each
+                                process reads (a round's samples in a worker); the rest stays on disk, in
+                                pages the kernel can drop
     a device round              200 KB per sample in a worker (images, visual tokens, activations)
     the cloud's round           200 KB per uploaded sample (teacher targets with logits and hidden states)
 
@@ -57,11 +59,11 @@ def needs(cfg, n_devices: int) -> dict[str, dict[str, float]]:
     sampled = min(n_devices, s.clients_per_round * s.over_commit)
     uploaded = sampled * f.samples_per_round * s.uts.budget
     n_dom = domains(cfg)
-    data = n_dom * (f.train_size * (w + 1) + cfg.eval.n_test) * PER_SAMPLE_BYTES
+    data = (n_dom * cfg.eval.n_test + sampled * f.samples_per_round) * PER_SAMPLE_BYTES
     memory = {"driver and models": DRIVER_BYTES, "Ray workers (simulation.num_cpus)": w * WORKER_BYTES,
               "registered devices (fleet.num_devices)": n_devices * (PER_DEVICE_BYTES
                                                                      + PER_DEVICE_DOMAIN_BYTES * n_dom * (w + 1)),
-              "datasets (fleet.train_size, eval.n_test)": data,
+              "datasets read (eval.n_test, fleet.samples_per_round)": data,
               "device rounds (fleet.samples_per_round)": min(w, sampled) * f.samples_per_round * ROUND_SAMPLE_BYTES,
               "uploads a round (fleet.samples_per_round, strategy.clients_per_round)": uploaded * ROUND_SAMPLE_BYTES}
     disk = {"datasets (fleet.train_size, eval.n_test)": n_dom * (f.train_size + cfg.eval.n_test) * PER_SAMPLE_BYTES,
