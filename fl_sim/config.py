@@ -292,6 +292,16 @@ class DerivedTier(Section):
         "int8: per output channel; int4: in groups of group_size; symmetric"))
     group_size: int = Field(32, ge=1)
     drop_layers: int = Field(0, ge=0, description="decoder layers removed from the top of the language model")
+    backend: Literal["simulated", "torchao"] = Field("simulated", description=(
+        "simulated: fp32 weights on the low-bit grid; torchao: the language model's linear layers held as real "
+        "int8 weights (torchao, quantize = int8 only; fl_sim.models.lowbit)"))
+
+    @model_validator(mode="after")
+    def _torchao_int8(self):
+        if self.backend == "torchao" and self.quantize != "int8":
+            raise ValueError(f"backend = \"torchao\" takes quantize = \"int8\" (peft's LoRA runs on torchao int8 "
+                             f"weights only), got {self.quantize!r}")
+        return self
 
 
 class ModelsConfig(Section):

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import FEDAVG, tiny_config
+from conftest import CDCCA, FEDAVG, tiny_config
 
 from fl_sim import FlSimError
 from fl_sim.models.provider import check_checkpoint, check_loadable, content_hash
@@ -46,6 +46,35 @@ def test_a_fleet_of_checkpoint_directories_runs(checkpoints, tmp_path, cache_dir
     assert small.config.text_config.num_hidden_layers == 1
     w = small.model.language_model.layers[0].mlp.fc1.weight
     assert len(torch.unique(w[0, :32])) <= 16  # int4: at most 16 levels per group
+
+
+def test_a_torchao_tier_holds_real_int8_weights_and_runs_cdcca(checkpoints, tmp_path, cache_dir):
+    """A tier derived with backend = "torchao": its language model's linears load as torchao int8 tensors
+    holding the simulated tier's int8 values, and two cdcca rounds train and send its adapters."""
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8Tensor
+
+    from fl_sim.metrics import read_results
+    from fl_sim.models.mllm import load_mllm
+    from fl_sim.run import run_experiment
+
+    spec = {"checkpoint": str(checkpoints / "teacher"), "quantize": "int8"}
+    cfg = tiny_config(CDCCA, tmp_path, cache_dir, **{
+        "models.tiers": {"sim": spec, "ao": spec | {"backend": "torchao"}}})
+    run_dir = run_experiment(cfg)
+    rows = read_results(run_dir)
+    assert [r["round"] for r in rows] == [1, 2] and set(rows[-1]["acc_tier"]) == {"sim", "ao"}
+    assert rows[-1]["downlink_bytes"] > 0
+    models = json.loads((run_dir / "models.json").read_text())
+    sim, ao = load_mllm(models["sim"]["path"]), load_mllm(models["ao"]["path"])
+    w_sim, w_ao = sim.model.language_model.layers[0].mlp.fc1.weight, ao.model.language_model.layers[0].mlp.fc1.weight
+    assert isinstance(w_ao, Int8Tensor) and not isinstance(w_sim, Int8Tensor)
+    step = w_sim.abs().amax(1, keepdim=True) / 127
+    assert ((w_ao.dequantize() - w_sim).abs() <= step).all()  # the same int8 grid, to within one step
+    assert not isinstance(ao.model.multi_modal_projector.linear_1.weight, Int8Tensor)  # trained in full
+    with pytest.raises(FlSimError, match='backend = "torchao" takes quantize = "int8"'):
+        tiny_config(CDCCA, tmp_path, cache_dir, **{"models.tiers": {"ao": spec | {"quantize": "int4",
+                                                                              "backend": "torchao"}}})
 
 
 def test_resuming_with_a_changed_checkpoint_is_refused(checkpoints, tmp_path):

@@ -71,6 +71,9 @@ def load_mllm(path: str | Path, tokenizer=None) -> LlavaForConditionalGeneration
     post = getattr(model.model.vision_tower, "post_layernorm", None)
     if post is not None:
         post.reset_parameters()
+    from . import lowbit
+
+    lowbit.apply(model)  # a tier derived with backend = "torchao": real int8 weights
     return model.eval()
 
 

@@ -82,6 +82,10 @@ def check_model_dirs(models) -> None:
     for name, spec in models.tiers.items():
         path = spec if isinstance(spec, str) else spec.checkpoint
         configs[name] = cfg = check_checkpoint(f"tiers.{name}", path)
+        if not isinstance(spec, str) and spec.backend == "torchao":
+            from .lowbit import require_torchao
+
+            require_torchao(f"models.tiers.{name}")
         if not isinstance(spec, str) and spec.drop_layers:
             layers = int((cfg.get("text_config") or {}).get("num_hidden_layers", 0))
             if spec.drop_layers >= layers:
@@ -145,13 +149,14 @@ def derive_tier(name: str, spec, cache_dir: str | None) -> Path:
     import torch
 
     from ..cache import cache_root, get_or_build, stable_hash
+    from . import lowbit
     from .mllm import count_params, load_mllm
     from .prompts import PROCESSOR_FILES
     from .quantize import quantize_linears
     from .zoo import device_size_bytes
 
     source = Path(spec.checkpoint).expanduser().resolve()
-    recipe = spec.model_dump(exclude={"checkpoint"})
+    recipe = spec.model_dump(exclude={"checkpoint"} | ({"backend"} if spec.backend == "simulated" else set()))
     key = stable_hash({"source": content_hash(source), "recipe": recipe})
     folder = cache_root(cache_dir) / "models" / f"derived-{key}"
 
@@ -164,6 +169,8 @@ def derive_tier(name: str, spec, cache_dir: str | None) -> Path:
             model.config.text_config.num_hidden_layers = keep
         parts = [quantize_linears(m, spec.quantize, spec.group_size)
                  for m in (lm, model.model.multi_modal_projector, model.lm_head)]
+        if spec.backend == "torchao":  # the int8 values above, held as int8 tensors wherever the tier loads
+            lowbit.mark(model)
         model.save_pretrained(tmp)
         for f in PROCESSOR_FILES:
             if (source / f).is_file():
