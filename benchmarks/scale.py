@@ -69,7 +69,10 @@ def main():
     total = time.time() - t0
     res = read_results(run_dir)
     done = sum(r["participants"] for r in res)
-    rounds_wall = sum(r["wall_s"]["round"] for r in res)
+    # a round's own record holds its devices, cloud and evaluation; its results and checkpoint writing are
+    # in the next round's record (the last round's are not counted)
+    rounds_wall = sum(r["wall_s"]["round"] + sum(r["wall_s"].get("previous_round_callbacks", {}).values())
+                      for r in res)
     first_wall = res[0].get("wall_s") or {}
     figures = {"strategy": args.strategy, "devices": args.devices, "per_round": args.per_round, "rounds": args.rounds,
                "teacher_int8": args.teacher_int8, "peak_rss_gib": mem.peak / 2**30,
@@ -149,6 +152,10 @@ def main():
                   + ", ".join(f"{k} {v:.1f}" for k, v in ph.items())
                   + f"; evaluation {rec['wall_s']['evaluate']:.1f} s; plain-loop cloud {cp:.1f} s, ratio "
                   f"{rec['cloud_wall_s'] / cp:.2f}   target <= 1.3")
+    for prev, rec in zip(res, res[1:]):
+        after = rec["wall_s"].get("previous_round_callbacks") or {}
+        print(f"after round {prev['round']}: " + ", ".join(f"{k} {v:.2f} s" for k, v in after.items())
+              + " (results.jsonl + TensorBoard, checkpoint)")
     ratios = [r["wall_s"]["train"] / p for r, p in zip(res, plain)]
     print(f"overhead ratio per round: worst {max(ratios):.2f} (round {1 + ratios.index(max(ratios))}), all rounds "
           f"{sum(r['wall_s']['train'] for r in res) / sum(plain):.2f}   target <= 1.5"

@@ -351,6 +351,7 @@ class FleetStrategy(Strategy):
         for cb in callbacks:
             cb.on_run_begin(self, start + 1)
         completed = False
+        spent: dict[str, float] = {}  # seconds of each callback (results, checkpoint) after the previous round
         try:
             for r in range(start + 1, cfg.rounds + 1):
                 if self.ctx.abort.is_set():
@@ -380,8 +381,13 @@ class FleetStrategy(Strategy):
                 if r == start + 1:  # node mapping (and worker warm-up) of this simulation, before its first round
                     record["wall_s"]["map_nodes"] = map_s
                     record["wall_s"]["prepare_data"] = data_s
+                else:  # the previous round's logging and checkpoint, which ran after its record was made
+                    record["wall_s"]["previous_round_callbacks"] = spent
+                spent = {}
                 for cb in callbacks:
+                    t = time.time()
                     cb.after_round(self, record)
+                    spent[type(cb).__name__] = time.time() - t
             completed = True
         finally:
             for cb in callbacks:
