@@ -23,6 +23,12 @@ def quiet_libraries():
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     warnings.filterwarnings("ignore")
+    import logging
+
+    # transformers imports torchao when it is installed (the lowbit extra): its CUDA-only kernels do not load
+    # on a CPU machine, which it logs, and torch logs a deprecation while torchao registers its types
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import datasets
     import transformers
 

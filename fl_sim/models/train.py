@@ -67,14 +67,41 @@ def _cell_labels(samples) -> torch.Tensor:
     return torch.from_numpy(lab)
 
 
-def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progress=None) -> dict:
+class CellHeads(nn.Module):
+    """Stage A's linear read-outs of every cell's shape, colour, size, row and column from the tower."""
+
+    NAMES = ("shape", "colour", "size", "row", "column")
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.heads = nn.ModuleList([nn.Linear(hidden, len(SHAPE_CLASSES)), nn.Linear(hidden, len(COLOUR_CLASSES)),
+                                    nn.Linear(hidden, len(SIZE_CLASSES)), nn.Linear(hidden, GRID),
+                                    nn.Linear(hidden, GRID)])
+
+    def forward(self, frontend, samples) -> list[torch.Tensor]:
+        x = Prompter.pixels(np.stack([s["image"] for s in samples]))
+        feats = frontend(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+        return [head(feats) for head in self.heads]
+
+    def loss(self, frontend, samples) -> torch.Tensor:
+        lab = _cell_labels(samples)
+        return sum(nn.functional.cross_entropy(lg.flatten(0, 1), lab[..., k].flatten())
+                   for k, lg in enumerate(self(frontend, samples)))
+
+    @torch.no_grad()
+    def accuracy(self, frontend, samples) -> dict[str, float]:
+        lab = _cell_labels(samples)
+        return {name: float((lg.argmax(-1) == lab[..., k]).float().mean())
+                for k, (name, lg) in enumerate(zip(self.NAMES, self(frontend, samples)))}
+
+
+def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progress=None) -> tuple[dict, CellHeads]:
     """Stage A: the SigLIP tower learns per-cell shape/colour/size on every domain, or on every
     compositional cell with ``fe.compositional`` (a shared, frozen
-    "foundation" front-end afterwards). Returns training metrics including held-out cell accuracy."""
+    "foundation" front-end afterwards). Returns training metrics including held-out cell accuracy, and
+    the trained read-out heads (stage A+ keeps training them)."""
     torch.manual_seed(seed)
-    h = frontend.config.hidden_size
-    heads = nn.ModuleList([nn.Linear(h, len(SHAPE_CLASSES)), nn.Linear(h, len(COLOUR_CLASSES)),
-                           nn.Linear(h, len(SIZE_CLASSES)), nn.Linear(h, GRID), nn.Linear(h, GRID)])
+    heads = CellHeads(frontend.config.hidden_size)
     params = list(frontend.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=fe.lr, weight_decay=0.01)
     sched = _schedule(opt, fe.steps, max(1, fe.steps // 10))
@@ -89,16 +116,8 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
     frontend.train()
     t0 = time.time()
 
-    def forward(samples):
-        x = Prompter.pixels(np.stack([s["image"] for s in samples]))
-        feats = frontend(pixel_values=x, output_hidden_states=True).hidden_states[-1]
-        return [head(feats) for head in heads]
-
     for step in range(fe.steps):
-        samples = stream.batch(fe.batch_size)
-        lab = _cell_labels(samples)
-        logits = forward(samples)
-        loss = sum(nn.functional.cross_entropy(lg.flatten(0, 1), lab[..., k].flatten()) for k, lg in enumerate(logits))
+        loss = heads.loss(frontend, stream.batch(fe.batch_size))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -106,33 +125,38 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
         if progress:
             progress(step + 1, fe.steps, loss.item())
     frontend.eval()
-    with torch.no_grad():
-        held = MixedStream(domains, seed + 1, cell_px, weights=weights).batch(256)
-        lab = _cell_labels(held)
-        acc = {name: float((lg.argmax(-1) == lab[..., k]).float().mean())
-               for k, (name, lg) in enumerate(zip(["shape", "colour", "size", "row", "column"], forward(held)))}
-    return {"seconds": time.time() - t0, "steps": fe.steps, "final_loss": loss.item(), "cell_accuracy": acc}
+    acc = heads.accuracy(frontend, MixedStream(domains, seed + 1, cell_px, weights=weights).batch(256))
+    return {"seconds": time.time() - t0, "steps": fe.steps, "final_loss": loss.item(), "cell_accuracy": acc}, heads
 
 
-def adapt_frontend(frontend, fe: FrontendPreset, tokenizer, user_domains: list[str], cell_px: int, seed: int,
-                   progress=None) -> dict:
+def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, user_domains: list[str], cell_px: int,
+                   seed: int, progress=None) -> dict:
     """Stage A+: the front-end learns the user's images, which have no per-cell labels to supervise stage A.
 
     A fresh MLLM (``frontend`` + projector + the small ``PROXY_LM``) trains every parameter, the tower at
     ``fe.user_lr``, on answers from every built-in domain and every user domain (half the samples from the
-    user's, so the built-in features are kept while the new ones form); then ``frontend`` takes the trained
-    tower's weights and the rest is discarded. Every model of the zoo is trained on top of it afterwards.
+    user's); stage A's per-cell loss (``heads``, trained on) stays on the batch's built-in samples, so the
+    built-in features are kept while the new ones form. Then ``frontend`` takes the trained tower's weights
+    and the rest is discarded; every model of the zoo is trained on top of it. Returns the training metrics
+    and the held-out cell accuracy after it (stage A's measure: what the built-in features kept).
     """
     torch.manual_seed(seed)
     proxy = build_mllm(PROXY_LM, fe, cell_px, tokenizer)
-    proxy.model.vision_tower.load_state_dict(frontend.state_dict())
+    tower = proxy.model.vision_tower
+    tower.load_state_dict(frontend.state_dict())
     domains = list(DOMAINS) + list(user_domains)
     weights = [0.5 / len(DOMAINS)] * len(DOMAINS) + [0.5 / len(user_domains)] * len(user_domains)
+
+    def keep_cells(samples):
+        built_in = [s for s in samples if "objects" in s]
+        return heads.loss(tower, built_in) if built_in else 0.0
+
     metrics = train_answers(proxy, Prompter(tokenizer), domains, fe.user_steps, fe.batch_size, PROXY_LM.lr, seed,
-                            cell_px, progress, weights=weights, tower_lr=fe.user_lr)
-    frontend.load_state_dict(proxy.model.vision_tower.state_dict())
+                            cell_px, progress, weights=weights, tower_lr=fe.user_lr, extra=(heads, keep_cells))
+    frontend.load_state_dict(tower.state_dict())
     frontend.eval()
-    return metrics | {"domains": domains, "proxy_lm": PROXY_LM.key()}
+    acc = heads.accuracy(frontend, MixedStream(list(DOMAINS), seed + 1, cell_px).batch(256))
+    return metrics | {"domains": domains, "proxy_lm": PROXY_LM.key(), "cell_accuracy": acc}
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -147,10 +171,12 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: int, lr: float, seed: int,
-                  cell_px: int, progress=None, trainable=None, weights=None, tower_lr: float | None = None) -> dict:
+                  cell_px: int, progress=None, trainable=None, weights=None, tower_lr: float | None = None,
+                  extra=None) -> dict:
     """Stage B: train ``trainable`` parameters (default: all but the vision tower) on answers only,
     drawing each sample's domain uniformly or in proportion to ``weights`` (one per domain). With
-    ``tower_lr`` the vision tower trains too, at that learning rate (stage A+)."""
+    ``tower_lr`` the vision tower trains too, at that learning rate, and ``extra = (module, loss)`` adds
+    ``loss(samples)`` to every step's loss and trains ``module``'s parameters with it (stage A+)."""
     torch.manual_seed(seed)
     tower = model.model.vision_tower
     tower.requires_grad_(tower_lr is not None)
@@ -159,6 +185,9 @@ def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: in
     groups = [{"params": [p for p in params if id(p) not in tower_ids]}]
     if tower_lr is not None:
         groups.append({"params": [p for p in params if id(p) in tower_ids], "lr": tower_lr})
+    if extra is not None:
+        groups.append({"params": list(extra[0].parameters())})
+        params = params + groups[-1]["params"]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
     sched = _schedule(opt, steps, max(1, steps // 20))
     stream = MixedStream(domains, seed, cell_px, weights=weights)
@@ -176,6 +205,8 @@ def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: in
             labels = batch.pop("labels")
             logits = model(**batch, pixel_values=prompter.pixels(np.stack([s["image"] for s in g]))).logits
             loss = loss + per_sample_loss(logits, labels).sum() / len(samples)
+        if extra is not None:
+            loss = loss + extra[1](samples)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -31,6 +31,7 @@ from .train import adapt_frontend, train_answers, train_frontend
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
+USER_STAGE_VERSION = 2  # stage A+ keeps stage A's per-cell loss on the built-in samples
 
 
 @dataclass
@@ -201,17 +202,19 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
         base["user_domains"] = {n: build_user(n, spec, cell_px, user_cache_dir()).name
                                 for n, spec in USER_DOMAINS.items()}
 
-    fe_spec = zoo.frontend.key() | ({"user_stage": zoo.frontend.user_stage()} if USER_DOMAINS else {})
+    fe_spec = zoo.frontend.key() | ({"user_stage": zoo.frontend.user_stage() | {"v": USER_STAGE_VERSION}}
+                                    if USER_DOMAINS else {})
     fe_key = stable_hash(base | {"frontend": fe_spec})
     fe_dir = root / f"frontend-{fe_key}"
 
     def build_fe(tmp: Path) -> dict:
         torch.manual_seed(seed)
         fe = build_frontend(zoo.frontend, cell_px)
-        metrics = train_frontend(fe, zoo.frontend, cell_px, seed, _progress_factory(progress, "stage A front-end"))
+        metrics, heads = train_frontend(fe, zoo.frontend, cell_px, seed,
+                                        _progress_factory(progress, "stage A front-end"))
         meta = {"role": "frontend", "train": metrics, "params": count_params(fe)}
         if USER_DOMAINS and zoo.frontend.user_steps:
-            meta["train_user"] = adapt_frontend(fe, zoo.frontend, tokenizer, list(USER_DOMAINS), cell_px, seed,
+            meta["train_user"] = adapt_frontend(fe, heads, zoo.frontend, tokenizer, list(USER_DOMAINS), cell_px, seed,
                                                 _progress_factory(progress, "stage A+ front-end on user domains"))
         fe.save_pretrained(tmp)
         return meta
