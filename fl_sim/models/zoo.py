@@ -203,7 +203,7 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
                                 for n, spec in USER_DOMAINS.items()}
 
     fe_spec = zoo.frontend.key() | ({"user_stage": zoo.frontend.user_stage() | {"v": USER_STAGE_VERSION}}
-                                    if USER_DOMAINS else {})
+                                    if USER_DOMAINS and zoo.frontend.user_steps else {})
     fe_key = stable_hash(base | {"frontend": fe_spec})
     fe_dir = root / f"frontend-{fe_key}"
 
