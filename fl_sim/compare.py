@@ -15,7 +15,9 @@ A comparison file names a base experiment and the variants to run on it::
 
 Runs go to ``<output_dir>/<name>/<label>-<seed>/`` (one TensorBoard logdir for the whole grid:
 ``tensorboard --logdir <output_dir>/<name>``). A finished run is skipped and an interrupted one resumes
-from its checkpoint, so re-running the command after a crash continues where it stopped. Runs are
+from its checkpoint, so re-running the command after a crash continues where it stopped; a run directory
+made with other models than the comparison uses now (a retrained zoo, a changed checkpoint) is refused
+before anything runs. Runs are
 sequential: each one already spreads its devices over every core through Ray.
 """
 
@@ -122,12 +124,15 @@ def is_complete(run_dir: Path, rounds: int) -> bool:
 
 def run_compare(path: str | Path, overrides: dict | None = None, on_run=None, on_round=None, progress=None) -> Path:
     """Run (or continue) the grid in ``path`` and write ``report.md`` (complete runs only); returns its directory."""
-    from .run import check_same_setup, run_experiment
+    from .run import check_same_models, check_same_setup, run_experiment
 
     cmp, grid = load_compare(path, overrides)
     out = Path(grid[0][2].output_dir) / cmp.name
+    resolved: dict = {}
     for v, seed, cfg in grid:  # check every existing run directory before spending time on any run
-        check_same_setup(out / f"{v.label}-{seed}", cfg, "delete it or give the comparison another name")
+        hint = "delete it or give the comparison another name"
+        check_same_setup(out / f"{v.label}-{seed}", cfg, hint)
+        check_same_models(out / f"{v.label}-{seed}", cfg, hint, resolved)
     out.mkdir(parents=True, exist_ok=True)
     refs, failures = [], []
     for i, (v, seed, cfg) in enumerate(grid):

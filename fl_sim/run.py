@@ -247,6 +247,42 @@ def check_same_setup(run_dir: Path, cfg: ExperimentConfig, hint: str) -> None:
         raise FlSimError(f"{run_dir} holds a different experiment (differs in {', '.join(diff)}); {hint}")
 
 
+def check_same_models(run_dir: Path, cfg: ExperimentConfig, hint: str, resolved: dict | None = None) -> None:
+    """Refuse to reuse ``run_dir`` if the models it recorded (``models.json``) are not the ones ``cfg`` runs
+    now: another checkpoint directory (a zoo whose recipe or data changed is another folder) or the same
+    directory with other contents. ``resolved`` caches the resolution between calls (a comparison's runs
+    share their models)."""
+    import json
+
+    rec = Path(run_dir) / "models.json"
+    if not rec.is_file():
+        return
+    from .models.provider import content_hash, resolve_models
+    from .models.zoo import pretrain_zoo
+    from .world.user_data import build_all, register
+
+    key = (cfg.zoo, cfg.zoo_seed, cfg.cache_dir, cfg.models.model_dump_json(), str(sorted(cfg.domains.items())))
+    resolved = {} if resolved is None else resolved
+    if key not in resolved:
+        register(cfg.domains, cfg.cache_dir)
+        build_all()
+        m = cfg.models
+        zoo = None if (m.teacher and m.tiers) else pretrain_zoo(
+            cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, roles={"teacher"} if m.tiers else None,
+            overrides={"teacher": m.teacher} if m.teacher else None)
+        now = resolve_models(cfg, zoo.paths if zoo else None)
+        resolved[key] = {role: (p, content_hash(p)) for role, p in now.items()}
+    try:
+        before = json.loads(rec.read_text())
+    except (OSError, ValueError):
+        before = {}
+    for role, (path, sha) in resolved[key].items():
+        old = before.get(role) or {}
+        if old.get("path") != path or old.get("sha256_16") != sha:
+            raise FlSimError(f"{run_dir} ran with another {role} model ({old.get('path')}, content hash "
+                             f"{old.get('sha256_16')}) than this experiment uses now ({path}, {sha}); {hint}")
+
+
 def _shutdown_ray() -> None:
     try:
         import ray

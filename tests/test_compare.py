@@ -53,6 +53,14 @@ def test_two_strategy_compare_end_to_end(tmp_path, cache_dir, tiny_zoo):
     assert seen == [("source-only", 0, "done"), ("cdcca", 0, "done")]
     assert (out / "cdcca-0" / "results.jsonl").read_text() == before
 
+    # a finished run made with another model (a retrained zoo is another folder) is refused, not reused
+    record = out / "source-only-0" / "models.json"
+    models = json.loads(record.read_text())
+    record.write_text(json.dumps(models | {"teacher": {"path": "/elsewhere/teacher", "sha256_16": "0" * 16}}))
+    with pytest.raises(FlSimError, match="source-only-0 ran with another teacher model"):
+        run_compare(path)
+    record.write_text(json.dumps(models))
+
     # the same run directory with a different experiment is refused before anything runs
     path = _write(tmp_path, cache_dir, [{"label": "cdcca", "strategy": "cdcca", "set": {"strategy.uts.budget": 0.25}}])
     with pytest.raises(FlSimError, match="different experiment"):
