@@ -356,12 +356,20 @@ class ExperimentConfig(Section):
         return self
 
 
+def _sections(cls) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_sections(sub))]
+
+
 def explain_error(exc: ValidationError) -> str:
     """A pydantic error as one line naming the key: ``unknown key 'fleet.x'`` or ``fleet.y: <message>``."""
     import re
 
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    errs = exc.errors()
+    # a value that fits no member of a union (a tier: a path or a table) fails once per member: the member
+    # it was meant for is the one not failing on its type; the members' names are not keys
+    err = next((e for e in errs if not e["type"].endswith("_type")), errs[0])
+    members = {"str"} | {c.__name__ for c in _sections(Section)}
+    loc = ".".join(str(p) for p in err["loc"] if p not in members and not re.fullmatch(r"[\w-]+\[.*\]", str(p)))
     if err["type"] == "extra_forbidden":
         return f"unknown key {loc!r}"
     msg = err["msg"].removeprefix("Value error, ")
