@@ -10,7 +10,8 @@ A coarse model, per term (bytes):
     datasets                    7.5 KB per sample (a 48x48 RGB image and its text), memory-mapped: the test
                                 splits in the driver (evaluation reads them whole) and the rows each
                                 process reads (a round's samples in a worker); the rest stays on disk, in
-                                pages the kernel can drop
+                                pages the kernel can drop; building a split holds it in memory once
+                                (and 130 KB per sample of a 4,096-sample chunk while it converts)
     a device round              200 KB per sample in a worker (images, visual tokens, activations)
     the cloud's round           200 KB per uploaded sample (teacher targets with logits and hidden states)
 
@@ -33,6 +34,7 @@ WORKER_BYTES = 0.6 * GIB
 PER_DEVICE_BYTES = 500
 PER_DEVICE_DOMAIN_BYTES = 150
 PER_SAMPLE_BYTES = 7_500
+BUILD_CHUNK_BYTES = 4096 * 130_000  # fl_sim.world.data.BUILD_CHUNK samples while Dataset.from_list converts them
 ROUND_SAMPLE_BYTES = 200_000
 ROUND_DISK_BYTES = 4_000
 BUILTIN_DOMAINS = 4  # every run evaluates the built-in domains (fl_sim.evaluation.eval_domains)
@@ -59,11 +61,12 @@ def needs(cfg, n_devices: int) -> dict[str, dict[str, float]]:
     sampled = min(n_devices, s.clients_per_round * s.over_commit)
     uploaded = sampled * f.samples_per_round * s.uts.budget
     n_dom = domains(cfg)
-    data = (n_dom * cfg.eval.n_test + sampled * f.samples_per_round) * PER_SAMPLE_BYTES
+    data = (n_dom * cfg.eval.n_test + sampled * f.samples_per_round + f.train_size) * PER_SAMPLE_BYTES \
+        + BUILD_CHUNK_BYTES
     memory = {"driver and models": DRIVER_BYTES, "Ray workers (simulation.num_cpus)": w * WORKER_BYTES,
               "registered devices (fleet.num_devices)": n_devices * (PER_DEVICE_BYTES
                                                                      + PER_DEVICE_DOMAIN_BYTES * n_dom * (w + 1)),
-              "datasets read (eval.n_test, fleet.samples_per_round)": data,
+              "datasets (fleet.train_size, eval.n_test, fleet.samples_per_round)": data,
               "device rounds (fleet.samples_per_round)": min(w, sampled) * f.samples_per_round * ROUND_SAMPLE_BYTES,
               "uploads a round (fleet.samples_per_round, strategy.clients_per_round)": uploaded * ROUND_SAMPLE_BYTES}
     disk = {"datasets (fleet.train_size, eval.n_test)": n_dom * (f.train_size + cfg.eval.n_test) * PER_SAMPLE_BYTES,

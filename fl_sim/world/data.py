@@ -12,6 +12,7 @@ from .domains import DOMAINS, FAMILIES, USER_DOMAINS, Domain, get_domain, make_s
 
 SPLITS = {"train": 0, "test": 1}
 GENERATOR_VERSION = 1
+BUILD_CHUNK = 4096  # samples converted to Arrow at a time when a split is built
 
 
 def domain_key(name: str) -> int:
@@ -47,13 +48,14 @@ def _user_stream(domain: str, split: str, seed: int, cell_px: int):
         yield {k: v[i] for k, v in cols.items()} | {"domain": domain, "caption": ""}
 
 
-def generate(domain: str, split: str, n: int, seed: int, cell_px: int, families=None) -> list[dict]:
-    """``n`` samples of ``domain``/``split``; sample ``i`` depends only on (seed, domain, split, i)."""
+def generate(domain: str, split: str, n: int, seed: int, cell_px: int, families=None, start: int = 0) -> list[dict]:
+    """Samples ``start`` to ``start + n - 1`` of ``domain``/``split``; sample ``i`` depends only on (seed,
+    domain, split, i)."""
     dom = get_domain(domain)
     if split not in SPLITS:
         raise FlSimError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         rng = np.random.default_rng([seed, domain_key(domain), SPLITS[split], i])
         s = make_sample(dom, rng, split, cell_px, families)
         s.pop("objects")
@@ -75,7 +77,7 @@ def _features(cell_px: int):
 def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None):
     """The cached ``datasets.Dataset`` of ``n`` samples of ``domain``/``split`` (numpy format); for a domain
     backed by a dataset on disk, ``n`` of its rows (all when it has fewer: ``fl_sim.world.user_data``)."""
-    from datasets import Dataset, load_from_disk
+    from datasets import Dataset, concatenate_datasets, load_from_disk
 
     if domain in USER_DOMAINS:
         from .user_data import load
@@ -87,8 +89,11 @@ def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16
     folder = cache_root(cache_dir) / "data" / f"{domain}-{split}-{key}"
 
     def build(tmp: Path) -> dict:
-        rows = generate(domain, split, n, seed, cell_px)
-        ds = Dataset.from_list(rows, features=_features(cell_px))
+        # in chunks: Dataset.from_list holds ~130 KB of Python objects per sample while it converts, which
+        # for a 100,000-device fleet's 200,000-sample split is more memory than the machine has
+        parts = [Dataset.from_list(generate(domain, split, min(BUILD_CHUNK, n - s), seed, cell_px, start=s),
+                                   features=_features(cell_px)) for s in range(0, n, BUILD_CHUNK)]
+        ds = concatenate_datasets(parts) if parts else Dataset.from_list([], features=_features(cell_px))
         ds.save_to_disk(str(tmp))
         return {"domain": domain, "split": split, "n": n}
 
