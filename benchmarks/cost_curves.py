@@ -86,7 +86,7 @@ def main():
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [run_point(out, s, n, k, args.rounds) for s in args.strategies.split(",") for n, k in points()]
+    rows = [run_point(out, s, n, k, args.rounds) for n, k in points() for s in args.strategies.split(",")]
     print(table(rows))
     plot(rows, Path(args.plot))
     print(f"plot: {args.plot}")
