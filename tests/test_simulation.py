@@ -106,6 +106,8 @@ def test_workers_warm_up_before_round_one(fedavg_run):
     _, _, res = fedavg_run
     assert res[0]["wall_s"]["map_nodes"] > 0  # node mapping + warm-up, logged with the first round only
     assert "map_nodes" not in res[1]["wall_s"]
+    after = res[1]["wall_s"]["previous_round_callbacks"]  # round 1's results and checkpoint writing
+    assert set(after) == {"ResultsLogger", "Checkpointing"} and all(v > 0 for v in after.values())
 
 
 def test_warm_up_loads_every_tier_and_domain_once(fedavg_run, cache_dir, tiny_zoo):
