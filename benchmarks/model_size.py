@@ -91,7 +91,7 @@ def measure(path: str, teacher: str, kind: str, steps: int) -> dict:
 
         cfg = parse_config({"name": "cloud", "output_dir": out, "rounds": 1,
                             "models": {"teacher": teacher, "tiers": {"m": path}},
-                            "fleet": {"num_devices": 4}, "strategy": {"name": "cdcca"}})
+                            "fleet": {"num_devices": 4}, "strategy": {"name": "cdcca", "clients_per_round": 4}})
         a = cfg.strategy.akd
         ds = runtime.split("source", "train", cfg.fleet.train_size, 0, None).select(range(a.batch_size))
         t_model, pr = runtime.base_model(teacher), runtime.prompter_for(teacher, None)
