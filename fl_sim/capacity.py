@@ -11,7 +11,7 @@ A coarse model, per term (bytes):
                                 splits in the driver (evaluation reads them whole) and the rows each
                                 process reads (a round's samples in a worker); the rest stays on disk, in
                                 pages the kernel can drop; building a split holds it in memory once
-                                (and 130 KB per sample of a 4,096-sample chunk while it converts)
+                                (and 130 KB per sample of a BUILD_CHUNK-sample chunk while it converts)
     a device round              200 KB per sample in a worker (images, visual tokens, activations)
     the cloud's round           200 KB per uploaded sample (teacher targets with logits and hidden states)
 
@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 
 from . import FlSimError
+from .world.data import BUILD_CHUNK
 
 GIB = 2**30
 DRIVER_BYTES = 2 * GIB
@@ -34,7 +35,7 @@ WORKER_BYTES = 0.6 * GIB
 PER_DEVICE_BYTES = 500
 PER_DEVICE_DOMAIN_BYTES = 150
 PER_SAMPLE_BYTES = 7_500
-BUILD_CHUNK_BYTES = 4096 * 130_000  # fl_sim.world.data.BUILD_CHUNK samples while Dataset.from_list converts them
+BUILD_CHUNK_BYTES = BUILD_CHUNK * 130_000  # a chunk's Python objects while Dataset.from_list converts them
 ROUND_SAMPLE_BYTES = 200_000
 ROUND_DISK_BYTES = 4_000
 BUILTIN_DOMAINS = 4  # every run evaluates the built-in domains (fl_sim.evaluation.eval_domains)
