@@ -48,13 +48,15 @@ def _sha256(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, f".{MANIFEST}.tmp"))
 
 
 def seal(folder: Path, meta: dict | None = None) -> None:
     """Write the manifest (file sizes and hashes plus ``meta``) into ``folder``."""
     files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)}
-    (folder / MANIFEST).write_text(json.dumps({"files": files, "meta": meta or {}}, indent=1, sort_keys=True))
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"files": files, "meta": meta or {}}, indent=1, sort_keys=True))
+    os.replace(tmp, folder / MANIFEST)  # a reader sees the old manifest or the new one, never half of one
 
 
 def verify(folder: Path) -> str | None:
@@ -105,3 +107,11 @@ def get_or_build(folder: Path, build: Callable[[Path], dict | None], what: str =
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def extend(folder: Path, add: Callable[[Path], None]) -> None:
+    """Add files to the intact entry ``folder``: ``add(folder)`` writes them, then the manifest is resealed
+    over them with the same metadata (an entry cached before a file was part of it gets it this way)."""
+    meta = read_meta(folder)
+    add(folder)
+    seal(folder, meta)

@@ -82,7 +82,8 @@ def _prompter(cache_dir: str | None, user_domains: tuple) -> Prompter:
 
 def prompter_for(model_path: str, cache_dir: str | None) -> Prompter:
     """How the model at ``model_path`` reads text and images: its own processor when its directory has one
-    (``fl_sim.models.prompts``), the shared word tokenizer's prompter otherwise (the built-in zoo)."""
+    (``fl_sim.models.prompts``; the zoo's directories carry one too), the shared word tokenizer's prompter
+    otherwise."""
     if not has_own_processor(model_path):
         return prompter(cache_dir)
     return _prompter_for(model_path, str(placement.current()))

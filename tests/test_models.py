@@ -278,3 +278,48 @@ def test_compositional_presets_are_validated():
         ModelPreset(role="device", hidden=8, layers=1, heads=1, steps=1, compositional=True)
     with pytest.raises(ValidationError, match="builtin_share applies to a compositional front-end only"):
         FrontendPreset(hidden=8, layers=1, heads=1, steps=1, builtin_share=0.5)
+
+
+def test_zoo_checkpoints_read_with_their_own_processor_exactly_as_the_shared_prompter(tiny_zoo, cache_dir):
+    """Every zoo directory carries a processor (word_processor), and the fleet's path for checkpoints with
+    their own processor reproduces the shared prompter: the same prompt ids, pixels for every byte value,
+    trainable word ids and answer decoding."""
+    from fl_sim import runtime
+    from fl_sim.models.prompts import CheckpointPrompter, has_own_processor
+
+    ref = tiny_zoo.prompter
+    questions = [s["question"] for d in ("source", "dusk", "novel", "digits")
+                 for s in generate(d, "test", 30, seed=1, cell_px=16)]
+    byte_image = np.resize(np.arange(256, dtype=np.uint8), (1, *runtime.IMAGE_SHAPE))
+    identities = set()
+    for role, path in tiny_zoo.paths.items():
+        if role == "frontend":
+            continue
+        assert has_own_processor(path), role
+        pr = runtime.prompter_for(str(path), cache_dir)
+        assert isinstance(pr, CheckpointPrompter) and pr.n_image == ref.n_image and pr.max_len == ref.max_len
+        assert all(pr.prompt(q) == ref.prompt(q) for q in questions), role
+        assert torch.equal(pr.pixels(byte_image), ref.pixels(byte_image)), role
+        vocab = tiny_zoo.models[role].config.text_config.vocab_size
+        assert pr.trainable_token_ids(vocab) == ref.trainable_token_ids(vocab)
+        answers = ["two", "red circle", "yes"]
+        b, b_ref = pr.train_batch(questions[:3], answers), ref.train_batch(questions[:3], answers)
+        assert all(torch.equal(b[k], v) for k, v in b_ref.items())
+        identities.add(pr.identity)
+    assert len(identities) == 1  # one processor: teacher and tiers share token ids (logit KL stays on)
+
+
+def test_a_zoo_entry_cached_without_a_processor_gets_one(tiny_zoo, cache_dir):
+    from fl_sim.cache import read_meta, seal, verify
+    from fl_sim.models.prompts import PROCESSOR_FILES, has_own_processor
+    from fl_sim.models.zoo import pretrain_zoo
+
+    folder = tiny_zoo.paths["tiny-high"]
+    weights, meta = (folder / "model.safetensors").read_bytes(), read_meta(folder)
+    for f in PROCESSOR_FILES:
+        (folder / f).unlink(missing_ok=True)
+    seal(folder, meta)  # as the cache held it before zoo models carried their processor
+    assert not has_own_processor(folder)
+    again = pretrain_zoo("tiny", cache_dir=cache_dir)
+    assert again.paths["tiny-high"] == folder and has_own_processor(folder) and verify(folder) is None
+    assert (folder / "model.safetensors").read_bytes() == weights and read_meta(folder) == meta  # not retrained

@@ -1,10 +1,10 @@
 """A checkpoint's own way of reading: its tokenizer, image processor and chat template (``AutoProcessor``).
 
-The built-in zoo's models share fl-sim's word tokenizer (``mllm.Prompter``). A checkpoint directory that
-carries its own processor is read with it instead: the question goes through the chat template as one user
-turn holding an image and the text, the template's single image token is expanded to as many visual tokens
-as the model's vision tower makes (found by running it once, so any tower, patch size or feature strategy
-works), and images go through the image processor (resized and normalised as the tower expects).
+A checkpoint directory that carries its own processor is read with it (the zoo's directories carry one
+that reproduces ``mllm.Prompter``: ``word_processor``). The question goes through the chat template as one
+user turn holding an image and the text, the template's single image token is expanded to as many visual
+tokens as the model's vision tower makes (found by running it once, so any tower, patch size or feature
+strategy works), and images go through the image processor (resized and normalised as the tower expects).
 
 Layout of one training sequence::
 

@@ -9,9 +9,9 @@ directory's ``models.json`` with its path and content hash, so resuming notices 
 What a checkpoint must be: a LLaVA-family model (``model_type`` llava, loaded with
 ``AutoModelForImageTextToText``) with any vision tower and decoder transformers builds. With its own
 processor saved beside it (tokenizer, image processor, chat template) it reads questions and images its own
-way (``fl_sim.models.prompts``); without one it must fit the shared word tokenizer and the built-in world's
-9 visual tokens, as the zoo's models do. ``check_model_dirs`` reads ``config.json`` and ``check_loadable``
-the processors, before Ray starts, and say what is wrong in one line. LoRA targets are found from the
+way (``fl_sim.models.prompts``), as the zoo's own directories do; without one it must fit the shared
+word tokenizer and the built-in world's 9 visual tokens. ``check_model_dirs`` reads ``config.json`` and
+``check_loadable`` the processors, before Ray starts, and say what is wrong in one line. LoRA targets are found from the
 model (``adapters.language_model_targets``), whatever its decoder family.
 """
 

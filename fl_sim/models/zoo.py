@@ -1,8 +1,10 @@
 """The model zoo: pretrain (or load from cache) the front-end, the teacher and every device tier.
 
 Cache layout under ``<cache>/models/``: one folder per model, keyed by a hash of everything that produced
-it (world settings, presets, seed, tokenizer, the front-end's key). Each is a ``save_pretrained`` folder
-(safetensors + config.json) sealed with a manifest holding training metrics and packed sizes.
+it (world settings, presets, seed, tokenizer, the front-end's key). Each is an ordinary checkpoint
+directory: ``save_pretrained`` weights (safetensors + config.json) with their processor (the shared word
+tokenizer, image processor and chat template: ``word_processor``), sealed with a manifest holding
+training metrics and packed sizes. The fleet loads them like any other checkpoint (``provider``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import FlSimError
-from ..cache import cache_root, get_or_build, read_meta, stable_hash, verify
+from ..cache import cache_root, extend, get_or_build, read_meta, stable_hash, verify
 from ..world.data import GENERATOR_VERSION
 from ..world.domains import COMBINED, DOMAINS, USER_DOMAINS, compositional_cells
 from ..world.tokenizer import load_tokenizer
@@ -26,8 +28,10 @@ from ..world.user_data import build as build_user
 from ..world.user_data import cache_dir as user_cache_dir
 from .mllm import Prompter, build_frontend, build_mllm, count_params, load_mllm
 from .presets import ModelPreset, ZooPreset, get_zoo
+from .prompts import has_own_processor
 from .quantize import quantize_linears
 from .train import adapt_frontend, train_answers, train_frontend
+from .word_processor import save_processor
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
@@ -89,6 +93,7 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
     head = quantize_linears(model.lm_head, preset.precision, preset.group_size)
     linear_bytes = quant["packed_linear_bytes"] + proj["packed_linear_bytes"] + head["packed_linear_bytes"]
     model.save_pretrained(folder)
+    save_processor(folder, tokenizer, model.config.vision_config)
     trained_on = [f"compositional: {len(domains)} cells, not {', '.join(COMBINED)}"] if preset.compositional \
         else domains
     return {"role": preset.role, "preset": preset.model_dump(), "trained_on": trained_on, "train": metrics,
@@ -242,6 +247,8 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
         get_or_build(folder, lambda tmp, r=role, p=preset: _train_model(
             tmp, r, p, zoo, fe_dir, cell_px, seed, tokenizer, progress), role)
         models[role], meta[role], paths[role] = load_mllm(folder, tokenizer), read_meta(folder), folder
+        if not has_own_processor(folder):  # cached before zoo models carried their processor
+            extend(folder, lambda f, m=models[role]: save_processor(f, tokenizer, m.config.vision_config))
     teacher = models.pop("teacher")
     return Zoo(name, Prompter(tokenizer), teacher, models, meta, paths)
 
