@@ -84,13 +84,14 @@ def load_device_env(path: str) -> DeviceEnvironment:
 
 
 @lru_cache(maxsize=4)
-def _profiles(path: str, mtime_ns: int) -> tuple:
+def _profiles(path: str, mtime_ns: int):
     import json
 
     from .fleet import load_trace
+    from .profile_table import ProfileTable
 
     tiers = sorted({row["tier"] for row in json.loads(Path(path).read_text())})
-    return tuple(load_trace(path, tiers))
+    return ProfileTable(load_trace(path, tiers))  # columns: a worker holds ~100 B per registered device
 
 
 def profile(env: DeviceEnvironment, device_id: int):

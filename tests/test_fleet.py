@@ -159,3 +159,19 @@ def test_straggler_cut_keeps_the_fastest_within_the_deadline():
     assert short.kept == [1, 3] and short.on_time == 2 and short.round_s == 4.0
     assert straggler_cut({}, 3, 600.0, 3).round_s == 600.0  # nobody replied
     assert straggler_cut({7: 3.0}, 3, 600.0, 1).round_s == 3.0  # fewer sampled than K: done when all are in
+
+
+def test_profile_table_gives_back_every_profile():
+    """A worker's columnar fleet (fl_sim.profile_table) rebuilds each device's profile, schedules included,
+    in far fewer bytes than the profiles."""
+    from fl_sim.config import ScheduleConfig
+    from fl_sim.profile_table import ProfileTable
+
+    for cfg in (FleetConfig(num_devices=300), FleetConfig(num_devices=300, schedule=ScheduleConfig())):
+        fleet = make_fleet(cfg, ["a", "b"], seed=4)
+        table = ProfileTable(fleet)
+        assert len(table) == len(fleet) and [table[i] for i in range(len(fleet))] == fleet
+        assert table[-1] == fleet[-1] and table.nbytes() < 300 * len(fleet)
+        with pytest.raises(IndexError):
+            table[len(fleet)]
+    assert any(p.schedule for p in fleet)
