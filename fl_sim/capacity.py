@@ -6,12 +6,14 @@ A coarse model, per term (bytes):
     Ray workers                 0.6 GiB each (min(CPUs, CPUs / num_cpus_per_client) workers)
     registered devices          500 B each in the driver (profile), plus 150 B per domain in the driver and
                                 each worker (device partitions); Flower holds nothing per device
-                                (``benchmarks/registered_devices.py`` measured 608 B at 10k and 100k)
+                                (``benchmarks/registered_devices.py`` measured 608 B at 10k and 100k);
+                                computing a domain's partitions the first time takes 5 KB per device
+                                in the driver, one domain at a time
     datasets                    7.5 KB per sample (a 48x48 RGB image and its text), memory-mapped: the test
                                 splits in the driver (evaluation reads them whole) and the rows each
                                 process reads (a round's samples in a worker); the rest stays on disk, in
-                                pages the kernel can drop; building a split holds it in memory once
-                                (and 130 KB per sample of a BUILD_CHUNK-sample chunk while it converts)
+                                pages the kernel can drop; building a split streams it to disk and holds
+                                about 400 MiB whatever its size (one chunk of samples and Arrow's batches)
     a device round              200 KB per sample in a worker (images, visual tokens, activations)
     the cloud's round           200 KB per uploaded sample (teacher targets with logits and hidden states)
 
@@ -27,7 +29,6 @@ import shutil
 from pathlib import Path
 
 from . import FlSimError
-from .world.data import BUILD_CHUNK
 
 GIB = 2**30
 DRIVER_BYTES = 2 * GIB
@@ -35,7 +36,8 @@ WORKER_BYTES = 0.6 * GIB
 PER_DEVICE_BYTES = 500
 PER_DEVICE_DOMAIN_BYTES = 150
 PER_SAMPLE_BYTES = 7_500
-BUILD_CHUNK_BYTES = BUILD_CHUNK * 130_000  # a chunk's Python objects while Dataset.from_list converts them
+SPLIT_BUILD_BYTES = 400 * 2**20  # building one split (377 MiB measured for a 20,000-sample split)
+PARTITION_BUILD_BYTES = 5_000  # per device, computing one domain's partitions (measured at 20,000 devices)
 ROUND_SAMPLE_BYTES = 200_000
 ROUND_DISK_BYTES = 4_000
 BUILTIN_DOMAINS = 4  # every run evaluates the built-in domains (fl_sim.evaluation.eval_domains)
@@ -62,12 +64,11 @@ def needs(cfg, n_devices: int) -> dict[str, dict[str, float]]:
     sampled = min(n_devices, s.clients_per_round * s.over_commit)
     uploaded = sampled * f.samples_per_round * s.uts.budget
     n_dom = domains(cfg)
-    data = (n_dom * cfg.eval.n_test + sampled * f.samples_per_round + f.train_size) * PER_SAMPLE_BYTES \
-        + BUILD_CHUNK_BYTES
+    data = (n_dom * cfg.eval.n_test + sampled * f.samples_per_round) * PER_SAMPLE_BYTES + SPLIT_BUILD_BYTES
     memory = {"driver and models": DRIVER_BYTES, "Ray workers (simulation.num_cpus)": w * WORKER_BYTES,
-              "registered devices (fleet.num_devices)": n_devices * (PER_DEVICE_BYTES
+              "registered devices (fleet.num_devices)": n_devices * (PER_DEVICE_BYTES + PARTITION_BUILD_BYTES
                                                                      + PER_DEVICE_DOMAIN_BYTES * n_dom * (w + 1)),
-              "datasets (fleet.train_size, eval.n_test, fleet.samples_per_round)": data,
+              "datasets (eval.n_test, fleet.samples_per_round)": data,
               "device rounds (fleet.samples_per_round)": min(w, sampled) * f.samples_per_round * ROUND_SAMPLE_BYTES,
               "uploads a round (fleet.samples_per_round, strategy.clients_per_round)": uploaded * ROUND_SAMPLE_BYTES}
     disk = {"datasets (fleet.train_size, eval.n_test)": n_dom * (f.train_size + cfg.eval.n_test) * PER_SAMPLE_BYTES,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from .domains import DOMAINS, FAMILIES, USER_DOMAINS, Domain, get_domain, make_s
 
 SPLITS = {"train": 0, "test": 1}
 GENERATOR_VERSION = 1
-BUILD_CHUNK = 4096  # samples converted to Arrow at a time when a split is built
+BUILD_CHUNK = 1024  # samples generated at a time when a split is built (streamed to disk)
 
 
 def domain_key(name: str) -> int:
@@ -63,6 +64,12 @@ def generate(domain: str, split: str, n: int, seed: int, cell_px: int, families=
     return out
 
 
+def _stream(domain: str, split: str, n: int, seed: int, cell_px: int):
+    """Samples 0 to ``n - 1`` of ``domain``/``split``, generated ``BUILD_CHUNK`` at a time."""
+    for start in range(0, n, BUILD_CHUNK):
+        yield from generate(domain, split, min(BUILD_CHUNK, n - start), seed, cell_px, start=start)
+
+
 def _features(cell_px: int):
     from datasets import Array3D, Features, Value
 
@@ -77,24 +84,28 @@ def _features(cell_px: int):
 def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None):
     """The cached ``datasets.Dataset`` of ``n`` samples of ``domain``/``split`` (numpy format); for a domain
     backed by a dataset on disk, ``n`` of its rows (all when it has fewer: ``fl_sim.world.user_data``)."""
-    from datasets import Dataset, concatenate_datasets, load_from_disk
+    from datasets import Dataset, load_from_disk
 
     if domain in USER_DOMAINS:
         from .user_data import load
 
         return load(domain, split, n, seed, cell_px, cache_dir)
     get_domain(domain)
+    if n < 1:
+        raise FlSimError(f"a split of {domain}/{split} needs at least one sample, got {n}")
     key = stable_hash({"v": GENERATOR_VERSION, "domain": domain, "split": split, "n": n, "seed": seed,
                        "cell_px": cell_px, "families": FAMILIES})
     folder = cache_root(cache_dir) / "data" / f"{domain}-{split}-{key}"
 
     def build(tmp: Path) -> dict:
-        # in chunks: Dataset.from_list holds ~130 KB of Python objects per sample while it converts, which
-        # for a 100,000-device fleet's 200,000-sample split is more memory than the machine has
-        parts = [Dataset.from_list(generate(domain, split, min(BUILD_CHUNK, n - s), seed, cell_px, start=s),
-                                   features=_features(cell_px)) for s in range(0, n, BUILD_CHUNK)]
-        ds = concatenate_datasets(parts) if parts else Dataset.from_list([], features=_features(cell_px))
-        ds.save_to_disk(str(tmp))
+        # streamed to disk (Dataset.from_generator writes Arrow batches as they come): building a split holds
+        # one chunk of samples, not the split; Dataset.from_list held ~130 KB per sample of a whole split
+        # while it converted, more memory than the machine has for a 100,000-device fleet's split
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}-gen.") as scratch:
+            ds = Dataset.from_generator(_stream, features=_features(cell_px), cache_dir=scratch,
+                                        gen_kwargs={"domain": domain, "split": split, "n": n, "seed": seed,
+                                                    "cell_px": cell_px})
+            ds.save_to_disk(str(tmp))
         return {"domain": domain, "split": split, "n": n}
 
     get_or_build(folder, build, f"dataset {domain}/{split}")
