@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..world.tokenizer import IMAGE
+from ..world.tokenizer import IMAGE, SEP
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
     "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
     "{% for part in message['content'] %}{% if part['type'] == 'image' %} " + IMAGE + "{% endif %}{% endfor %}"
     "{% endif %}"
-    "{% if message['role'] == 'user' %} <sep> {% else %} {{ eos_token }} {% endif %}"
+    "{% if message['role'] == 'user' %} " + SEP + " {% else %} {{ eos_token }} {% endif %}"
     "{% endfor %}"
 )
 
