@@ -5,9 +5,10 @@
 In a fresh temporary cache, each step in a fresh process: build one domain's train split of ``--samples``
 samples (``load_split``, streamed to disk), then that domain's device partitions for ``--devices`` devices
 (``runtime.device_pools``: the flwr-datasets Dirichlet partitioner over the ``family`` column, the split
-built before). Prints each step's time and the growth of its process's peak RSS over the RSS it started
-with, beside what the capacity check (``fl_sim/capacity.py``) counts for it. A 100,000-device fleet holds
-two samples per device: 200,000 samples a domain.
+built before). Prints each step's time, the growth of its process's peak RSS over the RSS it started
+with, and of its anonymous memory (sampled; the RSS also counts the split's memory-mapped file pages,
+which the kernel can drop), beside what the capacity check (``fl_sim/capacity.py``) counts for it.
+A 100,000-device fleet holds two samples per device: 200,000 samples a domain.
 """
 
 import argparse
@@ -17,7 +18,33 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+
+
+def _anon() -> int:
+    """Anonymous resident bytes (``RssAnon``): what the kernel cannot drop. The split's memory-mapped file
+    pages count in the RSS too, but are clean page cache the kernel reclaims under pressure."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+
+class _AnonPeak(threading.Thread):
+    """The peak of ``_anon()``, sampled every 0.1 s."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.done = _anon(), threading.Event()
+        self.start()
+
+    def run(self):
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, _anon())
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        return max(self.peak, _anon())
 
 
 def _rss() -> int:
@@ -31,13 +58,15 @@ def _step(step: str, samples: int, devices: int, cache: str) -> None:
     from fl_sim import runtime
 
     disable_progress_bars()
-    before, t = _rss(), time.time()
+    before, anon_before = _rss(), _anon()
+    sampler, t = _AnonPeak(), time.time()
     if step == "split":
         runtime.split("source", "train", samples, 0, cache)
     else:
         runtime.device_pools("source", samples, 0, cache, devices, "dirichlet", "family", 0.5)
+    seconds, anon = time.time() - t, sampler.stop() - anon_before
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    print(json.dumps({"s": time.time() - t, "peak_growth": grown}))
+    print(json.dumps({"s": seconds, "peak_growth": grown, "anon_peak_growth": anon}))
 
 
 def main():
@@ -60,8 +89,9 @@ def main():
             r = json.loads(out.strip().splitlines()[-1])
             what = f"split of {args.samples:,} samples" if step == "split" else \
                 f"partitions of {args.samples:,} samples for {args.devices:,} devices"
-            print(f"{what}: {r['s']:.0f} s, peak RSS +{r['peak_growth'] / 2**20:,.0f} MiB "
-                  f"(the capacity check counts {counted[step] / 2**20:,.0f} MiB)", flush=True)
+            print(f"{what}: {r['s']:.0f} s, peak RSS +{r['peak_growth'] / 2**20:,.0f} MiB, peak anonymous memory "
+                  f"+{r['anon_peak_growth'] / 2**20:,.0f} MiB (the capacity check counts "
+                  f"{counted[step] / 2**20:,.0f} MiB)", flush=True)
 
 
 if __name__ == "__main__":

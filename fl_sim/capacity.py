@@ -7,13 +7,14 @@ A coarse model, per term (bytes):
     registered devices          500 B each in the driver (profile), plus 150 B per domain in the driver and
                                 each worker (device partitions); Flower holds nothing per device
                                 (``benchmarks/registered_devices.py`` measured 608 B at 10k and 100k);
-                                computing a domain's partitions the first time takes 5 KB per device
+                                computing a domain's partitions the first time takes 2 KB per device
                                 in the driver, one domain at a time
     datasets                    7.5 KB per sample (a 48x48 RGB image and its text), memory-mapped: the test
                                 splits in the driver (evaluation reads them whole) and the rows each
                                 process reads (a round's samples in a worker); the rest stays on disk, in
                                 pages the kernel can drop; building a split streams it to disk and holds
-                                about 400 MiB whatever its size (one chunk of samples and Arrow's batches)
+                                one chunk of samples and Arrow's batches whatever its size (counted as
+                                400 MiB; ``benchmarks/split_build.py`` measured 57 MiB at 200,000 samples)
     a device round              200 KB per sample in a worker (images, visual tokens, activations)
     the cloud's round           200 KB per uploaded sample (teacher targets with logits and hidden states)
 
@@ -36,8 +37,8 @@ WORKER_BYTES = 0.6 * GIB
 PER_DEVICE_BYTES = 500
 PER_DEVICE_DOMAIN_BYTES = 150
 PER_SAMPLE_BYTES = 7_500
-SPLIT_BUILD_BYTES = 400 * 2**20  # building one split (377 MiB measured for a 20,000-sample split)
-PARTITION_BUILD_BYTES = 5_000  # per device, computing one domain's partitions (measured at 20,000 devices)
+SPLIT_BUILD_BYTES = 400 * 2**20  # building one split, an upper bound (57 MiB anonymous at 200,000 samples)
+PARTITION_BUILD_BYTES = 2_000  # per device, computing one domain's partitions (1.7 KB measured at 100,000)
 ROUND_SAMPLE_BYTES = 200_000
 ROUND_DISK_BYTES = 4_000
 BUILTIN_DOMAINS = 4  # every run evaluates the built-in domains (fl_sim.evaluation.eval_domains)

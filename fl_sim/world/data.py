@@ -98,9 +98,9 @@ def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16
     folder = cache_root(cache_dir) / "data" / f"{domain}-{split}-{key}"
 
     def build(tmp: Path) -> dict:
-        # streamed to disk (Dataset.from_generator writes Arrow batches as they come): building a split holds
-        # one chunk of samples, not the split; Dataset.from_list held ~130 KB per sample of a whole split
-        # while it converted, more memory than the machine has for a 100,000-device fleet's split
+        # streamed to disk (Dataset.from_generator writes Arrow batches as they come): the build holds one
+        # chunk of samples, not the split, whose 200,000 samples for a 100,000-device fleet would not fit
+        # in memory as Python objects (benchmarks/split_build.py)
         with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}-gen.") as scratch:
             ds = Dataset.from_generator(_stream, features=_features(cell_px), cache_dir=scratch,
                                         gen_kwargs={"domain": domain, "split": split, "n": n, "seed": seed,
@@ -145,7 +145,7 @@ def partition(dataset, num_partitions: int, by: str = "domain", alpha: float = 0
 def partition_rows(dataset, num_partitions: int, column: str, by: str = "domain", alpha: float = 0.5,
                    seed: int = 0, kind: str = "dirichlet") -> list[np.ndarray]:
     """``column`` of each partition of ``partition(dataset, ...)``, read as each partition is made: a
-    fleet's partitions are never all held as datasets (5 KB each instead of 12 KB at 20,000 devices,
-    measured)."""
+    fleet's partitions are never all held as datasets at once (``benchmarks/split_build.py`` measures
+    the peak)."""
     part = _partitioner(dataset, num_partitions, by, alpha, seed, kind)
     return [np.asarray(part.load_partition(i).with_format("numpy")[column]) for i in range(num_partitions)]
