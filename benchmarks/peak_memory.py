@@ -1,5 +1,8 @@
 """Peak resident memory of this process and all its children (Ray's workers included), sampled every 0.5 s
-in a background thread while a ``with PeakMemory() as mem:`` block runs; ``mem.peak`` is in bytes.
+in a background thread while a ``with PeakMemory() as mem:`` block runs; ``mem.peak`` is in bytes, and
+``mem.driver_peak`` / ``mem.children_peak`` are the peaks of this process alone and of its descendants alone,
+and ``mem.anon_peak`` the peak of their anonymous resident memory (``RssAnon``: what the kernel cannot drop;
+the RSS also counts memory-mapped dataset pages, clean page cache the kernel reclaims under pressure).
 ``mem.gpu_peak``: the most GPU memory in use on the machine's GPUs (every process: Ray workers too), in
 bytes; 0 without CUDA."""
 
@@ -22,27 +25,49 @@ def gpu_used() -> int:
         return 0
 
 
-def rss_tree() -> int:
-    """Resident bytes of this process and its descendants now."""
+def rss_anon(pid: int) -> int:
+    """Anonymous resident bytes of process ``pid`` (``RssAnon``; 0 where /proc does not say)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:")), 0)
+    except OSError:
+        return 0
+
+
+def rss_split() -> tuple[int, int, int]:
+    """Resident bytes of this process, of its descendants together, and anonymous bytes of all of them, now."""
     me = psutil.Process()
-    total = 0
-    for p in [me, *me.children(recursive=True)]:
+    children, anon = 0, rss_anon(me.pid)
+    for p in me.children(recursive=True):
         try:
-            total += p.memory_info().rss
+            children += p.memory_info().rss
+            anon += rss_anon(p.pid)
         except psutil.Error:
             pass
-    return total
+    return me.memory_info().rss, children, anon
+
+
+def rss_tree() -> int:
+    """Resident bytes of this process and its descendants now."""
+    driver, children, _ = rss_split()
+    return driver + children
 
 
 class PeakMemory:
     def __init__(self, every_s: float = 0.5):
         self.every_s, self.peak, self.gpu_peak = every_s, 0, 0
+        self.driver_peak = self.children_peak = self.anon_peak = 0
         self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        driver, children, anon = rss_split()
+        self.peak, self.anon_peak = max(self.peak, driver + children), max(self.anon_peak, anon)
+        self.driver_peak, self.children_peak = max(self.driver_peak, driver), max(self.children_peak, children)
+        self.gpu_peak = max(self.gpu_peak, gpu_used())
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, rss_tree())
-            self.gpu_peak = max(self.gpu_peak, gpu_used())
+            self._sample()
             time.sleep(self.every_s)
 
     def __enter__(self):
@@ -51,5 +76,4 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         self._stop.set()
-        self.peak = max(self.peak, rss_tree())
-        self.gpu_peak = max(self.gpu_peak, gpu_used())
+        self._sample()

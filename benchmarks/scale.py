@@ -76,6 +76,8 @@ def main():
     first_wall = res[0].get("wall_s") or {}
     figures = {"strategy": args.strategy, "devices": args.devices, "per_round": args.per_round, "rounds": args.rounds,
                "teacher_int8": args.teacher_int8, "peak_rss_gib": mem.peak / 2**30,
+               "driver_peak_rss_gib": mem.driver_peak / 2**30, "workers_peak_rss_gib": mem.children_peak / 2**30,
+               "peak_anon_gib": mem.anon_peak / 2**30,
                "device_rounds_per_min": 60 * done / rounds_wall, "device_rounds_per_min_total": 60 * done / total,
                "map_nodes_s": first_wall.get("map_nodes"), "prepare_data_s": first_wall.get("prepare_data"),
                "round_s": [r["wall_s"]["round"] for r in res], "cloud_s": [r.get("cloud_wall_s") for r in res],
@@ -88,7 +90,9 @@ def main():
     if args.no_plain:
         print(f"devices {args.devices}, {args.per_round} per round, {args.rounds} rounds, {args.strategy}: "
               f"{figures['device_rounds_per_min']:.0f} device-rounds/min over the rounds, peak RSS "
-              f"{figures['peak_rss_gib']:.2f} GiB, provisioning {figures['map_nodes_s'] or 0:.1f} s, "
+              f"{figures['peak_rss_gib']:.2f} GiB (driver {figures['driver_peak_rss_gib']:.2f}, workers "
+              f"{figures['workers_peak_rss_gib']:.2f}; anonymous {figures['peak_anon_gib']:.2f}), "
+              f"provisioning {figures['map_nodes_s'] or 0:.1f} s, "
               f"total {total:.1f} s")
         return
 
