@@ -8,7 +8,9 @@ Each point is one ``benchmarks/scale.py --no-plain --json`` run in a fresh proce
 peak-memory watch): 10, 50 and 100 devices per round at 10,000 registered devices, and 1,000, 10,000 and
 100,000 registered devices at 100 per round (default zoo, 3 rounds). A point whose JSON is already in
 ``--out`` is not run again, so an interrupted sweep resumes where it stopped. Prints a Markdown table and
-draws the two curves (throughput and peak RSS) into ``--plot``.
+draws the curves (throughput; peak RSS, and dashed its anonymous part: the RSS less memory-mapped dataset
+pages) into ``--plot``; the table splits the peak RSS into the driver's and the Ray workers' (each its own
+peak) and gives the anonymous peak.
 """
 
 import argparse
@@ -40,11 +42,13 @@ def run_point(out: Path, strategy: str, registered: int, per_round: int, rounds:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| strategy | registered | per round | device-rounds/min | peak RSS (GiB) | node provisioning (s) |"
-             " whole run (s) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | registered | per round | device-rounds/min | peak RSS (GiB) | driver | workers |"
+             " anonymous | node provisioning (s) | whole run (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        split = " | ".join(f"{r[k]:.2f}" if k in r else "–"
+                           for k in ("driver_peak_rss_gib", "workers_peak_rss_gib", "peak_anon_gib"))
         lines.append(f"| {r['strategy']} | {r['devices']:,} | {r['per_round']} | {r['device_rounds_per_min']:.0f} | "
-                     f"{r['peak_rss_gib']:.2f} | {r['map_nodes_s'] or 0:.1f} | {r['total_s']:.0f} |")
+                     f"{r['peak_rss_gib']:.2f} | {split} | {r['map_nodes_s'] or 0:.1f} | {r['total_s']:.0f} |")
     return "\n".join(lines)
 
 
@@ -61,7 +65,12 @@ def plot(rows: list[dict], path: Path) -> None:
         by_fleet = sorted((r for r in mine if r["per_round"] == AT_PER_ROUND), key=lambda r: r["devices"])
         for col, (series, x) in enumerate(((by_round, "per_round"), (by_fleet, "devices"))):
             for row, y in enumerate(("device_rounds_per_min", "peak_rss_gib")):
-                axes[row, col].plot([r[x] for r in series], [r[y] for r in series], marker=marker, label=strategy)
+                line, = axes[row, col].plot([r[x] for r in series], [r[y] for r in series], marker=marker,
+                                            label=strategy)
+            anon = [r for r in series if "peak_anon_gib" in r]
+            if anon:  # what the kernel cannot drop: the RSS less memory-mapped dataset pages
+                axes[1, col].plot([r[x] for r in anon], [r["peak_anon_gib"] for r in anon], marker=marker,
+                                  linestyle="--", color=line.get_color(), label=f"{strategy}, anonymous")
     axes[0, 0].set_ylabel("device-rounds / min")
     axes[1, 0].set_ylabel("peak RSS, driver + Ray workers (GiB)")
     axes[1, 0].set_xlabel(f"devices per round ({AT_REGISTERED:,} registered)")
