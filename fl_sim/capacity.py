@@ -9,7 +9,7 @@ A coarse model, per term (bytes):
                                 (``benchmarks/registered_devices.py`` measured 608 B at 10k and 100k);
                                 computing a domain's partitions the first time takes 2 KB per device
                                 in the driver, one domain at a time
-    datasets                    7.5 KB per sample (a 48x48 RGB image and its text), memory-mapped: the test
+    datasets                    7.5 KB per sample read (a 48x48 RGB image and its text), memory-mapped: the test
                                 splits in the driver (evaluation reads them whole) and the rows each
                                 process reads (a round's samples in a worker); the rest stays on disk, in
                                 pages the kernel can drop; building a split streams it to disk and holds
@@ -18,8 +18,9 @@ A coarse model, per term (bytes):
     a device round              200 KB per sample in a worker (images, visual tokens, activations)
     the cloud's round           200 KB per uploaded sample (teacher targets with logits and hidden states)
 
-Disk: the datasets once (7.5 KB per sample), and per round about 4 KB of results and TensorBoard events
-plus 40 bytes per sampled device. ``simulation.check_capacity = false`` skips the check (a cluster's
+Disk: the datasets once (16 KB per sample on disk: Arrow stores the image as nested lists with their
+offsets; ``benchmarks/mapped_reads.py`` prints a split's size), and per round about 4 KB of results and
+TensorBoard events plus 40 bytes per sampled device. ``simulation.check_capacity = false`` skips the check (a cluster's
 workers have their own memory).
 """
 
@@ -37,6 +38,7 @@ WORKER_BYTES = 0.6 * GIB
 PER_DEVICE_BYTES = 500
 PER_DEVICE_DOMAIN_BYTES = 150
 PER_SAMPLE_BYTES = 7_500
+DISK_PER_SAMPLE_BYTES = 16_000
 SPLIT_BUILD_BYTES = 400 * 2**20  # building one split, an upper bound (57 MiB anonymous at 200,000 samples)
 PARTITION_BUILD_BYTES = 2_000  # per device, computing one domain's partitions (1.7 KB measured at 100,000)
 ROUND_SAMPLE_BYTES = 200_000
@@ -72,7 +74,8 @@ def needs(cfg, n_devices: int) -> dict[str, dict[str, float]]:
               "datasets (eval.n_test, fleet.samples_per_round)": data,
               "device rounds (fleet.samples_per_round)": min(w, sampled) * f.samples_per_round * ROUND_SAMPLE_BYTES,
               "uploads a round (fleet.samples_per_round, strategy.clients_per_round)": uploaded * ROUND_SAMPLE_BYTES}
-    disk = {"datasets (fleet.train_size, eval.n_test)": n_dom * (f.train_size + cfg.eval.n_test) * PER_SAMPLE_BYTES,
+    disk = {"datasets (fleet.train_size, eval.n_test)": n_dom * (f.train_size + cfg.eval.n_test)
+                                                          * DISK_PER_SAMPLE_BYTES,
             "results (rounds)": cfg.rounds * (ROUND_DISK_BYTES + 40 * sampled)}
     return {"memory": memory, "disk": disk}
 
