@@ -17,16 +17,12 @@ import os
 import subprocess
 import sys
 
+from peak_memory import status_bytes
+
 
 def _status() -> dict[str, int]:
     """``RssAnon`` and ``RssFile`` of this process, in bytes."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("RssAnon:", "RssFile:")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) * 1024
-    return out
+    return {key: status_bytes(os.getpid(), key) for key in ("RssAnon", "RssFile")}
 
 
 def measure(samples: int, rows: int, domain: str) -> dict:

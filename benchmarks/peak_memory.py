@@ -25,13 +25,19 @@ def gpu_used() -> int:
         return 0
 
 
-def rss_anon(pid: int) -> int:
-    """Anonymous resident bytes of process ``pid`` (``RssAnon``; 0 where /proc does not say)."""
+def status_bytes(pid: int, key: str) -> int:
+    """A size in ``/proc/PID/status`` (``RssAnon``, ``RssFile``, ...) of process ``pid``, in bytes (0 where
+    /proc does not say)."""
     try:
         with open(f"/proc/{pid}/status") as f:
-            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:")), 0)
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith(f"{key}:")), 0)
     except OSError:
         return 0
+
+
+def rss_anon(pid: int) -> int:
+    """Anonymous resident bytes of process ``pid`` (``RssAnon``)."""
+    return status_bytes(pid, "RssAnon")
 
 
 def rss_split() -> tuple[int, int, int]:
