@@ -3,7 +3,8 @@
     python benchmarks/scale.py [--devices 1000] [--per-round 50] [--rounds 3] [--zoo default] [--no-warm-up]
                                [--strategy fedavg|fedprox|tent|source-only|cdcca] [--no-plain] [--json FILE]
 
-Prints wall time per round, peak RSS (this process plus its Ray workers, sampled every 0.5 s) and the
+Prints wall time per round, peak RSS (this process plus its Ray workers, sampled every 0.5 s; also each
+apart, and their anonymous memory: the RSS less memory-mapped dataset pages) and the
 overhead ratio: Flower round wall time (send -> all replies) divided by the time the same devices' work
 (``clients.local_training.run_local_round`` with the same settings) takes in one plain loop in this process; and
 throughput, device-rounds per minute. With ``simulation.warm_up`` (the default) the Ray workers load tier
@@ -164,7 +165,8 @@ def main():
     print(f"overhead ratio per round: worst {max(ratios):.2f} (round {1 + ratios.index(max(ratios))}), all rounds "
           f"{sum(r['wall_s']['train'] for r in res) / sum(plain):.2f}   target <= 1.5"
           + ("" if plain_warm is not None else "   (cold start: round 1 includes worker start-up)"))
-    print(f"peak RSS (driver + Ray workers): {mem.peak / 2**30:.2f} GiB   target <= 8 GiB "
+    print(f"peak RSS (driver + Ray workers): {mem.peak / 2**30:.2f} GiB (driver {mem.driver_peak / 2**30:.2f}, "
+          f"workers {mem.children_peak / 2**30:.2f}; anonymous {mem.anon_peak / 2**30:.2f})   target <= 8 GiB "
           "(<= 6 GiB for cdcca at 10,000 devices, 100 per round)")
     print(f"throughput: {done} device-rounds in {rounds_wall:.1f} s of rounds = "
           f"{60 * done / rounds_wall:.0f} per minute "
