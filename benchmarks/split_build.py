@@ -21,12 +21,13 @@ import tempfile
 import threading
 import time
 
+from peak_memory import rss_anon
+
 
 def _anon() -> int:
-    """Anonymous resident bytes (``RssAnon``): what the kernel cannot drop. The split's memory-mapped file
-    pages count in the RSS too, but are clean page cache the kernel reclaims under pressure."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+    """Anonymous resident bytes of this process (``RssAnon``): what the kernel cannot drop. The split's
+    memory-mapped file pages count in the RSS too, but are clean page cache the kernel reclaims under pressure."""
+    return rss_anon(os.getpid())
 
 
 class _AnonPeak(threading.Thread):
