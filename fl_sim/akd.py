@@ -254,8 +254,13 @@ class ReplayBuffer:
         self.seen += size(targets)
 
     def sample(self, k: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        idx = self.sample_indices(k, rng)
+        return take(self.data, idx) if idx is not None else {}
+
+    def sample_indices(self, k: int, rng: np.random.Generator) -> np.ndarray | None:
+        """The rows ``sample`` takes (``None`` when empty): ``k`` of them, distinct, or all there are."""
         n = len(self)
-        return take(self.data, rng.choice(n, size=min(k, n), replace=False)) if n else {}
+        return rng.choice(n, size=min(k, n), replace=False) if n else None
 
     def state(self) -> dict[str, torch.Tensor]:
         return dict(self.data) | {"seen": torch.tensor([self.seen])}

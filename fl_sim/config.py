@@ -10,7 +10,7 @@ import copy
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
@@ -95,6 +95,11 @@ class AKDConfig(Section):
     teacher_int8: bool = Field(False, description=(
         "the teacher labels with int8 dynamic quantisation (torch's CPU backend; fp32 on a GPU): 1.75x faster "
         "labelling, 99.5 % identical pseudo-labels (benchmarks/teacher_int8.py)"))
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field("auto", description=(
+        "processes that train the tiers' adapters side by side with the cloud process, each tier single-"
+        'threaded (fl_sim/cloud_pool.py); "auto" = one per tier beyond the first on a CPU with 2+ cores, none '
+        "on a GPU; 0 = every tier in the cloud process on its threads (bitwise the same adapters for the "
+        "default zoo: benchmarks/parallel_akd.py)"))
 
     @model_validator(mode="after")
     def _some_loss(self):

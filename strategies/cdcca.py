@@ -18,7 +18,6 @@ Device half: ``clients/cdcca_device.py``. Round ``r``:
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from pathlib import Path
@@ -27,9 +26,8 @@ import numpy as np
 import torch
 
 from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
-from fl_sim import FlSimError, akd, ceil_share, dwc, placement, runtime, uts
+from fl_sim import FlSimError, akd, ceil_share, cloud_pool, dwc, placement, runtime, tier_job, uts
 from fl_sim.cache import read_meta
-from fl_sim.models.adapters import adapter_state, load_adapter_state
 from fl_sim.models.mllm import answer_with_stats, visual_tokens
 from fl_sim.version_store import VersionStore
 from fl_sim.wire import config_value_bytes, pack_arrays, payload_bytes, record_values, to_array_record, unpack_arrays
@@ -56,6 +54,8 @@ class CDCCA(FleetStrategy):
         self._chains: dict = {}
         self._anchor_targets: dict | None = None  # built on first use (see ``_anchor``)
         self._views: dict[str, str] | None = None  # tier -> view, found on first use (see ``_view``)
+        if self.akd.steps and self._workers(len(self.tiers)):  # they import torch while round 1's devices run
+            cloud_pool.shared(self._workers(len(self.tiers)))
 
     @classmethod
     def store_dir(cls, run_dir):
@@ -236,42 +236,74 @@ class CDCCA(FleetStrategy):
                 "token_bits": u.token_bits if tokens else None,
                 "max_tokens": ceil_share(u.keep_tokens, n_tokens) if tokens and u.tokens != "off" else None}
 
-    def _train_tier(self, tier: str, new: dict, server_round: int) -> dict:
+    def _tier_job(self, tier: str, new: dict, server_round: int, threads: int) -> tier_job.TierJob:
+        """The tier's AKD round as a job (``fl_sim.tier_job``): its state, and every batch drawn now, half
+        this round's targets ``new`` and half the replay buffer, plus the anchor's share.
+
+        DWC-aware training (``strategy.dwc.sparse_train``) trains only the entries the next payload can
+        carry: with seeded selection those are known in advance (``dwc.train_mask``); otherwise
+        ``probe_steps`` dense AKD steps on a throw-away copy of ``align`` move every entry, and the
+        ``max_density`` share with the largest probe change plus error-feedback residual is what the round
+        trains (``tier_job.run``)."""
         view = self._view(tier)
         buffer = self._buffer(view)
-        model, _ = runtime.adapted_model(self.ctx.model_paths[tier], *self.s.adapters())
-        load_adapter_state(model, self.state[self._group("cloud", tier)])
-        align = torch.nn.Linear(self._width(tier), self._width("teacher"))
-        align.load_state_dict(self.state[self._group("align", tier)])
-        align.to(placement.model_device(model))
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 13, server_round, self.tiers.index(tier)]))
         bs = self.akd.batch_size
-
         anchor = self._anchor(view)
         k_anchor = round(self.akd.anchor * bs) if anchor else 0
         bs -= k_anchor
 
-        def draw(step):
+        def draw():
             n_new = akd.size(new)
             k_new = min(n_new, bs if len(buffer) == 0 else bs // 2)
-            parts = [akd.take(new, rng.choice(n_new, size=k_new, replace=False))] if k_new else []
-            parts.append(buffer.sample(bs - k_new, rng))
+            parts = [("new", rng.choice(n_new, size=k_new, replace=False))] if k_new else []
+            rows = buffer.sample_indices(bs - k_new, rng)
+            parts += [("replay", rows)] if rows is not None else []
             if k_anchor:
-                parts.append(akd.take(anchor, rng.choice(akd.size(anchor), size=k_anchor, replace=False)))
-            return akd.concat(parts)
+                parts.append(("anchor", rng.choice(akd.size(anchor), size=k_anchor, replace=False)))
+            return parts
 
         ss = np.random.SeedSequence([self.cfg.seed, 17, server_round, self.tiers.index(tier)])
         seed = int(ss.generate_state(1)[0])
-        sparse = self.dwc.sparse_train and self.dwc.select
-        masks = self._sparse_masks(tier, model, align, draw, seed) if sparse else None
-        out = akd.train_adapters(model, align, draw, self.akd, seed, masks=masks)
-        new_state = adapter_state(model)
-        if not all(torch.isfinite(t).all() for t in new_state.values()):
+        cloud = self.state[self._group("cloud", tier)]
+        masks = probe = None
+        if self.dwc.sparse_train and self.dwc.select:  # DWC-aware training
+            if self.dwc.selection == "random":  # the next payload's seeded entries: no probe
+                masks = dwc.train_mask(cloud, self.dwc, self._payload_seed(tier))
+            else:
+                probe = self.dwc
+        n_draws = self.akd.steps + (self.dwc.probe_steps if probe is not None else 0)
+        table, plan = tier_job.plan_batches([draw() for _ in range(n_draws)],
+                                            {"new": new, "replay": buffer.data, "anchor": anchor})
+        residual = self.state[self._group("ef", tier)] if probe is not None and self.dwc.error_feedback else {}
+        return tier_job.TierJob(self.ctx.model_paths[tier], self.s.adapters(), self.akd, seed, cloud,
+                                self.state[self._group("align", tier)], table, plan, masks, probe, dict(residual),
+                                threads)
+
+    def _train_tiers(self, tiers: list[str], new: dict, server_round: int) -> dict[str, tier_job.TierResult]:
+        """Every tier's AKD round: side by side in worker processes (``strategy.akd.workers``) or here."""
+        workers = self._workers(len(tiers))
+        threads = 1 if workers else torch.get_num_threads()  # side by side: a job per core, single-threaded
+        jobs = [self._tier_job(t, new.get(self._view(t), {}), server_round, threads) for t in tiers]
+        if workers:
+            results = cloud_pool.shared(workers).run(jobs)
+        else:
+            results = [tier_job.run(job) for job in jobs]
+        return dict(zip(tiers, results))
+
+    def _workers(self, n_jobs: int) -> int:
+        if self.akd.workers == "auto":
+            return cloud_pool.default_workers(n_jobs, placement.current().type == "cpu")
+        return self.akd.workers if n_jobs > 1 else 0
+
+    def _apply_tier(self, tier: str, result: tier_job.TierResult, server_round: int) -> dict:
+        """Take the tier's trained adapters as its cloud copy; returns the losses (``{}``: diverged, dropped)."""
+        if not all(torch.isfinite(t).all() for t in result.cloud.values()):
             log.warning("round %d: AKD diverged for %s (non-finite weights); update discarded", server_round, tier)
             return {}
-        self.state[self._group("cloud", tier)] = new_state
-        self.state[self._group("align", tier)] = {k: v.detach().cpu().clone() for k, v in align.state_dict().items()}
-        return out
+        self.state[self._group("cloud", tier)] = result.cloud
+        self.state[self._group("align", tier)] = result.align
+        return result.losses
 
     def _more_questions(self, teacher, pr, vis: torch.Tensor, questions: list[str], server_round: int) -> dict:
         """``akd.extra_questions``: the teacher captions each upload and answers more questions about it,
@@ -285,23 +317,6 @@ class CDCCA(FleetStrategy):
         """The seed of the tier's next payload (``selection = "random"`` keeps the entries it picks)."""
         ss = np.random.SeedSequence([self.cfg.seed, 19, self.tiers.index(tier), self.version[tier] + 1])
         return int(ss.generate_state(1, np.uint64)[0])
-
-    def _sparse_masks(self, tier: str, model, align, draw, seed: int) -> dict:
-        """DWC-aware training: the entries the next payload can carry, picked by a dense probe.
-
-        ``probe_steps`` AKD steps on a throw-away copy of ``align`` move every adapter entry; the
-        ``max_density`` share with the largest probe change plus error-feedback residual is what the
-        round then trains (``dwc.train_mask``). The model is put back where it started. With seeded
-        selection the entries are the next payload's, known in advance: no probe."""
-        before = self.state[self._group("cloud", tier)]
-        if self.dwc.selection == "random":
-            return dwc.train_mask(before, self.dwc, self._payload_seed(tier))
-        akd.train_adapters(model, copy.deepcopy(align), draw, self.akd, seed + 1, steps=self.dwc.probe_steps)
-        probe = adapter_state(model)
-        load_adapter_state(model, before)
-        residual = self.state[self._group("ef", tier)] if self.dwc.error_feedback else {}
-        score = {k: probe[k] - before[k] + residual.get(k, 0) for k in probe}
-        return dwc.train_mask(score, self.dwc)
 
     def _anchor(self, view: str = "teacher") -> dict:
         """The cloud's labelled source samples (the domain it pretrained the devices on), built once per view.
@@ -394,16 +409,17 @@ class CDCCA(FleetStrategy):
                  "distilled_samples": sum(akd.size(t) for t in new.values()),
                  "rejected_uploads": rejected_up, "rejected_downlinks": rejected_down}
         figures = {}
-        for tier in self.tiers:
-            view = self._view(tier)
-            if self.akd.steps == 0 or not (akd.size(new.get(view, {})) or len(self._buffer(view))):
-                continue
+        training = [t for t in self.tiers if self.akd.steps and (akd.size(new.get(self._view(t), {}))
+                                                                 or len(self._buffer(self._view(t))))]
+        results = self._train_tiers(training, new, server_round)
+        lap("akd")
+        extra["akd_tier_s"] = {t: r.seconds for t, r in results.items()}  # each tier's training, side by side
+        for tier, result in results.items():
             before = dict(self.state[self._group("cloud", tier)])
-            losses = self._train_tier(tier, new.get(view, {}), server_round)
-            lap(f"akd.{tier}")
+            losses = self._apply_tier(tier, result, server_round)
             if losses:
                 figures[tier] = losses | self._compress(tier, before, self.state[self._group("cloud", tier)])
-                lap(f"dwc.{tier}")
+        lap("dwc")
         for view, targets in new.items():
             self._buffer(view).add(targets)
         lap("replay")

@@ -1,0 +1,132 @@
+"""Tiers' AKD as jobs (``fl_sim.tier_job``) and side by side in worker processes (``fl_sim.cloud_pool``)."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from fl_sim import FlSimError, akd, cloud_pool, runtime, tier_job
+from fl_sim.config import AKDConfig, DWCConfig
+
+
+def _targets(n: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, 50, (n, 6), generator=g),
+            "t_hidden": torch.randn(n, 6, 4, generator=g).half(), "distil": torch.rand(n, generator=g)}
+
+
+def test_a_plan_rebuilds_every_batch_from_the_rows_it_uses():
+    sources = {"new": _targets(20, 0), "replay": _targets(9, 1), "anchor": _targets(7, 2), "unused": _targets(3, 3)}
+    rng = np.random.default_rng(0)
+    draws = [[("new", rng.choice(20, 4, replace=False)), ("replay", rng.choice(9, 3, replace=False)),
+              ("anchor", rng.choice(7, 2, replace=False))] for _ in range(5)]
+    draws.append([("anchor", rng.choice(7, 5, replace=False))])  # a batch without new or replayed samples
+    table, plan = tier_job.plan_batches(draws, sources)
+    assert akd.size(table) < 5 * 9 + 5 and akd.size(table) == len(np.unique(np.concatenate(plan)))
+    for parts, rows in zip(draws, plan):
+        expect = akd.concat([akd.take(sources[name], idx) for name, idx in parts])
+        got = akd.take(table, rows)
+        assert all(torch.equal(expect[k], got[k]) for k in expect)
+
+
+@pytest.fixture(scope="module")
+def jobs(tiny_zoo):
+    """Three rounds' worth of jobs on the tiny zoo's tiers: plain, with seeded masks, with a dense probe."""
+    from fl_sim.models.mllm import visual_tokens
+
+    pr, teacher = tiny_zoo.prompter, runtime.base_model(str(tiny_zoo.paths["teacher"]))
+    ds = runtime.split("dusk", "train", 64, 0, None).select(range(24))
+    with torch.no_grad():
+        vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
+    targets = akd.teacher_targets(teacher, pr, vis, list(ds["question"]), max_new_tokens=6)
+    rng = np.random.default_rng(1)
+    cfg = AKDConfig(steps=3, batch_size=8)
+    out = []
+    for i, tier in enumerate(["tiny-high", "tiny-low", "tiny-high"]):
+        _, init = runtime.adapted_model(str(tiny_zoo.paths[tier]), 4, True, "full")
+        width = runtime.base_model(str(tiny_zoo.paths[tier])).config.text_config.hidden_size
+        torch.manual_seed(i)
+        align = torch.nn.Linear(width, teacher.config.text_config.hidden_size).state_dict()
+        probe = DWCConfig(sparse_train=True, probe_steps=2, max_density=0.2) if i == 2 else None
+        draws = [[("new", rng.choice(24, 8, replace=False))] for _ in range(cfg.steps + (2 if probe else 0))]
+        table, plan = tier_job.plan_batches(draws, {"new": targets})
+        masks = {k: torch.rand(v.shape) < 0.3 for k, v in init.items()} if i == 1 else None
+        residual = {k: torch.randn(v.shape) * 1e-3 for k, v in init.items()} if probe else {}
+        out.append(tier_job.TierJob(str(tiny_zoo.paths[tier]), (4, True, "full"), cfg, 100 + i, init, align, table,
+                                    plan, masks, probe, residual, threads=1))
+    return out
+
+
+def _same(a: tier_job.TierResult, b: tier_job.TierResult) -> bool:
+    return (set(a.cloud) == set(b.cloud) and all(torch.equal(a.cloud[k], b.cloud[k]) for k in a.cloud)
+            and all(torch.equal(a.align[k], b.align[k]) for k in a.align) and a.losses == b.losses)
+
+
+def test_a_job_crosses_a_file_unchanged(jobs, tmp_path):
+    for i, job in enumerate(jobs):
+        tier_job.save(job, str(tmp_path / f"{i}.safetensors"))
+        back = tier_job.load(str(tmp_path / f"{i}.safetensors"))
+        assert (back.model_path, back.adapters, back.cfg, back.seed, back.probe, back.threads) == (
+            job.model_path, job.adapters, job.cfg, job.seed, job.probe, job.threads)
+        assert len(back.plan) == len(job.plan) and all(np.array_equal(a, b) for a, b in zip(back.plan, job.plan))
+        for group in ("cloud", "align", "table", "residual"):
+            a, b = getattr(job, group), getattr(back, group)
+            assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), group
+        assert (back.masks is None) == (job.masks is None)
+
+
+def test_workers_train_what_this_process_trains(jobs):
+    """Two workers and this process take a job each: the same adapters, losses and alignment map as all
+    three run here. A masked job moves only its entries; a probed one at most ``max_density`` of them."""
+    here = [tier_job.run(j) for j in jobs]
+    pool = cloud_pool.CloudPool()
+    try:
+        pool.grow(2)
+        there = pool.run(jobs)
+        assert len(pool) == 2 and all(p is not None and p.poll() is None for p in pool._procs)
+    finally:
+        pool.close()
+    assert all(_same(a, b) for a, b in zip(here, there))
+    masked, probed = jobs[1], jobs[2]
+    moved = {k: here[1].cloud[k] != masked.cloud[k] for k in masked.cloud}
+    assert any(m.any() for m in moved.values()) and all(not (m & ~masked.masks[k]).any() for k, m in moved.items())
+    changed = sum(int((here[2].cloud[k] != probed.cloud[k]).sum()) for k in probed.cloud)
+    assert 0 < changed <= np.ceil(0.2 * sum(v.numel() for v in probed.cloud.values()))
+
+
+def test_a_failed_worker_leaves_its_job_to_this_process(jobs, caplog):
+    pool = cloud_pool.CloudPool()
+    try:
+        pool.grow(1)
+        pool._procs[0].kill()
+        pool._procs[0].wait()
+        with caplog.at_level(logging.WARNING, logger="fl_sim.cloud_pool"):
+            got = pool.run(jobs[:2])
+    finally:
+        pool.close()
+    assert _same(got[1], tier_job.run(jobs[1]))
+    assert any("cloud worker 0 failed" in m for m in caplog.messages)
+
+
+def test_a_job_that_fails_in_a_worker_is_rerun_here_with_its_error(jobs, caplog):
+    """A job the worker cannot run (its model folder is gone there, say) is reported and run here; the
+    error here is the cloud's own."""
+    bad = tier_job.TierJob(**{**jobs[1].__dict__, "model_path": "/nonexistent/model"})
+    pool = cloud_pool.CloudPool()
+    try:
+        pool.grow(1)
+        with caplog.at_level(logging.WARNING, logger="fl_sim.cloud_pool"):
+            with pytest.raises(FlSimError, match="nonexistent"):
+                pool.run([jobs[0], bad])
+    finally:
+        pool.close()
+    assert any("cloud worker 0 failed" in m and "nonexistent" in m for m in caplog.messages)
+
+
+def test_auto_workers_one_per_tier_beyond_the_first_on_a_cpu(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert [cloud_pool.default_workers(n, True) for n in (0, 1, 2, 3)] == [0, 0, 1, 2]
+    assert cloud_pool.default_workers(3, False) == 0
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert cloud_pool.default_workers(3, True) == 0
