@@ -1,14 +1,16 @@
-"""Worker processes that train tiers' AKD side by side with the cloud (``fl_sim.tier_job``).
+"""Worker processes that do the cloud's independent work side by side with it: the tiers' AKD
+(``fl_sim.tier_job``; the teacher's extra questions, ``fl_sim.question_job``, can run there too).
 
 CD-CCA's cloud trains every tier's adapters each round, and the tiers are independent. At these model
-sizes torch's kernels gain little from a second thread (``benchmarks/cloud_threads.py``: 1.16x on AKD) and
-nearly 2x from a second process, so a pool keeps ``n`` single-threaded Python processes, started once per
-cloud process (each loads a tier's model once and keeps it). ``run(jobs)`` gives job ``i`` to executor
-``i % (n + 1)``, executor 0 being the calling process (single-threaded meanwhile), and returns the results
-in order. A job and its result cross as safetensors files (``tier_job.save``) in a scratch folder on
-tmpfs, named in JSON lines over the worker's stdin and stdout: no pickle. AKD's result does not depend on
-the number of threads (``tests/test_cloud_pool.py``), so a job trains the same adapters in a worker as in
-the cloud process. A worker that fails is dropped with a warning and its job runs in the calling process.
+sizes torch's kernels gain little from a second thread (``benchmarks/cloud_threads.py``: 1.16x on AKD,
+1.40x on labelling) and nearly 2x from a second process, so a pool keeps single-threaded Python
+processes, started once per cloud process (each loads a model once and keeps it). ``submit(job)`` hands
+a job to the next worker and ``collect`` waits for its result; ``run(jobs)`` gives job ``i`` to executor
+``i % (workers + 1)``, executor 0 being the calling process. A job and its result cross as safetensors
+files with a JSON header in a scratch folder on tmpfs, named in JSON lines over the worker's stdin and
+stdout: no pickle. A job runs with the threads it names (``threads``), so it gives the same result in a
+worker as in the calling process (``tests/test_cloud_pool.py``). A worker that fails is dropped with a
+warning and its job runs in the calling process.
 
 Run as ``python -m fl_sim.cloud_pool``: one worker's loop.
 """
@@ -23,9 +25,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ticket:
+    job: object
+    worker: int | None  # None: to run in this process when collected
+    result: str  # the result file the worker writes
+
+
+def _kind(job):
+    """The module that saves, loads and runs a job of ``job``'s kind."""
+    from . import question_job, tier_job
+
+    return {"TierJob": tier_job, "QuestionsJob": question_job}[type(job).__name__]
 
 
 def default_workers(n_jobs: int, on_cpu: bool) -> int:
@@ -40,6 +57,8 @@ class CloudPool:
         self._ready: list[bool] = []
         self._scratch: str | None = None
         self._count = 0
+        self._turn = 0
+        self._stash: dict[str, dict] = {}  # replies read while waiting for another job's
 
     def __len__(self) -> int:
         return len(self._procs)
@@ -76,44 +95,57 @@ class CloudPool:
         if proc.poll() is None:
             proc.kill()
 
-    def run(self, jobs: list) -> list:
-        """``tier_job.run`` of every job (``TierJob``), as ``TierResult``s in the jobs' order."""
-        from . import tier_job
-
+    def submit(self, job) -> Ticket:
+        """Start ``job`` (a ``TierJob`` or ``QuestionsJob``) on the next worker in turn; ``collect`` its
+        result. With no worker left, the job waits to run in this process when collected."""
         alive = [i for i, p in enumerate(self._procs) if p is not None]
-        sent: dict[int, tuple[int, str]] = {}  # job index -> (worker, result path)
-        mine = []
-        for j, job in enumerate(jobs):
-            slot = j % (len(alive) + 1)
-            if slot == 0:
-                mine.append(j)
-                continue
-            w = alive[slot - 1]
+        if not alive:
+            return Ticket(job, None, "")
+        w = alive[self._turn % len(alive)]
+        self._turn += 1
+        kind = _kind(job)
+        try:
+            if not self._ready[w]:
+                if not self._reply(w).get("ready"):
+                    raise RuntimeError("no ready line")
+                self._ready[w] = True
+            path, result = self._path("job"), self._path("result")
+            kind.save(job, path)
+            self._procs[w].stdin.write(json.dumps({"kind": type(job).__name__, "job": path, "result": result}) + "\n")
+            self._procs[w].stdin.flush()
+            return Ticket(job, w, result)
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._drop(w, str(exc))
+            return Ticket(job, None, "")
+
+    def collect(self, ticket: Ticket):
+        """The result of a submitted job: from its worker, or run here if it had none or it failed."""
+        kind = _kind(ticket.job)
+        if ticket.worker is not None and self._procs[ticket.worker] is not None:
             try:
-                if not self._ready[w]:
-                    if not self._reply(w).get("ready"):
-                        raise RuntimeError("no ready line")
-                    self._ready[w] = True
-                path = self._path("job")
-                tier_job.save(job, path)
-                self._procs[w].stdin.write(json.dumps({"job": path, "result": self._path("result")}) + "\n")
-                self._procs[w].stdin.flush()
-                sent[j] = w
-            except (OSError, RuntimeError, ValueError) as exc:
-                self._drop(w, str(exc))
-                alive.remove(w)
-                mine.append(j)
-        results = {j: tier_job.run(jobs[j]) for j in mine}
-        for j, w in sent.items():
-            try:
-                msg = self._reply(w)
+                msg = self._stash.pop(ticket.result, None)
+                while msg is None:  # a worker answers its jobs in the order they were sent
+                    reply = self._reply(ticket.worker)
+                    if reply.get("result") == ticket.result:
+                        msg = reply
+                    else:
+                        self._stash[reply.get("result", "")] = reply
                 if "error" in msg:
                     raise RuntimeError(msg["error"])
-                results[j] = tier_job.load_result(msg["result"])
-                os.unlink(msg["result"])
+                result = kind.load_result(ticket.result)
+                os.unlink(ticket.result)
+                return result
             except (OSError, RuntimeError, ValueError) as exc:
-                self._drop(w, str(exc))
-                results[j] = tier_job.run(jobs[j])
+                self._drop(ticket.worker, str(exc))
+        return kind.run(ticket.job)
+
+    def run(self, jobs: list) -> list:
+        """Every job's result in the jobs' order: job ``i`` on executor ``i % (workers + 1)``, executor 0
+        being this process."""
+        alive = sum(p is not None for p in self._procs)
+        tickets = {j: self.submit(job) for j, job in enumerate(jobs) if j % (alive + 1)}
+        results = {j: _kind(job).run(job) for j, job in enumerate(jobs) if j not in tickets}
+        results |= {j: self.collect(t) for j, t in tickets.items()}
         return [results[j] for j in range(len(jobs))]
 
     def close(self) -> None:
@@ -145,19 +177,20 @@ def main() -> None:
     os.dup2(2, 1)
     from transformers.utils import logging as hf_logging
 
-    from . import tier_job
+    from . import question_job, tier_job
 
     hf_logging.disable_progress_bar()
     reply.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         msg = json.loads(line)
         try:
-            job = tier_job.load(msg["job"])
+            kind = {"TierJob": tier_job, "QuestionsJob": question_job}[msg["kind"]]
+            job = kind.load(msg["job"])
             os.unlink(msg["job"])
-            tier_job.save_result(tier_job.run(job), msg["result"])
+            kind.save_result(kind.run(job), msg["result"])
             reply.write(json.dumps({"result": msg["result"]}) + "\n")
         except Exception as exc:  # noqa: BLE001 - report any failure of a job to the cloud, which reruns it
-            reply.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+            reply.write(json.dumps({"result": msg.get("result", ""), "error": f"{type(exc).__name__}: {exc}"}) + "\n")
 
 
 if __name__ == "__main__":

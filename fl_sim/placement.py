@@ -60,6 +60,11 @@ def current() -> torch.device:
     return _STATE["device"]
 
 
+def autocasts() -> bool:
+    """Whether this process's forward passes run under bf16 autocast."""
+    return _STATE["bf16"]
+
+
 def autocast():
     """bf16 autocast on this process's device when its precision says so; otherwise nothing."""
     if not _STATE["bf16"]:

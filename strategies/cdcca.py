@@ -26,12 +26,11 @@ import numpy as np
 import torch
 
 from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
-from fl_sim import FlSimError, akd, ceil_share, cloud_pool, dwc, placement, runtime, tier_job, uts
+from fl_sim import FlSimError, akd, ceil_share, cloud_pool, dwc, placement, question_job, runtime, tier_job, uts
 from fl_sim.cache import read_meta
-from fl_sim.models.mllm import answer_with_stats, visual_tokens
+from fl_sim.models.mllm import visual_tokens
 from fl_sim.version_store import VersionStore
 from fl_sim.wire import config_value_bytes, pack_arrays, payload_bytes, record_values, to_array_record, unpack_arrays
-from fl_sim.world.domains import CAPTION_QUESTION
 from strategies.base import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -54,8 +53,8 @@ class CDCCA(FleetStrategy):
         self._chains: dict = {}
         self._anchor_targets: dict | None = None  # built on first use (see ``_anchor``)
         self._views: dict[str, str] | None = None  # tier -> view, found on first use (see ``_view``)
-        if self.akd.steps and self._workers(len(self.tiers)):  # they import torch while round 1's devices run
-            cloud_pool.shared(self._workers(len(self.tiers)))
+        if self.akd.steps and self._workers():  # they import torch while round 1's devices run
+            cloud_pool.shared(self._workers())
 
     @classmethod
     def store_dir(cls, run_dir):
@@ -282,8 +281,8 @@ class CDCCA(FleetStrategy):
 
     def _train_tiers(self, tiers: list[str], new: dict, server_round: int) -> dict[str, tier_job.TierResult]:
         """Every tier's AKD round: side by side in worker processes (``strategy.akd.workers``) or here."""
-        workers = self._workers(len(tiers))
-        threads = 1 if workers else torch.get_num_threads()  # side by side: a job per core, single-threaded
+        workers = self._workers() if len(tiers) > 1 else 0
+        threads = 1 if workers else torch.get_num_threads()  # side by side: single-threaded
         jobs = [self._tier_job(t, new.get(self._view(t), {}), server_round, threads) for t in tiers]
         if workers:
             results = cloud_pool.shared(workers).run(jobs)
@@ -291,10 +290,14 @@ class CDCCA(FleetStrategy):
             results = [tier_job.run(job) for job in jobs]
         return dict(zip(tiers, results))
 
-    def _workers(self, n_jobs: int) -> int:
+    def _workers(self) -> int:
+        """The cloud's worker processes (``strategy.akd.workers``): on a CPU cloud in fp32 only, where a
+        worker computes what the cloud process would."""
+        if placement.current().type != "cpu" or placement.autocasts():
+            return 0
         if self.akd.workers == "auto":
-            return cloud_pool.default_workers(n_jobs, placement.current().type == "cpu")
-        return self.akd.workers if n_jobs > 1 else 0
+            return cloud_pool.default_workers(len(self.tiers), True)
+        return self.akd.workers
 
     def _apply_tier(self, tier: str, result: tier_job.TierResult, server_round: int) -> dict:
         """Take the tier's trained adapters as its cloud copy; returns the losses (``{}``: diverged, dropped)."""
@@ -305,13 +308,16 @@ class CDCCA(FleetStrategy):
         self.state[self._group("align", tier)] = result.align
         return result.losses
 
-    def _more_questions(self, teacher, pr, vis: torch.Tensor, questions: list[str], server_round: int) -> dict:
+    def _questions_job(self, vis: torch.Tensor, questions: list[str], server_round: int) -> question_job.QuestionsJob:
         """``akd.extra_questions``: the teacher captions each upload and answers more questions about it,
         generated from its own caption (``akd.question_targets``)."""
-        captions, _ = answer_with_stats(teacher, pr, vis, [CAPTION_QUESTION] * len(questions), self.akd.max_new_tokens)
-        rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 23, server_round]))
-        return akd.question_targets(teacher, pr, vis, captions, self.akd.extra_questions, rng, questions,
-                                    self.akd.max_new_tokens)
+        from fl_sim.world.user_data import USER_DOMAINS
+
+        return question_job.QuestionsJob(
+            self.ctx.model_paths["teacher"], self.akd.teacher_int8, self.cfg.cache_dir, vis, questions,
+            self.akd.extra_questions, [self.cfg.seed, 23, server_round], self.akd.max_new_tokens,
+            torch.get_num_threads(),
+            {n: d.model_dump(mode="json") for n, d in USER_DOMAINS.items()})
 
     def _payload_seed(self, tier: str) -> int:
         """The seed of the tier's next payload (``selection = "random"`` keeps the entries it picks)."""
@@ -393,8 +399,8 @@ class CDCCA(FleetStrategy):
             labelled = akd.teacher_targets(teacher, pr, vis, questions, self.akd.max_new_tokens)
             new["teacher"] = labelled
             lap("label")
-            if self.akd.extra_questions:
-                more = self._more_questions(teacher, pr, vis, questions, server_round)
+            if self.akd.extra_questions:  # here: a worker asking them while this labels is slower (cloud_workers.py)
+                more = question_job.run(self._questions_job(vis, questions, server_round))
                 extra_asked = akd.size(more)
                 new["teacher"] = akd.concat([labelled, more])
                 lap("extra_questions")

@@ -85,20 +85,22 @@ def test_the_teacher_is_asked_more_questions_about_each_upload(cdcca_run, tmp_pa
     """``strategy.akd.extra_questions`` in the fleet: the same uploads (same participation and uplink as the
     plain run), and the teacher's answers to questions generated from its captions are distilled with them.
     The tiny teacher's own captions rarely parse, so its caption pass is replaced by a fixed true-format
-    caption; question generation, the teacher's answers and their distillation run as they do."""
-    import strategies.cdcca as cdcca
+    caption (in this process: no workers); question generation, the teacher's answers and their
+    distillation run as they do."""
+    import fl_sim.question_job as qj
     from fl_sim.world.domains import CAPTION_QUESTION
 
-    real = cdcca.answer_with_stats
+    real = qj.answer_with_stats
 
     def captions_that_parse(model, pr, vis, questions, *a, **kw):
         if list(questions) == [CAPTION_QUESTION] * len(questions):
             return ["small red circle top left and large blue square center"] * len(questions), {}
         return real(model, pr, vis, questions, *a, **kw)
 
-    monkeypatch.setattr(cdcca, "answer_with_stats", captions_that_parse)
+    monkeypatch.setattr(qj, "answer_with_stats", captions_that_parse)
     _, plain = cdcca_run
-    res = read_results(run_experiment(_cfg(tmp_path, cache_dir, **{"strategy.akd.extra_questions": 2})))
+    res = read_results(run_experiment(_cfg(tmp_path, cache_dir, **{"strategy.akd.extra_questions": 2,
+                                                                   "strategy.akd.workers": 0})))  # patched here
     for r, p in zip(res, plain):
         assert r["uploaded_samples"] == p["uploaded_samples"] == 16 and r["uplink_bytes"] == p["uplink_bytes"]
         assert 0 < r["extra_questions"] <= 2 * r["uploaded_samples"] and p["extra_questions"] == 0

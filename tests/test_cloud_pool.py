@@ -130,3 +130,33 @@ def test_auto_workers_one_per_tier_beyond_the_first_on_a_cpu(monkeypatch):
     assert cloud_pool.default_workers(3, False) == 0
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert cloud_pool.default_workers(3, True) == 0
+
+
+def test_the_teachers_extra_questions_cross_a_worker_unchanged(tiny_zoo, tmp_path):
+    """A ``QuestionsJob`` through a file and a worker: the same targets as here. (The tiny teacher's captions
+    rarely parse, so its result may be empty; a real result's file round trip is checked on labelled targets.)"""
+    from fl_sim import question_job
+    from fl_sim.models.mllm import visual_tokens
+
+    pr, teacher = tiny_zoo.prompter, runtime.base_model(str(tiny_zoo.paths["teacher"]))
+    ds = runtime.split("source", "train", 64, 0, None).select(range(16))
+    with torch.no_grad():
+        vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
+    job = question_job.QuestionsJob(str(tiny_zoo.paths["teacher"]), False, None, vis, list(ds["question"]), 2,
+                                    [0, 23, 1], 6)
+    question_job.save(job, str(tmp_path / "job.safetensors"))
+    back = question_job.load(str(tmp_path / "job.safetensors"))
+    assert torch.equal(back.vis, job.vis) and {k: v for k, v in back.__dict__.items() if k != "vis"} == {
+        k: v for k, v in job.__dict__.items() if k != "vis"}
+    here = question_job.run(job)
+    pool = cloud_pool.CloudPool()
+    try:
+        pool.grow(1)
+        there = pool.collect(pool.submit(job))
+    finally:
+        pool.close()
+    assert set(here) == set(there) and all(torch.equal(here[k], there[k]) for k in here)
+    labelled = akd.teacher_targets(teacher, pr, vis, list(ds["question"]), max_new_tokens=6)
+    question_job.save_result(labelled, str(tmp_path / "result.safetensors"))
+    got = question_job.load_result(str(tmp_path / "result.safetensors"))
+    assert set(got) == set(labelled) and all(torch.equal(got[k], labelled[k]) for k in labelled)
