@@ -4,6 +4,7 @@ A coarse model, per term (bytes):
 
     driver and models           2 GiB
     Ray workers                 0.6 GiB each (min(CPUs, CPUs / num_cpus_per_client) workers)
+    the cloud's workers         0.6 GiB each (``strategy.akd.workers``: the tiers' AKD side by side, cdcca)
     registered devices          500 B each in the driver (profile), plus 150 B per domain in the driver and
                                 each worker (device partitions); Flower holds nothing per device
                                 (``benchmarks/registered_devices.py`` measured 608 B at 10k and 100k);
@@ -60,8 +61,9 @@ def workers(cfg) -> int:
     return max(1, min(cpus, int(cpus / sim.num_cpus_per_client)))
 
 
-def needs(cfg, n_devices: int) -> dict[str, dict[str, float]]:
-    """``{"memory": {term: bytes}, "disk": {term: bytes}}`` of the run ``cfg`` with ``n_devices`` devices."""
+def needs(cfg, n_devices: int, cloud_workers: int = 0) -> dict[str, dict[str, float]]:
+    """``{"memory": {term: bytes}, "disk": {term: bytes}}`` of the run ``cfg`` with ``n_devices`` devices
+    (``cloud_workers``: the strategy's own worker processes, ``FleetStrategy.cloud_workers``)."""
     f, s = cfg.fleet, cfg.strategy
     w = workers(cfg)
     sampled = min(n_devices, s.clients_per_round * s.over_commit)
@@ -69,6 +71,7 @@ def needs(cfg, n_devices: int) -> dict[str, dict[str, float]]:
     n_dom = domains(cfg)
     data = (n_dom * cfg.eval.n_test + sampled * f.samples_per_round) * PER_SAMPLE_BYTES + SPLIT_BUILD_BYTES
     memory = {"driver and models": DRIVER_BYTES, "Ray workers (simulation.num_cpus)": w * WORKER_BYTES,
+              "the cloud's workers (strategy.akd.workers)": cloud_workers * WORKER_BYTES,
               "registered devices (fleet.num_devices)": n_devices * (PER_DEVICE_BYTES + PARTITION_BUILD_BYTES
                                                                      + PER_DEVICE_DOMAIN_BYTES * n_dom * (w + 1)),
               "datasets (eval.n_test, fleet.samples_per_round)": data,
@@ -106,11 +109,11 @@ def human(n: float) -> str:
     return f"{n / 1024:,.0f} KiB"
 
 
-def check(cfg, n_devices: int) -> None:
+def check(cfg, n_devices: int, cloud_workers: int = 0) -> None:
     """A one-line ``FlSimError`` with the estimate when the run cannot fit this machine."""
     if not cfg.simulation.check_capacity:
         return
-    est = needs(cfg, n_devices)
+    est = needs(cfg, n_devices, cloud_workers)
     for kind, have in (("memory", available_memory()), ("disk", free_disk(cfg.output_dir))):
         total = sum(est[kind].values())
         if total > have:

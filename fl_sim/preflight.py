@@ -45,7 +45,9 @@ def check_run(cfg) -> int:
         n = f.num_devices
     if cfg.simulation.ray_address:
         check_ray_address(cfg.simulation.ray_address)
-    capacity.check(cfg, n)
+    from strategies import get_strategy
+
+    capacity.check(cfg, n, get_strategy(s.name).cloud_workers(cfg))
     if f.replay:
         from .fleet import load_participation, make_fleet
 
