@@ -51,6 +51,14 @@ def default_workers(n_jobs: int, on_cpu: bool) -> int:
     return max(0, n_jobs - 1) if on_cpu and (os.cpu_count() or 1) >= 2 else 0
 
 
+def workers_for(akd_cfg, n_tiers: int, fp32_cpu: bool) -> int:
+    """The cloud's workers for ``strategy.akd`` (``workers``): on a CPU cloud in fp32 only, where a worker
+    computes what the cloud process would; none without AKD steps."""
+    if not fp32_cpu or not akd_cfg.steps:
+        return 0
+    return default_workers(n_tiers, True) if akd_cfg.workers == "auto" else akd_cfg.workers
+
+
 class CloudPool:
     def __init__(self):
         self._procs: list[subprocess.Popen] = []

@@ -45,15 +45,25 @@ def check_run(cfg) -> int:
         n = f.num_devices
     if cfg.simulation.ray_address:
         check_ray_address(cfg.simulation.ray_address)
-    from strategies import get_strategy
-
-    capacity.check(cfg, n, get_strategy(s.name).cloud_workers(cfg))
+    capacity.check(cfg, n, cloud_workers(cfg, len(tiers)))
     if f.replay:
         from .fleet import load_participation, make_fleet
 
         fleet = profiles if profiles is not None else make_fleet(f, tiers, cfg.seed)
         load_participation(f.replay, cfg.rounds, fleet, s.clients_per_round)
     return n
+
+
+def cloud_workers(cfg, n_tiers: int) -> int:
+    """The worker processes a run's cloud starts (``strategy.akd.workers`` of the strategies that train tiers
+    with AKD, ``strategies.CLOUD_AKD``), from its settings alone: a ``device = "auto"`` server counts as a CPU."""
+    from strategies import CLOUD_AKD
+
+    from .cloud_pool import workers_for
+
+    sim = cfg.simulation
+    fp32_cpu = not sim.device.startswith("cuda") and sim.precision != "bf16"
+    return workers_for(cfg.strategy.akd, n_tiers, fp32_cpu) if cfg.strategy.name in CLOUD_AKD else 0
 
 
 def check_models(zoo_name: str, overrides: dict[str, str]) -> None:

@@ -17,6 +17,10 @@ REGISTRY = {
     "cdcca": "strategies.cdcca:CDCCA",
 }
 
+# the strategies whose cloud trains the tiers with AKD (``strategies.cdcca.CDCCA`` and its subclasses): their
+# cloud starts ``strategy.akd.workers`` worker processes, which the capacity check counts
+CLOUD_AKD = ("cloud-kd-full", "cdcca")
+
 
 def check_name(name: str) -> None:
     """A one-line ``FlSimError`` when no strategy is registered as ``name``."""

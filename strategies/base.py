@@ -167,11 +167,6 @@ class FleetStrategy(Strategy):
         return None
 
     @classmethod
-    def cloud_workers(cls, cfg: ExperimentConfig) -> int:
-        """Worker processes the strategy's cloud starts beside the driver (the capacity check counts them)."""
-        return 0
-
-    @classmethod
     def effective_config(cls, cfg: ExperimentConfig) -> ExperimentConfig:
         """The config this strategy really runs (saved as the run's ``config.toml``)."""
         return cfg

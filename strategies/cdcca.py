@@ -291,16 +291,8 @@ class CDCCA(FleetStrategy):
         return dict(zip(tiers, results))
 
     def _workers(self) -> int:
-        return workers_for(self.akd, len(self.tiers), placement.current().type == "cpu" and not placement.autocasts())
-
-    @classmethod
-    def cloud_workers(cls, cfg) -> int:
-        from fl_sim.models.presets import get_zoo
-
-        n_tiers = len(cfg.fleet.tiers) or len(get_zoo(cfg.zoo).tiers)
-        sim = cfg.simulation
-        fp32_cpu = placement.resolve(sim.device).type == "cpu" and sim.precision != "bf16"
-        return workers_for(cfg.strategy.akd, n_tiers, fp32_cpu)
+        fp32_cpu = placement.current().type == "cpu" and not placement.autocasts()
+        return cloud_pool.workers_for(self.akd, len(self.tiers), fp32_cpu)
 
     def _apply_tier(self, tier: str, result: tier_job.TierResult, server_round: int) -> dict:
         """Take the tier's trained adapters as its cloud copy; returns the losses (``{}``: diverged, dropped)."""
@@ -445,14 +437,6 @@ class CDCCA(FleetStrategy):
         extra["cloud_phases_s"] = phases
         placement.release()
         return extra
-
-
-def workers_for(akd_cfg, n_tiers: int, fp32_cpu: bool) -> int:
-    """The cloud's worker processes (``strategy.akd.workers``): on a CPU cloud in fp32 only, where a worker
-    computes what the cloud process would; none without AKD steps."""
-    if not fp32_cpu or not akd_cfg.steps:
-        return 0
-    return cloud_pool.default_workers(n_tiers, True) if akd_cfg.workers == "auto" else akd_cfg.workers
 
 
 def read_meta_bytes(model_path: str) -> int:

@@ -160,3 +160,24 @@ def test_the_teachers_extra_questions_cross_a_worker_unchanged(tiny_zoo, tmp_pat
     question_job.save_result(labelled, str(tmp_path / "result.safetensors"))
     got = question_job.load_result(str(tmp_path / "result.safetensors"))
     assert set(got) == set(labelled) and all(torch.equal(got[k], labelled[k]) for k in labelled)
+
+
+def test_the_capacity_check_counts_the_clouds_workers(monkeypatch):
+    from fl_sim import capacity
+    from fl_sim.config import parse_config
+    from fl_sim.preflight import cloud_workers
+    from strategies import CLOUD_AKD, REGISTRY, get_strategy
+    from strategies.cdcca import CDCCA
+
+    assert {n for n in REGISTRY if issubclass(get_strategy(n), CDCCA)} == set(CLOUD_AKD)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+
+    def cfg(**over):
+        return parse_config({"name": "x", "zoo": "tiny", "strategy": {"name": "cdcca"}}, over)
+
+    assert cloud_workers(cfg(), 3) == 2 and cloud_workers(cfg(**{"strategy.akd.workers": 5}), 3) == 5
+    for over in ({"strategy.akd.workers": 0}, {"strategy.name": "fedavg"}, {"simulation.device": "cuda"},
+                 {"simulation.precision": "bf16"}, {"strategy.akd.steps": 0}):
+        assert cloud_workers(cfg(**over), 3) == 0, over
+    base, more = (sum(capacity.needs(cfg(), 100, w)["memory"].values()) for w in (0, 2))
+    assert more - base == pytest.approx(2 * capacity.WORKER_BYTES)
