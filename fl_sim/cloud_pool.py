@@ -38,11 +38,15 @@ class Ticket:
     result: str  # the result file the worker writes
 
 
-def _kind(job):
-    """The module that saves, loads and runs a job of ``job``'s kind."""
+def _kinds() -> dict:
+    """Job class name -> the module that saves, loads and runs jobs of that kind."""
     from . import question_job, tier_job
 
-    return {"TierJob": tier_job, "QuestionsJob": question_job}[type(job).__name__]
+    return {"TierJob": tier_job, "QuestionsJob": question_job}
+
+
+def _kind(job):
+    return _kinds()[type(job).__name__]
 
 
 def default_workers(n_jobs: int, on_cpu: bool) -> int:
@@ -185,14 +189,13 @@ def main() -> None:
     os.dup2(2, 1)
     from transformers.utils import logging as hf_logging
 
-    from . import question_job, tier_job
-
+    kinds = _kinds()
     hf_logging.disable_progress_bar()
     reply.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         msg = json.loads(line)
         try:
-            kind = {"TierJob": tier_job, "QuestionsJob": question_job}[msg["kind"]]
+            kind = kinds[msg["kind"]]
             job = kind.load(msg["job"])
             os.unlink(msg["job"])
             kind.save_result(kind.run(job), msg["result"])
