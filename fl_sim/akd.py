@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import FlSimError, placement
 from .config import AKDConfig
 from .models.adapters import adapter_parameters
-from .models.mllm import Prompter, answer_with_stats, embed_with_tokens
+from .models.mllm import Prompter, answer_stats, embed_with_tokens, greedy
 from .models.train import per_sample_loss
 from .world.domains import questions_from_captions
 
@@ -51,23 +51,41 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
     """Pseudo-labels, logits, hidden states and answer confidence of the teacher for ``(vis, questions)``.
 
     Sequences are padded to ``prompter.max_len`` so targets of different rounds stack into one buffer;
-    logits and hidden states are stored in fp16.
+    logits and hidden states are stored in fp16, at the positions the losses read (logits predicting answer
+    tokens, hidden states at every non-pad position; zeros elsewhere). They come from the generation itself
+    (``greedy(hidden=True)``); a row whose answer does not read back to the generated ids (no ``<eos>`` within
+    ``max_new_tokens``, or text that tokenizes differently) is run through the teacher once more.
     """
-    pseudo, stats = answer_with_stats(teacher, prompter, vis, questions, max_new_tokens)
+    groups = list(greedy(teacher, prompter, vis, questions, max_new_tokens, hidden=True))
+    pseudo, stats = answer_stats(prompter, len(questions), groups)
     ids, mask, labels = _padded_batch(prompter, questions, pseudo)
-    L = prompter.max_len
-    logits, hidden = [], []
-    teacher.eval()
-    for s in range(0, len(questions), batch_size):
-        sl = slice(s, s + batch_size)
-        n = int(mask[sl].sum(1).max())
+    L, ends = prompter.max_len, mask.sum(1)
+    logits = torch.zeros(len(questions), L, groups[0].logits.shape[-1] if groups else 0, dtype=torch.float16)
+    hidden, again = None, []
+    for g in groups:
+        if hidden is None and g.hidden is not None:
+            hidden = torch.zeros(len(questions), L, g.hidden.shape[-1], dtype=torch.float16)
+        for j, i in enumerate(g.rows):
+            p, m = g.prompt_len, int(ends[i])
+            if g.hidden is None or m - p > g.tokens.shape[1] or not torch.equal(g.tokens[j, :m - p], ids[i, p:m]):
+                again.append(i)
+                continue
+            logits[i, p - 1:m - 1] = g.logits[j, :m - p].half()
+            hidden[i, :m] = g.hidden[j, :m].half()
+    for s in range(0, len(again), batch_size):
+        rows = again[s:s + batch_size]
+        n = int(ends[rows].max())
         with placement.autocast():
-            out = teacher(inputs_embeds=embed_with_tokens(teacher, ids[sl, :n], vis[sl]),
-                          attention_mask=placement.to_model(teacher, mask[sl, :n]), output_hidden_states=True)
-        logits.append(F.pad(out.logits, (0, 0, 0, L - n)).half().cpu())
-        hidden.append(F.pad(out.hidden_states[-1], (0, 0, 0, L - n)).half().cpu())
+            out = teacher(inputs_embeds=embed_with_tokens(teacher, ids[rows, :n], vis[rows]),
+                          attention_mask=placement.to_model(teacher, mask[rows, :n]), output_hidden_states=True)
+        if hidden is None:
+            hidden = torch.zeros(len(questions), L, out.hidden_states[-1].shape[-1], dtype=torch.float16)
+        logits[rows, :n] = out.logits.half().cpu()
+        hidden[rows, :n] = out.hidden_states[-1].half().cpu()
+    if hidden is None:  # no questions
+        hidden = torch.zeros(0, L, 0, dtype=torch.float16)
     return {"vis": vis.float(), "input_ids": ids, "attention_mask": mask, "labels": labels,
-            "t_logits": torch.cat(logits), "t_hidden": torch.cat(hidden),
+            "t_logits": logits, "t_hidden": hidden,
             "t_conf": torch.as_tensor(stats["confidence"], dtype=torch.float32),
             "distil": torch.ones(len(questions))}
 

@@ -9,6 +9,8 @@ N is the number of visual tokens (one per grid cell). Training loss is on the an
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -195,25 +197,32 @@ def embed_with_tokens(model, input_ids: torch.Tensor, vis: torch.Tensor) -> torc
     return emb.masked_scatter(mask, feats)
 
 
-@torch.no_grad()
-def answer_with_stats(model, prompter: Prompter, vis: torch.Tensor, questions, max_new_tokens: int = 6,
-                      batch_size: int = 256) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Greedy answers from visual tokens, with per-sample uncertainty statistics of the generated answer.
+@dataclass
+class Greedy:
+    """One batch of greedy generation from prompts of one length (``prompt_len``)."""
 
-    ``confidence``: product over generated tokens (up to and including ``<eos>``) of the max probability
-    (the CD-CCA score); ``token_confidence``: its geometric mean per token (the product's length bias
-    removed: a 12-word caption is otherwise always "less sure" than a one-word answer); ``entropy``: mean
-    token entropy; ``margin``: mean gap between the top two probabilities.
+    rows: list[int]  # which prompts (indices into the caller's list)
+    prompt_len: int
+    tokens: torch.Tensor  # (b, S) generated ids, on the CPU; ``pad`` after a row's ``<eos>``
+    logits: torch.Tensor  # (b, S, V) fp32: step j's logits, which predict ``tokens[:, j]``
+    hidden: torch.Tensor | None  # (b, prompt_len + S, D) last-layer hidden states of prompt + tokens
+
+
+@torch.no_grad()
+def greedy(model, prompter: Prompter, vis: torch.Tensor, questions, max_new_tokens: int, batch_size: int = 256,
+           hidden: bool = False) -> Iterator[Greedy]:
+    """Greedy generation from visual tokens, batched by prompt length (no padding, no position shift).
+
+    ``hidden``: also the last layer's hidden states at every prompt and generated position, taken from the
+    generation itself (the prefill, each decode step, and one more cached step that feeds the last tokens),
+    so a caller that needs the model's states on ``prompt + answer`` runs no second forward pass.
     """
     model.eval()
     prompts = [prompter.prompt(str(q)) for q in questions]
-    n = len(prompts)
-    out: list[str] = [""] * n
-    stats = {k: np.zeros(n) for k in ("confidence", "token_confidence", "entropy", "margin")}
     by_len: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
-    for idx in by_len.values():
+    for p_len, idx in by_len.items():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s:s + batch_size]
             ids = placement.to_model(model, torch.tensor([prompts[i] for i in chunk]))
@@ -221,17 +230,55 @@ def answer_with_stats(model, prompter: Prompter, vis: torch.Tensor, questions, m
                 emb = embed_with_tokens(model, ids, vis[chunk])
                 gen = model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids),
                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompter.eos,
-                                     pad_token_id=prompter.pad, output_logits=True, return_dict_in_generate=True)
-            probs = torch.stack(gen.logits, 1).float().softmax(-1).cpu()  # (b, steps, V)
-            seq = gen.sequences[:, -probs.shape[1]:].cpu()
-            top2 = probs.topk(2, dim=-1).values
-            ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-            for j, i in enumerate(chunk):
-                out[i] = prompter.decode(seq[j])
-                ends = (seq[j] == prompter.eos).nonzero()
-                L = int(ends[0]) + 1 if len(ends) else seq.shape[1]
-                stats["confidence"][i] = float(top2[j, :L, 0].prod())
-                stats["token_confidence"][i] = float(top2[j, :L, 0].clamp_min(1e-30).log().mean().exp())
-                stats["entropy"][i] = float(ent[j, :L].mean())
-                stats["margin"][i] = float((top2[j, :L, 0] - top2[j, :L, 1]).mean())
+                                     pad_token_id=prompter.pad, output_logits=True, return_dict_in_generate=True,
+                                     output_hidden_states=hidden)
+            logits = torch.stack(gen.logits, 1).float()
+            tokens = gen.sequences[:, -logits.shape[1]:]
+            states = _generated_states(model, gen, tokens, p_len) if hidden else None
+            yield Greedy(chunk, p_len, tokens.cpu(), logits.cpu(), states)
+
+
+def _generated_states(model, gen, tokens: torch.Tensor, p_len: int) -> torch.Tensor | None:
+    """``(b, p_len + S, D)`` last-layer hidden states of ``prompt + tokens`` from a finished ``generate``
+    (``None`` when it kept no cache to feed its last tokens through)."""
+    if gen.past_key_values is None:
+        return None
+    b, S = tokens.shape
+    with placement.autocast():
+        last = model(input_ids=tokens[:, -1:], past_key_values=gen.past_key_values,
+                     attention_mask=torch.ones(b, p_len + S, dtype=torch.long, device=tokens.device),
+                     output_hidden_states=True, use_cache=False).hidden_states[-1]
+    steps = [h[-1] for h in gen.hidden_states]  # step 0: the prompt's positions; step j: token j-1's
+    return torch.cat([*steps, last], 1).float().cpu()
+
+
+def answer_with_stats(model, prompter: Prompter, vis: torch.Tensor, questions, max_new_tokens: int = 6,
+                      batch_size: int = 256) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Greedy answers from visual tokens, with per-sample uncertainty statistics of the generated answer
+    (``answer_stats``)."""
+    return answer_stats(prompter, len(questions), greedy(model, prompter, vis, questions, max_new_tokens, batch_size))
+
+
+def answer_stats(prompter: Prompter, n: int, groups) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The ``n`` answers (text) of greedy ``groups`` and the uncertainty of each.
+
+    ``confidence``: product over generated tokens (up to and including ``<eos>``) of the max probability
+    (the CD-CCA score); ``token_confidence``: its geometric mean per token (the product's length bias
+    removed: a 12-word caption is otherwise always "less sure" than a one-word answer); ``entropy``: mean
+    token entropy; ``margin``: mean gap between the top two probabilities.
+    """
+    out: list[str] = [""] * n
+    stats = {k: np.zeros(n) for k in ("confidence", "token_confidence", "entropy", "margin")}
+    for g in groups:
+        probs, seq = g.logits.softmax(-1), g.tokens
+        top2 = probs.topk(2, dim=-1).values
+        ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+        for j, i in enumerate(g.rows):
+            out[i] = prompter.decode(seq[j])
+            ends = (seq[j] == prompter.eos).nonzero()
+            L = int(ends[0]) + 1 if len(ends) else seq.shape[1]
+            stats["confidence"][i] = float(top2[j, :L, 0].prod())
+            stats["token_confidence"][i] = float(top2[j, :L, 0].clamp_min(1e-30).log().mean().exp())
+            stats["entropy"][i] = float(ent[j, :L].mean())
+            stats["margin"][i] = float((top2[j, :L, 0] - top2[j, :L, 1]).mean())
     return out, stats
