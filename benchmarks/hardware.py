@@ -1,11 +1,13 @@
 """Throughput where the hardware is: what the fleet and the cloud get done per unit of time here.
 
     python benchmarks/hardware.py [--zoo default] [--rounds 3] [--device auto|cpu|cuda] [--gpus-per-client G]
+                                  [--no-fleet]
 
 Prints, for the chosen device (``simulation.device``; with ``--gpus-per-client G > 0`` the virtual clients
 share the GPUs too, G of one each):
 - device-rounds per minute of the quickstart fleet (``experiments/quickstart.toml``, ``--rounds`` rounds)
-  with ``fedavg`` and with ``cdcca``, over the rounds' wall time;
+  with ``fedavg`` and with ``cdcca``, over the rounds' wall time (not with ``--no-fleet``, which times the
+  cloud's passes alone and needs neither Flower nor Ray: for a machine that has torch and transformers only);
 - teacher labelling, samples per second (``akd.teacher_targets``: greedy answers plus the logits and hidden
   states AKD distils, on uploaded visual tokens);
 - cloud AKD steps per second (``akd.train_adapters`` on phone-high at the default batch size);
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="simulation.device: auto, cpu, cuda")
     ap.add_argument("--gpus-per-client", type=float, default=0.0, help="simulation.num_gpus_per_client")
     ap.add_argument("--precision", default="auto", help="simulation.precision: auto, fp32, bf16")
+    ap.add_argument("--no-fleet", action="store_true", help="skip the Flower fleets: the cloud's passes only")
     args = ap.parse_args()
     with PeakMemory() as mem:
         measure(args)
@@ -43,11 +46,9 @@ def measure(args) -> None:
     import torch
 
     from fl_sim import akd, placement, runtime
-    from fl_sim.config import AKDConfig, load_config
-    from fl_sim.metrics import read_results
+    from fl_sim.config import AKDConfig
     from fl_sim.models.mllm import visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
-    from fl_sim.run import run_experiment
 
     torch.set_num_threads(min(torch.get_num_threads(), psutil.cpu_count() or 1))
     out = tempfile.mkdtemp(prefix="fl-sim-hw-")
@@ -57,15 +58,8 @@ def measure(args) -> None:
           f"CUDA {'available' if torch.cuda.is_available() else 'not available'}; server models on {device}{gpu}, "
           f"devices' models on {'GPU shares of ' + str(args.gpus_per_client) if args.gpus_per_client else 'the CPU'}"
           f", precision {args.precision}")
-    sim = {"simulation.device": args.device, "simulation.precision": args.precision,
-           "simulation.num_gpus_per_client": args.gpus_per_client}
-    for strategy in ("fedavg", "cdcca"):
-        cfg = load_config("experiments/quickstart.toml", {"strategy.name": strategy, "rounds": args.rounds,
-                                                          "zoo": args.zoo, "output_dir": out, **sim})
-        res = read_results(run_experiment(cfg))
-        done, wall = sum(r["participants"] for r in res), sum(r["wall_s"]["round"] for r in res)
-        print(f"{strategy:<7} quickstart: {done} device-rounds in {wall:.1f} s of rounds = {60 * done / wall:.0f} "
-              f"device-rounds per minute")
+    if not args.no_fleet:
+        fleets(args, out)
 
     zoo = pretrain_zoo(args.zoo)
     pr = zoo.prompter
@@ -99,6 +93,23 @@ def measure(args) -> None:
     akd_s = time.perf_counter() - t0
     print(f"cloud AKD ({tier}, batch {cfg.batch_size}): {cfg.steps} steps in {akd_s:.1f} s = "
           f"{cfg.steps / akd_s:.2f} steps/s")
+
+
+def fleets(args, out: str) -> None:
+    """Device-rounds per minute of the quickstart fleet with fedavg and with cdcca."""
+    from fl_sim.config import load_config
+    from fl_sim.metrics import read_results
+    from fl_sim.run import run_experiment
+
+    sim = {"simulation.device": args.device, "simulation.precision": args.precision,
+           "simulation.num_gpus_per_client": args.gpus_per_client}
+    for strategy in ("fedavg", "cdcca"):
+        cfg = load_config("experiments/quickstart.toml", {"strategy.name": strategy, "rounds": args.rounds,
+                                                          "zoo": args.zoo, "output_dir": out, **sim})
+        res = read_results(run_experiment(cfg))
+        done, wall = sum(r["participants"] for r in res), sum(r["wall_s"]["round"] for r in res)
+        print(f"{strategy:<7} quickstart: {done} device-rounds in {wall:.1f} s of rounds = {60 * done / wall:.0f} "
+              f"device-rounds per minute")
 
 
 if __name__ == "__main__":

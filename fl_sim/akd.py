@@ -47,16 +47,21 @@ def _padded_batch(prompter: Prompter, questions, answers) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: list[str],
-                    max_new_tokens: int = 28, batch_size: int = 128) -> dict[str, torch.Tensor]:
+                    max_new_tokens: int = 28, batch_size: int = 128,
+                    states: str = "generation") -> dict[str, torch.Tensor]:
     """Pseudo-labels, logits, hidden states and answer confidence of the teacher for ``(vis, questions)``.
 
     Sequences are padded to ``prompter.max_len`` so targets of different rounds stack into one buffer;
     logits and hidden states are stored in fp16, at the positions the losses read (logits predicting answer
-    tokens, hidden states at every non-pad position; zeros elsewhere). They come from the generation itself
-    (``greedy(hidden=True)``); a row whose answer does not read back to the generated ids (no ``<eos>`` within
-    ``max_new_tokens``, or text that tokenizes differently) is run through the teacher once more.
+    tokens, hidden states at every non-pad position; zeros elsewhere). With ``states = "generation"`` they
+    come from the generation itself (``greedy(hidden=True)``), and a row whose answer does not read back to
+    the generated ids (no ``<eos>`` within ``max_new_tokens``, or text that tokenizes differently) is run
+    through the teacher once more; ``"forward"`` runs every row through it once more
+    (``AKDConfig.teacher_states``).
     """
-    groups = list(greedy(teacher, prompter, vis, questions, max_new_tokens, hidden=True))
+    if states not in ("generation", "forward"):
+        raise FlSimError(f"teacher states {states!r}: 'generation' or 'forward'")
+    groups = list(greedy(teacher, prompter, vis, questions, max_new_tokens, hidden=states == "generation"))
     pseudo, stats = answer_stats(prompter, len(questions), groups)
     ids, mask, labels = _padded_batch(prompter, questions, pseudo)
     L, ends = prompter.max_len, mask.sum(1)
@@ -72,6 +77,7 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
                 continue
             logits[i, p - 1:m - 1] = g.logits[j, :m - p].half()
             hidden[i, :m] = g.hidden[j, :m].half()
+    again.sort()  # batches of consecutive rows, as a second pass over every row takes them
     for s in range(0, len(again), batch_size):
         rows = again[s:s + batch_size]
         n = int(ends[rows].max())
@@ -92,14 +98,15 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
 
 def question_targets(teacher, prompter: Prompter, vis: torch.Tensor, captions: list[str], k: int,
                      rng: np.random.Generator, exclude: list[str] | None = None,
-                     max_new_tokens: int = 28) -> dict[str, torch.Tensor]:
+                     max_new_tokens: int = 28, states: str = "generation") -> dict[str, torch.Tensor]:
     """Teacher targets for up to ``k`` more questions about each image ``vis[i]``, generated from a caption
     of it (``questions_from_captions``; ``exclude[i]``, the question it came with, is not asked again).
     The teacher answers them from the image; ``{}`` when no caption parses."""
     asked = questions_from_captions(captions, k, rng, exclude)
     if not asked:
         return {}
-    return teacher_targets(teacher, prompter, vis[[i for i, _ in asked]], [q for _, q in asked], max_new_tokens)
+    return teacher_targets(teacher, prompter, vis[[i for i, _ in asked]], [q for _, q in asked], max_new_tokens,
+                           states=states)
 
 
 def pseudo_labels(targets: dict[str, torch.Tensor], prompter: Prompter) -> list[str]:

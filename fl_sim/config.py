@@ -95,6 +95,10 @@ class AKDConfig(Section):
     teacher_int8: bool = Field(False, description=(
         "the teacher labels with int8 dynamic quantisation (torch's CPU backend; fp32 on a GPU): 1.75x faster "
         "labelling, 99.5 % identical pseudo-labels (benchmarks/teacher_int8.py)"))
+    teacher_states: Literal["generation", "forward"] = Field("generation", description=(
+        "where the teacher's distilled logits and hidden states come from: its greedy generation itself "
+        '(no second pass; 4.9x faster labelling, benchmarks/teacher_states.py) or "forward", a second pass over '
+        "prompt + answer (the same values but in the last bit of 0.2 % of them)"))
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field("auto", description=(
         "processes that train the tiers' adapters side by side with the cloud process, each tier single-"
         'threaded (fl_sim/cloud_pool.py); "auto" = one per tier beyond the first on a CPU with 2+ cores, none '

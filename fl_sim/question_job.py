@@ -34,6 +34,7 @@ class QuestionsJob:
     max_new_tokens: int
     threads: int = 1
     domains: dict = field(default_factory=dict)  # the cloud's user domains (name -> UserDomainConfig as JSON)
+    states: str = "generation"  # strategy.akd.teacher_states
 
 
 def run(job: QuestionsJob) -> dict[str, torch.Tensor]:
@@ -50,7 +51,8 @@ def run(job: QuestionsJob) -> dict[str, torch.Tensor]:
         captions, _ = answer_with_stats(teacher, pr, job.vis, [CAPTION_QUESTION] * len(job.questions),
                                         job.max_new_tokens)
         rng = np.random.default_rng(np.random.SeedSequence(job.entropy))
-        return akd.question_targets(teacher, pr, job.vis, captions, job.k, rng, job.questions, job.max_new_tokens)
+        return akd.question_targets(teacher, pr, job.vis, captions, job.k, rng, job.questions, job.max_new_tokens,
+                                    job.states)
     finally:
         torch.set_num_threads(threads)
 

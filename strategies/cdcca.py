@@ -312,7 +312,7 @@ class CDCCA(FleetStrategy):
             self.ctx.model_paths["teacher"], self.akd.teacher_int8, self.cfg.cache_dir, vis, questions,
             self.akd.extra_questions, [self.cfg.seed, 23, server_round], self.akd.max_new_tokens,
             torch.get_num_threads(),
-            {n: d.model_dump(mode="json") for n, d in USER_DOMAINS.items()})
+            {n: d.model_dump(mode="json") for n, d in USER_DOMAINS.items()}, self.akd.teacher_states)
 
     def _payload_seed(self, tier: str) -> int:
         """The seed of the tier's next payload (``selection = "random"`` keeps the entries it picks)."""
@@ -391,7 +391,8 @@ class CDCCA(FleetStrategy):
         extra_asked = 0
         if questions:
             teacher = runtime.labelling_model(self.ctx.model_paths["teacher"], self.akd.teacher_int8)
-            labelled = akd.teacher_targets(teacher, pr, vis, questions, self.akd.max_new_tokens)
+            labelled = akd.teacher_targets(teacher, pr, vis, questions, self.akd.max_new_tokens,
+                                           states=self.akd.teacher_states)
             new["teacher"] = labelled
             lap("label")
             if self.akd.extra_questions:  # here: a worker asking them while this labels is slower (cloud_workers.py)

@@ -281,6 +281,34 @@ def _akd_setup(world):
     return tg, akd.AKDConfig(steps=25, batch_size=16, lr=5e-3), torch.nn.Linear(32, 64)
 
 
+def _read_positions(tg):
+    """The logits the KL reads (positions predicting an answer token) and the hidden states the feature
+    loss reads (non-pad positions)."""
+    mask = tg["attention_mask"].bool()
+    ans = torch.zeros_like(mask)
+    ans[:, :-1] = tg["labels"][:, 1:] != -100
+    return tg["t_logits"][ans].float(), tg["t_hidden"][mask].float()
+
+
+@pytest.mark.parametrize("max_new_tokens", [8, 1])
+def test_teacher_states_from_the_generation_are_the_second_passes(world, max_new_tokens):
+    """``teacher_states = "generation"`` distils what a second forward pass over prompt + answer gives (to
+    fp16 rounding); rows that end without ``<eos>`` (all of them at 1 new token) take the second pass."""
+    zoo, ds, model, _ = world
+    pr = zoo.prompter
+    vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"][:16])))
+    qs = list(ds["question"][:16])
+    gen, fwd = (akd.teacher_targets(zoo.teacher, pr, vis, qs, max_new_tokens, states=s)
+                for s in ("generation", "forward"))
+    for k in ("input_ids", "attention_mask", "labels", "t_conf"):
+        assert torch.equal(gen[k], fwd[k]), k
+    assert gen["t_logits"].shape == fwd["t_logits"].shape and gen["t_hidden"].shape == fwd["t_hidden"].shape
+    for a, b in zip(_read_positions(gen), _read_positions(fwd)):
+        assert len(a) and torch.allclose(a, b, atol=2e-2, rtol=1e-2)
+    with pytest.raises(FlSimError, match="teacher states 'both'"):
+        akd.teacher_targets(zoo.teacher, pr, vis, qs, states="both")
+
+
 def test_akd_lowers_the_loss_and_trains_only_adapters(world):
     _, _, model, init = world
     from fl_sim.models.adapters import adapter_parameters, load_adapter_state
