@@ -97,8 +97,8 @@ class AKDConfig(Section):
         "labelling, 99.5 % identical pseudo-labels (benchmarks/teacher_int8.py)"))
     teacher_states: Literal["generation", "forward"] = Field("generation", description=(
         "where the teacher's distilled logits and hidden states come from: its greedy generation itself "
-        '(no second pass; 4.9x faster labelling, benchmarks/teacher_states.py) or "forward", a second pass over '
-        "prompt + answer (the same values but in the last bit of 0.2 % of them)"))
+        '(no second pass; 2.4x faster labelling, benchmarks/teacher_states.py) or "forward", a second pass over '
+        "prompt + answer (the values before this option; 0.1-0.2 % of them differ in their last fp16 bit)"))
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field("auto", description=(
         "processes that train the tiers' adapters side by side with the cloud process, each tier single-"
         'threaded (fl_sim/cloud_pool.py); "auto" = one per tier beyond the first on a CPU with 2+ cores, none '
