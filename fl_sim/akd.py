@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import FlSimError, placement
 from .config import AKDConfig
 from .models.adapters import adapter_parameters
-from .models.mllm import Prompter, answer_stats, embed_with_tokens, greedy
+from .models.mllm import Prompter, answer_stats, embed_with_tokens, greedy, llava_of
 from .models.train import per_sample_loss
 from .world.domains import questions_from_captions
 
@@ -64,12 +64,11 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
     groups = list(greedy(teacher, prompter, vis, questions, max_new_tokens, hidden=states == "generation"))
     pseudo, stats = answer_stats(prompter, len(questions), groups)
     ids, mask, labels = _padded_batch(prompter, questions, pseudo)
-    L, ends = prompter.max_len, mask.sum(1)
-    logits = torch.zeros(len(questions), L, groups[0].logits.shape[-1] if groups else 0, dtype=torch.float16)
-    hidden, again = None, []
+    L, ends, text = prompter.max_len, mask.sum(1), llava_of(teacher).config.get_text_config()
+    logits = torch.zeros(len(questions), L, text.vocab_size, dtype=torch.float16)
+    hidden = torch.zeros(len(questions), L, text.hidden_size, dtype=torch.float16)
+    again = []
     for g in groups:
-        if hidden is None and g.hidden is not None:
-            hidden = torch.zeros(len(questions), L, g.hidden.shape[-1], dtype=torch.float16)
         for j, i in enumerate(g.rows):
             p, m = g.prompt_len, int(ends[i])
             if g.hidden is None or m - p > g.tokens.shape[1] or not torch.equal(g.tokens[j, :m - p], ids[i, p:m]):
@@ -84,12 +83,8 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
         with placement.autocast():
             out = teacher(inputs_embeds=embed_with_tokens(teacher, ids[rows, :n], vis[rows]),
                           attention_mask=placement.to_model(teacher, mask[rows, :n]), output_hidden_states=True)
-        if hidden is None:
-            hidden = torch.zeros(len(questions), L, out.hidden_states[-1].shape[-1], dtype=torch.float16)
         logits[rows, :n] = out.logits.half().cpu()
         hidden[rows, :n] = out.hidden_states[-1].half().cpu()
-    if hidden is None:  # no questions
-        hidden = torch.zeros(0, L, 0, dtype=torch.float16)
     return {"vis": vis.float(), "input_ids": ids, "attention_mask": mask, "labels": labels,
             "t_logits": logits, "t_hidden": hidden,
             "t_conf": torch.as_tensor(stats["confidence"], dtype=torch.float32),
