@@ -3,7 +3,7 @@
     python benchmarks/akd_ceiling.py [--tier phone-high|all|a,b] [--n 300] [--steps 600] [--lr 2e-3] [--words-only]
 
 No fleet, no UTS, no DWC: ``--n`` train samples of each shifted domain (full images) are labelled by the
-teacher once (``fl_sim.akd.teacher_targets``), then the tier's adapters train ``--steps`` AKD steps with
+teacher once (``fl_sim.mechanisms.akd.teacher_targets``), then the tier's adapters train ``--steps`` AKD steps with
 the default loss weights and source anchor (half of each batch from 512 labelled source samples), and
 the result is evaluated on 100 test samples per domain. It runs twice per tier: adapters without and
 with trainable word embeddings (``strategy.lora_tokens``), and prints VQA accuracy per domain, with the
@@ -22,21 +22,22 @@ def labelled_data(n: int) -> tuple:
     """``(zoo, teacher, shifted targets, source anchor targets)``, labelled by the teacher once."""
     import torch
 
-    from fl_sim import akd, runtime
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import akd
     from fl_sim.models.mllm import visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
     from fl_sim.world.domains import SHIFTED
 
     zoo = pretrain_zoo("default")
     pr = zoo.prompter
-    teacher = runtime.base_model(str(zoo.paths["teacher"]))
+    teacher = model_cache.base_model(str(zoo.paths["teacher"]))
     with torch.no_grad():
         parts = []
         for d in SHIFTED:
-            ds = runtime.split(d, "train", n, 0, None)
+            ds = model_cache.split(d, "train", n, 0, None)
             vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
             parts.append(akd.teacher_targets(teacher, pr, vis, list(ds["question"])))
-        src = runtime.split("source", "train", 512, 10_000, None)
+        src = model_cache.split("source", "train", 512, 10_000, None)
         vis = visual_tokens(teacher, pr.pixels(np.asarray(src["image"])))
     anchor = akd.anchor_targets(pr, vis, list(src["question"]), list(src["answer"]),
                                 teacher.config.text_config.vocab_size, teacher.config.text_config.hidden_size)
@@ -45,11 +46,11 @@ def labelled_data(n: int) -> tuple:
 
 def scores(model, pr) -> dict:
     """VQA accuracy (%) per domain on 100 test samples each, and ``shifted``, their mean over shifted domains."""
-    from fl_sim import runtime
+    from fl_sim.device import model_cache
     from fl_sim.models.evaluate import evaluate
     from fl_sim.world.domains import DOMAINS, SHIFTED
 
-    res = evaluate(model, pr, {d: runtime.split(d, "test", 100, 0, None) for d in DOMAINS})
+    res = evaluate(model, pr, {d: model_cache.split(d, "test", 100, 0, None) for d in DOMAINS})
     out = {d: 100 * res[d]["vqa"] for d in DOMAINS}
     out["shifted"] = float(np.mean([out[d] for d in SHIFTED]))
     return out
@@ -58,13 +59,14 @@ def scores(model, pr) -> dict:
 def run(data: tuple, tier: str, steps: int, lr: float, tokens: bool, seed: int = 0) -> dict:
     import torch
 
-    from fl_sim import akd, runtime
     from fl_sim.config import StrategyConfig
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import akd
     from fl_sim.models.adapters import load_adapter_state
 
     zoo, teacher, new, anchor = data
     pr = zoo.prompter
-    model, init = runtime.adapted_model(str(zoo.paths[tier]), StrategyConfig().lora_r, tokens)
+    model, init = model_cache.adapted_model(str(zoo.paths[tier]), StrategyConfig().lora_r, tokens)
     load_adapter_state(model, init)
     t_width = teacher.config.text_config.hidden_size
     cfg = akd.AKDConfig(steps=steps, lr=lr)
@@ -87,10 +89,10 @@ def run(data: tuple, tier: str, steps: int, lr: float, tokens: bool, seed: int =
 
 def evaluate_base(data: tuple, name: str) -> dict:
     """``scores`` of an untrained tier (``source-only``) or of the teacher."""
-    from fl_sim import runtime
+    from fl_sim.device import model_cache
 
     zoo = data[0]
-    return scores(runtime.base_model(str(zoo.paths[name])), zoo.prompter)
+    return scores(model_cache.base_model(str(zoo.paths[name])), zoo.prompter)
 
 
 def main() -> None:
@@ -101,7 +103,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--words-only", action="store_true", help="skip the adapters without word embeddings")
     args = ap.parse_args()
-    from fl_sim.cli import quiet_libraries
+    from fl_sim.app.cli import quiet_libraries
 
     quiet_libraries()
     import torch

@@ -27,7 +27,7 @@ def main() -> None:
             folder.mkdir()
             argv = write_case(folder, case)
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "fl_sim.cli", *argv, "--quiet"], capture_output=True,
+            out = subprocess.run([sys.executable, "-m", "fl_sim.app.cli", *argv, "--quiet"], capture_output=True,
                                  text=True, timeout=120)
             dt = time.perf_counter() - t0
             lines = out.stderr.strip().splitlines()

@@ -24,16 +24,17 @@ def prepare(zoo_name: str, which: str, samples: int, steps: int, tier: str, thre
     import numpy as np
     import torch
 
-    from fl_sim import akd, runtime
     from fl_sim.config import AKDConfig
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import akd
     from fl_sim.models.mllm import visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
 
     torch.set_num_threads(threads)
     zoo = pretrain_zoo(zoo_name)
     pr = zoo.prompter
-    teacher = runtime.base_model(str(zoo.paths["teacher"]))
-    ds = runtime.split("dusk", "train", max(256, samples), 0, None).select(range(samples))
+    teacher = model_cache.base_model(str(zoo.paths["teacher"]))
+    ds = model_cache.split("dusk", "train", max(256, samples), 0, None).select(range(samples))
     with torch.no_grad():
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
     questions = list(ds["question"])
@@ -42,7 +43,7 @@ def prepare(zoo_name: str, which: str, samples: int, steps: int, tier: str, thre
         return lambda: akd.teacher_targets(teacher, pr, vis, questions)
     targets = akd.teacher_targets(teacher, pr, vis, questions)
     cfg = AKDConfig(steps=steps)
-    model, _ = runtime.adapted_model(str(zoo.paths[tier]))
+    model, _ = model_cache.adapted_model(str(zoo.paths[tier]))
     align = torch.nn.Linear(model.config.text_config.hidden_size, teacher.config.text_config.hidden_size)
     rng = np.random.default_rng(0)
 
@@ -86,7 +87,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        from fl_sim.cli import quiet_libraries
+        from fl_sim.app.cli import quiet_libraries
 
         quiet_libraries()
         run = prepare(args.zoo, args.one, args.samples, args.steps, args.tier, args.threads)

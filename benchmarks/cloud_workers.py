@@ -7,12 +7,12 @@ uploads), each way timed and compared for bitwise equality with the one-after-th
 process's threads (what ``workers = 0`` does):
 
 - the teacher: labelling the uploads (``akd.teacher_targets``) and asking its extra questions about them
-  (``fl_sim.question_job``, 2 per upload), one after the other here, or the questions in a worker while
+  (``fl_sim.cloud.question_job``, 2 per upload), one after the other here, or the questions in a worker while
   this process labels, both single-threaded;
-- AKD: one round's job for every tier of the zoo as the cloud builds it (``fl_sim.tier_job``: 512 earlier
+- AKD: one round's job for every tier of the zoo as the cloud builds it (``fl_sim.cloud.tier_job``: 512 earlier
   samples as the replay buffer, 512 source samples as the anchor; the default batch of 32 = 16 anchor +
   8 new + 8 replay, ``--steps`` steps), every tier here one after the other, or side by side in a
-  ``fl_sim.cloud_pool`` (one tier here, the others in workers) with ``--threads`` torch threads a job.
+  ``fl_sim.cloud.worker_pool`` (one tier here, the others in workers) with ``--threads`` torch threads a job.
 """
 
 import argparse
@@ -21,14 +21,16 @@ import time
 import numpy as np
 import torch
 
-from fl_sim import akd, cloud_pool, question_job, runtime, tier_job
+from fl_sim.cloud import question_job, tier_job, worker_pool
 from fl_sim.config import AKDConfig, StrategyConfig
+from fl_sim.device import model_cache
+from fl_sim.mechanisms import akd
 from fl_sim.models.mllm import visual_tokens
 from fl_sim.models.zoo import pretrain_zoo
 
 
 def targets(teacher, pr, domain: str, n: int, offset: int) -> dict:
-    ds = runtime.split(domain, "train", max(2000, n + offset), 0, None).select(range(offset, offset + n))
+    ds = model_cache.split(domain, "train", max(2000, n + offset), 0, None).select(range(offset, offset + n))
     with torch.no_grad():
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
     return akd.teacher_targets(teacher, pr, vis, list(ds["question"]))
@@ -36,11 +38,11 @@ def targets(teacher, pr, domain: str, n: int, offset: int) -> dict:
 
 def jobs_for(zoo, sources: dict, cfg: AKDConfig, threads: int) -> list:
     rng = np.random.default_rng(0)
-    teacher_width = runtime.base_model(str(zoo.paths["teacher"])).config.text_config.hidden_size
+    teacher_width = model_cache.base_model(str(zoo.paths["teacher"])).config.text_config.hidden_size
     out = []
     for tier in zoo.tiers:
         adapters = StrategyConfig(name="cdcca").adapters()  # the default LoRA rank, word embeddings, projector
-        model, init = runtime.adapted_model(str(zoo.paths[tier]), *adapters)
+        model, init = model_cache.adapted_model(str(zoo.paths[tier]), *adapters)
         torch.manual_seed(0)
         align = torch.nn.Linear(model.config.text_config.hidden_size, teacher_width)
         draws = [[("new", rng.choice(akd.size(sources["new"]), 8, replace=False)),
@@ -67,7 +69,7 @@ def differing(a: dict, b: dict) -> str:
 def teacher_phase(zoo, pool, vis, questions, mine: int) -> None:
     """Labelling then extra questions here, against the questions in a worker while this process labels."""
     path = str(zoo.paths["teacher"])
-    teacher, pr = runtime.base_model(path), runtime.prompter_for(path, None)
+    teacher, pr = model_cache.base_model(path), model_cache.prompter_for(path, None)
 
     def job(threads):
         return question_job.QuestionsJob(path, False, None, vis, questions, 2, [0, 23, 1], 28, threads)
@@ -101,8 +103,8 @@ def main():
     args = ap.parse_args()
     zoo = pretrain_zoo(args.zoo)
     pr = zoo.prompter
-    teacher = runtime.base_model(str(zoo.paths["teacher"]))
-    ds = runtime.split("dusk", "train", max(2000, args.uploads), 0, None).select(range(args.uploads))
+    teacher = model_cache.base_model(str(zoo.paths["teacher"]))
+    ds = model_cache.split("dusk", "train", max(2000, args.uploads), 0, None).select(range(args.uploads))
     with torch.no_grad():
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
     sources = {"new": targets(teacher, pr, "dusk", args.uploads, 0), "replay": targets(teacher, pr, "dusk", 512, 1000),
@@ -110,7 +112,7 @@ def main():
     sources["anchor"]["distil"] = torch.zeros(512)
     cfg = AKDConfig(steps=args.steps)
     mine = torch.get_num_threads()
-    pool = cloud_pool.CloudPool()
+    pool = worker_pool.CloudPool()
     pool.grow(len(zoo.tiers) - 1)
     warm = jobs_for(zoo, sources, cfg.model_copy(update={"steps": 2}), 1)
     for j in warm:

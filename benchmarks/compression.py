@@ -17,22 +17,22 @@ import time
 import numpy as np
 import torch
 
-from fl_sim.cli import quiet_libraries
+from fl_sim.app.cli import quiet_libraries
 
 
 def _bytes(arrays) -> int:
     from flwr.app import Array, ArrayRecord, RecordDict
 
-    from fl_sim.wire import payload_bytes
+    from fl_sim.protocol.records import payload_bytes
 
     return payload_bytes(RecordDict({"x": ArrayRecord({k: Array(v) for k, v in arrays.items()})}))
 
 
 def _packed_bytes(arrays) -> int:
-    """Arrays as uploads are sent: packed into one ``bytes`` value (``fl_sim.wire.packed_record``)."""
+    """Arrays as uploads are sent: packed into one ``bytes`` value (``fl_sim.protocol.records.packed_record``)."""
     from flwr.app import RecordDict
 
-    from fl_sim.wire import packed_record, payload_bytes
+    from fl_sim.protocol.records import packed_record, payload_bytes
 
     return payload_bytes(RecordDict({"x": packed_record(arrays)}))
 
@@ -40,7 +40,7 @@ def _packed_bytes(arrays) -> int:
 def _downlink_bytes(payload: bytes) -> int:
     """What a DWC payload adds to the message of a device one version behind (a one-payload chain in
     its task record, as ``strategies/cdcca.py`` sends and counts it)."""
-    from fl_sim.wire import config_value_bytes
+    from fl_sim.protocol.records import config_value_bytes
 
     return config_value_bytes("dwc_chain", [payload])
 
@@ -53,20 +53,21 @@ def main() -> None:
     args = ap.parse_args()
     quiet_libraries()
     torch.set_num_threads(2)
-    from fl_sim import akd, dwc, runtime, uts
     from fl_sim.cache import read_meta
     from fl_sim.config import StrategyConfig
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import akd, dwc, uts
     from fl_sim.models.adapters import adapter_state, load_adapter_state
     from fl_sim.models.mllm import answer_with_stats, llava_of, visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
-    from fl_sim.wire import pack_arrays
+    from fl_sim.protocol.records import pack_arrays
 
     zoo = pretrain_zoo(args.zoo)
     pr, tier = zoo.prompter, args.tier
     strategy = StrategyConfig()  # the default adapters: LoRA rank, projector, word embeddings
-    model, init = runtime.adapted_model(str(zoo.paths[tier]), *strategy.adapters())
-    ref = runtime.reference_token(str(zoo.paths["teacher"]), None)
-    ds = runtime.split("dusk", "train", 2000, 0, None)
+    model, init = model_cache.adapted_model(str(zoo.paths[tier]), *strategy.adapters())
+    ref = model_cache.reference_token(str(zoo.paths["teacher"]), None)
+    ds = model_cache.split("dusk", "train", 2000, 0, None)
 
     print("UTS uplink, one device round of 32 samples (serialized Flower bytes):")
     rows = ds.select(range(32))
@@ -93,7 +94,7 @@ def main() -> None:
 
     if args.rounds <= 0:
         return
-    teacher = runtime.base_model(str(zoo.paths["teacher"]))
+    teacher = model_cache.base_model(str(zoo.paths["teacher"]))
     checkpoint = int(read_meta(zoo.paths[tier])["device_bytes"])
     settings = {"dense fp32": dict(select=False, quantize=False), "top-k 5% only": dict(quantize=False),
                 "quantise only (3 bit)": dict(select=False), "top-k 5% + 8 bit": dict(bits=8),

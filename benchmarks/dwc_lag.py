@@ -63,8 +63,8 @@ def evaluate_both(run_dir: Path, ck: Path, tiers: list[str]) -> None:
     from safetensors.torch import load_file
 
     from fl_sim.config import load_run_config
-    from fl_sim.evaluation import evaluate_adapters
     from fl_sim.models.zoo import pretrain_zoo
+    from fl_sim.server.evaluation import evaluate_adapters
     from fl_sim.world.domains import DOMAINS, SHIFTED
 
     cfg = load_run_config(run_dir / "config.toml")

@@ -40,13 +40,15 @@ def main() -> None:
 
 
 def measure(args) -> None:
-    from fl_sim.cli import quiet_libraries
+    from fl_sim.app.cli import quiet_libraries
 
     quiet_libraries()
     import torch
 
-    from fl_sim import akd, placement, runtime
     from fl_sim.config import AKDConfig
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import akd
+    from fl_sim.models import placement
     from fl_sim.models.mllm import visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
 
@@ -63,8 +65,8 @@ def measure(args) -> None:
 
     zoo = pretrain_zoo(args.zoo)
     pr = zoo.prompter
-    teacher = runtime.base_model(str(zoo.paths["teacher"]))
-    ds = runtime.split("dusk", "train", 256, 0, None)
+    teacher = model_cache.base_model(str(zoo.paths["teacher"]))
+    ds = model_cache.split("dusk", "train", 256, 0, None)
     vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
     questions = list(ds["question"])
     akd.teacher_targets(teacher, pr, vis[:8], questions[:8])  # warm-up
@@ -78,7 +80,7 @@ def measure(args) -> None:
 
     tier = "phone-high" if "phone-high" in zoo.tiers else next(iter(zoo.tiers))
     cfg = AKDConfig(steps=30)
-    model, _ = runtime.adapted_model(str(zoo.paths[tier]))
+    model, _ = model_cache.adapted_model(str(zoo.paths[tier]))
     align = torch.nn.Linear(model.config.text_config.hidden_size, teacher.config.text_config.hidden_size).to(device)
     rng = np.random.default_rng(0)
 
@@ -97,9 +99,9 @@ def measure(args) -> None:
 
 def fleets(args, out: str) -> None:
     """Device-rounds per minute of the quickstart fleet with fedavg and with cdcca."""
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.results_file import read_results
     from fl_sim.config import load_config
-    from fl_sim.metrics import read_results
-    from fl_sim.run import run_experiment
 
     sim = {"simulation.device": args.device, "simulation.precision": args.precision,
            "simulation.num_gpus_per_client": args.gpus_per_client}

@@ -25,11 +25,11 @@ def main():
     ap.add_argument("--n", type=int, default=100, help="test samples per built-in domain")
     ap.add_argument("--repeats", type=int, default=5, help="timed repetitions of each measurement")
     args = ap.parse_args()
-    from fl_sim.cli import quiet_libraries
+    from fl_sim.app.cli import quiet_libraries
 
     quiet_libraries()
-    from fl_sim import runtime
     from fl_sim.config import DerivedTier
+    from fl_sim.device import model_cache
     from fl_sim.models import lowbit
     from fl_sim.models.adapters import AdapterConfig, add_adapters
     from fl_sim.models.mllm import answer_with_stats, load_mllm, visual_tokens
@@ -42,8 +42,8 @@ def main():
     source = str(zoo.paths[args.source])
     pr = zoo.prompter
     torch.set_num_threads(2)
-    round_ds = runtime.split("source", "train", 64, 0, None).select(range(32))
-    tests = {d: runtime.split(d, "test", args.n, 0, None) for d in DOMAINS}
+    round_ds = model_cache.split("source", "train", 64, 0, None).select(range(32))
+    tests = {d: model_cache.split(d, "test", args.n, 0, None) for d in DOMAINS}
     answers, rows = {}, []
     for backend in ("simulated", "torchao"):
         path = derive_tier(f"int8-{backend}", DerivedTier(checkpoint=source, quantize="int8", backend=backend), None)

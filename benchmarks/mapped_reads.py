@@ -3,7 +3,7 @@
     python benchmarks/mapped_reads.py [--samples 200000 20000] [--rows 4800] [--domain source]
 
 For each split size (a fleet of N devices holds 2N samples a domain), in a fresh process: open the cached
-split (``runtime.split``; built first if missing, a few minutes at 200,000 samples), then read ``--rows``
+split (``model_cache.split``; built first if missing, a few minutes at 200,000 samples), then read ``--rows``
 random rows in batches of 32 (``ds[sorted indices]``, as ``clients.behaviour.DeviceRound`` draws a
 device's samples). Prints the growth of the process's file-backed resident memory (``RssFile``: the
 split's pages, clean page cache that the kernel shares between processes and drops under pressure) and
@@ -28,9 +28,9 @@ def _status() -> dict[str, int]:
 def measure(samples: int, rows: int, domain: str) -> dict:
     import numpy as np
 
-    from fl_sim import runtime
+    from fl_sim.device import model_cache
 
-    ds = runtime.split(domain, "train", samples, 0, None)
+    ds = model_cache.split(domain, "train", samples, 0, None)
     before = _status()
     rng = np.random.default_rng(0)
     for _ in range(rows // 32):
@@ -50,7 +50,7 @@ def main():
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child's own measurement
     args = ap.parse_args()
     if args.one is not None:
-        from fl_sim.cli import quiet_libraries
+        from fl_sim.app.cli import quiet_libraries
 
         quiet_libraries()
         print(json.dumps(measure(args.one, args.rows, args.domain)))

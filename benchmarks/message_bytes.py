@@ -2,7 +2,7 @@
 
     python benchmarks/message_bytes.py [--config experiments/shift.toml] [--zoo default]
 
-For each registered strategy: the serialized bytes (Flower's wire format, ``fl_sim.wire.payload_bytes``)
+For each registered strategy: the serialized bytes (Flower's wire format, ``fl_sim.protocol.records.payload_bytes``)
 of the ``"task"`` record a device gets in round 1 (behaviour, round and settings as JSON), and of the
 whole round-1 message to a device of the first tier (task + adapter weights; CD-CCA devices start at
 version 0, so their first message is the task alone). Nothing depends on the run directory's path.
@@ -18,18 +18,18 @@ def main() -> None:
     ap.add_argument("--config", default="experiments/shift.toml")
     ap.add_argument("--zoo", default=None, help="override the experiment's zoo (e.g. tiny)")
     args = ap.parse_args()
-    from fl_sim.cli import quiet_libraries
+    from fl_sim.app.cli import quiet_libraries
 
     quiet_libraries()
     from flwr.app import RecordDict
 
     from fl_sim.config import load_config
-    from fl_sim.fleet import make_fleet
+    from fl_sim.fleet.profiles import make_fleet
     from fl_sim.models.zoo import pretrain_zoo
-    from fl_sim.task import task_record
-    from fl_sim.wire import payload_bytes
+    from fl_sim.protocol.records import payload_bytes
+    from fl_sim.protocol.task import task_record
+    from fl_sim.server.strategy import RunContext
     from strategies import REGISTRY, get_strategy
-    from strategies.base import RunContext
 
     over = {"zoo": args.zoo} if args.zoo else {}
     print(f"round-1 message to one device, {args.config}" + (f", zoo {args.zoo}" if args.zoo else ""))

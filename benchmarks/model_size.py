@@ -11,7 +11,7 @@ own model is. For each model, in a fresh process of its own (so its peak RSS is 
   uncertainty on the round's samples, UTS, the upload) and one ``fedavg`` device round
   (``clients.local_training.run_local_round``: local adapter training and its update), on a device of that
   tier, the strategies' default settings, 2 torch threads;
-- **cloud AKD step**: the seconds per step of ``fl_sim.akd.train_adapters`` on the model as the student
+- **cloud AKD step**: the seconds per step of ``fl_sim.mechanisms.akd.train_adapters`` on the model as the student
   (the default zoo's teacher's targets for one AKD batch of source samples, the strategy's default batch).
 
 Printed: parameters, fp32 size, seconds of each, and the peak RSS of each process (``ru_maxrss``: the
@@ -50,13 +50,13 @@ def measure(path: str, teacher: str, kind: str, steps: int) -> dict:
     import numpy as np
     import torch
 
-    from fl_sim.cli import quiet_libraries
+    from fl_sim.app.cli import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(2)
+    from fl_sim.app.run import prepare_run
     from fl_sim.config import parse_config
     from fl_sim.models.mllm import count_params
-    from fl_sim.run import prepare_run
 
     out = tempfile.mkdtemp(prefix="fl-sim-size-")
     figures = {}
@@ -64,8 +64,8 @@ def measure(path: str, teacher: str, kind: str, steps: int) -> dict:
         from clients.behaviour import DeviceRound
         from clients.cdcca_device import run_cdcca_round
         from clients.local_training import run_local_round
-        from fl_sim import runtime
-        from fl_sim.device_env import load_device_env
+        from fl_sim.device import model_cache
+        from fl_sim.device.environment import load_device_env
 
         for name in ("cdcca", "fedavg"):
             cfg = parse_config({"name": name, "output_dir": out, "rounds": 1,
@@ -83,9 +83,10 @@ def measure(path: str, teacher: str, kind: str, steps: int) -> dict:
                     run_local_round(DeviceRound(env, 0, 1), s.device_settings(p, 1), s.downlink(p.tier))
                 if timed:
                     figures[f"{name}_round_s"] = time.time() - t
-        figures["params"] = count_params(runtime.base_model(path))
+        figures["params"] = count_params(model_cache.base_model(path))
     else:
-        from fl_sim import akd, runtime
+        from fl_sim.device import model_cache
+        from fl_sim.mechanisms import akd
         from fl_sim.models.adapters import load_adapter_state
         from fl_sim.models.mllm import visual_tokens
 
@@ -93,12 +94,12 @@ def measure(path: str, teacher: str, kind: str, steps: int) -> dict:
                             "models": {"teacher": teacher, "tiers": {"m": path}},
                             "fleet": {"num_devices": 4}, "strategy": {"name": "cdcca", "clients_per_round": 4}})
         a = cfg.strategy.akd
-        ds = runtime.split("source", "train", cfg.fleet.train_size, 0, None).select(range(a.batch_size))
-        t_model, pr = runtime.base_model(teacher), runtime.prompter_for(teacher, None)
+        ds = model_cache.split("source", "train", cfg.fleet.train_size, 0, None).select(range(a.batch_size))
+        t_model, pr = model_cache.base_model(teacher), model_cache.prompter_for(teacher, None)
         with torch.no_grad():
             vis = visual_tokens(t_model, pr.pixels(np.asarray(ds["image"])))
         targets = akd.teacher_targets(t_model, pr, vis, list(ds["question"]), a.max_new_tokens)
-        model, init = runtime.adapted_model(path, *cfg.strategy.adapters())
+        model, init = model_cache.adapted_model(path, *cfg.strategy.adapters())
         align = torch.nn.Linear(model.config.text_config.hidden_size, t_model.config.text_config.hidden_size)
         akd.train_adapters(model, align, lambda step: targets, a, 0, steps=1)  # warm-up: first-call costs
         t = time.time()
@@ -120,7 +121,7 @@ def main():
     if args.one:
         print(json.dumps(measure(*args.one, args.steps)))
         return
-    from fl_sim.cli import quiet_libraries
+    from fl_sim.app.cli import quiet_libraries
 
     quiet_libraries()
     from fl_sim.models.zoo import pretrain_zoo

@@ -14,7 +14,7 @@ import argparse
 import tempfile
 import time
 
-from fl_sim.cli import default_workers, quiet_libraries
+from fl_sim.app.cli import default_workers, quiet_libraries
 from fl_sim.models.zoo import pretrain_zoo
 
 

@@ -2,8 +2,8 @@
 
     python benchmarks/registered_devices.py [--devices 1000 10000 100000]
 
-Per fleet size, on the server: the device profiles (``fl_sim.fleet.make_fleet``, Python heap measured with
-``tracemalloc``), the same profiles as each Ray worker keeps them (``fl_sim.profile_table``), the fleet
+Per fleet size, on the server: the device profiles (``fl_sim.fleet.profiles.make_fleet``, Python heap measured with
+``tracemalloc``), the same profiles as each Ray worker keeps them (``fl_sim.fleet.profile_table``), the fleet
 trace every run writes (``fleet.json``, bytes on disk), and one domain's device
 partition as ``runtime.device_pools`` keeps it (row and offset arrays plus one array view per device),
 computed by the flwr-datasets Dirichlet partitioner over a train split of two samples per device (only
@@ -29,8 +29,8 @@ def main():
     from datasets import Dataset, disable_progress_bars
 
     from fl_sim.config import FleetConfig
-    from fl_sim.fleet import make_fleet, save_trace
-    from fl_sim.profile_table import ProfileTable
+    from fl_sim.fleet.profile_table import ProfileTable
+    from fl_sim.fleet.profiles import make_fleet, save_trace
     from fl_sim.world.data import partition_rows
     from fl_sim.world.domains import VQA_FAMILIES
 
@@ -42,7 +42,7 @@ def main():
         fleet = make_fleet(FleetConfig(num_devices=n, train_size=2 * n), ["phone-high", "phone-mid", "phone-low"], 0)
         profiles = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
-        worker = ProfileTable(fleet).nbytes()  # what each Ray worker keeps (fl_sim.device_env.profile)
+        worker = ProfileTable(fleet).nbytes()  # what each Ray worker keeps (fl_sim.device.environment.profile)
         with tempfile.TemporaryDirectory() as tmp:
             save_trace(fleet, Path(tmp) / "fleet.json")
             trace = (Path(tmp) / "fleet.json").stat().st_size

@@ -13,7 +13,7 @@ before its timed rounds; both warm-up times are printed. ``--no-warm-up``: both 
 With ``--strategy cdcca`` the plain loop runs ``clients.cdcca_device.run_cdcca_round`` (the devices'
 work), the round's cloud phases are printed from ``cloud_phases_s`` (decode, teacher labelling, extra
 questions, AKD and DWC per tier), and a plain-loop cloud reference repeats the round's teacher labelling
-and AKD steps on as many source samples, calling ``fl_sim.akd`` directly.
+and AKD steps on as many source samples, calling ``fl_sim.mechanisms.akd`` directly.
 ``--no-plain`` skips the plain-loop references (the Flower run's own figures only); ``--json FILE`` also
 writes the run's figures there (``benchmarks/cost_curves.py`` collects them).
 Each domain's train split holds at least two samples per device (``fleet.train_size``), so the
@@ -27,7 +27,7 @@ import time
 
 from peak_memory import PeakMemory
 
-from fl_sim.cli import quiet_libraries
+from fl_sim.app.cli import quiet_libraries
 
 
 def main():
@@ -49,12 +49,12 @@ def main():
     from clients.behaviour import DeviceRound
     from clients.cdcca_device import run_cdcca_round
     from clients.local_training import run_local_round
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.results_file import read_results
     from fl_sim.config import parse_config
-    from fl_sim.device_env import load_device_env
-    from fl_sim.metrics import read_results
-    from fl_sim.run import run_experiment
+    from fl_sim.device.environment import load_device_env
+    from fl_sim.server.strategy import RunContext
     from strategies import get_strategy
-    from strategies.base import RunContext
 
     out = tempfile.mkdtemp(prefix="fl-sim-scale-")
     cfg = parse_config({"name": "scale", "zoo": args.zoo, "rounds": args.rounds, "output_dir": out,
@@ -98,7 +98,7 @@ def main():
         return
 
     # the same devices' work in a plain loop (same configs, initial adapters), 2 threads, one process
-    from fl_sim.fleet import load_trace
+    from fl_sim.fleet.profiles import load_trace
     from fl_sim.models.zoo import pretrain_zoo
 
     zoo = pretrain_zoo(args.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir)
@@ -112,10 +112,10 @@ def main():
     plain_warm = None
     if cfg.simulation.warm_up:  # the plain loop loads what the Flower workers loaded before round 1
         from clients.warm_up import warm_up
-        from fl_sim import runtime
+        from fl_sim.device import model_cache
 
-        for f in (runtime.adapted_model, runtime.base_model, runtime.prompter, runtime.prompter_for, runtime.split,
-                  runtime.device_pools, runtime.reference_token):
+        for f in (model_cache.adapted_model, model_cache.base_model, model_cache.prompter, model_cache.prompter_for,
+                  model_cache.split, model_cache.device_pools, model_cache.reference_token):
             f.cache_clear()  # this process loaded them already: start the plain loop as cold as a fresh worker
         t = time.time()
         warm_up(env_path, [(s.device.name, d, r) for d, r in s.first_visits()])
@@ -180,17 +180,18 @@ def plain_cloud(s, cfg, rec) -> float:
     import numpy as np
     import torch
 
-    from fl_sim import akd, runtime
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import akd
     from fl_sim.models.mllm import visual_tokens
 
     n = int(rec.get("uploaded_samples", 0))
     if n == 0:
         return float("nan")
     a = cfg.strategy.akd
-    ds = runtime.split("source", "train", cfg.fleet.train_size, cfg.seed, cfg.cache_dir).select(range(n))
+    ds = model_cache.split("source", "train", cfg.fleet.train_size, cfg.seed, cfg.cache_dir).select(range(n))
     teacher_path = s.ctx.model_paths["teacher"]
-    teacher, pr = runtime.base_model(teacher_path), runtime.prompter_for(teacher_path, cfg.cache_dir)
-    labeller = runtime.labelling_model(teacher_path, cfg.strategy.akd.teacher_int8)
+    teacher, pr = model_cache.base_model(teacher_path), model_cache.prompter_for(teacher_path, cfg.cache_dir)
+    labeller = model_cache.labelling_model(teacher_path, cfg.strategy.akd.teacher_int8)
     with torch.no_grad():
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
     t = time.time()
@@ -201,7 +202,7 @@ def plain_cloud(s, cfg, rec) -> float:
         akd.teacher_targets(labeller, pr, vis, [CAPTION_QUESTION] * n, a.max_new_tokens)
     rng = np.random.default_rng(0)
     for tier in s.tiers:
-        model, init = runtime.adapted_model(s.ctx.model_paths[tier], *cfg.strategy.adapters())
+        model, init = model_cache.adapted_model(s.ctx.model_paths[tier], *cfg.strategy.adapters())
         align = torch.nn.Linear(model.config.text_config.hidden_size, teacher.config.text_config.hidden_size)
         akd.train_adapters(model, align, lambda step: akd.take(targets, rng.choice(n, size=min(n, a.batch_size))),
                            a, 0)

@@ -4,10 +4,10 @@
 
 In a fresh temporary cache, each step in a fresh process: build one domain's train split of ``--samples``
 samples (``load_split``, streamed to disk), then that domain's device partitions for ``--devices`` devices
-(``runtime.device_pools``: the flwr-datasets Dirichlet partitioner over the ``family`` column, the split
+(``model_cache.device_pools``: the flwr-datasets Dirichlet partitioner over the ``family`` column, the split
 built before). Prints each step's time, the growth of its process's peak RSS over the RSS it started
 with, and of its anonymous memory (sampled; the RSS also counts the split's memory-mapped file pages,
-which the kernel can drop), beside what the capacity check (``fl_sim/capacity.py``) counts for it.
+which the kernel can drop), beside what the capacity check (``fl_sim/app/capacity.py``) counts for it.
 A 100,000-device fleet holds two samples per device: 200,000 samples a domain.
 """
 
@@ -56,15 +56,15 @@ def _rss() -> int:
 def _step(step: str, samples: int, devices: int, cache: str) -> None:
     from datasets import disable_progress_bars
 
-    from fl_sim import runtime
+    from fl_sim.device import model_cache
 
     disable_progress_bars()
     before, anon_before = _rss(), _anon()
     sampler, t = _AnonPeak(), time.time()
     if step == "split":
-        runtime.split("source", "train", samples, 0, cache)
+        model_cache.split("source", "train", samples, 0, cache)
     else:
-        runtime.device_pools("source", samples, 0, cache, devices, "dirichlet", "family", 0.5)
+        model_cache.device_pools("source", samples, 0, cache, devices, "dirichlet", "family", 0.5)
     seconds, anon = time.time() - t, sampler.stop() - anon_before
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     print(json.dumps({"s": seconds, "peak_growth": grown, "anon_peak_growth": anon}))
@@ -79,7 +79,7 @@ def main():
     args = ap.parse_args()
     if args.step:
         return _step(args.step, args.samples, args.devices, args.cache)
-    from fl_sim import capacity
+    from fl_sim.app import capacity
 
     counted = {"split": capacity.SPLIT_BUILD_BYTES, "partitions": capacity.PARTITION_BUILD_BYTES * args.devices}
     with tempfile.TemporaryDirectory() as cache:

@@ -21,10 +21,11 @@ def main():
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--zoo", default="default")
     args = ap.parse_args()
-    from fl_sim.cli import quiet_libraries
+    from fl_sim.app.cli import quiet_libraries
 
     quiet_libraries()
-    from fl_sim import akd, runtime
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import akd
     from fl_sim.models.mllm import visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
     from fl_sim.world.domains import DOMAINS
@@ -35,7 +36,7 @@ def main():
     torch.set_num_threads(2)
     rows = {"fp32": [0.0, [], []], "int8": [0.0, [], []]}  # seconds, labels, correct
     for dom in DOMAINS:
-        ds = runtime.split(dom, "train", args.n, 0, None)
+        ds = model_cache.split(dom, "train", args.n, 0, None)
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
         questions, answers = list(ds["question"]), list(ds["answer"])
         vqa = np.asarray(ds["family"]) != "caption"

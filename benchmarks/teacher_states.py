@@ -25,13 +25,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="simulation.device: auto, cpu, cuda")
     args = ap.parse_args()
 
-    from fl_sim.cli import quiet_libraries
+    from fl_sim.app.cli import quiet_libraries
 
     quiet_libraries()
     import torch
     import torch.nn.functional as F
 
-    from fl_sim import akd, placement, runtime
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import akd
+    from fl_sim.models import placement
     from fl_sim.models.mllm import visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
 
@@ -39,8 +41,8 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     zoo = pretrain_zoo(args.zoo)
     pr = zoo.prompter
-    teacher = runtime.base_model(str(zoo.paths["teacher"]))
-    ds = runtime.split(args.domain, "train", args.samples, 0, None)
+    teacher = model_cache.base_model(str(zoo.paths["teacher"]))
+    ds = model_cache.split(args.domain, "train", args.samples, 0, None)
     vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
     qs = list(ds["question"])
     out, times = {}, {"generation": [], "forward": []}

@@ -19,17 +19,18 @@ def main():
     ap.add_argument("--n", type=int, default=120)
     ap.add_argument("--zoo", default="default")
     args = ap.parse_args()
-    from fl_sim.cli import quiet_libraries
+    from fl_sim.app.cli import quiet_libraries
 
     quiet_libraries()
-    from fl_sim import runtime, uts
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import uts
     from fl_sim.models.mllm import answer_with_stats, visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
     from fl_sim.world.domains import SHIFTED
 
     zoo = pretrain_zoo(args.zoo)
     pr = zoo.prompter
-    ref = runtime.reference_token(str(zoo.paths["teacher"]), None)
+    ref = model_cache.reference_token(str(zoo.paths["teacher"]), None)
 
     def uploaded(vis, mask, bits):
         arrays = uts.encode_upload([[1]] * len(vis), vis, mask, token_bits=bits)
@@ -37,7 +38,7 @@ def main():
 
     print(f"teacher exact match (%) on {args.n} train samples per shifted domain (VQA only), from the upload")
     for dom in SHIFTED:
-        ds = runtime.split(dom, "train", args.n, 0, None)
+        ds = model_cache.split(dom, "train", args.n, 0, None)
         qs, ans = list(ds["question"]), list(ds["answer"])
         vqa = np.asarray(ds["family"]) != "caption"
         with torch.no_grad():

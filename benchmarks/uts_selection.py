@@ -19,10 +19,11 @@ def main():
     ap.add_argument("--budget", type=float, default=0.125)
     ap.add_argument("--zoo", default="default")
     args = ap.parse_args()
-    from fl_sim.cli import quiet_libraries
+    from fl_sim.app.cli import quiet_libraries
 
     quiet_libraries()
-    from fl_sim import runtime, uts
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import uts
     from fl_sim.models.mllm import answer_with_stats, visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
     from fl_sim.world.domains import SHIFTED
@@ -32,7 +33,7 @@ def main():
     print(f"UTS stage 1, budget {args.budget}, {args.n} train samples per domain "
           "(captions = share of picks; device / teacher = exact match on the VQA picks)")
     for dom in SHIFTED:
-        ds = runtime.split(dom, "train", args.n, 0, None)
+        ds = model_cache.split(dom, "train", args.n, 0, None)
         px, qs, ans = pr.pixels(np.asarray(ds["image"])), list(ds["question"]), list(ds["answer"])
         vqa = np.asarray(ds["family"]) != "caption"
         t_out, _ = answer_with_stats(zoo.teacher, pr, visual_tokens(zoo.teacher, px), qs, max_new_tokens=28)

@@ -4,7 +4,7 @@ Each behaviour is one module (in ``clients/``), registered under the module's do
 names the class as its ``device``, its tasks carry that name, and ``clients/device.py`` dispatches to it
 (importing the module on first use). A behaviour has
 
-``Settings``   a pydantic model: what the server tells the device each round (``fl_sim.task``)
+``Settings``   a pydantic model: what the server tells the device each round (``fl_sim.protocol.task``)
 ``run``        ``(DeviceRound, settings, message content) -> reply content``
 
 ``DeviceRound`` gives it the device's own world without Flower: its profile, random streams, model with
@@ -21,9 +21,10 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from fl_sim import FlSimError, runtime
-from fl_sim.device_env import DeviceEnvironment, profile
-from fl_sim.fleet import DeviceProfile, device_rng
+from fl_sim import FlSimError
+from fl_sim.device import model_cache
+from fl_sim.device.environment import DeviceEnvironment, profile
+from fl_sim.fleet.profiles import DeviceProfile, device_rng
 
 BEHAVIOURS: dict[str, type[DeviceBehaviour]] = {}
 
@@ -100,11 +101,11 @@ class DeviceRound:
 
     def model(self):
         """``(model with adapters, initial adapter state)``: the tier's base model, once per process."""
-        return runtime.adapted_model(self.model_path, *self.env.adapters())
+        return model_cache.adapted_model(self.model_path, *self.env.adapters())
 
     def prompter(self):
         """How the tier's model reads questions and images (its own processor, or the shared tokenizer)."""
-        return runtime.prompter_for(self.model_path, self.env.cache_dir)
+        return model_cache.prompter_for(self.model_path, self.env.cache_dir)
 
     def samples(self, n: int | None = None) -> dict:
         """The ``n`` (default ``samples_per_round``) samples this device sees this round: from its current
@@ -120,8 +121,8 @@ class DeviceRound:
 
     def _draw(self, domain: str, n: int, rng: np.random.Generator) -> dict:
         env = self.env
-        ds = runtime.split(domain, "train", env.train_size, env.seed, env.cache_dir)
-        pools = runtime.device_pools(domain, env.train_size, env.seed, env.cache_dir, env.num_devices,
+        ds = model_cache.split(domain, "train", env.train_size, env.seed, env.cache_dir)
+        pools = model_cache.device_pools(domain, env.train_size, env.seed, env.cache_dir, env.num_devices,
                                      env.partition, env.partition_by, env.dirichlet_alpha)
         pool = pools[self.device_id]
         if len(pool) == 0:  # Dirichlet may leave a device without data of this domain: it sees the domain at large

@@ -5,7 +5,7 @@ The device does not train: adaptation happens in the cloud. The server's message
 the downlink: ``dwc_chain`` in the task record (the DWC payloads taking ``held_version`` to
 ``target_version``, each ``bytes``, applied in order) or the ArrayRecord ``dwc_full`` (a dense refresh).
 The reply holds ``"metrics"`` (plus ``uploaded``, ``version``, ``downlink_rejected``), ``"upload"`` (a
-ConfigRecord with the UTS upload's arrays packed into one ``bytes`` value, ``fl_sim.wire.packed_record``)
+ConfigRecord with the UTS upload's arrays packed into one ``bytes`` value, ``fl_sim.protocol.records.packed_record``)
 and, when the downlink was rejected, ``"status"`` with the reason.
 """
 
@@ -17,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clients.behaviour import ANSWER_TOKENS, DeviceBehaviour, DeviceRound, online_accuracy
 from clients.faults import corrupt, corrupt_downlink
-from fl_sim import PayloadError, dwc, runtime, uts
+from fl_sim import PayloadError
+from fl_sim.device import model_cache
+from fl_sim.mechanisms import dwc, uts
+from fl_sim.mechanisms.uts import UTSConfig
 from fl_sim.models.adapters import load_adapter_state
 from fl_sim.models.mllm import answer_with_stats, llava_of, visual_tokens
-from fl_sim.uts import UTSConfig
-from fl_sim.version_store import VersionStore
+from fl_sim.protocol.version_store import VersionStore
 
 
 class CDCCADeviceSettings(BaseModel):
@@ -110,7 +112,8 @@ def run_cdcca_round(dev: DeviceRound, s: CDCCADeviceSettings, downlink: dict | N
                 scores = uts.token_uncertainty_mc(llava_of(model).model.multi_modal_projector, v, u.mc_passes,
                                                   u.mc_p, g)
             else:
-                scores = uts.token_uncertainty_novelty(v, runtime.reference_token(dev.model_path, dev.env.cache_dir))
+                ref = model_cache.reference_token(dev.model_path, dev.env.cache_dir)
+                scores = uts.token_uncertainty_novelty(v, ref)
             mask = uts.select_tokens(scores, u.keep_tokens)
         upload = uts.encode_upload(questions, vis=v, mask=mask, token_bits=u.token_bits)
     if dev.env.corrupt_prob > 0 and rng.random() < dev.env.corrupt_prob:
@@ -127,8 +130,8 @@ class CDCCADevice(DeviceBehaviour):
     def run(cls, dev, settings, content):
         from flwr.app import ConfigRecord, MetricRecord
 
-        from fl_sim.task import read_task
-        from fl_sim.wire import packed_record, record_values
+        from fl_sim.protocol.records import packed_record, record_values
+        from fl_sim.protocol.task import read_task
 
         _, values = read_task(content)
         downlink = None  # raw values; apply_downlink validates them (a bad downlink is rejected, not fatal)
@@ -144,4 +147,4 @@ class CDCCADevice(DeviceBehaviour):
 
     @classmethod
     def warm_up(cls, dev):
-        runtime.reference_token(dev.model_path, dev.env.cache_dir)
+        model_cache.reference_token(dev.model_path, dev.env.cache_dir)

@@ -3,10 +3,10 @@
 Messages it handles:
 
 ``query``  provisioning, once per run: content ``provision`` (ConfigRecord) holds ``env``, the path of the
-           run's device environment (``fl_sim.device_env``), which the node keeps in its
+           run's device environment (``fl_sim.device.environment``), which the node keeps in its
            ``Context.state``; with ``warm`` (a JSON list of ``[behaviour, device id, round]``) the worker process
            first loads what those devices need (``clients.warm_up``). Replies an empty ``ready`` record.
-``train``  content ``task`` (``fl_sim.task``: the behaviour, the round, its settings), ``emulate`` (the device
+``train``  content ``task`` (``fl_sim.protocol.task``: the behaviour, the round, its settings), ``emulate`` (the device
            this node emulates this round) plus what the strategy sends beside them; the behaviour
            (``clients/<name>.py``) makes the reply.
 
@@ -32,7 +32,7 @@ _QUIET: list = []
 def _quiet() -> None:
     """No progress bars or library warnings from the workers (``flwr run`` streams their output)."""
     if not _QUIET:
-        from fl_sim.cli import quiet_libraries
+        from fl_sim.app.cli import quiet_libraries
 
         quiet_libraries()
         _QUIET.append(True)
@@ -65,9 +65,9 @@ def train(msg: Message, context: Context) -> Message:
     import torch
 
     from clients.behaviour import DeviceRound, load_behaviour
-    from fl_sim import placement
-    from fl_sim.device_env import load_device_env
-    from fl_sim.task import EMULATE, read_task
+    from fl_sim.device.environment import load_device_env
+    from fl_sim.models import placement
+    from fl_sim.protocol.task import EMULATE, read_task
 
     _quiet()
     env = load_device_env(str(context.state[STATE]["env"]))

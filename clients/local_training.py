@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from clients.behaviour import ANSWER_TOKENS, DeviceBehaviour, DeviceRound, online_accuracy
-from fl_sim import placement
+from fl_sim.models import placement
 from fl_sim.models.adapters import adapter_state, load_adapter_state, trainable_parameters
 from fl_sim.models.mllm import answer
 from fl_sim.models.train import per_sample_loss
@@ -102,7 +102,7 @@ class LocalTraining(DeviceBehaviour):
     def run(cls, dev, settings, content):
         from flwr.app import MetricRecord
 
-        from fl_sim.wire import from_array_record, to_array_record
+        from fl_sim.protocol.records import from_array_record, to_array_record
 
         adapter = from_array_record(content["adapter"]) if "adapter" in content else None
         new_state, metrics = run_local_round(dev, settings, adapter)

@@ -2,7 +2,7 @@
 
 Each tier's model with adapters (and one answer through it, so lazy initialisation happens now), each
 domain's split and device partition, and what a behaviour loads beyond those: the per-process caches
-of ``fl_sim.runtime`` that a worker would otherwise fill in its first round.
+of ``fl_sim.device.model_cache`` that a worker would otherwise fill in its first round.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from clients.behaviour import DeviceRound, load_behaviour
-from fl_sim import placement
-from fl_sim.device_env import load_device_env
+from fl_sim.device.environment import load_device_env
+from fl_sim.models import placement
 from fl_sim.models.mllm import answer
 
 _DONE: set = set()  # what this worker process has warmed up

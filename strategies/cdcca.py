@@ -26,12 +26,23 @@ import numpy as np
 import torch
 
 from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
-from fl_sim import FlSimError, akd, ceil_share, cloud_pool, dwc, placement, question_job, runtime, tier_job, uts
+from fl_sim import FlSimError, ceil_share
 from fl_sim.cache import read_meta
+from fl_sim.cloud import question_job, tier_job, worker_pool
+from fl_sim.device import model_cache
+from fl_sim.mechanisms import akd, dwc, uts
+from fl_sim.models import placement
 from fl_sim.models.mllm import visual_tokens
-from fl_sim.version_store import VersionStore
-from fl_sim.wire import config_value_bytes, pack_arrays, payload_bytes, record_values, to_array_record, unpack_arrays
-from strategies.base import FleetStrategy
+from fl_sim.protocol.records import (
+    config_value_bytes,
+    pack_arrays,
+    payload_bytes,
+    record_values,
+    to_array_record,
+    unpack_arrays,
+)
+from fl_sim.protocol.version_store import VersionStore
+from fl_sim.server.strategy import FleetStrategy
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +65,7 @@ class CDCCA(FleetStrategy):
         self._anchor_targets: dict | None = None  # built on first use (see ``_anchor``)
         self._views: dict[str, str] | None = None  # tier -> view, found on first use (see ``_view``)
         if self._workers():  # they import torch while round 1's devices run
-            cloud_pool.shared(self._workers())
+            worker_pool.shared(self._workers())
 
     @classmethod
     def store_dir(cls, run_dir):
@@ -77,11 +88,11 @@ class CDCCA(FleetStrategy):
         return state
 
     def _width(self, role: str) -> int:
-        return runtime.base_model(self.ctx.model_paths[role]).config.text_config.hidden_size
+        return model_cache.base_model(self.ctx.model_paths[role]).config.text_config.hidden_size
 
     # ------------------------------------------------------------- views: how each model sees a sample
     def _prompter(self, role: str):
-        return runtime.prompter_for(self.ctx.model_paths[role], self.cfg.cache_dir)
+        return model_cache.prompter_for(self.ctx.model_paths[role], self.cfg.cache_dir)
 
     def _view(self, tier: str) -> str:
         """``"teacher"`` when the tier sees samples as the teacher does (the same vision tower weights and
@@ -92,7 +103,7 @@ class CDCCA(FleetStrategy):
             t = self.ctx.model_paths["teacher"]
             views = {}
             for name in self.tiers:
-                shared = runtime.same_view(t, self.ctx.model_paths[name], self.cfg.cache_dir)
+                shared = model_cache.same_view(t, self.ctx.model_paths[name], self.cfg.cache_dir)
                 views[name] = "teacher" if shared else name
                 if not shared:
                     reads = self._prompter(name).identity == self._prompter("teacher").identity
@@ -169,8 +180,8 @@ class CDCCA(FleetStrategy):
     def _decode_uploads(self, kept: list, server_round: int) -> tuple[torch.Tensor, list[str], list, int]:
         """``(teacher's visual tokens, question texts, images or None per sample, rejected uploads)``."""
         pr = self._prompter("teacher")
-        teacher = runtime.base_model(self.ctx.model_paths["teacher"])
-        ref = runtime.reference_token(self.ctx.model_paths["teacher"], self.cfg.cache_dir)
+        teacher = model_cache.base_model(self.ctx.model_paths["teacher"])
+        ref = model_cache.reference_token(self.ctx.model_paths["teacher"], self.cfg.cache_dir)
         n_tok, dim = pr.n_image, ref.shape[0]
         vis, questions, images, rejected = [], [], [], 0
         for dev, rep, _ in kept:
@@ -183,7 +194,7 @@ class CDCCA(FleetStrategy):
                 if list(record.keys()) != ["packed"]:
                     raise uts.PayloadError(f"upload record holds {sorted(record.keys())}, expected ['packed']")
                 arrays = unpack_arrays(record_values(record)["packed"])
-                up = uts.decode_upload(arrays, n_tok, dim, len(pr_dev.tok), ref, runtime.IMAGE_SHAPE,
+                up = uts.decode_upload(arrays, n_tok, dim, len(pr_dev.tok), ref, model_cache.IMAGE_SHAPE,
                                        **self.upload_limits(n_tok, u))
                 if "images" in up and u.upload != "images" or "vis" in up and u.upload == "images":
                     raise uts.PayloadError(f"upload kind does not match the {u.upload!r} its device was asked for")
@@ -219,7 +230,7 @@ class CDCCA(FleetStrategy):
                 len(pr.prompt(questions[i])) + len(pr.words(answers[i])) + 1 <= pr.max_len]
         if not rows:
             return {}
-        model = runtime.base_model(self.ctx.model_paths[view])
+        model = model_cache.base_model(self.ctx.model_paths[view])
         vis = visual_tokens(model, pr.pixels(np.stack([images[i] for i in rows])))
         sub = akd.take(targets, rows)
         if same_ids:  # the same token ids: every target but the visual tokens carries over
@@ -236,7 +247,7 @@ class CDCCA(FleetStrategy):
                 "max_tokens": ceil_share(u.keep_tokens, n_tokens) if tokens and u.tokens != "off" else None}
 
     def _tier_job(self, tier: str, new: dict, server_round: int, threads: int) -> tier_job.TierJob:
-        """The tier's AKD round as a job (``fl_sim.tier_job``): its state, and every batch drawn now, half
+        """The tier's AKD round as a job (``fl_sim.cloud.tier_job``): its state, and every batch drawn now, half
         this round's targets ``new`` and half the replay buffer, plus the anchor's share.
 
         DWC-aware training (``strategy.dwc.sparse_train``) trains only the entries the next payload can
@@ -285,14 +296,14 @@ class CDCCA(FleetStrategy):
         threads = 1 if workers else torch.get_num_threads()  # side by side: single-threaded
         jobs = [self._tier_job(t, new.get(self._view(t), {}), server_round, threads) for t in tiers]
         if workers:
-            results = cloud_pool.shared(workers).run(jobs)
+            results = worker_pool.shared(workers).run(jobs)
         else:
             results = [tier_job.run(job) for job in jobs]
         return dict(zip(tiers, results))
 
     def _workers(self) -> int:
         fp32_cpu = placement.current().type == "cpu" and not placement.autocasts()
-        return cloud_pool.workers_for(self.akd, len(self.tiers), fp32_cpu)
+        return worker_pool.workers_for(self.akd, len(self.tiers), fp32_cpu)
 
     def _apply_tier(self, tier: str, result: tier_job.TierResult, server_round: int) -> dict:
         """Take the tier's trained adapters as its cloud copy; returns the losses (``{}``: diverged, dropped)."""
@@ -329,9 +340,9 @@ class CDCCA(FleetStrategy):
             self._anchor_targets = {}
         if view not in self._anchor_targets:
             pr = self._prompter(view)
-            model = runtime.base_model(self.ctx.model_paths[view])
-            teacher = runtime.base_model(self.ctx.model_paths["teacher"])
-            ds = runtime.split("source", "train", self.akd.anchor_size, 10_000 + self.cfg.seed, self.cfg.cache_dir)
+            model = model_cache.base_model(self.ctx.model_paths[view])
+            teacher = model_cache.base_model(self.ctx.model_paths["teacher"])
+            ds = model_cache.split("source", "train", self.akd.anchor_size, 10_000 + self.cfg.seed, self.cfg.cache_dir)
             with torch.no_grad():
                 vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"])))
             self._anchor_targets[view] = akd.anchor_targets(
@@ -390,7 +401,7 @@ class CDCCA(FleetStrategy):
         new = {}  # view -> this round's targets
         extra_asked = 0
         if questions:
-            teacher = runtime.labelling_model(self.ctx.model_paths["teacher"], self.akd.teacher_int8)
+            teacher = model_cache.labelling_model(self.ctx.model_paths["teacher"], self.akd.teacher_int8)
             labelled = akd.teacher_targets(teacher, pr, vis, questions, self.akd.max_new_tokens,
                                            states=self.akd.teacher_states)
             new["teacher"] = labelled
@@ -445,4 +456,4 @@ def read_meta_bytes(model_path: str) -> int:
     try:
         return int(read_meta(Path(model_path))["device_bytes"])
     except (OSError, KeyError, ValueError):
-        return 4 * sum(p.numel() for p in runtime.base_model(model_path).parameters())
+        return 4 * sum(p.numel() for p in model_cache.base_model(model_path).parameters())

@@ -8,7 +8,7 @@ adapter states weighted by samples trained, separately per tier (tiers differ in
 """
 
 from clients.local_training import LocalTraining, LocalTrainingSettings
-from strategies.base import FleetStrategy
+from fl_sim.server.strategy import FleetStrategy
 
 
 class FedAvg(FleetStrategy):

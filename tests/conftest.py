@@ -72,8 +72,8 @@ def tiny_config(base: dict, tmp_path, cache_dir: str, **over):
 
 def tiny_run(base: dict, tmp_path_factory, cache_dir: str, name: str, **over):
     """``(tmp dir, run dir, results)`` of ``base`` run once through Flower (for module-scoped fixtures)."""
-    from fl_sim.metrics import read_results
-    from fl_sim.run import run_experiment
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.results_file import read_results
 
     tmp = tmp_path_factory.mktemp(name)
     run_dir = run_experiment(tiny_config(base, tmp, cache_dir, **over))

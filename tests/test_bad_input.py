@@ -8,7 +8,7 @@ import sys
 import pytest
 from bad_inputs import CASES, write_case
 
-from fl_sim.cli import main
+from fl_sim.app.cli import main
 
 
 def test_the_corpus_is_large_enough():
@@ -29,7 +29,7 @@ def test_a_malformed_input_is_one_line_naming_it(case, tmp_path, capsys, cache_d
 
 
 def test_errors_come_before_the_heavy_libraries(tmp_path):
-    code = ("import sys; from fl_sim.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from fl_sim.app.cli import main; rc = main(sys.argv[1:]); "
             "heavy = [m for m in ('torch', 'transformers', 'flwr', 'ray') if m in sys.modules]; "
             "print(rc, heavy)")
     for name in ("unknown key", "a trillion devices", "a CSV trace missing a column"):
@@ -48,7 +48,7 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     cfg = load_config("exp/e.toml")
     assert cfg.fleet.trace == str(tmp_path / "exp" / "traces" / "t.csv")
-    from fl_sim.preflight import check_run
+    from fl_sim.app.preflight import check_run
 
     with pytest.raises(FlSimError, match=str(tmp_path / "exp" / "traces" / "t.csv")):
         check_run(cfg)

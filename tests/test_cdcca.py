@@ -6,8 +6,8 @@ import shutil
 import pytest
 from conftest import CDCCA, tiny_config, tiny_run
 
-from fl_sim.metrics import read_results
-from fl_sim.run import resume_experiment, run_experiment
+from fl_sim.app.run import resume_experiment, run_experiment
+from fl_sim.callbacks.results_file import read_results
 
 
 def _cfg(tmp_path, cache_dir, **over):
@@ -87,7 +87,7 @@ def test_the_teacher_is_asked_more_questions_about_each_upload(cdcca_run, tmp_pa
     The tiny teacher's own captions rarely parse, so its caption pass is replaced by a fixed true-format
     caption (in this process: no workers); question generation, the teacher's answers and their
     distillation run as they do."""
-    import fl_sim.question_job as qj
+    import fl_sim.cloud.question_job as qj
     from fl_sim.world.domains import CAPTION_QUESTION
 
     real = qj.answer_with_stats
@@ -131,7 +131,8 @@ def test_sparse_training_moves_only_what_the_payload_can_carry(tmp_path, cache_d
     from safetensors.numpy import load_file as load_np
     from safetensors.torch import load_file
 
-    from fl_sim import dwc, runtime
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import dwc
 
     run_dir = run_experiment(_cfg(tmp_path, cache_dir, **{
         "strategy.dwc.sparse_train": True, "strategy.dwc.selection": selection,
@@ -141,7 +142,8 @@ def test_sparse_training_moves_only_what_the_payload_can_carry(tmp_path, cache_d
     assert [(r["rejected_downlinks"], r["participants"]) for r in res] == [(0, 4), (0, 4)]
     assert res[1]["downlink_bytes"] > 0 and res[0]["dwc_ratio_dense"] > 1
     for tier in ("tiny-high", "tiny-low"):
-        _, init = runtime.adapted_model(str(tiny_zoo.paths[tier]), 4, True, "lora" if selection == "top" else "full")
+        projector = "lora" if selection == "top" else "full"
+        _, init = model_cache.adapted_model(str(tiny_zoo.paths[tier]), 4, True, projector)
         assert any("multi_modal_projector" in k and "lora_" in k for k in init) == (selection == "top")
         cloud = load_file(str(run_dir / "checkpoint" / "round-00001" / f"cloud.{tier}.safetensors"))
         moved = np.flatnonzero(np.concatenate([(cloud[k] != init[k]).reshape(-1).numpy() for k in sorted(init)]))

@@ -7,7 +7,7 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.t
 
 
 def _cli(*args, cache_dir):
-    return subprocess.run([sys.executable, "-m", "fl_sim.cli", *args, "--cache-dir", cache_dir, "--quiet"],
+    return subprocess.run([sys.executable, "-m", "fl_sim.app.cli", *args, "--cache-dir", cache_dir, "--quiet"],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -40,7 +40,7 @@ def test_negative_seeds_are_one_line_errors(cache_dir, tmp_path):
     assert r.returncode == 2
     want = "fl-sim pretrain: error: argument --seed: expected an integer >= 0, got -1"
     assert r.stderr.strip().splitlines()[-1] == want
-    r = subprocess.run([sys.executable, "-m", "fl_sim.cli", "run", str(QUICKSTART), "--set", "seed=-1",
+    r = subprocess.run([sys.executable, "-m", "fl_sim.app.cli", "run", str(QUICKSTART), "--set", "seed=-1",
                         "--set", f"cache_dir={cache_dir}", "--set", f"output_dir={tmp_path}"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2
@@ -52,7 +52,7 @@ def test_pretraining_progress_is_lines_in_a_log(tmp_path):
     """Out of a terminal, pretraining prints a line per model: its step, loss, elapsed time and time left."""
     import io
 
-    from fl_sim.progress_lines import LineProgress
+    from fl_sim.app.progress_lines import LineProgress
 
     out = io.StringIO()
     p = LineProgress(every_s=0.0, stream=out)

@@ -1,4 +1,4 @@
-"""Tiers' AKD as jobs (``fl_sim.tier_job``) and side by side in worker processes (``fl_sim.cloud_pool``)."""
+"""Tiers' AKD as jobs (``fl_sim.cloud.tier_job``), side by side in worker processes (``fl_sim.cloud.worker_pool``)."""
 
 import logging
 
@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fl_sim import FlSimError, akd, cloud_pool, runtime, tier_job
+from fl_sim import FlSimError
+from fl_sim.cloud import tier_job, worker_pool
 from fl_sim.config import AKDConfig, DWCConfig
+from fl_sim.device import model_cache
+from fl_sim.mechanisms import akd
 
 
 def _targets(n: int, seed: int) -> dict:
@@ -35,8 +38,8 @@ def jobs(tiny_zoo):
     """Three rounds' worth of jobs on the tiny zoo's tiers: plain, with seeded masks, with a dense probe."""
     from fl_sim.models.mllm import visual_tokens
 
-    pr, teacher = tiny_zoo.prompter, runtime.base_model(str(tiny_zoo.paths["teacher"]))
-    ds = runtime.split("dusk", "train", 64, 0, None).select(range(24))
+    pr, teacher = tiny_zoo.prompter, model_cache.base_model(str(tiny_zoo.paths["teacher"]))
+    ds = model_cache.split("dusk", "train", 64, 0, None).select(range(24))
     with torch.no_grad():
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
     targets = akd.teacher_targets(teacher, pr, vis, list(ds["question"]), max_new_tokens=6)
@@ -44,8 +47,8 @@ def jobs(tiny_zoo):
     cfg = AKDConfig(steps=3, batch_size=8)
     out = []
     for i, tier in enumerate(["tiny-high", "tiny-low", "tiny-high"]):
-        _, init = runtime.adapted_model(str(tiny_zoo.paths[tier]), 4, True, "full")
-        width = runtime.base_model(str(tiny_zoo.paths[tier])).config.text_config.hidden_size
+        _, init = model_cache.adapted_model(str(tiny_zoo.paths[tier]), 4, True, "full")
+        width = model_cache.base_model(str(tiny_zoo.paths[tier])).config.text_config.hidden_size
         torch.manual_seed(i)
         align = torch.nn.Linear(width, teacher.config.text_config.hidden_size).state_dict()
         probe = DWCConfig(sparse_train=True, probe_steps=2, max_density=0.2) if i == 2 else None
@@ -80,7 +83,7 @@ def test_workers_train_what_this_process_trains(jobs):
     """Two workers and this process take a job each: the same adapters, losses and alignment map as all
     three run here. A masked job moves only its entries; a probed one at most ``max_density`` of them."""
     here = [tier_job.run(j) for j in jobs]
-    pool = cloud_pool.CloudPool()
+    pool = worker_pool.CloudPool()
     try:
         pool.grow(2)
         there = pool.run(jobs)
@@ -96,12 +99,12 @@ def test_workers_train_what_this_process_trains(jobs):
 
 
 def test_a_failed_worker_leaves_its_job_to_this_process(jobs, caplog):
-    pool = cloud_pool.CloudPool()
+    pool = worker_pool.CloudPool()
     try:
         pool.grow(1)
         pool._procs[0].kill()
         pool._procs[0].wait()
-        with caplog.at_level(logging.WARNING, logger="fl_sim.cloud_pool"):
+        with caplog.at_level(logging.WARNING, logger="fl_sim.cloud.worker_pool"):
             got = pool.run(jobs[:2])
     finally:
         pool.close()
@@ -113,10 +116,10 @@ def test_a_job_that_fails_in_a_worker_is_rerun_here_with_its_error(jobs, caplog)
     """A job the worker cannot run (its model folder is gone there, say) is reported and run here; the
     error here is the cloud's own."""
     bad = tier_job.TierJob(**{**jobs[1].__dict__, "model_path": "/nonexistent/model"})
-    pool = cloud_pool.CloudPool()
+    pool = worker_pool.CloudPool()
     try:
         pool.grow(1)
-        with caplog.at_level(logging.WARNING, logger="fl_sim.cloud_pool"):
+        with caplog.at_level(logging.WARNING, logger="fl_sim.cloud.worker_pool"):
             with pytest.raises(FlSimError, match="nonexistent"):
                 pool.run([jobs[0], bad])
     finally:
@@ -126,20 +129,20 @@ def test_a_job_that_fails_in_a_worker_is_rerun_here_with_its_error(jobs, caplog)
 
 def test_auto_workers_one_per_tier_beyond_the_first_on_a_cpu(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert [cloud_pool.default_workers(n, True) for n in (0, 1, 2, 3)] == [0, 0, 1, 2]
-    assert cloud_pool.default_workers(3, False) == 0
+    assert [worker_pool.default_workers(n, True) for n in (0, 1, 2, 3)] == [0, 0, 1, 2]
+    assert worker_pool.default_workers(3, False) == 0
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert cloud_pool.default_workers(3, True) == 0
+    assert worker_pool.default_workers(3, True) == 0
 
 
 def test_the_teachers_extra_questions_cross_a_worker_unchanged(tiny_zoo, tmp_path):
     """A ``QuestionsJob`` through a file and a worker: the same targets as here. (The tiny teacher's captions
     rarely parse, so its result may be empty; a real result's file round trip is checked on labelled targets.)"""
-    from fl_sim import question_job
+    from fl_sim.cloud import question_job
     from fl_sim.models.mllm import visual_tokens
 
-    pr, teacher = tiny_zoo.prompter, runtime.base_model(str(tiny_zoo.paths["teacher"]))
-    ds = runtime.split("source", "train", 64, 0, None).select(range(16))
+    pr, teacher = tiny_zoo.prompter, model_cache.base_model(str(tiny_zoo.paths["teacher"]))
+    ds = model_cache.split("source", "train", 64, 0, None).select(range(16))
     with torch.no_grad():
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
     job = question_job.QuestionsJob(str(tiny_zoo.paths["teacher"]), False, None, vis, list(ds["question"]), 2,
@@ -149,7 +152,7 @@ def test_the_teachers_extra_questions_cross_a_worker_unchanged(tiny_zoo, tmp_pat
     assert torch.equal(back.vis, job.vis) and {k: v for k, v in back.__dict__.items() if k != "vis"} == {
         k: v for k, v in job.__dict__.items() if k != "vis"}
     here = question_job.run(job)
-    pool = cloud_pool.CloudPool()
+    pool = worker_pool.CloudPool()
     try:
         pool.grow(1)
         there = pool.collect(pool.submit(job))
@@ -163,9 +166,9 @@ def test_the_teachers_extra_questions_cross_a_worker_unchanged(tiny_zoo, tmp_pat
 
 
 def test_the_capacity_check_counts_the_clouds_workers(monkeypatch):
-    from fl_sim import capacity
+    from fl_sim.app import capacity
+    from fl_sim.app.preflight import cloud_workers
     from fl_sim.config import parse_config
-    from fl_sim.preflight import cloud_workers
     from strategies import CLOUD_AKD, REGISTRY, get_strategy
     from strategies.cdcca import CDCCA
 

@@ -8,9 +8,9 @@ import tomli_w
 from conftest import COMPARE, tiny_data
 
 from fl_sim import FlSimError
-from fl_sim.compare import load_compare, run_compare
-from fl_sim.metrics import read_results
-from fl_sim.report import PLOTS
+from fl_sim.app.compare import load_compare, run_compare
+from fl_sim.callbacks.results_file import read_results
+from fl_sim.report.comparison import PLOTS
 
 
 def _write(tmp_path, cache_dir, runs, **extra):
@@ -80,7 +80,7 @@ def test_paired_variant_runs_first_and_the_others_replay_it(tmp_path, cache_dir)
 
 
 def _same(run_dir, cfg):
-    from fl_sim.run import check_same_setup
+    from fl_sim.app.run import check_same_setup
 
     check_same_setup(run_dir, cfg, "delete it")
 
@@ -108,7 +108,7 @@ def test_a_run_saved_before_a_default_changed_is_what_it_ran(tmp_path, monkeypat
     0): such a run is the experiment with 0, for the same-setup check and for resuming."""
     import tomllib
 
-    import fl_sim.run
+    import fl_sim.app.run
     from fl_sim.config import load_config, load_run_config, parse_config, to_toml
 
     cfg = parse_config({"zoo": "tiny", "strategy": {"name": "cdcca"}})
@@ -123,8 +123,8 @@ def test_a_run_saved_before_a_default_changed_is_what_it_ran(tmp_path, monkeypat
     assert load_run_config(tmp_path / "config.toml").strategy.akd.extra_questions == 0
     assert load_config(tmp_path / "config.toml").strategy.akd.extra_questions == 2  # an experiment file
     resumed = []
-    monkeypatch.setattr(fl_sim.run, "run_experiment", lambda c, run_dir, **kw: resumed.append(c))
-    fl_sim.run.resume_experiment(tmp_path, {"rounds": 5})
+    monkeypatch.setattr(fl_sim.app.run, "run_experiment", lambda c, run_dir, **kw: resumed.append(c))
+    fl_sim.app.run.resume_experiment(tmp_path, {"rounds": 5})
     assert resumed[0].strategy.akd.extra_questions == 0 and resumed[0].rounds == 5
     (tmp_path / "config.toml").write_text(to_toml(cfg))  # saved with the key: what it says
     assert load_run_config(tmp_path / "config.toml").strategy.akd.extra_questions == 2

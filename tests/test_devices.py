@@ -12,9 +12,9 @@ from fl_sim import FlSimError
 
 @pytest.fixture(scope="module")
 def device_env(tmp_path_factory, cache_dir, tiny_zoo):
-    """A tiny run's device environment on disk, as ``fl_sim.run`` writes it."""
-    from fl_sim.device_env import device_environment, load_device_env
-    from fl_sim.fleet import make_fleet, save_trace
+    """A tiny run's device environment on disk, as ``fl_sim.app.run`` writes it."""
+    from fl_sim.device.environment import device_environment, load_device_env
+    from fl_sim.fleet.profiles import make_fleet, save_trace
 
     tmp = tmp_path_factory.mktemp("devices")
     cfg = tiny_config(FEDAVG, tmp, cache_dir)
@@ -98,9 +98,9 @@ def test_oracle_labels_train_on_the_true_answers_and_pseudo_on_the_devices_own(d
 
 
 def test_strategies_send_their_device_settings(tmp_path, cache_dir):
-    from fl_sim.fleet import make_fleet
+    from fl_sim.fleet.profiles import make_fleet
+    from fl_sim.server.strategy import RunContext
     from strategies import get_strategy
-    from strategies.base import RunContext
 
     cfg = tiny_config(FEDAVG, tmp_path, cache_dir, **{"strategy.proximal_mu": 0.3, "strategy.labels": "oracle"})
     fleet = make_fleet(cfg.fleet, ["tiny-high", "tiny-low"], cfg.seed)
@@ -121,8 +121,8 @@ def test_a_task_is_validated_and_defaults_are_defined_once():
     from pydantic import ValidationError
 
     from clients.cdcca_device import CDCCADeviceSettings
-    from fl_sim.task import DeviceTask, read_task, task_record
-    from fl_sim.uts import UTSConfig
+    from fl_sim.mechanisms.uts import UTSConfig
+    from fl_sim.protocol.task import DeviceTask, read_task, task_record
 
     s = CDCCADeviceSettings(held_version=1, target_version=3, uts=UTSConfig())
     task = DeviceTask(behaviour="clients.cdcca_device", round=4, settings=s.model_dump(mode="json"))
@@ -141,7 +141,7 @@ def test_unknown_device_behaviours_are_one_line_errors():
     with pytest.raises(FlSimError, match="no such module"):
         load_behaviour("clients.no_such_behaviour")
     with pytest.raises(FlSimError, match="defines no device behaviour"):
-        load_behaviour("fl_sim.dwc")
+        load_behaviour("fl_sim.mechanisms.dwc")
 
 
 TOY_DEVICE = '''"""toy_device: the device adds ``step`` to every adapter value it received and sends it back."""
@@ -149,7 +149,7 @@ from flwr.app import MetricRecord
 from pydantic import BaseModel
 
 from clients.behaviour import DeviceBehaviour
-from fl_sim.wire import from_array_record, to_array_record
+from fl_sim.protocol.records import from_array_record, to_array_record
 
 
 class ToySettings(BaseModel):
@@ -167,7 +167,7 @@ class ToyDevice(DeviceBehaviour):
 '''
 
 TOY_STRATEGY = '''"""toy: devices add 0.25 to their tier's adapters; the server averages them (fedavg's aggregation)."""
-from strategies.base import FleetStrategy
+from fl_sim.server.strategy import FleetStrategy
 from toy_device import ToyDevice, ToySettings
 
 
@@ -185,10 +185,10 @@ def test_a_new_strategy_is_two_files_and_one_registry_line(tmp_path, cache_dir, 
     import sys
 
     import strategies
-    from fl_sim import runtime
-    from fl_sim.checkpoint import load_checkpoint
-    from fl_sim.metrics import read_results
-    from fl_sim.run import run_experiment
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.results_file import read_results
+    from fl_sim.device import model_cache
+    from fl_sim.server.checkpoint import load_checkpoint
 
     code = tmp_path / "code"
     code.mkdir()
@@ -203,7 +203,7 @@ def test_a_new_strategy_is_two_files_and_one_registry_line(tmp_path, cache_dir, 
     _, tensors = load_checkpoint(run_dir)
     rounds_with = {t: sum(any(fleet[d]["tier"] == t for d in r["participant_ids"]) for r in res) for t in tensors}
     for tier, sd in tensors.items():  # +0.25 in every round a device of the tier took part
-        _, init = runtime.adapted_model(str(tiny_zoo.paths[tier]), 8, True, "full")
+        _, init = model_cache.adapted_model(str(tiny_zoo.paths[tier]), 8, True, "full")
         assert all(torch.allclose(sd[k] - init[k], torch.full_like(sd[k], 0.25 * rounds_with[tier]), atol=1e-5)
                    for k in sd), tier
     assert sum(rounds_with.values()) >= 2 and "acc" in res[-1]

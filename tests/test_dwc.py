@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fl_sim import FlSimError
-from fl_sim.dwc import (
+from fl_sim.mechanisms.dwc import (
     FIELDS,
     VERSION,
     DWCConfig,
@@ -368,7 +368,7 @@ def test_config_and_apply():
 
 def test_device_applies_a_payload_chain_and_rejects_malformed_ones():
     from clients.cdcca_device import CDCCADeviceSettings, apply_downlink
-    from fl_sim.uts import UTSConfig
+    from fl_sim.mechanisms.uts import UTSConfig
 
     g = torch.Generator().manual_seed(3)
     initial = {"a": torch.randn(40, 8, generator=g), "b": torch.randn(16, generator=g)}
@@ -419,7 +419,7 @@ def test_device_applies_a_payload_chain_and_rejects_malformed_ones():
 
 
 def test_seeded_selection_sends_no_indices_and_the_device_regenerates_them():
-    from fl_sim.dwc import seeded_entries, train_mask
+    from fl_sim.mechanisms.dwc import seeded_entries, train_mask
 
     d = make_delta(11)
     n = sum(v.numel() for v in d.values())

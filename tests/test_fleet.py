@@ -4,7 +4,7 @@ import pytest
 
 from fl_sim import FlSimError
 from fl_sim.config import FleetConfig, load_config, parse_config
-from fl_sim.fleet import DeviceProfile, load_participation, load_trace, make_fleet, save_trace
+from fl_sim.fleet.profiles import DeviceProfile, load_participation, load_trace, make_fleet, save_trace
 
 
 def _profile(**kw):
@@ -81,7 +81,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_sampling_is_deterministic_and_respects_availability():
-    from fl_sim.selection import sample_devices
+    from fl_sim.server.selection import sample_devices
 
     cfg = parse_config({"zoo": "tiny", "seed": 3, "fleet": {"num_devices": 40}, "strategy": {"clients_per_round": 5}})
     fleet = make_fleet(cfg.fleet, ["tiny-high", "tiny-low"], cfg.seed)
@@ -132,8 +132,8 @@ def test_participation_replay_loads_and_refuses_bad_records(tmp_path):
 
 
 def test_replay_samples_and_keeps_the_recorded_devices_whatever_their_times():
-    from fl_sim.selection import sample_devices
-    from fl_sim.timing import straggler_cut
+    from fl_sim.server.selection import sample_devices
+    from fl_sim.server.timing import straggler_cut
 
     cfg = parse_config({"zoo": "tiny", "fleet": {"num_devices": 12}, "strategy": {"clients_per_round": 2}})
     fleet = make_fleet(cfg.fleet, ["tiny-high", "tiny-low"], cfg.seed)
@@ -150,7 +150,7 @@ def test_replay_samples_and_keeps_the_recorded_devices_whatever_their_times():
 
 
 def test_straggler_cut_keeps_the_fastest_within_the_deadline():
-    from fl_sim.timing import straggler_cut
+    from fl_sim.server.timing import straggler_cut
 
     times = {0: 5.0, 1: 2.0, 2: 700.0, 3: 2.0, 4: 9.0}
     cut = straggler_cut(times, 3, 600.0, 5)
@@ -162,10 +162,10 @@ def test_straggler_cut_keeps_the_fastest_within_the_deadline():
 
 
 def test_profile_table_gives_back_every_profile():
-    """A worker's columnar fleet (fl_sim.profile_table) rebuilds each device's profile, schedules included,
+    """A worker's columnar fleet (fl_sim.fleet.profile_table) rebuilds each device's profile, schedules included,
     in far fewer bytes than the profiles."""
     from fl_sim.config import ScheduleConfig
-    from fl_sim.profile_table import ProfileTable
+    from fl_sim.fleet.profile_table import ProfileTable
 
     for cfg in (FleetConfig(num_devices=300), FleetConfig(num_devices=300, schedule=ScheduleConfig())):
         fleet = make_fleet(cfg, ["a", "b"], seed=4)

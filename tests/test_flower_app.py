@@ -24,10 +24,10 @@ def flwr_env(tmp_path):
 
 
 def test_flwr_run_runs_the_experiment_as_fl_sim_run_does(flwr_env, tmp_path, cache_dir, tiny_zoo):
-    from fl_sim.cli import parse_set_overrides
+    from fl_sim.app.cli import parse_set_overrides
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.results_file import read_results
     from fl_sim.config import load_config
-    from fl_sim.metrics import read_results
-    from fl_sim.run import run_experiment
 
     sets = SETS.format(cache=cache_dir)
     size = subprocess.run(["flwr", "federation", "simulation-config", "@none/default", "local",

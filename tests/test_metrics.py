@@ -3,7 +3,7 @@
 import json
 import math
 
-from fl_sim.metrics import MetricsLogger, finite_json, flatten, read_results
+from fl_sim.callbacks.results_file import MetricsLogger, finite_json, flatten, read_results
 
 
 def test_flatten_keepsfinite_json_numbers_under_slash_paths():

@@ -284,19 +284,19 @@ def test_zoo_checkpoints_read_with_their_own_processor_exactly_as_the_shared_pro
     """Every zoo directory carries a processor (word_processor), and the fleet's path for checkpoints with
     their own processor reproduces the shared prompter: the same prompt ids, pixels for every byte value,
     trainable word ids and answer decoding."""
-    from fl_sim import runtime
+    from fl_sim.device import model_cache
     from fl_sim.models.prompts import CheckpointPrompter, has_own_processor
 
     ref = tiny_zoo.prompter
     questions = [s["question"] for d in ("source", "dusk", "novel", "digits")
                  for s in generate(d, "test", 30, seed=1, cell_px=16)]
-    byte_image = np.resize(np.arange(256, dtype=np.uint8), (1, *runtime.IMAGE_SHAPE))
+    byte_image = np.resize(np.arange(256, dtype=np.uint8), (1, *model_cache.IMAGE_SHAPE))
     identities = set()
     for role, path in tiny_zoo.paths.items():
         if role == "frontend":
             continue
         assert has_own_processor(path), role
-        pr = runtime.prompter_for(str(path), cache_dir)
+        pr = model_cache.prompter_for(str(path), cache_dir)
         assert isinstance(pr, CheckpointPrompter) and pr.n_image == ref.n_image and pr.max_len == ref.max_len
         assert all(pr.prompt(q) == ref.prompt(q) for q in questions), role
         assert torch.equal(pr.pixels(byte_image), ref.pixels(byte_image)), role

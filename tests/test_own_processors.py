@@ -37,15 +37,15 @@ def families(tmp_path_factory):
 def test_a_checkpoint_reads_with_its_own_processor(families, family, n_tokens):
     """Visual tokens are counted from the tower (CLIP 'default' drops the CLS); the cloud's path from
     visual tokens gives the model's own logits from pixels; labels cover the answer only."""
-    from fl_sim import runtime
+    from fl_sim.device import model_cache
     from fl_sim.models.mllm import embed_with_tokens, visual_tokens
 
     path = str(families[family])
-    pr, model = runtime.prompter_for(path, None), runtime.base_model(path)
+    pr, model = model_cache.prompter_for(path, None), model_cache.base_model(path)
     assert pr.n_image == n_tokens and pr.tok.name_or_path.endswith(Path(path).name)
     ids = pr.prompt("how many shapes are there?")
     assert ids.count(pr.image) == n_tokens and pr.tok.convert_ids_to_tokens(ids).count("<unk>") == 0
-    images = np.random.default_rng(0).integers(0, 256, (2, *runtime.IMAGE_SHAPE), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (2, *model_cache.IMAGE_SHAPE), dtype=np.uint8)
     px = pr.pixels(images)
     assert px.shape[-2:] == (32, 32)  # the processor resized the fleet's 48-pixel images
     batch = torch.tensor([ids] * 2)
@@ -59,10 +59,10 @@ def test_a_checkpoint_reads_with_its_own_processor(families, family, n_tokens):
 
 
 def test_lora_finds_each_decoders_linears(families):
-    from fl_sim import runtime
+    from fl_sim.device import model_cache
 
     for family in ("clip-llama", "siglip-qwen2"):
-        model, init = runtime.adapted_model(str(families[family]), 4, True, "full")
+        model, init = model_cache.adapted_model(str(families[family]), 4, True, "full")
         names = [k for k in init if "lora_A" in k]
         assert names and all("language_model" in k and "vision_tower" not in k for k in names)
         assert any("q_proj" in k for k in names) and any("down_proj" in k for k in names)
@@ -70,17 +70,18 @@ def test_lora_finds_each_decoders_linears(families):
 
 def test_a_student_that_reads_differently_distils_pooled_features(families):
     """Teacher targets turned into a Qwen2 student's own ids and tokens: CE and pooled feature terms, no KL."""
-    from fl_sim import akd, runtime
     from fl_sim.config import AKDConfig
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import akd
     from fl_sim.models.mllm import visual_tokens
 
     t_path, s_path = str(families["teacher"]), str(families["siglip-qwen2"])
-    pr_t, pr_s = runtime.prompter_for(t_path, None), runtime.prompter_for(s_path, None)
-    teacher = runtime.base_model(t_path)
-    images = np.random.default_rng(1).integers(0, 256, (3, *runtime.IMAGE_SHAPE), dtype=np.uint8)
+    pr_t, pr_s = model_cache.prompter_for(t_path, None), model_cache.prompter_for(s_path, None)
+    teacher = model_cache.base_model(t_path)
+    images = np.random.default_rng(1).integers(0, 256, (3, *model_cache.IMAGE_SHAPE), dtype=np.uint8)
     questions = ["is there a red circle?", "how many shapes are there?", "what colour is the square?"]
     t = akd.teacher_targets(teacher, pr_t, visual_tokens(teacher, pr_t.pixels(images)), questions, 4)
-    s_model, _ = runtime.adapted_model(s_path, 4, False, "full")
+    s_model, _ = model_cache.adapted_model(s_path, 4, False, "full")
     st = akd.student_targets(pr_s, visual_tokens(s_model, pr_s.pixels(images)), questions, t,
                              akd.pseudo_labels(t, pr_t))
     assert set(st) == set(akd.POOLED_KEYS) and st["t_pooled"].shape == (3, teacher.config.text_config.hidden_size)
@@ -93,8 +94,8 @@ def test_a_student_that_reads_differently_distils_pooled_features(families):
 def test_two_families_run_through_fl_sim_run(families, base, tmp_path, cache_dir):
     """Teacher CLIP+Llama; tiers SigLIP+Qwen2 (another tower and tokenizer: its devices upload images) and
     int8 derived from the teacher (its tower: visual tokens); two rounds through the CLI."""
-    from fl_sim.cli import main
-    from fl_sim.metrics import read_results
+    from fl_sim.app.cli import main
+    from fl_sim.callbacks.results_file import read_results
 
     name = base["strategy"]["name"]
     data = tiny_data(base, cache_dir, tmp_path / "runs") | {"name": "families", "seed": 3}
@@ -128,7 +129,8 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def test_incompatible_processors_are_one_line_errors(families, tmp_path):
     """Before Ray: a template without the image, a processor without an image processor."""
-    from fl_sim import FlSimError, runtime
+    from fl_sim import FlSimError
+    from fl_sim.device import model_cache
     from fl_sim.models.provider import check_loadable
 
     no_image = _copy(families["clip-llama"], tmp_path / "no-image")
@@ -138,7 +140,7 @@ def test_incompatible_processors_are_one_line_errors(families, tmp_path):
     (text_only / "processor_config.json").unlink()
     assert "image_processor" in cfg and not (text_only / "preprocessor_config.json").exists()
     for path, message in ((no_image, "renders 0 image tokens"), (text_only, "a tokenizer but no image processor")):
-        runtime.prompter_for.cache_clear()
+        model_cache.prompter_for.cache_clear()
         with pytest.raises(FlSimError) as err:
             check_loadable({"tiers.mine": str(path)}, None)
         text = str(err.value)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fl_sim import PayloadError, uts
-from fl_sim.wire import pack_arrays, unpack_arrays
+from fl_sim import PayloadError
+from fl_sim.mechanisms import uts
+from fl_sim.protocol.records import pack_arrays, unpack_arrays
 
 
 def _blob(header, body: bytes = b"") -> np.ndarray:
@@ -58,8 +59,8 @@ def test_malformed_packed_headers_are_payload_errors(header, match):
 def test_the_cloud_asks_uploads_for_what_its_devices_were_told(tmp_path):
     from conftest import CDCCA, tiny_config
 
-    from fl_sim.fleet import make_fleet
-    from strategies.base import RunContext
+    from fl_sim.fleet.profiles import make_fleet
+    from fl_sim.server.strategy import RunContext
     from strategies.cdcca import CDCCA as Strategy
     from strategies.cloud_kd_full import CloudKDFull
 

@@ -1,12 +1,13 @@
-"""Device placement (fl_sim.placement): resolving simulation.device, the one-line errors for hardware this
+"""Device placement (fl_sim.models.placement): resolving simulation.device, the one-line errors for hardware this
 machine lacks, bf16 autocast as a code path that runs (on the CPU here), and a CUDA run when there is one."""
 
 import numpy as np
 import pytest
 import torch
 
-from fl_sim import FlSimError, placement
+from fl_sim import FlSimError
 from fl_sim.config import SimulationConfig
+from fl_sim.models import placement
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -55,7 +56,7 @@ def test_precision_auto_is_fp32_on_the_cpu():
 def test_bf16_passes_run_and_return_cpu_fp32_tensors(tiny_zoo):
     """The server's labelling path under bf16 autocast: outputs land on the CPU in the dtypes the rest expects,
     and answers mostly agree with fp32's."""
-    from fl_sim import akd
+    from fl_sim.mechanisms import akd
     from fl_sim.models.mllm import answer_with_stats, visual_tokens
     from fl_sim.world.data import load_split
 
@@ -74,14 +75,14 @@ def test_bf16_passes_run_and_return_cpu_fp32_tensors(tiny_zoo):
     t = akd.teacher_targets(teacher, pr, vis16, qs, max_new_tokens=4)
     assert t["t_logits"].dtype == torch.float16 and t["t_logits"].device.type == "cpu"
     # AKD on a tier under bf16 autocast (CE, KL and feature terms), fp32 adapters that stay finite
-    from fl_sim import runtime
     from fl_sim.config import AKDConfig
+    from fl_sim.device import model_cache
     from fl_sim.models.adapters import adapter_state, load_adapter_state
 
     tier = next(iter(tiny_zoo.tiers))
-    student, initial = runtime.adapted_model(str(tiny_zoo.paths[tier]), 4)
+    student, initial = model_cache.adapted_model(str(tiny_zoo.paths[tier]), 4)
     width = lambda m: m.config.text_config.hidden_size  # noqa: E731
-    align = torch.nn.Linear(width(runtime.base_model(str(tiny_zoo.paths[tier]))), width(teacher))
+    align = torch.nn.Linear(width(model_cache.base_model(str(tiny_zoo.paths[tier]))), width(teacher))
     logs = akd.train_adapters(student, align, lambda step: t, AKDConfig(steps=2, batch_size=16), seed=0)
     assert {"ce", "kl", "feat"} <= set(logs) and all(np.isfinite(v) for v in logs.values())
     after = adapter_state(student)
@@ -95,8 +96,8 @@ def test_cdcca_on_one_gpu_with_two_clients_sharing_it(tmp_path, cache_dir):
     """Two rounds of cdcca: the server on the GPU, two virtual clients with half a GPU each."""
     from conftest import CDCCA, tiny_config
 
-    from fl_sim.metrics import read_results
-    from fl_sim.run import run_experiment
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.results_file import read_results
 
     cfg = tiny_config(CDCCA, tmp_path, cache_dir, **{"simulation.device": "cuda",
                                                      "simulation.num_gpus_per_client": 0.5,

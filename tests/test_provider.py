@@ -26,9 +26,9 @@ def checkpoints(tiny_zoo, tmp_path_factory):
 def test_a_fleet_of_checkpoint_directories_runs(checkpoints, tmp_path, cache_dir):
     """Two rounds of fedavg: teacher and tier "mine" from directories, tier "small" derived from the teacher
     (int4, one decoder layer dropped); the run records each model's path and content hash."""
-    from fl_sim.metrics import read_results
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.results_file import read_results
     from fl_sim.models.mllm import load_mllm
-    from fl_sim.run import run_experiment
 
     cfg = tiny_config(FEDAVG, tmp_path, cache_dir, **{
         "models.teacher": str(checkpoints / "teacher"),
@@ -54,9 +54,9 @@ def test_a_torchao_tier_holds_real_int8_weights_and_runs_cdcca(checkpoints, tmp_
     pytest.importorskip("torchao")
     from torchao.quantization import Int8Tensor
 
-    from fl_sim.metrics import read_results
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.results_file import read_results
     from fl_sim.models.mllm import load_mllm
-    from fl_sim.run import run_experiment
 
     spec = {"checkpoint": str(checkpoints / "teacher"), "quantize": "int8"}
     cfg = tiny_config(CDCCA, tmp_path, cache_dir, **{
@@ -138,7 +138,7 @@ def test_directories_that_are_not_runnable_checkpoints(tmp_path, checkpoints, ca
 
 
 def test_bad_model_sections_fail_before_anything_starts(checkpoints, tmp_path, cache_dir):
-    from fl_sim.preflight import check_run
+    from fl_sim.app.preflight import check_run
 
     cfg = tiny_config(FEDAVG, tmp_path, cache_dir, **{"models.tiers": {
         "small": {"checkpoint": str(checkpoints / "tiny-high"), "drop_layers": 1}}})
@@ -150,7 +150,7 @@ def test_bad_model_sections_fail_before_anything_starts(checkpoints, tmp_path, c
 
 
 def test_a_tier_larger_than_the_teacher_is_a_warning(checkpoints, tmp_path, cache_dir, caplog):
-    from fl_sim.preflight import check_run
+    from fl_sim.app.preflight import check_run
 
     cfg = tiny_config(FEDAVG, tmp_path, cache_dir, **{"models.teacher": str(checkpoints / "tiny-high"),
                                                       "models.tiers": {"big": str(checkpoints / "teacher")}})

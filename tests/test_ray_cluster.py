@@ -36,11 +36,11 @@ def ray_head():
 
 
 def test_a_run_on_a_ray_cluster_through_ray_address(ray_head, tmp_path, cache_dir, tiny_zoo):
-    from fl_sim.metrics import read_results
+    from fl_sim.callbacks.results_file import read_results
 
     data = tiny_data(FEDAVG, cache_dir, tmp_path / "runs") | {"name": "cluster"}
     (tmp_path / "e.toml").write_text(tomli_w.dumps(data))
-    out = subprocess.run([sys.executable, "-m", "fl_sim.cli", "run", str(tmp_path / "e.toml"), "--ray-address",
+    out = subprocess.run([sys.executable, "-m", "fl_sim.app.cli", "run", str(tmp_path / "e.toml"), "--ray-address",
                           ray_head, "--quiet"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "DEPRECATED" not in out.stderr  # Flower's notice about run_simulation is nothing a user can act on
@@ -51,7 +51,7 @@ def test_a_run_on_a_ray_cluster_through_ray_address(ray_head, tmp_path, cache_di
 
 
 def test_an_unreachable_cluster_is_one_line(tmp_path, capsys):
-    from fl_sim.cli import main
+    from fl_sim.app.cli import main
 
     (tmp_path / "e.toml").write_text(tomli_w.dumps({"zoo": "tiny", "output_dir": str(tmp_path / "runs")}))
     rc = main(["run", str(tmp_path / "e.toml"), "--ray-address", f"127.0.0.1:{_free_port()}", "--quiet"])

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from fl_sim.report import RunRef, build_report, human_bytes, load_runs, summarise
+from fl_sim.report.comparison import RunRef, build_report, human_bytes, load_runs, summarise
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from conftest import FEDAVG, tiny_config
 
-from fl_sim import FlSimError, schedule
+from fl_sim import FlSimError
+from fl_sim.callbacks.continual import continual_metrics
 from fl_sim.config import parse_config
-from fl_sim.continual import continual_metrics
-from fl_sim.fleet import load_trace, make_fleet, save_trace
+from fl_sim.fleet.profiles import load_trace, make_fleet, save_trace, schedule
 
 DOMAINS = ["source", "dusk", "novel", "digits"]
 
@@ -67,7 +67,7 @@ def test_schedules_in_a_trace_are_checked_row_by_row(tmp_path):
     (tmp_path / "long.json").write_text(json.dumps(rows))
     assert load_trace(tmp_path / "long.json", ["tiny-high"])[1].mix_at(4) == [("source", pytest.approx(1 / 3)),
                                                                         ("dusk", pytest.approx(2 / 3))]
-    from fl_sim.preflight import check_run
+    from fl_sim.app.preflight import check_run
 
     cfg = tiny_config(FEDAVG, tmp_path, None, **{"fleet.trace": str(tmp_path / "long.json"), "rounds": 3})
     with pytest.raises(FlSimError, match="row 2 column schedule .* longer than the run"):
@@ -95,8 +95,8 @@ def test_the_continual_figures_on_a_hand_made_history():
 
 
 def test_three_stages_end_to_end(tmp_path, cache_dir, tiny_zoo):
-    from fl_sim.metrics import read_results
-    from fl_sim.run import run_experiment
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.results_file import read_results
 
     fleet = make_fleet(parse_config({"strategy": {"clients_per_round": 2}, "fleet": {"num_devices": 4}}).fleet,
                        list(tiny_zoo.tiers), 5)

@@ -6,8 +6,8 @@ import pytest
 from conftest import FEDAVG, tiny_config, tiny_run
 
 from fl_sim import FlSimError
-from fl_sim.metrics import read_results
-from fl_sim.run import resume_experiment, run_dir_for, run_experiment
+from fl_sim.app.run import resume_experiment, run_dir_for, run_experiment
+from fl_sim.callbacks.results_file import read_results
 
 
 def _cfg(tmp_path, cache_dir, **over):
@@ -51,11 +51,11 @@ def test_bytes_equal_serialized_payloads(fedavg_run, cache_dir):
     """Recompute the round-1 downlink from the messages' content and compare with the record."""
     from flwr.app import RecordDict
 
-    from fl_sim.fleet import load_trace
+    from fl_sim.fleet.profiles import load_trace
     from fl_sim.models.zoo import pretrain_zoo
-    from fl_sim.task import task_record
-    from fl_sim.wire import payload_bytes, to_array_record
-    from strategies.base import RunContext
+    from fl_sim.protocol.records import payload_bytes, to_array_record
+    from fl_sim.protocol.task import task_record
+    from fl_sim.server.strategy import RunContext
     from strategies.fedavg import FedAvg
 
     tmp, run_dir, res = fedavg_run
@@ -112,9 +112,9 @@ def test_workers_warm_up_before_round_one(fedavg_run):
 
 def test_warm_up_loads_every_tier_and_domain_once(fedavg_run, cache_dir, tiny_zoo):
     from clients import warm_up
-    from fl_sim import runtime
-    from fl_sim.fleet import load_trace
-    from strategies.base import RunContext
+    from fl_sim.device import model_cache
+    from fl_sim.fleet.profiles import load_trace
+    from fl_sim.server.strategy import RunContext
     from strategies.fedavg import FedAvg
 
     tmp, run_dir, _ = fedavg_run
@@ -126,23 +126,23 @@ def test_warm_up_loads_every_tier_and_domain_once(fedavg_run, cache_dir, tiny_zo
     assert {(fleet[d].tier, fleet[d].domain_at(r)) for d, r in visits} == pairs and len(visits) == len(pairs)
     env = str(run_dir / "device_env.json")
     warm_up._DONE.clear()
-    runtime.adapted_model.cache_clear()
+    model_cache.adapted_model.cache_clear()
     assert warm_up.warm_up(env, [(s.device.name, d, r) for d, r in visits]) == len(visits)
-    assert runtime.adapted_model.cache_info().currsize == len(tiny_zoo.tiers)
+    assert model_cache.adapted_model.cache_info().currsize == len(tiny_zoo.tiers)
     assert warm_up.warm_up(env, [(s.device.name, d, r) for d, r in visits]) == 0  # once per process
 
 
 def test_device_pools_are_cached_on_disk_and_equal_the_partition(cache_dir, tiny_zoo):
     import numpy as np
 
-    from fl_sim import runtime
     from fl_sim.cache import cache_root
+    from fl_sim.device import model_cache
     from fl_sim.world.data import partition
 
     args = ("dusk", 64, 5, cache_dir, 6, "dirichlet", "family", 0.5)
-    runtime.device_pools.cache_clear()
-    pools = runtime.device_pools(*args)
-    ds = runtime.split("dusk", "train", 64, 5, cache_dir)
+    model_cache.device_pools.cache_clear()
+    pools = model_cache.device_pools(*args)
+    ds = model_cache.split("dusk", "train", 64, 5, cache_dir)
     ds = ds.add_column("row", np.arange(len(ds)))
     direct = [np.asarray(p["row"]) for p in partition(ds, 6, by="family", alpha=0.5, seed=5)]
     assert len(pools) == 6 and all(np.array_equal(a, b) for a, b in zip(pools, direct))
@@ -151,8 +151,8 @@ def test_device_pools_are_cached_on_disk_and_equal_the_partition(cache_dir, tiny
     assert folders
     for f in folders:  # a damaged entry is rebuilt, never used
         (f / "rows.npy").write_bytes(b"garbage")
-    runtime.device_pools.cache_clear()
-    again = runtime.device_pools(*args)
+    model_cache.device_pools.cache_clear()
+    again = model_cache.device_pools(*args)
     assert all(np.array_equal(a, b) for a, b in zip(again, pools))
 
 
@@ -165,7 +165,7 @@ def test_replaying_its_own_directory_is_refused(tmp_path, cache_dir, tiny_zoo):
 
 def test_a_failing_round_writes_its_traceback_and_keeps_the_rounds_before(tmp_path, cache_dir, tiny_zoo,
                                                                           monkeypatch):
-    from strategies.base import FleetStrategy
+    from fl_sim.server.strategy import FleetStrategy
 
     original = FleetStrategy.update
 

@@ -12,9 +12,9 @@ from conftest import FEDAVG, tiny_config
 from PIL import Image
 
 from fl_sim import FlSimError
-from fl_sim.answers import matches, normalise
 from fl_sim.config import UserDomainConfig
 from fl_sim.world import user_data
+from fl_sim.world.answers import matches, normalise
 
 FRUIT = ["apple", "banana", "cherry", "grape", "lemon", "mango"]
 
@@ -158,8 +158,8 @@ def test_bad_data_is_one_line_naming_the_dataset_and_caches_nothing(tmp_path, ca
 def test_a_tiny_fleet_shifts_to_a_user_domain(tmp_path, cache_dir, tiny_zoo):
     """Two rounds of fedavg on the tiny zoo (retrained for the new vocabulary, the teacher on the user domain
     too): devices shift to the user domain, which is evaluated with normalised and raw accuracy."""
-    from fl_sim.metrics import read_results
-    from fl_sim.run import run_experiment
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.results_file import read_results
 
     src = image_folder(tmp_path / "fruit", n_images=10)
     cfg = tiny_config(FEDAVG, tmp_path, cache_dir, **{"domains": {"fruit": {"path": str(src), "question_type": "kind"}},

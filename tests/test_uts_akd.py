@@ -4,16 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from fl_sim import FlSimError, akd, uts
+from fl_sim import FlSimError
+from fl_sim.mechanisms import akd, uts
 from fl_sim.models.mllm import answer, answer_with_stats, embed_with_tokens, visual_tokens
 
 
 @pytest.fixture(scope="module")
 def world(tiny_zoo, cache_dir):
-    from fl_sim import runtime
+    from fl_sim.device import model_cache
 
-    ds = runtime.split("dusk", "train", 48, 0, cache_dir)
-    model, init = runtime.adapted_model(str(tiny_zoo.paths["tiny-high"]), 4)
+    ds = model_cache.split("dusk", "train", 48, 0, cache_dir)
+    model, init = model_cache.adapted_model(str(tiny_zoo.paths["tiny-high"]), 4)
     return tiny_zoo, ds, model, init
 
 
@@ -334,7 +335,7 @@ def test_akd_lowers_the_loss_and_trains_only_adapters(world):
 
 def test_masked_akd_changes_only_the_masked_entries_and_still_lowers_the_loss(world):
     _, _, model, init = world
-    from fl_sim import dwc
+    from fl_sim.mechanisms import dwc
     from fl_sim.models.adapters import adapter_state, load_adapter_state
 
     tg, cfg, align = _akd_setup(world)
@@ -460,7 +461,7 @@ def test_replay_buffer_is_bounded_uniform_and_restorable():
 def test_packed_upload_round_trip_and_is_smaller_than_separate_arrays():
     from flwr.app import Array, ArrayRecord, RecordDict
 
-    from fl_sim.wire import pack_arrays, packed_record, payload_bytes, record_values, unpack_arrays
+    from fl_sim.protocol.records import pack_arrays, packed_record, payload_bytes, record_values, unpack_arrays
 
     rng = np.random.default_rng(0)
     up = uts.encode_upload([[5, 6, 7], [8, 9]], vis=torch.randn(2, 9, 16),
@@ -484,7 +485,7 @@ def test_packed_upload_round_trip_and_is_smaller_than_separate_arrays():
 def test_malformed_packed_payloads_are_rejected(breakage):
     import json as _json
 
-    from fl_sim.wire import pack_arrays, unpack_arrays
+    from fl_sim.protocol.records import pack_arrays, unpack_arrays
 
     good = pack_arrays({"a": np.arange(6, dtype=np.uint8), "b": np.ones((2, 2), np.float16)})
 
@@ -502,14 +503,15 @@ def test_malformed_packed_payloads_are_rejected(breakage):
 
 def test_an_int8_teacher_labels_like_the_fp32_one(world):
     """strategy.akd.teacher_int8: the teacher's linears become int8 dynamic ones; its targets keep their shapes."""
-    from fl_sim import placement, runtime
+    from fl_sim.device import model_cache
+    from fl_sim.models import placement
     from fl_sim.models.mllm import visual_tokens
 
     placement.use("cpu")
     zoo, ds, _, _ = world
     path = str(zoo.paths["teacher"])
-    fp32, q8 = runtime.labelling_model(path), runtime.labelling_model(path, int8=True)
-    assert fp32 is runtime.base_model(path) and q8 is runtime.labelling_model(path, int8=True)
+    fp32, q8 = model_cache.labelling_model(path), model_cache.labelling_model(path, int8=True)
+    assert fp32 is model_cache.base_model(path) and q8 is model_cache.labelling_model(path, int8=True)
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in q8.modules())
     vis = visual_tokens(fp32, zoo.prompter.pixels(np.asarray(ds["image"][:8])))
     questions = list(ds["question"][:8])

@@ -1,4 +1,4 @@
-"""A user function called with each round's record (``fl_sim.run.run_experiment(on_round=...)``)."""
+"""A user function called with each round's record (``fl_sim.app.run.run_experiment(on_round=...)``)."""
 
 from __future__ import annotations
 

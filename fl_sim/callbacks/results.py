@@ -1,11 +1,11 @@
-"""Each round's record to ``results.jsonl`` and TensorBoard (``fl_sim.metrics.MetricsLogger``)."""
+"""Each round's record to ``results.jsonl`` and TensorBoard (``fl_sim.callbacks.results_file.MetricsLogger``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fl_sim.callbacks import Callback
-from fl_sim.metrics import MetricsLogger
+from fl_sim.callbacks.results_file import MetricsLogger
 
 
 class ResultsLogger(Callback):

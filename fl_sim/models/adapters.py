@@ -52,7 +52,7 @@ def add_adapters(model, cfg: AdapterConfig = AdapterConfig(), token_ids: list[in
     frozen."""
     from peft import LoraConfig, get_peft_model
 
-    from ..world.tokenizer import SPECIALS
+    from fl_sim.world.tokenizer import SPECIALS
 
     extra = {}
     targets, save = cfg.target_modules or language_model_targets(model), list(cfg.modules_to_save)

@@ -7,9 +7,9 @@ from collections import Counter
 
 import numpy as np
 
-from ..answers import matches
-from ..world.domains import USER_DOMAINS, VQA_FAMILIES
-from .mllm import Prompter, answer
+from fl_sim.models.mllm import Prompter, answer
+from fl_sim.world.answers import matches
+from fl_sim.world.domains import USER_DOMAINS, VQA_FAMILIES
 
 CAPTION_MAX_TOKENS = 28
 ANSWER_TOKENS = 12  # a user domain's answers may be longer than the built-in world's one or two words
@@ -36,7 +36,7 @@ def bleu4(hypotheses: list[str], references: list[str]) -> float:
 
 def evaluate(model, prompter: Prompter, datasets: dict) -> dict:
     """``{domain: {family: accuracy, "vqa": accuracy over VQA families, "bleu": caption BLEU-4}}``; on a
-    domain backed by a dataset on disk, accuracy compares normalised answers (``fl_sim.answers``), per
+    domain backed by a dataset on disk, accuracy compares normalised answers (``fl_sim.world.answers``), per
     question type, with the raw exact match as ``"vqa_exact"``.
 
     Accuracies are fractions in [0, 1]; ``datasets`` maps a domain name to a dataset with columns
@@ -60,7 +60,7 @@ def evaluate(model, prompter: Prompter, datasets: dict) -> dict:
                 if sel.any():
                     row[f] = float(correct[sel].mean())
             row["vqa"] = float(correct[vqa].mean())
-            if user:  # normalised answers (fl_sim.answers) above; the raw exact match beside them
+            if user:  # normalised answers (fl_sim.world.answers) above; the raw exact match beside them
                 row["vqa_exact"] = float(exact.mean())
         if len(cap):
             pred = answer(model, prompter, images[cap], questions[cap], max_new_tokens=CAPTION_MAX_TOKENS)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import FlSimError
+from fl_sim import FlSimError
 
 CONFIG_KEY = "fl_sim_lowbit"
 TORCHAO_INT8 = "torchao-int8"

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, PhiConfig, SiglipVisionConfig, SiglipVisionModel
 
-from .. import FlSimError, placement
-from ..world.scenes import GRID
-from ..world.tokenizer import BOS, EOS, IMAGE, PAD, SEP
-from .presets import FrontendPreset, ModelPreset
+from fl_sim import FlSimError
+from fl_sim.models import placement
+from fl_sim.models.presets import FrontendPreset, ModelPreset
+from fl_sim.world.scenes import GRID
+from fl_sim.world.tokenizer import BOS, EOS, IMAGE, PAD, SEP
 
 MAX_POSITIONS = 64
 
@@ -73,7 +74,7 @@ def load_mllm(path: str | Path, tokenizer=None) -> LlavaForConditionalGeneration
     post = getattr(model.model.vision_tower, "post_layernorm", None)
     if post is not None:
         post.reset_parameters()
-    from . import lowbit
+    from fl_sim.models import lowbit
 
     lowbit.apply(model)  # a tier derived with backend = "torchao": real int8 weights
     return model.eval()
@@ -97,7 +98,7 @@ class Prompter:
 
     def trainable_token_ids(self, vocab: int) -> list[int]:
         """The word ids whose embeddings adapters may train (every id but the special tokens)."""
-        from ..world.tokenizer import SPECIALS
+        from fl_sim.world.tokenizer import SPECIALS
 
         return list(range(len(SPECIALS), vocab))
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .. import FlSimError
+from fl_sim import FlSimError
 
 Precision = Literal["fp32", "bf16", "int8", "int4"]
 
@@ -86,7 +86,7 @@ class ModelPreset(Strict):
             raise ValueError("compositional applies to the teacher only, without domain_weights")
         if self.domain_weights is None:
             return self
-        from ..world.domains import DOMAINS
+        from fl_sim.world.domains import DOMAINS
 
         if self.role != "teacher":
             raise ValueError("domain_weights applies to the teacher only (device tiers train on source)")

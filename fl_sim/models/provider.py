@@ -22,7 +22,7 @@ import json
 import logging
 from pathlib import Path
 
-from .. import FlSimError
+from fl_sim import FlSimError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def check_model_dirs(models) -> None:
         path = spec if isinstance(spec, str) else spec.checkpoint
         configs[name] = cfg = check_checkpoint(f"tiers.{name}", path)
         if not isinstance(spec, str) and spec.backend == "torchao":
-            from .lowbit import require_torchao
+            from fl_sim.models.lowbit import require_torchao
 
             require_torchao(f"models.tiers.{name}")
         if not isinstance(spec, str) and spec.drop_layers:
@@ -103,17 +103,17 @@ def check_loadable(paths: dict[str, str], cache_dir: str | None) -> None:
     tokenizer in its directory, ``fl_sim.models.prompts``), that processor loads and agrees with the model;
     without one, it fits the shared word tokenizer's vocabulary and the built-in world's images (``GRID x
     GRID`` cells, one visual token each)."""
-    from .. import runtime
-    from ..world.scenes import GRID
-    from ..world.tokenizer import load_tokenizer
-    from .prompts import has_own_processor
+    from fl_sim.device import model_cache
+    from fl_sim.models.prompts import has_own_processor
+    from fl_sim.world.scenes import GRID
+    from fl_sim.world.tokenizer import load_tokenizer
 
     vocab = None
     for role, path in paths.items():
         cfg = check_checkpoint(role, path)
         if has_own_processor(path):
             try:
-                runtime.prompter_for(path, cache_dir)
+                model_cache.prompter_for(path, cache_dir)
             except FlSimError as exc:
                 raise FlSimError(f"models.{role} = {path!r}: {str(exc).split(': ', 1)[-1]}") from None
             continue
@@ -148,12 +148,12 @@ def derive_tier(name: str, spec, cache_dir: str | None) -> Path:
     """The cache folder of tier ``name`` derived from ``spec`` (a ``DerivedTier``), built once."""
     import torch
 
-    from ..cache import cache_root, get_or_build, stable_hash
-    from . import lowbit
-    from .mllm import count_params, load_mllm
-    from .prompts import PROCESSOR_FILES
-    from .quantize import quantize_linears
-    from .zoo import device_size_bytes
+    from fl_sim.cache import cache_root, get_or_build, stable_hash
+    from fl_sim.models import lowbit
+    from fl_sim.models.mllm import count_params, load_mllm
+    from fl_sim.models.prompts import PROCESSOR_FILES
+    from fl_sim.models.quantize import quantize_linears
+    from fl_sim.models.zoo import device_size_bytes
 
     source = Path(spec.checkpoint).expanduser().resolve()
     recipe = spec.model_dump(exclude={"checkpoint"} | ({"backend"} if spec.backend == "simulated" else set()))

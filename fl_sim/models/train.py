@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..world.data import sample_stream
-from ..world.domains import DOMAINS, compositional_cells
-from ..world.scenes import COLOURS, DIGIT_SHAPES, GEOMETRIC_SHAPES, GRID, SIZES
-from .mllm import Prompter, build_mllm
-from .presets import FrontendPreset, ModelPreset
+from fl_sim.models.mllm import Prompter, build_mllm
+from fl_sim.models.presets import FrontendPreset, ModelPreset
+from fl_sim.world.data import sample_stream
+from fl_sim.world.domains import DOMAINS, compositional_cells
+from fl_sim.world.scenes import COLOURS, DIGIT_SHAPES, GEOMETRIC_SHAPES, GRID, SIZES
 
 # the LM that stage A+ trains the tower under, thrown away afterwards
 PROXY_LM = ModelPreset(role="teacher", hidden=128, layers=2, heads=4, steps=1, lr=1e-3,

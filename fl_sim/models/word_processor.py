@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..world.tokenizer import IMAGE, SEP
+from fl_sim.world.tokenizer import IMAGE, SEP
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"

@@ -19,19 +19,19 @@ from pathlib import Path
 
 import torch
 
-from .. import FlSimError
-from ..cache import cache_root, extend, get_or_build, read_meta, stable_hash, verify
-from ..world.data import GENERATOR_VERSION
-from ..world.domains import COMBINED, DOMAINS, USER_DOMAINS, compositional_cells
-from ..world.tokenizer import load_tokenizer
-from ..world.user_data import build as build_user
-from ..world.user_data import cache_dir as user_cache_dir
-from .mllm import Prompter, build_frontend, build_mllm, count_params, load_mllm
-from .presets import ModelPreset, ZooPreset, get_zoo
-from .prompts import has_own_processor
-from .quantize import quantize_linears
-from .train import adapt_frontend, train_answers, train_frontend
-from .word_processor import save_processor
+from fl_sim import FlSimError
+from fl_sim.cache import cache_root, extend, get_or_build, read_meta, stable_hash, verify
+from fl_sim.models.mllm import Prompter, build_frontend, build_mllm, count_params, load_mllm
+from fl_sim.models.presets import ModelPreset, ZooPreset, get_zoo
+from fl_sim.models.prompts import has_own_processor
+from fl_sim.models.quantize import quantize_linears
+from fl_sim.models.train import adapt_frontend, train_answers, train_frontend
+from fl_sim.models.word_processor import save_processor
+from fl_sim.world.data import GENERATOR_VERSION
+from fl_sim.world.domains import COMBINED, DOMAINS, USER_DOMAINS, compositional_cells
+from fl_sim.world.tokenizer import load_tokenizer
+from fl_sim.world.user_data import build as build_user
+from fl_sim.world.user_data import cache_dir as user_cache_dir
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
@@ -125,7 +125,7 @@ def _init_worker(threads: int) -> None:
 def _build_chain(chain: list, zoo_name: str, fe_dir: str, cell_px: int, seed: int, cache_dir: str | None,
                  queue, user_domains: dict, user_cache: str | None) -> None:
     """Worker process: train and cache each ``(role, preset, folder)`` of ``chain`` in turn."""
-    from ..world.user_data import register
+    from fl_sim.world.user_data import register
 
     register(user_domains, user_cache)  # the parent's domains on disk: the same vocabulary and data
     zoo, tokenizer = get_zoo(zoo_name), load_tokenizer(cache_dir)
@@ -188,7 +188,7 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     ``overrides`` maps a role ("teacher" or a tier name) to a local Hugging Face checkpoint directory
     that replaces the preset (it must use the shared tokenizer's vocabulary). Models missing from the
     cache train in ``workers`` spawned processes when ``workers > 1`` (1 = in this process; the CLI
-    uses ``fl_sim.cli.default_workers()``); the models are the same either way. A script calling this with
+    uses ``fl_sim.app.cli.default_workers()``); the models are the same either way. A script calling this with
     ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard of spawned processes. ``roles``
     (default: all) limits the zoo to those roles (the others are neither trained nor loaded).
     """

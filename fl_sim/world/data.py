@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import FlSimError
-from ..cache import cache_root, get_or_build, stable_hash
-from .domains import DOMAINS, FAMILIES, USER_DOMAINS, Domain, get_domain, make_sample
+from fl_sim import FlSimError
+from fl_sim.cache import cache_root, get_or_build, stable_hash
+from fl_sim.world.domains import DOMAINS, FAMILIES, USER_DOMAINS, Domain, get_domain, make_sample
 
 SPLITS = {"train": 0, "test": 1}
 GENERATOR_VERSION = 1
@@ -39,7 +39,7 @@ def sample_stream(domain: str | Domain, split: str, seed: int, cell_px: int, fam
 
 
 def _user_stream(domain: str, split: str, seed: int, cell_px: int):
-    from .user_data import load
+    from fl_sim.world.user_data import load
 
     ds = load(domain, split, 10**12, seed, cell_px, None)
     cols = {k: ds[k] for k in ("image", "question", "answer", "family")}
@@ -87,7 +87,7 @@ def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16
     from datasets import Dataset, load_from_disk
 
     if domain in USER_DOMAINS:
-        from .user_data import load
+        from fl_sim.world.user_data import load
 
         return load(domain, split, n, seed, cell_px, cache_dir)
     get_domain(domain)

@@ -20,8 +20,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import FlSimError
-from .scenes import COLOURS, DIGIT_SHAPES, GEOMETRIC_SHAPES, GRID, POSITIONS, SIZES, SceneObject, digit_pool, render
+from fl_sim import FlSimError
+from fl_sim.world.scenes import (
+    COLOURS,
+    DIGIT_SHAPES,
+    GEOMETRIC_SHAPES,
+    GRID,
+    POSITIONS,
+    SIZES,
+    SceneObject,
+    digit_pool,
+    render,
+)
 
 
 @dataclass(frozen=True)
@@ -244,7 +254,7 @@ def make_sample(domain: Domain, rng: np.random.Generator, split: str, cell_px: i
 
 def corpus_words() -> list[str]:
     """Every word any question, answer or caption can contain (the closed vocabulary)."""
-    from .scenes import COLOURS, GEOMETRIC_SHAPES, POSITIONS
+    from fl_sim.world.scenes import COLOURS, GEOMETRIC_SHAPES, POSITIONS
 
     words = set("is there a how many are what colour the shape object where describe image and ? .".split())
     words |= set(COUNT_WORDS) | {"yes", "no"} | set(SIZES) | set(COLOURS) | set(GEOMETRIC_SHAPES) | set(DIGIT_SHAPES)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import cache_root, get_or_build, stable_hash
-from .domains import DOMAINS, FAMILIES, corpus_words, make_sample
+from fl_sim.cache import cache_root, get_or_build, stable_hash
+from fl_sim.world.domains import DOMAINS, FAMILIES, corpus_words, make_sample
 
 PAD, BOS, EOS, IMAGE, SEP, UNK = "<pad>", "<bos>", "<eos>", "<image>", "<sep>", "<unk>"
 SPECIALS = [PAD, BOS, EOS, IMAGE, SEP, UNK]
@@ -41,7 +41,7 @@ def load_tokenizer(cache_dir: str | None = None, n_corpus: int = 300, seed: int 
     With user domains, its cache key (and so every zoo model's) covers their words."""
     from transformers import PreTrainedTokenizerFast
 
-    from .user_data import registered_words
+    from fl_sim.world.user_data import registered_words
 
     extra = registered_words()
     spec = {"n_corpus": n_corpus, "seed": seed, "vocab": corpus_words(), "specials": SPECIALS}

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import FlSimError
-from .domains import DOMAINS, USER_DOMAINS
+from fl_sim import FlSimError
+from fl_sim.world.domains import DOMAINS, USER_DOMAINS
 
 VERSION = 1
 TYPE_DEFAULT = "vqa"
@@ -38,7 +38,7 @@ _STATE: dict = {"cache_dir": None, "built": {}}
 def register(domains: dict, cache_dir: str | None = None) -> None:
     """Make ``domains`` (name -> ``UserDomainConfig`` or its dict) this process's user domains, cached under
     ``cache_dir``."""
-    from ..config import UserDomainConfig
+    from fl_sim.config import UserDomainConfig
 
     check_names(domains)
     USER_DOMAINS.clear()
@@ -76,7 +76,7 @@ def _read(name: str, spec, cache_dir: str | None):
     if not folder.is_dir():
         raise FlSimError(f"{where}: no such directory")
     if (folder / "metadata.jsonl").is_file() or (folder / "metadata.csv").is_file():
-        from ..cache import cache_root
+        from fl_sim.cache import cache_root
 
         meta = folder / ("metadata.jsonl" if (folder / "metadata.jsonl").is_file() else "metadata.csv")
         lines = [ln for ln in meta.read_text(errors="replace").splitlines() if ln.strip()]
@@ -165,8 +165,8 @@ def build(name: str, spec, cell_px: int, cache_dir: str | None) -> Path:
     written to the cache."""
     from datasets import Dataset
 
-    from ..cache import cache_root, get_or_build, stable_hash
-    from .data import _features
+    from fl_sim.cache import cache_root, get_or_build, stable_hash
+    from fl_sim.world.data import _features
 
     memo = (name, spec.model_dump_json(), cell_px, cache_dir)
     if memo in _STATE["built"]:
@@ -231,7 +231,7 @@ def load(name: str, split: str, n: int, seed: int, cell_px: int, cache_dir: str 
 
 def registered_words(cell_px: int = 16) -> list[str]:
     """Every word of the registered domains' questions and answers (the shared tokenizer's extra words)."""
-    from ..cache import read_meta
+    from fl_sim.cache import read_meta
 
     out: set[str] = set()
     for name, spec in USER_DOMAINS.items():

@@ -11,18 +11,18 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import placement
-from .models.adapters import AdapterConfig, adapter_state, add_adapters
-from .models.mllm import Prompter, load_mllm
-from .models.prompts import has_own_processor
-from .world.data import load_split, partition_rows
-from .world.scenes import GRID
-from .world.tokenizer import load_tokenizer
+from fl_sim.models import placement
+from fl_sim.models.adapters import AdapterConfig, adapter_state, add_adapters
+from fl_sim.models.mllm import Prompter, load_mllm
+from fl_sim.models.prompts import has_own_processor
+from fl_sim.world.data import load_split, partition_rows
+from fl_sim.world.scenes import GRID
+from fl_sim.world.tokenizer import load_tokenizer
 
 
 def adapted_model(model_path: str, lora_r: int = 8, tokens: bool = False, projector: str = "full"):
     """``(model, initial_adapter_state)``: the base MLLM at ``model_path`` with LoRA adapters (and trainable
-    word embeddings with ``tokens``), one copy per process and device (``fl_sim.placement``). The initial
+    word embeddings with ``tokens``), one copy per process and device (``fl_sim.models.placement``). The initial
     state (LoRA B = 0, projector = base, token deltas = 0, on the CPU) makes the model equal to its base."""
     return _adapted_model(model_path, lora_r, tokens, projector, str(placement.current()))
 
@@ -70,7 +70,7 @@ def _int8_model(model_path: str):
 
 def prompter(cache_dir: str | None) -> Prompter:
     """The shared tokenizer's prompter (its vocabulary covers this process's user domains)."""
-    from .world.domains import USER_DOMAINS
+    from fl_sim.world.domains import USER_DOMAINS
 
     return _prompter(cache_dir, tuple((n, s.model_dump_json()) for n, s in sorted(USER_DOMAINS.items())))
 
@@ -91,8 +91,8 @@ def prompter_for(model_path: str, cache_dir: str | None) -> Prompter:
 
 @lru_cache(maxsize=8)
 def _prompter_for(model_path: str, device: str) -> Prompter:
-    from .models.mllm import visual_tokens
-    from .models.prompts import CheckpointPrompter
+    from fl_sim.models.mllm import visual_tokens
+    from fl_sim.models.prompts import CheckpointPrompter
 
     model = _base_model(model_path, device)
     probe = CheckpointPrompter(model_path, model.config, 1)  # the tower's token count, from one blank image
@@ -142,8 +142,8 @@ def device_pools(domain: str, n: int, seed: int, cache_dir: str | None, num_devi
     """
     from importlib.metadata import version
 
-    from .cache import cache_root, get_or_build, stable_hash
-    from .world.data import GENERATOR_VERSION
+    from fl_sim.cache import cache_root, get_or_build, stable_hash
+    from fl_sim.world.data import GENERATOR_VERSION
 
     key = stable_hash({"v": GENERATOR_VERSION, "domain": domain, "n": n, "seed": seed, "devices": num_devices,
                        "kind": kind, "by": by, "alpha": alpha,
@@ -174,7 +174,7 @@ def reference_token(model_path: str, cache_dir: str | None) -> torch.Tensor:
     Device and cloud compute the same vector (the front-end is shared and frozen): the device scores
     token novelty against it, the cloud fills tokens that were not uploaded with it.
     """
-    from .models.mllm import visual_tokens
+    from fl_sim.models.mllm import visual_tokens
 
     ds = split("source", "train", 256, 0, cache_dir)
     with torch.no_grad():

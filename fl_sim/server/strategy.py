@@ -1,8 +1,8 @@
 """FleetStrategy: the server loop researchers need, on Flower's ``Strategy``.
 
-Per round: sample available devices with over-commitment (``fl_sim.selection``), send each its task,
-collect replies, cut stragglers on simulated times (``fl_sim.timing``; devices that raise are failed),
-aggregate, evaluate on the server (``fl_sim.evaluation``), then hand the round's record to the
+Per round: sample available devices with over-commitment (``fl_sim.server.selection``), send each its task,
+collect replies, cut stragglers on simulated times (``fl_sim.server.timing``; devices that raise are failed),
+aggregate, evaluate on the server (``fl_sim.server.evaluation``), then hand the round's record to the
 callbacks (results, TensorBoard, checkpoint, console: ``fl_sim.callbacks``).
 
 A strategy is one file: the server half subclasses this, and names its device half, a behaviour in
@@ -33,30 +33,30 @@ import torch
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
-from fl_sim import runtime
+from fl_sim.callbacks.continual import ContinualTracker
 from fl_sim.config import ExperimentConfig
-from fl_sim.continual import ContinualTracker
-from fl_sim.evaluation import FleetEvaluator, eval_domains
-from fl_sim.fleet import DeviceProfile
-from fl_sim.grid import num_nodes, provision_nodes, send_and_receive
-from fl_sim.selection import sample_devices
-from fl_sim.task import EMULATE, DeviceTask, task_record
-from fl_sim.timing import straggler_cut
-from fl_sim.wire import from_array_record, payload_bytes, to_array_record
+from fl_sim.device import model_cache
+from fl_sim.fleet.profiles import DeviceProfile
+from fl_sim.protocol.records import from_array_record, payload_bytes, to_array_record
+from fl_sim.protocol.task import EMULATE, DeviceTask, task_record
+from fl_sim.server.evaluation import FleetEvaluator, eval_domains
+from fl_sim.server.nodes import num_nodes, provision_nodes, send_and_receive
+from fl_sim.server.selection import sample_devices
+from fl_sim.server.timing import straggler_cut
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunContext:
-    """Everything a strategy needs about the run (built by ``fl_sim.run``)."""
+    """Everything a strategy needs about the run (built by ``fl_sim.app.run``)."""
     cfg: ExperimentConfig
     fleet: list[DeviceProfile]
     model_paths: dict[str, str]  # tier -> checkpoint dir (and "teacher")
     run_dir: Path
     abort: threading.Event = field(default_factory=threading.Event)
     replay: dict | None = None  # round -> (sampled, kept device ids) to replay (``fleet.replay``)
-    env_path: str = ""  # the devices' environment (``fl_sim.device_env``), given to each node once
+    env_path: str = ""  # the devices' environment (``fl_sim.device.environment``), given to each node once
     callbacks: list = field(default_factory=list)  # ``fl_sim.callbacks.Callback``s, called in order
 
 
@@ -163,7 +163,7 @@ class FleetStrategy(Strategy):
 
     @classmethod
     def store_dir(cls, run_dir: Path) -> Path | None:
-        """Where the devices read what the server stores for them (``fl_sim.version_store``), if anywhere."""
+        """Where the devices read what the server stores for them (``fl_sim.protocol.version_store``), if anywhere."""
         return None
 
     @classmethod
@@ -180,7 +180,7 @@ class FleetStrategy(Strategy):
         return {t: self.initial_state(t) for t in self.tiers}
 
     def initial_state(self, tier: str) -> dict[str, torch.Tensor]:
-        _, init = runtime.adapted_model(self.ctx.model_paths[tier], *self.s.adapters())
+        _, init = model_cache.adapted_model(self.ctx.model_paths[tier], *self.s.adapters())
         return {k: v.clone() for k, v in init.items()}
 
     def checkpoint_state(self) -> dict:
@@ -286,7 +286,7 @@ class FleetStrategy(Strategy):
         return m
 
     def evaluate_tiers(self) -> dict:
-        """Accuracy of each tier's current model per domain (``fl_sim.evaluation.FleetEvaluator``)."""
+        """Accuracy of each tier's current model per domain (``fl_sim.server.evaluation.FleetEvaluator``)."""
         return self.evaluator({tier: self.device_weights(tier) for tier in self.tiers})
 
     # ----------------------------------------------------------------- the loop
@@ -307,7 +307,7 @@ class FleetStrategy(Strategy):
         """Build (or find cached) every domain's device partition once here, not in each Ray worker."""
         f = self.cfg.fleet
         for domain in sorted({d for _, d in self._first()}):
-            runtime.device_pools(domain, f.train_size, self.cfg.seed, self.cfg.cache_dir, len(self.ctx.fleet),
+            model_cache.device_pools(domain, f.train_size, self.cfg.seed, self.cfg.cache_dir, len(self.ctx.fleet),
                                  f.partition, f.partition_by, f.dirichlet_alpha)
 
     def provision(self) -> dict:
@@ -321,7 +321,7 @@ class FleetStrategy(Strategy):
 
     def start(self) -> int:
         """Resume from the run directory's checkpoint, or initialise; returns the last completed round."""
-        from fl_sim.checkpoint import load_checkpoint
+        from fl_sim.server.checkpoint import load_checkpoint
 
         ck = load_checkpoint(self.ctx.run_dir)
         if ck is None:

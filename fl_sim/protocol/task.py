@@ -5,7 +5,7 @@ behaviour's settings (its ``Settings`` model, validated again on the device). It
 string in the message's ``"task"`` ConfigRecord; the downlink payload a strategy sends (adapter
 weights, DWC payloads) travels beside it in the same message. Everything in the message is counted as
 downlink bytes but one record added after counting, ``emulate``: which device the receiving Flower node
-emulates (a real device knows who it is). Other simulation plumbing is in ``fl_sim.device_env``.
+emulates (a real device knows who it is). Other simulation plumbing is in ``fl_sim.device.environment``.
 """
 
 from __future__ import annotations

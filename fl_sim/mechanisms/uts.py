@@ -43,8 +43,8 @@ import math
 import numpy as np
 import torch
 
-from . import FlSimError, PayloadError, ceil_share
-from .config import UTSConfig  # noqa: F401 - the [strategy.uts] section, also named here
+from fl_sim import FlSimError, PayloadError, ceil_share
+from fl_sim.config import UTSConfig  # noqa: F401 - the [strategy.uts] section, also named here
 
 MAX_TOKEN_VALUE = 1e4  # front-end features are O(10); anything this large is corrupt
 

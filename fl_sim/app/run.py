@@ -16,9 +16,9 @@ import tomllib
 import traceback
 from pathlib import Path
 
-from . import FlSimError, Stopped
-from .config import ExperimentConfig, load_run_config, to_toml, with_legacy_values
-from .fleet import load_participation, make_fleet, save_trace
+from fl_sim import FlSimError, Stopped
+from fl_sim.config import ExperimentConfig, load_run_config, to_toml, with_legacy_values
+from fl_sim.fleet.profiles import load_participation, make_fleet, save_trace
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
 
 
 def backend_config(cfg: ExperimentConfig) -> dict:
-    from .placement import gpu_count
+    from fl_sim.models.placement import gpu_count
 
     sim = cfg.simulation
     init = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
@@ -49,8 +49,8 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
                 callbacks: list | None = None):
     """Everything a run needs before Flower starts: the checks, the zoo (pretrained or cached), the fleet,
     the run directory with its config, fleet and device environment, and the strategy. Returns the
-    strategy, whose ``run(grid)`` is the ServerApp's main loop (``run_experiment``, ``fl_sim.flower_app``)."""
-    from .preflight import check_run
+    strategy, whose ``run(grid)`` is the ServerApp's main loop (``run_experiment``, ``fl_sim.app.flower_app``)."""
+    from fl_sim.app.preflight import check_run
 
     run_dir = Path(run_dir or run_dir_for(cfg))
     if cfg.fleet.replay and Path(cfg.fleet.replay).resolve() in (run_dir.resolve(),
@@ -58,24 +58,23 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
         raise FlSimError(f"fleet.replay names this run's own directory {run_dir}; give the run another name "
                          "(--set name=...)")
     check_run(cfg)  # everything the run was given, before a model is loaded or Ray starts
-    from . import placement
+    from fl_sim.models import placement
 
     placement.check(cfg.simulation)
     placement.use(cfg.simulation.device, cfg.simulation.precision)  # the server's models and passes
-    from .world.user_data import build_all
+    from fl_sim.world.user_data import build_all
 
     build_all()  # the user domains' data, read and checked before any model trains
+    from fl_sim.callbacks.checkpointing import Checkpointing
+    from fl_sim.callbacks.hook import OnRound
+    from fl_sim.callbacks.results import ResultsLogger
+    from fl_sim.config import tier_names
+    from fl_sim.device.environment import device_environment
+    from fl_sim.models.provider import check_loadable, resolve_models
+    from fl_sim.models.provider import record as record_models
+    from fl_sim.models.zoo import pretrain_zoo
+    from fl_sim.server.strategy import RunContext
     from strategies import get_strategy
-    from strategies.base import RunContext
-
-    from .callbacks.checkpointing import Checkpointing
-    from .callbacks.hook import OnRound
-    from .callbacks.results import ResultsLogger
-    from .config import tier_names
-    from .device_env import device_environment
-    from .models.provider import check_loadable, resolve_models
-    from .models.provider import record as record_models
-    from .models.zoo import pretrain_zoo
 
     strategy_cls = get_strategy(cfg.strategy.name)
     m = cfg.models
@@ -147,8 +146,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
             ctx.abort.set()
 
     from clients.device import app as client_app
-
-    from .grid import num_nodes
+    from fl_sim.server.nodes import num_nodes
 
     quiet_flower()
     t0 = time.time()
@@ -257,9 +255,9 @@ def check_same_models(run_dir: Path, cfg: ExperimentConfig, hint: str, resolved:
     rec = Path(run_dir) / "models.json"
     if not rec.is_file():
         return
-    from .models.provider import content_hash, resolve_models
-    from .models.zoo import pretrain_zoo
-    from .world.user_data import build_all, register
+    from fl_sim.models.provider import content_hash, resolve_models
+    from fl_sim.models.zoo import pretrain_zoo
+    from fl_sim.world.user_data import build_all, register
 
     key = (cfg.zoo, cfg.zoo_seed, cfg.cache_dir, cfg.models.model_dump_json(), str(sorted(cfg.domains.items())))
     resolved = {} if resolved is None else resolved

@@ -31,7 +31,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import FlSimError
+from fl_sim import FlSimError
 
 GIB = 2**30
 DRIVER_BYTES = 2 * GIB
@@ -44,7 +44,7 @@ SPLIT_BUILD_BYTES = 400 * 2**20  # building one split, an upper bound (57 MiB an
 PARTITION_BUILD_BYTES = 2_000  # per device, computing one domain's partitions (1.7 KB measured at 100,000)
 ROUND_SAMPLE_BYTES = 200_000
 ROUND_DISK_BYTES = 4_000
-BUILTIN_DOMAINS = 4  # every run evaluates the built-in domains (fl_sim.evaluation.eval_domains)
+BUILTIN_DOMAINS = 4  # every run evaluates the built-in domains (fl_sim.server.evaluation.eval_domains)
 
 
 def domains(cfg) -> int:
@@ -63,7 +63,7 @@ def workers(cfg) -> int:
 
 def needs(cfg, n_devices: int, cloud_workers: int = 0) -> dict[str, dict[str, float]]:
     """``{"memory": {term: bytes}, "disk": {term: bytes}}`` of the run ``cfg`` with ``n_devices`` devices
-    (``cloud_workers``: the cloud's own worker processes, ``fl_sim.preflight.cloud_workers``)."""
+    (``cloud_workers``: the cloud's own worker processes, ``fl_sim.app.preflight.cloud_workers``)."""
     f, s = cfg.fleet, cfg.strategy
     w = workers(cfg)
     sampled = min(n_devices, s.clients_per_round * s.over_commit)

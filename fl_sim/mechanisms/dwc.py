@@ -51,8 +51,8 @@ import zlib
 import numpy as np
 import torch
 
-from . import FlSimError, PayloadError, ceil_share
-from .config import DWCConfig
+from fl_sim import FlSimError, PayloadError, ceil_share
+from fl_sim.config import DWCConfig
 
 VERSION = 3
 SELECT, QUANTIZE = 1, 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import runtime
-from .models.evaluate import evaluate
-from .world.data import load_split
-from .world.domains import COMBINED, DOMAINS, SHIFTED, USER_DOMAINS, VQA_FAMILIES
+from fl_sim.device import model_cache
+from fl_sim.models.evaluate import evaluate
+from fl_sim.world.data import load_split
+from fl_sim.world.domains import COMBINED, DOMAINS, SHIFTED, USER_DOMAINS, VQA_FAMILIES
 
 TEACHER_MIN = 0.85        # teacher exact match on every domain
 DEVICE_SOURCE_MIN = 0.70  # every device tier on the source domain
@@ -27,7 +27,7 @@ def evaluate_zoo(zoo, n_test: int = 300, seed: int = 0, cell_px: int = 16, cache
 
 
 def print_eval(table: dict) -> None:
-    from .report_table import print_rows
+    from fl_sim.report.table import print_rows
 
     rows = []
     exact = any("vqa_exact" in r for by_domain in table.values() for r in by_domain.values())
@@ -81,21 +81,21 @@ def eval_domains(fleet) -> list[str]:
 
 def eval_sets(cfg, domains=DOMAINS) -> dict:
     """The run's server-side test sets: ``eval.n_test`` samples of each of ``domains``, drawn with the run seed."""
-    return {d: runtime.split(d, "test", cfg.eval.n_test, cfg.seed, cfg.cache_dir) for d in domains}
+    return {d: model_cache.split(d, "test", cfg.eval.n_test, cfg.seed, cfg.cache_dir) for d in domains}
 
 
 def evaluate_adapters(cfg, model_paths: dict, states: dict, fleet_tiers: list[str], domains=DOMAINS) -> dict:
     """``{"acc": domain -> tier-share-weighted accuracy (and "overall"), "acc_tier": tier -> domain -> acc}``
     of each tier's model with adapter state ``states[tier]`` (``None`` = the initial adapters, i.e. the
     base model) on ``domains``, the tier shares counted over ``fleet_tiers`` (one entry per device)."""
-    from .models.adapters import load_adapter_state
+    from fl_sim.models.adapters import load_adapter_state
 
     sets = eval_sets(cfg, domains)
     per_tier = {}
     for tier, state in states.items():
-        model, init = runtime.adapted_model(model_paths[tier], *cfg.strategy.adapters())
+        model, init = model_cache.adapted_model(model_paths[tier], *cfg.strategy.adapters())
         load_adapter_state(model, state if state is not None else init)
-        pr = runtime.prompter_for(model_paths[tier], cfg.cache_dir)
+        pr = model_cache.prompter_for(model_paths[tier], cfg.cache_dir)
         per_tier[tier] = {d: r.get("vqa", float("nan")) for d, r in evaluate(model, pr, sets).items()}
     share = {t: fleet_tiers.count(t) / len(fleet_tiers) for t in states}
     by_domain = {d: sum(share[t] * per_tier[t][d] for t in states) for d in sets}
@@ -116,7 +116,7 @@ class FleetEvaluator:
         and ``source_only_acc``."""
         if self.teacher_acc is None:
             path = self.model_paths["teacher"]
-            t = evaluate(runtime.base_model(path), runtime.prompter_for(path, self.cfg.cache_dir),
+            t = evaluate(model_cache.base_model(path), model_cache.prompter_for(path, self.cfg.cache_dir),
                          eval_sets(self.cfg, self.domains))
             self.teacher_acc = {d: r.get("vqa", float("nan")) for d, r in t.items()}
         base = all(s is None for s in states.values())

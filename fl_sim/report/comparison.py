@@ -27,13 +27,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metrics import finite_json
+from fl_sim.callbacks.results_file import finite_json
 
 log = logging.getLogger(__name__)
 DASH = "—"
 PLOTS = ("acc_vs_bytes.png", "acc_vs_virtual_time.png", "acc_per_domain.png", "source_forgetting.png",
          "continual.png")
-CONTINUAL = ("acc_seen", "forgetting", "bwt")  # fl_sim.continual's figures, per evaluated round
+CONTINUAL = ("acc_seen", "forgetting", "bwt")  # fl_sim.callbacks.continual's figures, per evaluated round
 
 
 @dataclass
@@ -274,7 +274,7 @@ def build_report(refs: list[RunRef], out_dir: Path, title: str = "Strategy compa
     md += [f"| {r['label']} | " + " | ".join(_pm(r["acc"][d], 100) for d in [*domains, "overall"]) + " |" for r in rows]
     md += ["", "## Continual learning (final evaluated round)", "",
            "Over the domains each tier has met: accuracy, forgetting (the drop from each domain's best accuracy), "
-           "and backward transfer on the domains left behind (`fl_sim/continual.py`); in points.", "",
+           "and backward transfer on the domains left behind (`fl_sim/callbacks/continual.py`); in points.", "",
            "| label | seen-domain acc | forgetting | backward transfer |", "|---|---|---|---|"]
     md += [f"| {r['label']} | " + " | ".join(_pm(r[k], 100) for k in CONTINUAL) + " |" for r in rows]
     if paired is not None:

@@ -6,7 +6,7 @@ worker's ``CUDA_VISIBLE_DEVICES``, so its share is ``cuda``), on the CPU otherwi
 
 Conventions that keep CPU runs bit-identical and GPU runs simple:
 
-- models move to the device once, when ``fl_sim.runtime`` loads them (its caches are keyed by device);
+- models move to the device once, when ``fl_sim.device.model_cache`` loads them (its caches are keyed by device);
 - tensors passed between functions (visual tokens, targets, adapter states, payloads) live on the CPU;
   a function that runs a model moves its inputs to the model (``to_model``) and its outputs back;
 - ``autocast()`` is bf16 autocast on CUDA and nothing on the CPU (``precision = "auto"``), because bf16 matmuls
@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-from . import FlSimError
+from fl_sim import FlSimError
 
 _STATE = {"device": torch.device("cpu"), "bf16": False}
 

@@ -12,7 +12,7 @@ from dataclasses import astuple, fields
 
 import numpy as np
 
-from .fleet import DeviceProfile
+from fl_sim.fleet.profiles import DeviceProfile
 
 KINDS = {f.name: f.type for f in fields(DeviceProfile)}
 DTYPES = {"int": np.int64, "float": np.float64}

@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from . import FlSimError
-from .world.domains import DOMAINS, SHIFTED, domain_error
+from fl_sim import FlSimError
+from fl_sim.world.domains import DOMAINS, SHIFTED, domain_error
 
 
 class Section(BaseModel):
@@ -101,7 +101,7 @@ class AKDConfig(Section):
         "prompt + answer (the values before this option; 0.1-0.2 % of them differ in their last fp16 bit)"))
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field("auto", description=(
         "processes that train the tiers' adapters side by side with the cloud process, each tier single-"
-        'threaded (fl_sim/cloud_pool.py); "auto" = one per tier beyond the first on a CPU with 2+ cores, none '
+        'threaded (fl_sim/cloud/worker_pool.py); "auto" = one per tier beyond the first on a CPU with 2+ cores, none '
         "on a GPU; 0 = every tier in the cloud process on its threads (bitwise the same adapters for the "
         "default zoo: benchmarks/parallel_akd.py)"))
 
@@ -146,7 +146,7 @@ class Range(Section):
 
 
 class ScheduleConfig(Section):
-    """``[fleet.schedule]``: each device's own sequence of domains (``fl_sim.schedule``), drawn from the run
+    """``[fleet.schedule]``: each device's own sequence of domains (``fl_sim.fleet.schedule``), drawn from the run
     seed; replaces the single shift (``shift_round``, ``shift_domains``)."""
     first: str = Field("source", description="the domain every device starts in")
     domains: dict[str, float] = Field(default_factory=lambda: {d: 1.0 for d in DOMAINS}, description=(
@@ -257,7 +257,7 @@ class SimulationConfig(Section):
         "mapped, before round 1 (the cost is logged as the warm-up phase, not charged to round 1)"))
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description=(
         "where the server runs teacher labelling, AKD, DWC and evaluation: auto (CUDA when available), cpu, "
-        "cuda or cuda:N (fl_sim.placement)"))
+        "cuda or cuda:N (fl_sim.models.placement)"))
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description=(
         "forward passes: auto = bf16 autocast on CUDA, fp32 on the CPU (bf16 is slower there and changes the "
         "figures); fp32; bf16 (autocast wherever the models run)"))
@@ -265,7 +265,7 @@ class SimulationConfig(Section):
         "GPU share of each virtual client (Flower client resources; fractional: 0.25 = four clients per GPU). "
         "With 0 the devices' models run on the CPU"))
     check_capacity: bool = Field(True, description=(
-        "refuse a run whose estimated memory or disk (fl_sim.capacity) exceeds what this machine has; "
+        "refuse a run whose estimated memory or disk (fl_sim.app.capacity) exceeds what this machine has; "
         "false on a cluster, where the workers' memory is elsewhere"))
 
 
@@ -414,7 +414,7 @@ def tier_names(cfg: ExperimentConfig) -> list[str]:
     """The run's device tiers: ``models.tiers`` when given, else the zoo's."""
     if cfg.models.tiers:
         return list(cfg.models.tiers)
-    from .models.presets import get_zoo
+    from fl_sim.models.presets import get_zoo
 
     return list(get_zoo(cfg.zoo).tiers)
 

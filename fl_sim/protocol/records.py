@@ -91,7 +91,7 @@ def unpack_arrays(blob: np.ndarray) -> dict[str, np.ndarray]:
     """The arrays packed by ``pack_arrays``; ``PayloadError`` naming what is wrong with a malformed blob."""
     import json
 
-    from . import PayloadError
+    from fl_sim import PayloadError
 
     if not isinstance(blob, np.ndarray) or blob.dtype != np.uint8 or blob.ndim != 1:
         what = f"{blob.dtype} {blob.shape}" if isinstance(blob, np.ndarray) else type(blob).__name__

@@ -24,16 +24,16 @@ app = ServerApp()
 
 @app.main()
 def main(grid, context) -> None:
-    from .cli import parse_set_overrides, quiet_libraries
-    from .config import load_config
-    from .run import prepare_run, quiet_flower
+    from fl_sim.app.cli import parse_set_overrides, quiet_libraries
+    from fl_sim.app.run import prepare_run, quiet_flower
+    from fl_sim.config import load_config
 
     quiet_libraries()
     quiet_flower()
     rc = dict(context.run_config)
     overrides = parse_set_overrides([s for s in str(rc.get("set", "")).split(";") if s.strip()])
     overrides.setdefault("output_dir", str(Path(str(rc.get("output-dir", "~/fl-sim/runs"))).expanduser()))
-    cfg = load_config(Path(__file__).resolve().parents[1] / str(rc["experiment"]), overrides)
+    cfg = load_config(Path(__file__).resolve().parents[2] / str(rc["experiment"]), overrides)
     strategy = prepare_run(cfg)
     strategy.run(grid, n_nodes=0)  # the federation's SuperNodes, however many registered
     print(f"fl-sim: results in {strategy.ctx.run_dir}/results.jsonl", flush=True)

@@ -2,7 +2,7 @@
 
 The server draws ``ceil(clients_per_round * over_commit)`` of the devices available at the current
 virtual time from the round's own random stream (FedScale's over-commitment: the slowest are cut
-later, see ``fl_sim.timing``). A replayed run (``fleet.replay``) samples what the recorded run sampled.
+later, see ``fl_sim.server.timing``). A replayed run (``fleet.replay``) samples what the recorded run sampled.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .fleet import DeviceProfile
+from fl_sim.fleet.profiles import DeviceProfile
 
 
 def available(fleet: list[DeviceProfile], clock_s: float) -> list[DeviceProfile]:

@@ -1,5 +1,5 @@
 """One tier's AKD round as data: everything the cloud trains a tier's adapters from, so that the training
-runs in the cloud process or in a worker (``fl_sim.cloud_pool``) with the same result.
+runs in the cloud process or in a worker (``fl_sim.cloud.worker_pool``) with the same result.
 
 The cloud draws the round's batches up front: ``plan`` holds one index array per step into ``table``, the
 rows those batches use, so the job carries no random stream of the cloud's. With ``probe`` (DWC-aware
@@ -21,15 +21,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import akd, dwc, placement, runtime
-from .config import AKDConfig, DWCConfig
-from .models.adapters import adapter_state, load_adapter_state
+from fl_sim.config import AKDConfig, DWCConfig
+from fl_sim.device import model_cache
+from fl_sim.mechanisms import akd, dwc
+from fl_sim.models import placement
+from fl_sim.models.adapters import adapter_state, load_adapter_state
 
 
 @dataclass
 class TierJob:
     model_path: str
-    adapters: tuple  # runtime.adapted_model's (lora_r, tokens, projector)
+    adapters: tuple  # model_cache.adapted_model's (lora_r, tokens, projector)
     cfg: AKDConfig
     seed: int
     cloud: dict[str, torch.Tensor]  # the cloud copy's adapter state before the round
@@ -63,7 +65,7 @@ def run(job: TierJob) -> TierResult:
 
 
 def _run(job: TierJob, t0: float) -> TierResult:
-    model, _ = runtime.adapted_model(job.model_path, *job.adapters)
+    model, _ = model_cache.adapted_model(job.model_path, *job.adapters)
     load_adapter_state(model, job.cloud)
     out_dim, in_dim = job.align["weight"].shape
     align = torch.nn.Linear(in_dim, out_dim)

@@ -11,7 +11,7 @@ import time
 import warnings
 from contextlib import contextmanager
 
-from . import FlSimError, Stopped
+from fl_sim import FlSimError, Stopped
 
 log = logging.getLogger("fl_sim")
 
@@ -43,7 +43,7 @@ def _progress(quiet: bool):
         yield None
         return
     if not sys.stdout.isatty():  # a log file: a line per model every 30 s (rich would draw nothing until the end)
-        from .progress_lines import LineProgress
+        from fl_sim.app.progress_lines import LineProgress
 
         yield LineProgress()
         return
@@ -81,8 +81,8 @@ def _user_domains(args) -> None:
     """``--domains FILE``: register that experiment's ``[domains]`` and convert (and check) their data."""
     if not args.domains:
         return
-    from .config import load_config
-    from .world.user_data import build_all, register
+    from fl_sim.config import load_config
+    from fl_sim.world.user_data import build_all, register
 
     cfg = load_config(args.domains)
     if not cfg.domains:
@@ -93,18 +93,18 @@ def _user_domains(args) -> None:
 
 
 def cmd_pretrain(args) -> int:
-    from .preflight import check_models
+    from fl_sim.app.preflight import check_models
 
     check_models(args.zoo, _overrides(args.model))
     _user_domains(args)
     start_libraries()
-    from .models.zoo import pretrain_zoo, zoo_summary
+    from fl_sim.models.zoo import pretrain_zoo, zoo_summary
 
     t0 = time.time()
     with _progress(args.quiet) as p:
         zoo = pretrain_zoo(args.zoo, seed=args.seed, cache_dir=args.cache_dir, overrides=_overrides(args.model),
                            progress=p, workers=args.workers)
-    from .report_table import print_rows
+    from fl_sim.report.table import print_rows
 
     print_rows(zoo_summary(zoo), title=f"model zoo '{args.zoo}'")
     print(f"pretrain: {time.time() - t0:.1f} s (models cached under {zoo.paths['frontend'].parent})")
@@ -114,15 +114,15 @@ def cmd_pretrain(args) -> int:
 def cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from .preflight import check_models
+    from fl_sim.app.preflight import check_models
 
     check_models(args.zoo, _overrides(args.model))
     _user_domains(args)
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise FlSimError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist")
     start_libraries()
-    from .evaluation import check_targets, evaluate_zoo, print_eval
-    from .models.zoo import pretrain_zoo
+    from fl_sim.models.zoo import pretrain_zoo
+    from fl_sim.server.evaluation import check_targets, evaluate_zoo, print_eval
 
     with _progress(args.quiet) as p:
         zoo = pretrain_zoo(args.zoo, seed=args.seed, cache_dir=args.cache_dir, overrides=_overrides(args.model),
@@ -157,9 +157,9 @@ def parse_set_overrides(items: list[str]) -> dict:
 
 
 def cmd_run(args) -> int:
-    from .config import load_config
-    from .preflight import check_run
-    from .run import check_same_setup, resume_config, run_dir_for
+    from fl_sim.app.preflight import check_run
+    from fl_sim.app.run import check_same_setup, resume_config, run_dir_for
+    from fl_sim.config import load_config
 
     if args.resume and args.config:
         raise FlSimError("give either a config file or --resume RUN_DIR, not both")
@@ -174,8 +174,8 @@ def cmd_run(args) -> int:
         check_same_setup(run_dir_for(cfg), cfg, "delete it, resume it with `fl-sim run --resume`, or give the "
                          "run another name (--set name=...)")
     start_libraries()
-    from .callbacks.console import ConsoleProgress
-    from .run import run_experiment
+    from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.console import ConsoleProgress
 
     t0 = time.time()
     with _progress(args.quiet) as p:
@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compare(args) -> int:
-    from .compare import load_compare
-    from .preflight import check_run
+    from fl_sim.app.compare import load_compare
+    from fl_sim.app.preflight import check_run
 
     overrides = parse_set_overrides(args.set)
     if args.ray_address:
@@ -258,8 +258,8 @@ def cmd_compare(args) -> int:
         except FlSimError as exc:
             raise FlSimError(f"run {v.label!r} seed {seed}: {exc}") from None
     start_libraries()
-    from .callbacks.console import round_line
-    from .compare import run_compare
+    from fl_sim.app.compare import run_compare
+    from fl_sim.callbacks.console import round_line
 
     def on_run(i, n, label, seed, state):
         if not args.quiet:

@@ -1,5 +1,5 @@
 """Worker processes that do the cloud's independent work side by side with it: the tiers' AKD
-(``fl_sim.tier_job``; the teacher's extra questions, ``fl_sim.question_job``, can run there too).
+(``fl_sim.cloud.tier_job``; the teacher's extra questions, ``fl_sim.cloud.question_job``, can run there too).
 
 CD-CCA's cloud trains every tier's adapters each round, and the tiers are independent. At these model
 sizes torch's kernels gain little from a second thread (``benchmarks/cloud_threads.py``: 1.16x on AKD,
@@ -12,7 +12,7 @@ stdout: no pickle. A job runs with the threads it names (``threads``), so it giv
 worker as in the calling process (``tests/test_cloud_pool.py``). A worker that fails is dropped with a
 warning and its job runs in the calling process.
 
-Run as ``python -m fl_sim.cloud_pool``: one worker's loop.
+Run as ``python -m fl_sim.cloud.worker_pool``: one worker's loop.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Ticket:
 
 def _kinds() -> dict:
     """Job class name -> the module that saves, loads and runs jobs of that kind."""
-    from . import question_job, tier_job
+    from fl_sim.cloud import question_job, tier_job
 
     return {"TierJob": tier_job, "QuestionsJob": question_job}
 
@@ -80,10 +80,11 @@ class CloudPool:
         while len(self._procs) < n:
             env = os.environ | {"CUDA_VISIBLE_DEVICES": "",
                                 "TRANSFORMERS_VERBOSITY": "error",
-                                "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                                os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-            self._procs.append(subprocess.Popen([sys.executable, "-m", "fl_sim.cloud_pool"], stdin=subprocess.PIPE,
-                                                stdout=subprocess.PIPE, env=env, text=True, bufsize=1))
+            self._procs.append(subprocess.Popen([sys.executable, "-m", "fl_sim.cloud.worker_pool"],
+                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+                                                bufsize=1))
             self._ready.append(False)
 
     def _path(self, kind: str) -> str:

@@ -29,10 +29,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import FlSimError, Stopped
-from .config import NAME_PATTERN, ExperimentConfig, explain_error, load_config, read_toml
-from .metrics import read_results
-from .report import RunRef, build_report
+from fl_sim import FlSimError, Stopped
+from fl_sim.callbacks.results_file import read_results
+from fl_sim.config import NAME_PATTERN, ExperimentConfig, explain_error, load_config, read_toml
+from fl_sim.report.comparison import RunRef, build_report
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def is_complete(run_dir: Path, rounds: int) -> bool:
 
 def run_compare(path: str | Path, overrides: dict | None = None, on_run=None, on_round=None, progress=None) -> Path:
     """Run (or continue) the grid in ``path`` and write ``report.md`` (complete runs only); returns its directory."""
-    from .run import check_same_models, check_same_setup, run_experiment
+    from fl_sim.app.run import check_same_models, check_same_setup, run_experiment
 
     cmp, grid = load_compare(path, overrides)
     out = Path(grid[0][2].output_dir) / cmp.name

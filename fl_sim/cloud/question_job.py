@@ -1,7 +1,7 @@
 """The teacher's extra questions about a round's uploads as data (``strategy.akd.extra_questions``): the
 teacher captions each upload and answers up to ``k`` more questions generated from its caption
 (``akd.question_targets``). They need only the uploads' visual tokens and questions, not their labels, so
-they could be asked in a worker (``fl_sim.cloud_pool``) while the cloud labels; on 2 cores that is slower
+they could be asked in a worker (``fl_sim.cloud.worker_pool``) while the cloud labels; on 2 cores that is slower
 than asking them after the labels in the cloud process, with both threads (``benchmarks/cloud_workers.py``),
 so the cloud does that. On disk (``save`` / ``load``) a job or its result is one safetensors file with a
 JSON header.
@@ -17,9 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import akd, runtime
-from .models.mllm import answer_with_stats
-from .world.domains import CAPTION_QUESTION
+from fl_sim.device import model_cache
+from fl_sim.mechanisms import akd
+from fl_sim.models.mllm import answer_with_stats
+from fl_sim.world.domains import CAPTION_QUESTION
 
 
 @dataclass
@@ -39,15 +40,15 @@ class QuestionsJob:
 
 def run(job: QuestionsJob) -> dict[str, torch.Tensor]:
     """The teacher's targets for the extra questions (``{}`` when no caption parses)."""
-    from .world.user_data import USER_DOMAINS, register
+    from fl_sim.world.user_data import USER_DOMAINS, register
 
     if job.domains and set(job.domains) != set(USER_DOMAINS):  # a worker: the cloud's vocabulary
         register(job.domains, job.cache_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(job.threads)
     try:
-        teacher = runtime.labelling_model(job.teacher_path, job.int8)
-        pr = runtime.prompter_for(job.teacher_path, job.cache_dir)
+        teacher = model_cache.labelling_model(job.teacher_path, job.int8)
+        pr = model_cache.prompter_for(job.teacher_path, job.cache_dir)
         captions, _ = answer_with_stats(teacher, pr, job.vis, [CAPTION_QUESTION] * len(job.questions),
                                         job.max_new_tokens)
         rng = np.random.default_rng(np.random.SeedSequence(job.entropy))

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import FlSimError, placement
-from .config import AKDConfig
-from .models.adapters import adapter_parameters
-from .models.mllm import Prompter, answer_stats, embed_with_tokens, greedy, llava_of
-from .models.train import per_sample_loss
-from .world.domains import questions_from_captions
+from fl_sim import FlSimError
+from fl_sim.config import AKDConfig
+from fl_sim.models import placement
+from fl_sim.models.adapters import adapter_parameters
+from fl_sim.models.mllm import Prompter, answer_stats, embed_with_tokens, greedy, llava_of
+from fl_sim.models.train import per_sample_loss
+from fl_sim.world.domains import questions_from_captions
 
 TARGET_KEYS = ("vis", "input_ids", "attention_mask", "labels", "t_logits", "t_hidden", "t_conf", "distil")
 # A student that reads text differently from the teacher (its own tokenizer or visual token count) has no

@@ -4,7 +4,7 @@ A real device has its model on its own storage, its own data stream and its own 
 simulation those are paths and settings shared by every device of a run. The server writes them once
 to ``<run dir>/device_env.json``; each node learns that path when it is provisioned (the query that maps
 nodes to devices) and keeps it in its ``Context.state``. Round messages then carry only what a real
-device would receive (``fl_sim.task``), so their byte counts are honest.
+device would receive (``fl_sim.protocol.task``), so their byte counts are honest.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ class DeviceEnvironment(BaseModel):
     crash_prob: float = Field(description="chance a device raises during a round (fault injection)")
     corrupt_prob: float = Field(description="chance a CD-CCA upload is malformed (fault injection)")
     corrupt_downlink_prob: float = Field(description="chance a CD-CCA downlink arrives damaged (fault injection)")
-    store_dir: str | None = Field(description="DWC version store (fl_sim.version_store), for CD-CCA devices")
+    store_dir: str | None = Field(description="DWC version store (fl_sim.protocol.version_store), for CD-CCA devices")
     threads: int = Field(description="torch threads per emulated device")
     device: str = Field("cpu", description="where a worker runs its devices' models: cuda on a GPU share, else cpu")
-    precision: str = Field("auto", description="fl_sim.placement precision of the devices' forward passes")
+    precision: str = Field("auto", description="fl_sim.models.placement precision of the devices' forward passes")
     domains: dict = Field(default_factory=dict, description="the run's domains backed by datasets on disk")
 
     def adapters(self) -> tuple[int, bool, str]:
@@ -71,7 +71,7 @@ def device_environment(cfg, fleet_path: Path, num_devices: int, model_paths: dic
 
 @lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int) -> DeviceEnvironment:
-    from .world.user_data import register
+    from fl_sim.world.user_data import register
 
     env = DeviceEnvironment.model_validate_json(Path(path).read_text())
     register(env.domains, env.cache_dir)  # this worker's user domains
@@ -87,8 +87,8 @@ def load_device_env(path: str) -> DeviceEnvironment:
 def _profiles(path: str, mtime_ns: int):
     import json
 
-    from .fleet import load_trace
-    from .profile_table import ProfileTable
+    from fl_sim.fleet.profile_table import ProfileTable
+    from fl_sim.fleet.profiles import load_trace
 
     tiers = sorted({row["tier"] for row in json.loads(Path(path).read_text())})
     return ProfileTable(load_trace(path, tiers))  # columns: a worker holds ~100 B per registered device

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import FlSimError, schedule
-from .config import FleetConfig
-from .world.domains import domain_error
+from fl_sim import FlSimError
+from fl_sim.config import FleetConfig
+from fl_sim.fleet import schedule
+from fl_sim.world.domains import domain_error
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class DeviceProfile:
     phase_s: float
     shift_round: int
     shift_domain: str
-    schedule: str = ""  # stages (``fl_sim.schedule``); when set, shift_round/shift_domain only describe its 2nd
+    schedule: str = ""  # stages (``fl_sim.fleet.schedule``); when set, shift_round/shift_domain only describe its 2nd
 
     def available(self, t_s: float) -> bool:
         return (t_s + self.phase_s) % self.active_period_s < self.active_fraction * self.active_period_s

@@ -1,22 +1,23 @@
 """Everything a command was given, checked before anything heavy starts (no torch, transformers, Flower
 or Ray): the experiment's strategy, its fleet (every row of a trace), what the machine can hold
-(``fl_sim.capacity``), a replayed run, and checkpoint directories. Each problem is one ``FlSimError``.
+(``fl_sim.app.capacity``), a replayed run, and checkpoint directories. Each problem is one ``FlSimError``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import FlSimError, capacity, schedule
+from fl_sim import FlSimError
+from fl_sim.app import capacity
+from fl_sim.fleet import schedule
 
 
 def check_run(cfg) -> int:
     """Check the run ``cfg`` (an ``ExperimentConfig``) can start; returns its number of devices."""
+    from fl_sim.config import tier_names
+    from fl_sim.models.provider import check_model_dirs
+    from fl_sim.world.user_data import register
     from strategies import check_name
-
-    from .config import tier_names
-    from .models.provider import check_model_dirs
-    from .world.user_data import register
 
     check_name(cfg.strategy.name)
     register(cfg.domains, cfg.cache_dir)  # names only: the data is read (and checked) before pretraining
@@ -25,7 +26,7 @@ def check_run(cfg) -> int:
     tiers = tier_names(cfg)
     profiles = None
     if f.trace:
-        from .fleet import load_trace
+        from fl_sim.fleet.profiles import load_trace
 
         profiles = load_trace(f.trace, tiers)
         n = len(profiles)
@@ -47,7 +48,7 @@ def check_run(cfg) -> int:
         check_ray_address(cfg.simulation.ray_address)
     capacity.check(cfg, n, cloud_workers(cfg, len(tiers)))
     if f.replay:
-        from .fleet import load_participation, make_fleet
+        from fl_sim.fleet.profiles import load_participation, make_fleet
 
         fleet = profiles if profiles is not None else make_fleet(f, tiers, cfg.seed)
         load_participation(f.replay, cfg.rounds, fleet, s.clients_per_round)
@@ -57,9 +58,8 @@ def check_run(cfg) -> int:
 def cloud_workers(cfg, n_tiers: int) -> int:
     """The worker processes a run's cloud starts (``strategy.akd.workers`` of the strategies that train tiers
     with AKD, ``strategies.CLOUD_AKD``), from its settings alone: a ``device = "auto"`` server counts as a CPU."""
+    from fl_sim.cloud.worker_pool import workers_for
     from strategies import CLOUD_AKD
-
-    from .cloud_pool import workers_for
 
     sim = cfg.simulation
     fp32_cpu = not sim.device.startswith("cuda") and sim.precision != "bf16"
@@ -68,7 +68,7 @@ def cloud_workers(cfg, n_tiers: int) -> int:
 
 def check_models(zoo_name: str, overrides: dict[str, str]) -> None:
     """``--model ROLE=PATH``: known roles of the zoo, and directories that hold a Hugging Face config."""
-    from .models.presets import get_zoo
+    from fl_sim.models.presets import get_zoo
 
     zoo = get_zoo(zoo_name)
     roles = ["teacher", *zoo.tiers]
