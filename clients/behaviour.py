@@ -14,6 +14,7 @@ imports Flower, so behaviours run the same in the ClientApp and in the plain-loo
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,8 +27,6 @@ from fl_sim.device import model_cache
 from fl_sim.device.environment import DeviceEnvironment, profile
 from fl_sim.fleet.profiles import DeviceProfile, device_rng
 
-BEHAVIOURS: dict[str, type[DeviceBehaviour]] = {}
-
 ANSWER_TOKENS = 28  # the longest answer a device generates (captions included)
 
 
@@ -36,13 +35,12 @@ class DeviceCrash(RuntimeError):
 
 
 class DeviceBehaviour:
-    name: ClassVar[str] = ""  # set on registration: the defining module's dotted name
+    name: ClassVar[str] = ""  # the defining module's dotted name: how a task names it (``load_behaviour``)
     Settings: ClassVar[type[BaseModel]]
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         cls.name = cls.__module__
-        BEHAVIOURS[cls.name] = cls
 
     @classmethod
     def run(cls, dev: DeviceRound, settings: BaseModel, content) -> dict:
@@ -54,16 +52,18 @@ class DeviceBehaviour:
         """Load, before round 1, what this behaviour needs beyond the model and data (optional)."""
 
 
+@functools.cache
 def load_behaviour(name: str) -> type[DeviceBehaviour]:
-    """The behaviour registered as ``name`` (importing module ``name`` on first use)."""
-    if name not in BEHAVIOURS:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError:
-            raise FlSimError(f"unknown device behaviour {name!r}: no such module") from None
-        if name not in BEHAVIOURS:
-            raise FlSimError(f"module {name} defines no device behaviour")
-    return BEHAVIOURS[name]
+    """The behaviour module ``name`` defines (the ``DeviceBehaviour`` subclass defined there, one per module)."""
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError:
+        raise FlSimError(f"unknown device behaviour {name!r}: no such module") from None
+    found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, DeviceBehaviour)
+             and v.__module__ == name]
+    if len(found) != 1:
+        raise FlSimError(f"module {name} defines {len(found)} device behaviours, not one")
+    return found[0]
 
 
 @dataclass

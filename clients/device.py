@@ -32,7 +32,7 @@ _QUIET: list = []
 def _quiet() -> None:
     """No progress bars or library warnings from the workers (``flwr run`` streams their output)."""
     if not _QUIET:
-        from fl_sim.app.cli import quiet_libraries
+        from fl_sim.quiet import quiet_libraries
 
         quiet_libraries()
         _QUIET.append(True)

@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 class CDCCA(FleetStrategy):
     name = "cdcca"
     device = CDCCADevice
-    config_sections = ("uts", "akd", "dwc")
 
     def __init__(self, ctx):
         super().__init__(ctx)

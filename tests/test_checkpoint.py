@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from fl_sim.server.checkpoint import load_checkpoint, save_checkpoint
+from fl_sim.callbacks.checkpoint_files import load_checkpoint, save_checkpoint
 
 
 def test_round_trip_keeps_every_group_and_the_state(tmp_path):

@@ -169,10 +169,11 @@ def test_the_capacity_check_counts_the_clouds_workers(monkeypatch):
     from fl_sim.app import capacity
     from fl_sim.app.preflight import cloud_workers
     from fl_sim.config import parse_config
-    from strategies import CLOUD_AKD, REGISTRY, get_strategy
+    from fl_sim.plugins import STRATEGIES, get_strategy
     from strategies.cdcca import CDCCA
 
-    assert {n for n in REGISTRY if issubclass(get_strategy(n), CDCCA)} == set(CLOUD_AKD)
+    assert {n for n in STRATEGIES if issubclass(get_strategy(n), CDCCA)} == {
+        n for n, e in STRATEGIES.items() if "akd" in e.reads}
     monkeypatch.setattr("os.cpu_count", lambda: 2)
 
     def cfg(**over):

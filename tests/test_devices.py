@@ -184,18 +184,18 @@ def test_a_new_strategy_is_two_files_and_one_registry_line(tmp_path, cache_dir, 
     import json
     import sys
 
-    import strategies
+    from fl_sim import plugins
     from fl_sim.app.run import run_experiment
+    from fl_sim.callbacks.checkpoint_files import load_checkpoint
     from fl_sim.callbacks.results_file import read_results
     from fl_sim.device import model_cache
-    from fl_sim.server.checkpoint import load_checkpoint
 
     code = tmp_path / "code"
     code.mkdir()
     (code / "toy_device.py").write_text(TOY_DEVICE)
     (code / "toy_strategy.py").write_text(TOY_STRATEGY)
     monkeypatch.syspath_prepend(str(code))  # Flower hands the driver's sys.path to its Ray workers
-    monkeypatch.setitem(strategies.REGISTRY, "toy", "toy_strategy:Toy")
+    monkeypatch.setitem(plugins.STRATEGIES, "toy", plugins.StrategyEntry("toy_strategy:Toy"))
     run_dir = run_experiment(tiny_config(FEDAVG, tmp_path, cache_dir, **{"strategy.name": "toy"}))
     res = read_results(run_dir)
     fleet = json.loads((run_dir / "fleet.json").read_text())

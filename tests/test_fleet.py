@@ -64,11 +64,11 @@ def test_config_errors_name_the_key(tmp_path):
         parse_config({"zoo": "tiny", "fleet": {"num_device": 3}})
     with pytest.raises(FlSimError, match="strategy.clients_per_round: Input should be greater than or equal to 1"):
         parse_config({"zoo": "tiny", "strategy": {"clients_per_round": 0}})
-    from strategies import check_name
+    from fl_sim.plugins import check_strategy
 
     allowed = "source-only, tent, fedavg, fedprox, cloud-kd-full, cdcca"
     with pytest.raises(FlSimError, match=f"unknown strategy 'fedsgd'; allowed: {allowed}"):
-        check_name(parse_config({"zoo": "tiny", "strategy": {"name": "fedsgd"}}).strategy.name)
+        check_strategy(parse_config({"zoo": "tiny", "strategy": {"name": "fedsgd"}}).strategy.name)
     with pytest.raises(FlSimError, match="unknown tier 'phone-high'"):
         parse_config({"zoo": "tiny", "fleet": {"tiers": {"phone-high": 1.0}}})
     with pytest.raises(FlSimError, match=r"shift_domains: unknown domain 'moon'; allowed: .*A\+B"):

@@ -130,8 +130,8 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_incompatible_processors_are_one_line_errors(families, tmp_path):
     """Before Ray: a template without the image, a processor without an image processor."""
     from fl_sim import FlSimError
+    from fl_sim.app.preflight import check_loadable
     from fl_sim.device import model_cache
-    from fl_sim.models.provider import check_loadable
 
     no_image = _copy(families["clip-llama"], tmp_path / "no-image")
     cfg = json.loads((no_image / "processor_config.json").read_text())

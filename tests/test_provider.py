@@ -11,7 +11,8 @@ import torch
 from conftest import CDCCA, FEDAVG, tiny_config
 
 from fl_sim import FlSimError
-from fl_sim.models.provider import check_checkpoint, check_loadable, content_hash
+from fl_sim.app.preflight import check_loadable
+from fl_sim.models.provider import check_checkpoint, content_hash
 
 
 @pytest.fixture(scope="module")

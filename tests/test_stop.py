@@ -19,8 +19,8 @@ def _ray_pids() -> set[int]:
 
 def test_sigterm_keeps_the_checkpoint_and_leaves_no_ray_behind(tmp_path, cache_dir, tiny_zoo):
     from fl_sim.app.run import resume_experiment
+    from fl_sim.callbacks.checkpoint_files import load_checkpoint
     from fl_sim.callbacks.results_file import read_results
-    from fl_sim.server.checkpoint import load_checkpoint
 
     data = tiny_data(FEDAVG, cache_dir, tmp_path / "runs") | {"name": "stop", "rounds": 40}
     (tmp_path / "e.toml").write_text(tomli_w.dumps(data))

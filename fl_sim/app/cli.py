@@ -8,33 +8,14 @@ import logging
 import os
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 
 from fl_sim import FlSimError, Stopped
+from fl_sim.config.overrides import parse_set_overrides
+from fl_sim.quiet import quiet_libraries
 
 log = logging.getLogger("fl_sim")
 
-
-def quiet_libraries():
-    """Offline, no telemetry, no progress bars or warnings from the libraries (the CLI and benchmarks)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    warnings.filterwarnings("ignore")
-    import logging
-
-    # transformers imports torchao when it is installed (the lowbit extra): its CUDA-only kernels do not load
-    # on a CPU machine, which it logs, and torch logs a deprecation while torchao registers its types
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 @contextmanager
@@ -139,21 +120,6 @@ def cmd_evaluate(args) -> int:
             json.dump({"table": table, "targets": checks}, f, indent=1)
     return 0
 
-
-def parse_set_overrides(items: list[str]) -> dict:
-    """``KEY=VALUE`` strings as dotted-key overrides; values are TOML (a bare word is a string)."""
-    import tomllib
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise FlSimError(f"--set expects KEY=VALUE (e.g. strategy.name=fedprox), got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            out[key] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key] = raw  # a bare string
-    return out
 
 
 def cmd_run(args) -> int:

@@ -81,11 +81,11 @@ def load_compare(path: str | Path, overrides: dict | None = None
     # the paired variant goes first in each seed: the others replay its participation
     runs = sorted(cmp.runs, key=lambda v: v.label != cmp.paired) if cmp.paired else cmp.runs
     grid = []  # seed-major: every variant of the first seed finishes before any second seed starts
-    from strategies import check_name
+    from fl_sim.plugins import check_strategy
 
     for v in runs:
         try:
-            check_name(v.strategy)
+            check_strategy(v.strategy)
         except FlSimError as exc:
             raise FlSimError(f"run {v.label!r}: {exc}") from None
     for seed in cmp.seeds:

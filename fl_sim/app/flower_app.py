@@ -24,9 +24,10 @@ app = ServerApp()
 
 @app.main()
 def main(grid, context) -> None:
-    from fl_sim.app.cli import parse_set_overrides, quiet_libraries
     from fl_sim.app.run import prepare_run, quiet_flower
     from fl_sim.config import load_config
+    from fl_sim.config.overrides import parse_set_overrides
+    from fl_sim.quiet import quiet_libraries
 
     quiet_libraries()
     quiet_flower()

@@ -16,10 +16,10 @@ def check_run(cfg) -> int:
     """Check the run ``cfg`` (an ``ExperimentConfig``) can start; returns its number of devices."""
     from fl_sim.config import tier_names
     from fl_sim.models.provider import check_model_dirs
+    from fl_sim.plugins import check_strategy
     from fl_sim.world.user_data import register
-    from strategies import check_name
 
-    check_name(cfg.strategy.name)
+    check_strategy(cfg.strategy.name)
     register(cfg.domains, cfg.cache_dir)  # names only: the data is read (and checked) before pretraining
     check_model_dirs(cfg.models)
     f, s = cfg.fleet, cfg.strategy
@@ -57,13 +57,13 @@ def check_run(cfg) -> int:
 
 def cloud_workers(cfg, n_tiers: int) -> int:
     """The worker processes a run's cloud starts (``strategy.akd.workers`` of the strategies that train tiers
-    with AKD, ``strategies.CLOUD_AKD``), from its settings alone: a ``device = "auto"`` server counts as a CPU."""
+    with AKD: they read ``strategy.akd``), from its settings alone: a ``device = "auto"`` server counts as a CPU."""
     from fl_sim.cloud.worker_pool import workers_for
-    from strategies import CLOUD_AKD
+    from fl_sim.plugins import check_strategy
 
     sim = cfg.simulation
     fp32_cpu = not sim.device.startswith("cuda") and sim.precision != "bf16"
-    return workers_for(cfg.strategy.akd, n_tiers, fp32_cpu) if cfg.strategy.name in CLOUD_AKD else 0
+    return workers_for(cfg.strategy.akd, n_tiers, fp32_cpu) if "akd" in check_strategy(cfg.strategy.name).reads else 0
 
 
 def check_models(zoo_name: str, overrides: dict[str, str]) -> None:
@@ -100,3 +100,36 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
         raise FlSimError(f"simulation.ray_address {address}: no Ray cluster answers there "
                          f"({exc.strerror or type(exc).__name__}); start one with `ray start --head --port "
                          f"{port}`") from None
+
+def check_loadable(paths: dict[str, str], cache_dir: str | None) -> None:
+    """Each model of ``paths`` (role -> directory) can read what feeds it: with its own processor (a
+    tokenizer in its directory, ``fl_sim.models.prompts``), that processor loads and agrees with the model;
+    without one, it fits the shared word tokenizer's vocabulary and the built-in world's images (``GRID x
+    GRID`` cells, one visual token each)."""
+    from fl_sim.device import model_cache
+    from fl_sim.models.prompts import has_own_processor
+    from fl_sim.models.provider import check_checkpoint
+    from fl_sim.world.scenes import GRID
+    from fl_sim.world.tokenizer import load_tokenizer
+
+    vocab = None
+    for role, path in paths.items():
+        cfg = check_checkpoint(role, path)
+        if has_own_processor(path):
+            try:
+                model_cache.prompter_for(path, cache_dir)
+            except FlSimError as exc:
+                raise FlSimError(f"models.{role} = {path!r}: {str(exc).split(': ', 1)[-1]}") from None
+            continue
+        vocab = vocab or len(load_tokenizer(cache_dir))
+        v = (cfg.get("text_config") or {}).get("vocab_size")
+        if v != vocab:
+            raise FlSimError(f"models.{role} = {path!r}: vocabulary of {v} tokens, but the directory has no tokenizer "
+                             f"of its own and the shared word tokenizer has {vocab}; save the checkpoint's "
+                             "processor (tokenizer, image processor, chat template) beside it")
+        vc = cfg.get("vision_config") or {}
+        size, patch = vc.get("image_size"), vc.get("patch_size")
+        if not size or not patch or (size // patch) != GRID or cfg.get("vision_feature_select_strategy") != "full":
+            raise FlSimError(f"models.{role} = {path!r}: without a processor of its own, its vision tower must take "
+                             f"the built-in world's images as {GRID} x {GRID} visual tokens ('full'); it makes "
+                             f"{size}/{patch} patches per side ({cfg.get('vision_feature_select_strategy')!r})")

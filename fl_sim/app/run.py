@@ -65,16 +65,17 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
     from fl_sim.world.user_data import build_all
 
     build_all()  # the user domains' data, read and checked before any model trains
+    from fl_sim.app.preflight import check_loadable
     from fl_sim.callbacks.checkpointing import Checkpointing
     from fl_sim.callbacks.hook import OnRound
     from fl_sim.callbacks.results import ResultsLogger
     from fl_sim.config import tier_names
     from fl_sim.device.environment import device_environment
-    from fl_sim.models.provider import check_loadable, resolve_models
     from fl_sim.models.provider import record as record_models
+    from fl_sim.models.provider import resolve_models
     from fl_sim.models.zoo import pretrain_zoo
+    from fl_sim.plugins import get_strategy
     from fl_sim.server.strategy import RunContext
-    from strategies import get_strategy
 
     strategy_cls = get_strategy(cfg.strategy.name)
     m = cfg.models
@@ -145,7 +146,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
             errors.append(exc)
             ctx.abort.set()
 
-    from clients.device import app as client_app
+    from fl_sim.plugins import CLIENT_APP, load
     from fl_sim.server.nodes import num_nodes
 
     quiet_flower()
@@ -153,7 +154,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
     main_thread = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None  # ray.init replaces it
     try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_nodes(cfg, len(fleet)),
+        run_simulation(server_app=server_app, client_app=load(CLIENT_APP), num_supernodes=num_nodes(cfg, len(fleet)),
                        backend_config=backend_config(cfg), verbose_logging=False)
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (the CLI's handler, or Ray's: exit 15)
         if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
@@ -210,7 +211,7 @@ def check_same_setup(run_dir: Path, cfg: ExperimentConfig, hint: str) -> None:
     """Refuse to continue ``run_dir`` if it holds a different experiment than ``cfg``.
 
     ``rounds``, ``simulation`` and ``eval`` may differ (they change how long and how it runs, not what),
-    and so may the nested ``strategy.*`` sections a strategy does not read (its ``config_sections``).
+    and so may the nested ``strategy.*`` sections a strategy does not read (its ``fl_sim.plugins.StrategyEntry.reads``).
     A saved config reads as what that run ran with: today's default for options added since, or their
     ``LEGACY_VALUES`` where the default changed.
     """
@@ -219,15 +220,16 @@ def check_same_setup(run_dir: Path, cfg: ExperimentConfig, hint: str) -> None:
         return
     from pydantic import ValidationError
 
-    from strategies import get_strategy
+    from fl_sim.plugins import check_strategy, get_strategy
 
     strategy = get_strategy(cfg.strategy.name)
+    reads = check_strategy(cfg.strategy.name).reads
 
     def what(d: dict) -> dict:
         d = {k: v for k, v in d.items() if k not in ("rounds", "simulation", "eval")}
         if isinstance(d.get("strategy"), dict):  # nested sections count only if the strategy reads them
             d["strategy"] = {k: v for k, v in d["strategy"].items()
-                             if not isinstance(v, dict) or k in strategy.config_sections}
+                             if not isinstance(v, dict) or k in reads}
         return d
 
     want = what(strategy.effective_config(cfg).model_dump(mode="json", exclude_none=True))

@@ -1,11 +1,12 @@
-"""A checkpoint of the server state after every round (``fl_sim.server.checkpoint``), which ``--resume`` continues."""
+"""A checkpoint of the server state after every round (``fl_sim.callbacks.checkpoint_files``), which ``--resume``
+continues."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fl_sim.callbacks import Callback
-from fl_sim.server.checkpoint import save_checkpoint
+from fl_sim.callbacks.checkpoint_files import save_checkpoint
 
 
 class Checkpointing(Callback):

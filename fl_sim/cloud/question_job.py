@@ -40,10 +40,11 @@ class QuestionsJob:
 
 def run(job: QuestionsJob) -> dict[str, torch.Tensor]:
     """The teacher's targets for the extra questions (``{}`` when no caption parses)."""
+    from fl_sim.config import UserDomainConfig
     from fl_sim.world.user_data import USER_DOMAINS, register
 
     if job.domains and set(job.domains) != set(USER_DOMAINS):  # a worker: the cloud's vocabulary
-        register(job.domains, job.cache_dir)
+        register({n: UserDomainConfig.model_validate(d) for n, d in job.domains.items()}, job.cache_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(job.threads)
     try:

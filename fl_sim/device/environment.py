@@ -71,10 +71,12 @@ def device_environment(cfg, fleet_path: Path, num_devices: int, model_paths: dic
 
 @lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int) -> DeviceEnvironment:
+    from fl_sim.config import UserDomainConfig
     from fl_sim.world.user_data import register
 
     env = DeviceEnvironment.model_validate_json(Path(path).read_text())
-    register(env.domains, env.cache_dir)  # this worker's user domains
+    # this worker's user domains
+    register({n: UserDomainConfig.model_validate(d) for n, d in env.domains.items()}, env.cache_dir)
     return env
 
 

@@ -11,8 +11,8 @@ What a checkpoint must be: a LLaVA-family model (``model_type`` llava, loaded wi
 processor saved beside it (tokenizer, image processor, chat template) it reads questions and images its own
 way (``fl_sim.models.prompts``), as the zoo's own directories do; without one it must fit the shared
 word tokenizer and the built-in world's 9 visual tokens. ``check_model_dirs`` reads ``config.json`` and
-``check_loadable`` the processors, before Ray starts, and say what is wrong in one line. LoRA targets are found from the
-model (``adapters.language_model_targets``), whatever its decoder family.
+``fl_sim.app.preflight.check_loadable`` the processors, before Ray starts, and say what is wrong in one line.
+LoRA targets are found from the model (``adapters.language_model_targets``), whatever its decoder family.
 """
 
 from __future__ import annotations
@@ -98,37 +98,6 @@ def check_model_dirs(models) -> None:
                             name, _size(cfg), _size(configs["teacher"]))
 
 
-def check_loadable(paths: dict[str, str], cache_dir: str | None) -> None:
-    """Each model of ``paths`` (role -> directory) can read what feeds it: with its own processor (a
-    tokenizer in its directory, ``fl_sim.models.prompts``), that processor loads and agrees with the model;
-    without one, it fits the shared word tokenizer's vocabulary and the built-in world's images (``GRID x
-    GRID`` cells, one visual token each)."""
-    from fl_sim.device import model_cache
-    from fl_sim.models.prompts import has_own_processor
-    from fl_sim.world.scenes import GRID
-    from fl_sim.world.tokenizer import load_tokenizer
-
-    vocab = None
-    for role, path in paths.items():
-        cfg = check_checkpoint(role, path)
-        if has_own_processor(path):
-            try:
-                model_cache.prompter_for(path, cache_dir)
-            except FlSimError as exc:
-                raise FlSimError(f"models.{role} = {path!r}: {str(exc).split(': ', 1)[-1]}") from None
-            continue
-        vocab = vocab or len(load_tokenizer(cache_dir))
-        v = (cfg.get("text_config") or {}).get("vocab_size")
-        if v != vocab:
-            raise FlSimError(f"models.{role} = {path!r}: vocabulary of {v} tokens, but the directory has no tokenizer "
-                             f"of its own and the shared word tokenizer has {vocab}; save the checkpoint's "
-                             "processor (tokenizer, image processor, chat template) beside it")
-        vc = cfg.get("vision_config") or {}
-        size, patch = vc.get("image_size"), vc.get("patch_size")
-        if not size or not patch or (size // patch) != GRID or cfg.get("vision_feature_select_strategy") != "full":
-            raise FlSimError(f"models.{role} = {path!r}: without a processor of its own, its vision tower must take "
-                             f"the built-in world's images as {GRID} x {GRID} visual tokens ('full'); it makes "
-                             f"{size}/{patch} patches per side ({cfg.get('vision_feature_select_strategy')!r})")
 
 
 def content_hash(path: str | Path) -> str:

@@ -168,7 +168,7 @@ def _build_parallel(jobs: list, workers: int, zoo_name: str, fe_dir: Path, cell_
                                          initargs=(torch.get_num_threads(),)) as ex:
                     futures = [ex.submit(_build_chain, [(r, p, str(f)) for r, p, f in chain], zoo_name,
                                          str(fe_dir), cell_px, seed, cache_dir, queue,
-                                         {k: v.model_dump() for k, v in USER_DOMAINS.items()}, user_cache_dir())
+                                         dict(USER_DOMAINS), user_cache_dir())
                                for chain in chains]
                     for f in futures:
                         f.result()

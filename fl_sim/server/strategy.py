@@ -99,8 +99,6 @@ def _nanmean(values: list[float]) -> float:
 class FleetStrategy(Strategy):
     name: ClassVar[str] = "base"
     device: ClassVar[type]  # the device behaviour (a ``clients.behaviour.DeviceBehaviour``)
-    # the nested ``strategy.*`` sections (uts, akd, dwc) it reads; changing the others does not change its runs
-    config_sections: ClassVar[tuple[str, ...]] = ()
     REQUIRED_METRICS: ClassVar[tuple[str, ...]] = ("n_infer", "n_train", "online_acc", "loss")
 
     def __init__(self, ctx: RunContext):
@@ -321,7 +319,7 @@ class FleetStrategy(Strategy):
 
     def start(self) -> int:
         """Resume from the run directory's checkpoint, or initialise; returns the last completed round."""
-        from fl_sim.server.checkpoint import load_checkpoint
+        from fl_sim.callbacks.checkpoint_files import load_checkpoint
 
         ck = load_checkpoint(self.ctx.run_dir)
         if ck is None:

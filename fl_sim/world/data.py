@@ -10,6 +10,7 @@ import numpy as np
 from fl_sim import FlSimError
 from fl_sim.cache import cache_root, get_or_build, stable_hash
 from fl_sim.world.domains import DOMAINS, FAMILIES, USER_DOMAINS, Domain, get_domain, make_sample
+from fl_sim.world.features import split_features
 
 SPLITS = {"train": 0, "test": 1}
 GENERATOR_VERSION = 1
@@ -70,17 +71,6 @@ def _stream(domain: str, split: str, n: int, seed: int, cell_px: int):
         yield from generate(domain, split, min(BUILD_CHUNK, n - start), seed, cell_px, start=start)
 
 
-def _features(cell_px: int):
-    from datasets import Array3D, Features, Value
-
-    side = 3 * cell_px
-    return Features({
-        "image": Array3D(shape=(side, side, 3), dtype="uint8"),
-        "question": Value("string"), "answer": Value("string"), "family": Value("string"),
-        "domain": Value("string"), "caption": Value("string"),
-    })
-
-
 def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None):
     """The cached ``datasets.Dataset`` of ``n`` samples of ``domain``/``split`` (numpy format); for a domain
     backed by a dataset on disk, ``n`` of its rows (all when it has fewer: ``fl_sim.world.user_data``)."""
@@ -102,7 +92,7 @@ def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16
         # chunk of samples, not the split, whose 200,000 samples for a 100,000-device fleet would not fit
         # in memory as Python objects (benchmarks/split_build.py)
         with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}-gen.") as scratch:
-            ds = Dataset.from_generator(_stream, features=_features(cell_px), cache_dir=scratch,
+            ds = Dataset.from_generator(_stream, features=split_features(cell_px), cache_dir=scratch,
                                         gen_kwargs={"domain": domain, "split": split, "n": n, "seed": seed,
                                                     "cell_px": cell_px})
             ds.save_to_disk(str(tmp))

@@ -36,14 +36,11 @@ _STATE: dict = {"cache_dir": None, "built": {}}
 
 
 def register(domains: dict, cache_dir: str | None = None) -> None:
-    """Make ``domains`` (name -> ``UserDomainConfig`` or its dict) this process's user domains, cached under
-    ``cache_dir``."""
-    from fl_sim.config import UserDomainConfig
-
+    """Make ``domains`` (name -> ``fl_sim.config.UserDomainConfig``, validated by the caller) this process's
+    user domains, cached under ``cache_dir``."""
     check_names(domains)
     USER_DOMAINS.clear()
-    for name, spec in domains.items():
-        USER_DOMAINS[name] = spec if isinstance(spec, UserDomainConfig) else UserDomainConfig.model_validate(spec)
+    USER_DOMAINS.update(domains)
     _STATE["cache_dir"] = cache_dir
 
 
@@ -166,7 +163,7 @@ def build(name: str, spec, cell_px: int, cache_dir: str | None) -> Path:
     from datasets import Dataset
 
     from fl_sim.cache import cache_root, get_or_build, stable_hash
-    from fl_sim.world.data import _features
+    from fl_sim.world.features import split_features
 
     memo = (name, spec.model_dump_json(), cell_px, cache_dir)
     if memo in _STATE["built"]:
@@ -200,7 +197,7 @@ def build(name: str, spec, cell_px: int, cache_dir: str | None) -> Path:
         for s, rows in parts.items():
             n = len(rows["question"])
             table = rows | {"domain": [name] * n, "caption": [""] * n}
-            Dataset.from_dict(table, features=_features(cell_px)).save_to_disk(str(tmp / s))
+            Dataset.from_dict(table, features=split_features(cell_px)).save_to_disk(str(tmp / s))
             counts[s] = n
         words = sorted({w for rows in parts.values() for t in rows["question"] + rows["answer"] for w in t.split()})
         return {"domain": name, "source": str(folder.resolve()), "rows": counts, "words": words,

@@ -1,0 +1,27 @@
+"""Quiet, offline libraries: no hub, no telemetry, no progress bars or warnings (the CLI, workers, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+
+def quiet_libraries():
+    """Offline, no telemetry, no progress bars or warnings from the libraries (the CLI and benchmarks)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    warnings.filterwarnings("ignore")
+    import logging
+
+    # transformers imports torchao when it is installed (the lowbit extra): its CUDA-only kernels do not load
+    # on a CPU machine, which it logs, and torch logs a deprecation while torchao registers its types
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
