@@ -6,6 +6,7 @@ import torch
 
 from fl_sim import FlSimError
 from fl_sim.mechanisms import akd, uts
+from fl_sim.mechanisms.replay import ReplayBuffer
 from fl_sim.models.mllm import answer, answer_with_stats, embed_with_tokens, visual_tokens
 
 
@@ -442,16 +443,16 @@ def test_replay_buffer_is_bounded_uniform_and_restorable():
     def targets(start, n):
         return {k: torch.arange(start, start + n).float().reshape(n, 1) for k in akd.TARGET_KEYS}
 
-    buf = akd.ReplayBuffer(capacity=50, seed=0)
+    buf = ReplayBuffer(capacity=50, seed=0)
     for r in range(20):
         buf.add(targets(100 * r, 20))
     assert len(buf) == 50 and buf.seen == 400
     rounds = (buf.data["input_ids"][:, 0] // 100).long()
     assert len(set(rounds.tolist())) >= 8  # old rounds survive: not a FIFO of the last 2.5 rounds
-    other = akd.ReplayBuffer(capacity=50, seed=0)
+    other = ReplayBuffer(capacity=50, seed=0)
     other.load_state(buf.state())
     assert other.seen == 400 and torch.equal(other.data["vis"], buf.data["vis"])
-    older = akd.ReplayBuffer(capacity=50, seed=0)  # a checkpoint from before per-sample distillation weights
+    older = ReplayBuffer(capacity=50, seed=0)  # a checkpoint from before per-sample distillation weights
     older.load_state({k: v for k, v in buf.state().items() if k != "distil"})
     assert torch.equal(older.data["distil"], torch.ones(50))
     s = buf.sample(10, np.random.default_rng(1))

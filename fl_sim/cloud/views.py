@@ -1,0 +1,102 @@
+"""How each tier sees a sample, against the teacher: the cloud's per-tier inputs.
+
+A tier whose vision tower weights and prompter equal the teacher's (the built-in zoo's shared front-end)
+has the teacher's *view*: its devices upload visual tokens the teacher reads, and the teacher's targets
+serve it as they are. Any other tier has a view of its own: its devices upload images, and the cloud turns
+the teacher's targets into that tier's own inputs (``akd.student_targets``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from fl_sim import FlSimError
+from fl_sim.device import model_cache
+from fl_sim.mechanisms import akd
+from fl_sim.models.mllm import visual_tokens
+
+log = logging.getLogger(__name__)
+
+TEACHER = "teacher"
+
+
+class Views:
+    """The view of every tier of a run (found on first use) and what depends on it: each view's prompter,
+    its targets of a round, and its anchor of labelled source samples."""
+
+    def __init__(self, model_paths: dict[str, str], tiers: list[str], cache_dir: str | None, akd_cfg, seed: int):
+        self.model_paths, self.tiers, self.cache_dir, self.akd, self.seed = model_paths, tiers, cache_dir, akd_cfg, seed
+        self._views: dict[str, str] | None = None
+        self._anchors: dict[str, dict] = {}
+
+    def prompter(self, role: str):
+        return model_cache.prompter_for(self.model_paths[role], self.cache_dir)
+
+    def width(self, role: str) -> int:
+        """The hidden size of ``role``'s language model."""
+        return model_cache.base_model(self.model_paths[role]).config.text_config.hidden_size
+
+    def of(self, tier: str) -> str:
+        """``"teacher"`` when ``tier`` sees samples as the teacher does, else the tier's own name."""
+        if self._views is None:
+            t = self.model_paths[TEACHER]
+            views = {}
+            for name in self.tiers:
+                shared = model_cache.same_view(t, self.model_paths[name], self.cache_dir)
+                views[name] = TEACHER if shared else name
+                if not shared:
+                    reads = self.prompter(name).identity == self.prompter(TEACHER).identity
+                    if not reads and self.akd.w_ce + self.akd.w_feat <= 0:
+                        raise FlSimError(f"tier {name} reads text its own way, so AKD has no logit KL for it: "
+                                         "strategy.akd needs w_ce or w_feat > 0")
+                    log.warning("tier %s does not see samples as the teacher does (%s): its devices upload images%s",
+                                name, "another vision tower" if reads else "its own tokenizer or visual tokens",
+                                "" if reads else "; AKD has no logit KL for it and distils pooled features")
+            self._views = views
+        return self._views[tier]
+
+    def used(self) -> set[str]:
+        return {self.of(t) for t in self.tiers}
+
+    def uts_for(self, tier: str, uts):
+        """The UTS settings of ``tier``'s devices: images instead of visual tokens when its view is its own."""
+        return uts if self.of(tier) == TEACHER else uts.model_copy(update={"upload": "images"})
+
+    def targets(self, view: str, targets: dict, questions: list[str], images: list) -> dict:
+        """The teacher's ``targets`` (one row per question) as ``view``'s own inputs: its tower's tokens of the
+        uploaded images and, when it reads text its own way, its token ids (``akd.student_targets``). Samples
+        uploaded as visual tokens of the teacher's tower have no image for it and are skipped."""
+        pr_t, pr = self.prompter(TEACHER), self.prompter(view)
+        same_ids = pr.identity == pr_t.identity
+        answers = akd.pseudo_labels(targets, pr_t)
+        rows = [i for i, im in enumerate(images) if im is not None and  # its own ids must fit its positions
+                len(pr.prompt(questions[i])) + len(pr.words(answers[i])) + 1 <= pr.max_len]
+        if not rows:
+            return {}
+        model = model_cache.base_model(self.model_paths[view])
+        vis = visual_tokens(model, pr.pixels(np.stack([images[i] for i in rows])))
+        sub = akd.take(targets, rows)
+        if same_ids:  # the same token ids: every target but the visual tokens carries over
+            return sub | {"vis": vis}
+        return akd.student_targets(pr, vis, [questions[i] for i in rows], sub, [answers[i] for i in rows])
+
+    def anchor(self, view: str = TEACHER) -> dict:
+        """The cloud's labelled source samples (the domain it pretrained the devices on), built once per view.
+
+        Drawn from the source stream with a seed of their own, so they are not the devices' samples."""
+        if self.akd.anchor <= 0:
+            return {}
+        if view not in self._anchors:
+            pr = self.prompter(view)
+            model = model_cache.base_model(self.model_paths[view])
+            teacher = model_cache.base_model(self.model_paths[TEACHER])
+            ds = model_cache.split("source", "train", self.akd.anchor_size, 10_000 + self.seed, self.cache_dir)
+            with torch.no_grad():
+                vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"])))
+            self._anchors[view] = akd.anchor_targets(
+                pr, vis, list(ds["question"]), list(ds["answer"]), teacher.config.text_config.vocab_size,
+                self.width(TEACHER), pooled=pr.identity != self.prompter(TEACHER).identity)
+        return self._anchors[view]
