@@ -1,31 +1,25 @@
 """Compression: UTS uplink bytes per device round and DWC downlink bytes per payload, on real models.
 
-    python benchmarks/compression.py [--zoo default] [--tier phone-high] [--rounds 4]   (--rounds 0: uplink only)
+Question: how many bytes does a device's upload take with UTS (against raw images and every visual token), and
+how small is a DWC downlink payload (against a dense fp32 delta and the device checkpoint), at what error and
+encode/decode time?
+
+    python -m benchmarks compression [--zoo default] [--tier phone-high] [--rounds 4] [--akd-steps N]
+                                     (--rounds 0: uplink only)
 
 Uplink: one device round of 32 ``dusk`` samples through the tier's model; serialized Flower bytes of
 the upload for raw images (the baseline), every visual token, and UTS at its defaults and variants.
-Downlink: ``--rounds`` rounds of AKD on teacher-labelled ``dusk`` uploads; each round's adapter change is
-compressed with every DWC setting (error feedback on) and its serialized payload (what it adds to a
-device's message: a ``bytes`` value in its task record, as the downlink sends it) compared with a
-dense fp32 delta (packed into one ``bytes`` value, sent the same way) and with the device checkpoint.
+Downlink: ``--rounds`` rounds of AKD (the default steps per round, or ``--akd-steps``) on teacher-labelled
+``dusk`` uploads; each round's adapter change is compressed with every DWC setting (error feedback on) and its
+serialized payload (what it adds to a device's message: a ``bytes`` value in its task record, as the downlink
+sends it) compared with a dense fp32 delta (packed into one ``bytes`` value, sent the same way) and with the
+device checkpoint.
 Encode/decode times are per payload.
 """
 
-import argparse
-import time
+from benchmarks.lib import Timer, quiet
 
-import numpy as np
-import torch
-
-from fl_sim.app.cli import quiet_libraries
-
-
-def _bytes(arrays) -> int:
-    from flwr.app import Array, ArrayRecord, RecordDict
-
-    from fl_sim.protocol.records import payload_bytes
-
-    return payload_bytes(RecordDict({"x": ArrayRecord({k: Array(v) for k, v in arrays.items()})}))
+SMOKE = ["--zoo", "tiny", "--tier", "tiny-high", "--rounds", "1", "--akd-steps", "5"]
 
 
 def _packed_bytes(arrays) -> int:
@@ -45,14 +39,18 @@ def _downlink_bytes(payload: bytes) -> int:
     return config_value_bytes("dwc_chain", [payload])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def add_arguments(ap) -> None:
     ap.add_argument("--zoo", default="default")
     ap.add_argument("--tier", default="phone-high")
     ap.add_argument("--rounds", type=int, default=4, help="AKD rounds for the downlink figures (0: uplink only)")
-    args = ap.parse_args()
-    quiet_libraries()
-    torch.set_num_threads(2)
+    ap.add_argument("--akd-steps", type=int, default=None, help="AKD steps per round (default: akd.steps' default)")
+
+
+def run(args) -> None:
+    quiet(threads=2)
+    import numpy as np
+    import torch
+
     from fl_sim.cache import read_meta
     from fl_sim.config import StrategyConfig
     from fl_sim.device import model_cache
@@ -108,24 +106,24 @@ def main() -> None:
     figures = {k: [] for k in settings}
     align = torch.nn.Linear(llava_of(model).config.text_config.hidden_size, teacher.config.text_config.hidden_size)
     load_adapter_state(model, init)
+    akd_cfg = akd.AKDConfig() if args.akd_steps is None else akd.AKDConfig(steps=args.akd_steps)
     for r in range(args.rounds):
         rows = ds.select(range(100 + 64 * r, 164 + 64 * r))
         tg = akd.teacher_targets(teacher, pr, visual_tokens(teacher, pr.pixels(np.asarray(rows["image"]))),
                                  list(rows["question"]))
         before = adapter_state(model)
         akd.train_adapters(model, align, lambda s, tg=tg: akd.take(tg, rng.choice(64, 32, replace=False)),
-                           akd.AKDConfig(), seed=r)  # the default steps per round
+                           akd_cfg, seed=r)
         after = adapter_state(model)
         delta = {k: after[k] - before[k] for k in after}
         dense = _downlink_bytes(pack_arrays({k: v.numpy() for k, v in delta.items()}).tobytes())
         for name, ef in feedback.items():
             target = dwc.flatten({k: v + ef.residual[k] if ef.residual and ef.cfg.error_feedback else v
                                    for k, v in delta.items()}).astype(np.float64)  # what the payload encodes
-            t0 = time.perf_counter()
-            payload, sent = ef.step(delta)
-            t1 = time.perf_counter()
-            dwc.decode(payload, delta)
-            t2 = time.perf_counter()
+            with Timer() as encode:
+                payload, sent = ef.step(delta)
+            with Timer() as decode:
+                dwc.decode(payload, delta)
             b = _downlink_bytes(payload)
             got = dwc.flatten(sent).astype(np.float64)
             kept = got != 0
@@ -133,7 +131,7 @@ def main() -> None:
             h, pos = dwc.parse_header(payload)
             rest = len(payload) - pos - h["index_bytes"] - h["value_bytes"]
             sections = (pos, h["index_bytes"], h["value_bytes"], rest)
-            figures[name].append((b, dense / b, checkpoint / b, t1 - t0, t2 - t1, err, h["k"], *sections))
+            figures[name].append((b, dense / b, checkpoint / b, encode.s, decode.s, err, h["k"], *sections))
     print(f"\nDWC downlink, {tier} adapters ({sum(v.numel() for v in init.values()):,d} values), "
           f"device checkpoint {checkpoint:,d} B, mean over {args.rounds} AKD rounds:")
     print("  (kept err: squared error of the kept entries over their energy; sections: header / indices / "
@@ -146,6 +144,3 @@ def main() -> None:
         print(f"  {name:<28} {a[0]:>10,.0f} {a[1]:>8.1f}x {a[2]:>7.1f}x {1e3 * a[3]:>10.1f} {1e3 * a[4]:>10.1f} "
               f"{a[5]:>9.4f} {a[6]:>7,.0f}  {' / '.join(f'{v:,.0f}' for v in a[7:])}")
 
-
-if __name__ == "__main__":
-    main()

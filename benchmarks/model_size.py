@@ -1,18 +1,22 @@
-"""What a model's size costs: one device round and one cloud AKD step, per model, with peak RSS.
+"""Model size: what a model's size costs, one device round and one cloud AKD step per model, with peak RSS.
 
-    python benchmarks/model_size.py [--zoo default] [--hidden 512] [--layers 8] [--steps 5]
+Question: how do a device round and a cloud AKD step grow with the model, up to a checkpoint larger than the
+zoo's, and how much memory does each process need?
+
+    python -m benchmarks model_size [--zoo default] [--hidden 512] [--layers 8] [--steps 5] [--models NAMES]
 
 Models: the zoo's device tiers and its teacher, each as a device tier, and a larger checkpoint built here
 (the zoo's front-end and tokenizer under a ``--hidden`` x ``--layers`` Phi decoder, random weights: time and
 memory do not depend on the values), passed to the fleet as a local checkpoint directory, the way a user's
-own model is. For each model, in a fresh process of its own (so its peak RSS is its own):
+own model is (``--models``: some of them, by name: a tier, ``teacher``, ``large``). For each model, in a fresh
+process of its own (``python -m benchmarks model_size --one ...``, so its peak RSS is its own):
 
 - **device round**: one ``cdcca`` device round (``clients.cdcca_device.run_cdcca_round``: answers and
   uncertainty on the round's samples, UTS, the upload) and one ``fedavg`` device round
   (``clients.local_training.run_local_round``: local adapter training and its update), on a device of that
   tier, the strategies' default settings, 2 torch threads;
 - **cloud AKD step**: the seconds per step of ``fl_sim.mechanisms.akd.train_adapters`` on the model as the student
-  (the default zoo's teacher's targets for one AKD batch of source samples, the strategy's default batch).
+  (the teacher's targets for one AKD batch of source samples, the strategy's default batch).
 
 Printed: parameters, fp32 size, seconds of each, and the peak RSS of each process (``ru_maxrss``: the
 device process holds the student only, the cloud process the teacher too).
@@ -21,11 +25,21 @@ device process holds the student only, the cloud process the teacher too).
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchmarks.lib import (
+    Timer,
+    device_env,
+    plain_device_round,
+    plain_strategy,
+    quiet,
+    run_benchmark,
+    table_header,
+    table_row,
+)
+
+SMOKE = ["--zoo", "tiny", "--models", "large", "--hidden", "32", "--layers", "1", "--steps", "1"]
 
 
 def build_large(zoo, hidden: int, layers: int, out: Path) -> Path:
@@ -47,42 +61,29 @@ def build_large(zoo, hidden: int, layers: int, out: Path) -> Path:
 
 def measure(path: str, teacher: str, kind: str, steps: int) -> dict:
     """In this process: ``kind`` = "device" (a cdcca and a fedavg device round) or "cloud" (AKD steps)."""
+    quiet(threads=2)
     import numpy as np
     import torch
 
-    from fl_sim.app.cli import quiet_libraries
-
-    quiet_libraries()
-    torch.set_num_threads(2)
-    from fl_sim.app.run import prepare_run
     from fl_sim.config import parse_config
     from fl_sim.models.mllm import count_params
 
     out = tempfile.mkdtemp(prefix="fl-sim-size-")
     figures = {}
     if kind == "device":
-        from clients.behaviour import DeviceRound
-        from clients.cdcca_device import run_cdcca_round
-        from clients.local_training import run_local_round
         from fl_sim.device import model_cache
-        from fl_sim.device.environment import load_device_env
 
         for name in ("cdcca", "fedavg"):
             cfg = parse_config({"name": name, "output_dir": out, "rounds": 1,
                                 "models": {"teacher": teacher, "tiers": {"m": path}},
                                 "fleet": {"num_devices": 4}, "strategy": {"name": name, "clients_per_round": 4}})
-            s = prepare_run(cfg)
-            s.state = {t: s.initial_state(t) for t in s.tiers}
-            env = load_device_env(s.ctx.env_path)
-            p = s.ctx.fleet[0]
+            s = plain_strategy(cfg)
+            env = device_env(s)
             for timed in (False, True):  # the first round loads model, data and partitions: not the round's cost
-                t = time.time()
-                if name == "cdcca":
-                    run_cdcca_round(DeviceRound(env, 0, 1), s.device_settings(p, 1), None)
-                else:
-                    run_local_round(DeviceRound(env, 0, 1), s.device_settings(p, 1), s.downlink(p.tier))
+                with Timer() as t:
+                    plain_device_round(s, env, 0, 1)
                 if timed:
-                    figures[f"{name}_round_s"] = time.time() - t
+                    figures[f"{name}_round_s"] = t.s
         figures["params"] = count_params(model_cache.base_model(path))
     else:
         from fl_sim.device import model_cache
@@ -102,48 +103,54 @@ def measure(path: str, teacher: str, kind: str, steps: int) -> dict:
         model, init = model_cache.adapted_model(path, *cfg.strategy.adapters())
         align = torch.nn.Linear(model.config.text_config.hidden_size, t_model.config.text_config.hidden_size)
         akd.train_adapters(model, align, lambda step: targets, a, 0, steps=1)  # warm-up: first-call costs
-        t = time.time()
-        akd.train_adapters(model, align, lambda step: targets, a, 0, steps=steps)
-        figures["akd_step_s"] = (time.time() - t) / steps
+        with Timer() as t:
+            akd.train_adapters(model, align, lambda step: targets, a, 0, steps=steps)
+        figures["akd_step_s"] = t.s / steps
         load_adapter_state(model, init)
     figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     return figures
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap) -> None:
     ap.add_argument("--zoo", default="default")
     ap.add_argument("--hidden", type=int, default=512, help="the larger checkpoint's decoder width")
     ap.add_argument("--layers", type=int, default=8, help="the larger checkpoint's decoder depth")
     ap.add_argument("--steps", type=int, default=5, help="timed AKD steps per model (after one warm-up step)")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated: zoo tiers, teacher, large (default: every tier, the teacher, large)")
     ap.add_argument("--one", nargs=3, metavar=("PATH", "TEACHER", "KIND"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.one:
+
+
+def run(args) -> None:
+    if args.one:  # a child: one model, one kind, in this fresh process
         print(json.dumps(measure(*args.one, args.steps)))
         return
-    from fl_sim.app.cli import quiet_libraries
-
-    quiet_libraries()
+    quiet()
     from fl_sim.models.zoo import pretrain_zoo
 
     zoo = pretrain_zoo(args.zoo)
     teacher = str(zoo.paths["teacher"])
-    models = {name: str(zoo.paths[name]) for name in zoo.tiers} | {"teacher": teacher}
-    big = f"phi-{args.hidden}x{args.layers}"
-    models[big] = str(build_large(zoo, args.hidden, args.layers, Path(tempfile.mkdtemp(prefix="fl-sim-big-"))))
-    print("| model | params | fp32 MB | cdcca device round (s) | fedavg device round (s) | device peak RSS (GiB) "
-          "| AKD step (s) | cloud peak RSS (GiB) |\n|---|---|---|---|---|---|---|---|", flush=True)
+    names = args.models.split(",") if args.models else [*zoo.tiers, "teacher", "large"]
+    known = {name: str(zoo.paths[name]) for name in zoo.tiers} | {"teacher": teacher, "large": None}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--models: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    models = {name: known[name] for name in names}
+    if "large" in models:
+        big = f"phi-{args.hidden}x{args.layers}"
+        models[big] = str(build_large(zoo, args.hidden, args.layers, Path(tempfile.mkdtemp(prefix="fl-sim-big-"))))
+        del models["large"]
+    print(table_header(["model", "params", "fp32 MB", "cdcca device round (s)", "fedavg device round (s)",
+                        "device peak RSS (GiB)", "AKD step (s)", "cloud peak RSS (GiB)"]), flush=True)
     for name, path in models.items():
         row = {}
         for kind in ("device", "cloud"):
-            res = subprocess.run([sys.executable, __file__, "--one", path, teacher, kind, "--steps", str(args.steps)],
-                                 check=True, capture_output=True, text=True)
+            res = run_benchmark("model_size", "--one", path, teacher, kind, "--steps", str(args.steps),
+                                capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                raise SystemExit(f"{name}, {kind}: the child failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
             row[kind] = json.loads(res.stdout.strip().splitlines()[-1])
         d, c = row["device"], row["cloud"]
-        print(f"| {name} | {d['params'] / 1e6:.2f} M | {4 * d['params'] / 1e6:.1f} | {d['cdcca_round_s']:.2f} | "
-              f"{d['fedavg_round_s']:.2f} | {d['peak_rss_gib']:.2f} | {c['akd_step_s']:.3f} | "
-              f"{c['peak_rss_gib']:.2f} |", flush=True)
-
-
-if __name__ == "__main__":
-    main()
+        print(table_row([name, f"{d['params'] / 1e6:.2f} M", f"{4 * d['params'] / 1e6:.1f}",
+                         f"{d['cdcca_round_s']:.2f}", f"{d['fedavg_round_s']:.2f}", f"{d['peak_rss_gib']:.2f}",
+                         f"{c['akd_step_s']:.3f}", f"{c['peak_rss_gib']:.2f}"]), flush=True)

@@ -1,7 +1,12 @@
 """Scale: many registered devices, a sample per round; framework overhead against a plain PyTorch loop.
 
-    python benchmarks/scale.py [--devices 1000] [--per-round 50] [--rounds 3] [--zoo default] [--no-warm-up]
-                               [--strategy fedavg|fedprox|tent|source-only|cdcca] [--no-plain] [--json FILE]
+Question: what does a round cost as the fleet grows (peak memory of the driver and its Ray workers,
+device-rounds per minute), and how much does the framework (Flower, Ray, messages) add to the devices' own work?
+
+    python -m benchmarks scale [--devices 1000] [--per-round 50] [--rounds 3] [--zoo default] [--no-warm-up]
+                               [--strategy fedavg|fedprox|tent|source-only|cdcca] [--teacher-int8] [--no-plain]
+                               [--json FILE]
+    e.g. python -m benchmarks scale --strategy cdcca --devices 10000 --per-round 100
 
 Prints wall time per round, peak RSS (this process plus its Ray workers, sampled every 0.5 s; also each
 apart, and their anonymous memory: the RSS less memory-mapped dataset pages) and the
@@ -15,23 +20,22 @@ work), the round's cloud phases are printed from ``cloud_phases_s`` (decode, tea
 questions, AKD and DWC per tier), and a plain-loop cloud reference repeats the round's teacher labelling
 and AKD steps on as many source samples, calling ``fl_sim.mechanisms.akd`` directly.
 ``--no-plain`` skips the plain-loop references (the Flower run's own figures only); ``--json FILE`` also
-writes the run's figures there (``benchmarks/cost_curves.py`` collects them).
+writes the run's figures there (``python -m benchmarks cost_curves`` collects them).
 Each domain's train split holds at least two samples per device (``fleet.train_size``), so the
 partitioner can give every device data.
 Targets: peak RSS <= 8 GiB, overhead ratio <= 1.5.
 """
 
-import argparse
 import tempfile
 import time
+from pathlib import Path
 
-from peak_memory import PeakMemory
+from benchmarks.lib import PeakMemory, device_env, gib, plain_device_round, plain_strategy, quiet
 
-from fl_sim.app.cli import quiet_libraries
+SMOKE = ["--zoo", "tiny", "--strategy", "cdcca", "--devices", "4", "--per-round", "2", "--rounds", "1"]
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def add_arguments(ap) -> None:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--per-round", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
@@ -42,19 +46,15 @@ def main():
     ap.add_argument("--teacher-int8", action="store_true", help="cdcca: strategy.akd.teacher_int8 = true")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-loop references")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = ap.parse_args()
-    quiet_libraries()
+
+
+def run(args) -> None:
+    quiet()
     import torch
 
-    from clients.behaviour import DeviceRound
-    from clients.cdcca_device import run_cdcca_round
-    from clients.local_training import run_local_round
     from fl_sim.app.run import run_experiment
     from fl_sim.callbacks.results_file import read_results
     from fl_sim.config import parse_config
-    from fl_sim.device.environment import load_device_env
-    from fl_sim.server.strategy import RunContext
-    from strategies import get_strategy
 
     out = tempfile.mkdtemp(prefix="fl-sim-scale-")
     cfg = parse_config({"name": "scale", "zoo": args.zoo, "rounds": args.rounds, "output_dir": out,
@@ -76,9 +76,9 @@ def main():
                       for r in res)
     first_wall = res[0].get("wall_s") or {}
     figures = {"strategy": args.strategy, "devices": args.devices, "per_round": args.per_round, "rounds": args.rounds,
-               "teacher_int8": args.teacher_int8, "peak_rss_gib": mem.peak / 2**30,
-               "driver_peak_rss_gib": mem.driver_peak / 2**30, "workers_peak_rss_gib": mem.children_peak / 2**30,
-               "peak_anon_gib": mem.anon_peak / 2**30,
+               "teacher_int8": args.teacher_int8, "peak_rss_gib": gib(mem.peak),
+               "driver_peak_rss_gib": gib(mem.driver_peak), "workers_peak_rss_gib": gib(mem.children_peak),
+               "peak_anon_gib": gib(mem.anon_peak),
                "device_rounds_per_min": 60 * done / rounds_wall, "device_rounds_per_min_total": 60 * done / total,
                "map_nodes_s": first_wall.get("map_nodes"), "prepare_data_s": first_wall.get("prepare_data"),
                "round_s": [r["wall_s"]["round"] for r in res], "cloud_s": [r.get("cloud_wall_s") for r in res],
@@ -97,17 +97,10 @@ def main():
               f"total {total:.1f} s")
         return
 
-    # the same devices' work in a plain loop (same configs, initial adapters), 2 threads, one process
-    from fl_sim.fleet.profiles import load_trace
-    from fl_sim.models.zoo import pretrain_zoo
-
-    zoo = pretrain_zoo(args.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir)
-    fleet = load_trace(run_dir / "fleet.json", list(zoo.tiers))
-    env_path = str(run_dir.resolve() / "device_env.json")
-    s = get_strategy(args.strategy)(RunContext(cfg, fleet, {k: str(v) for k, v in zoo.paths.items()}, run_dir,
-                                               env_path=env_path))
-    s.state = {t: s.initial_state(t) for t in s.tiers}
-    env = load_device_env(env_path)
+    # the same devices' work in a plain loop (same config, so the same fleet; initial adapters), 2 threads, one
+    # process; the run prepared again outside Flower, its files in a folder of its own
+    s = plain_strategy(cfg, Path(out) / "plain")
+    env = device_env(s)
     torch.set_num_threads(2)
     plain_warm = None
     if cfg.simulation.warm_up:  # the plain loop loads what the Flower workers loaded before round 1
@@ -118,18 +111,13 @@ def main():
                   model_cache.split, model_cache.device_pools, model_cache.reference_token):
             f.cache_clear()  # this process loaded them already: start the plain loop as cold as a fresh worker
         t = time.time()
-        warm_up(env_path, [(s.device.name, d, r) for d, r in s.first_visits()])
+        warm_up(s.ctx.env_path, [(s.device.name, d, r) for d, r in s.first_visits()])
         plain_warm = time.time() - t
     plain = []
     for rec in res:
         t = time.time()
         for dev in rec["sampled_ids"]:
-            p = fleet[dev]
-            if args.strategy == "cdcca":  # held = target = version 0: the devices' work without the downlink
-                run_cdcca_round(DeviceRound(env, dev, rec["round"]), s.device_settings(p, 1), None)
-            else:
-                run_local_round(DeviceRound(env, dev, rec["round"]), s.device_settings(p, rec["round"]),
-                                s.downlink(p.tier))
+            plain_device_round(s, env, dev, rec["round"])
         plain.append(time.time() - t)
     cloud_plain = [plain_cloud(s, cfg, rec) for rec in res] if args.strategy == "cdcca" else None
     print(f"devices {args.devices}, {args.per_round} per round, {args.rounds} rounds, zoo {args.zoo}")
@@ -165,8 +153,8 @@ def main():
     print(f"overhead ratio per round: worst {max(ratios):.2f} (round {1 + ratios.index(max(ratios))}), all rounds "
           f"{sum(r['wall_s']['train'] for r in res) / sum(plain):.2f}   target <= 1.5"
           + ("" if plain_warm is not None else "   (cold start: round 1 includes worker start-up)"))
-    print(f"peak RSS (driver + Ray workers): {mem.peak / 2**30:.2f} GiB (driver {mem.driver_peak / 2**30:.2f}, "
-          f"workers {mem.children_peak / 2**30:.2f}; anonymous {mem.anon_peak / 2**30:.2f})   target <= 8 GiB "
+    print(f"peak RSS (driver + Ray workers): {gib(mem.peak):.2f} GiB (driver {gib(mem.driver_peak):.2f}, "
+          f"workers {gib(mem.children_peak):.2f}; anonymous {gib(mem.anon_peak):.2f})   target <= 8 GiB "
           "(<= 6 GiB for cdcca at 10,000 devices, 100 per round)")
     print(f"throughput: {done} device-rounds in {rounds_wall:.1f} s of rounds = "
           f"{60 * done / rounds_wall:.0f} per minute "
@@ -211,6 +199,3 @@ def plain_cloud(s, cfg, rec) -> float:
         load_adapter_state(model, init)
     return time.time() - t
 
-
-if __name__ == "__main__":
-    main()

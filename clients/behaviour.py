@@ -61,8 +61,10 @@ def load_behaviour(name: str) -> type[DeviceBehaviour]:
         raise FlSimError(f"unknown device behaviour {name!r}: no such module") from None
     found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, DeviceBehaviour)
              and v.__module__ == name]
-    if len(found) != 1:
-        raise FlSimError(f"module {name} defines {len(found)} device behaviours, not one")
+    if not found:
+        raise FlSimError(f"module {name} defines no device behaviour")
+    if len(found) > 1:
+        raise FlSimError(f"module {name} defines {len(found)} device behaviours; a module holds one")
     return found[0]
 
 

@@ -33,6 +33,7 @@ from fl_sim.mechanisms import akd
 from fl_sim.mechanisms.replay import ReplayBuffer
 from fl_sim.models import placement
 from fl_sim.protocol.version_store import VersionStore
+from fl_sim.server.round import Absorbed
 from fl_sim.server.strategy import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -97,12 +98,12 @@ class CDCCA(FleetStrategy):
         return CDCCADeviceSettings(held_version=v.of(p.device_id), target_version=v.latest[p.tier],
                                    uts=self.views.uts_for(p.tier, self.uts))
 
-    def downlink_records(self, p, server_round):
-        return self.versions.downlink_records(p.device_id, p.tier, self.device_weights(p.tier))
+    def device_downlink(self, p, server_round):
+        return self.versions.downlink(p.device_id, p.tier, self.device_weights(p.tier))
 
-    def configure_train(self, server_round, arrays=None, config=None, grid=None):
+    def plan_round(self, server_round):
         self.versions.new_round()
-        return super().configure_train(server_round, arrays, config, grid)
+        return super().plan_round(server_round)
 
     def upload_limits(self, n_tokens: int) -> dict:
         """What a device was asked to upload (``fl_sim.cloud.uploads.upload_limits``)."""
@@ -117,7 +118,7 @@ class CDCCA(FleetStrategy):
             phases[name] = phases.get(name, 0.0) + now - clock[0]
             clock[0] = now
 
-        rejected_down = self.versions.absorb(replied, {d: t.settings for d, t in plan.tasks.items()}, server_round)
+        rejected_down = self.versions.absorb(replied, plan.settings, server_round)
         tiers_of = {dev: self.ctx.fleet[dev].tier for dev, _, _ in kept}
         uploads = decode_uploads(kept, tiers_of, self.views, self.uts, self.akd.max_new_tokens,
                                  self.cfg.fleet.samples_per_round, server_round)
@@ -140,11 +141,10 @@ class CDCCA(FleetStrategy):
                 extra[f"akd_{key}" if key in ("loss", "ce", "kl", "feat") else f"dwc_{key}"] = float(np.mean(vals))
         n_passes = labels.taught + len(figures) * self.akd.steps * self.akd.batch_size
         n_passes += len(uploads.questions) if self.akd.extra_questions else 0  # the teacher's captions
-        extra["cloud_s"] = n_passes * self.akd.cloud_ms_per_sample / 1000
         extra["cloud_wall_s"] = time.time() - t0
         extra["cloud_phases_s"] = phases
         placement.release()
-        return extra
+        return Absorbed(extra, cloud_s=n_passes * self.akd.cloud_ms_per_sample / 1000)
 
     def distil_and_compress(self, new: dict, server_round: int, extra: dict, lap) -> dict[str, dict]:
         """AKD for every tier with targets or replay (side by side in worker processes, or here), then DWC of

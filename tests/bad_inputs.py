@@ -2,7 +2,7 @@
 and checkpoints. Each case is ``(name, files, argv, expected)``: the files to write (path relative to a
 scratch folder -> text or bytes; a value of ``None`` makes a directory), the command line (``{dir}`` is
 the scratch folder), and a string the one-line error must contain (the offending key or file).
-Used by ``tests/test_bad_input.py`` (in process) and ``benchmarks/cli_startup.py`` (time to the error).
+Used by ``tests/unit/app/test_bad_input.py`` (in process) and ``python -m benchmarks startup`` (time to the error).
 """
 
 import json

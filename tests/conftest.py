@@ -23,6 +23,13 @@ def tiny_zoo(cache_dir):
     return pretrain_zoo("tiny", cache_dir=cache_dir)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Everything under ``tests/integration/`` (Flower, Ray, the CLI end to end) is ``slow``."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config):
     import datasets
     import transformers

@@ -7,7 +7,7 @@ A coarse model, per term (bytes):
     the cloud's workers         0.6 GiB each (``strategy.akd.workers``: the tiers' AKD side by side, cdcca)
     registered devices          500 B each in the driver (profile), plus 150 B per domain in the driver and
                                 each worker (device partitions); Flower holds nothing per device
-                                (``benchmarks/registered_devices.py`` measured 608 B at 10k and 100k);
+                                (docs/notes.md, retired investigations);
                                 computing a domain's partitions the first time takes 2 KB per device
                                 in the driver, one domain at a time
     datasets                    7.5 KB per sample read (a 48x48 RGB image and its text), memory-mapped: the test
@@ -15,12 +15,12 @@ A coarse model, per term (bytes):
                                 process reads (a round's samples in a worker); the rest stays on disk, in
                                 pages the kernel can drop; building a split streams it to disk and holds
                                 one chunk of samples and Arrow's batches whatever its size (counted as
-                                400 MiB; ``benchmarks/split_build.py`` measured 57 MiB at 200,000 samples)
+                                400 MiB; docs/notes.md)
     a device round              200 KB per sample in a worker (images, visual tokens, activations)
     the cloud's round           200 KB per uploaded sample (teacher targets with logits and hidden states)
 
 Disk: the datasets once (16 KB per sample on disk: Arrow stores the image as nested lists with their
-offsets; ``benchmarks/mapped_reads.py`` prints a split's size), and per round about 4 KB of results and
+offsets; docs/notes.md), and per round about 4 KB of results and
 TensorBoard events plus 40 bytes per sampled device. ``simulation.check_capacity = false`` skips the check (a cluster's
 workers have their own memory).
 """
@@ -44,7 +44,7 @@ SPLIT_BUILD_BYTES = 400 * 2**20  # building one split, an upper bound (57 MiB an
 PARTITION_BUILD_BYTES = 2_000  # per device, computing one domain's partitions (1.7 KB measured at 100,000)
 ROUND_SAMPLE_BYTES = 200_000
 ROUND_DISK_BYTES = 4_000
-BUILTIN_DOMAINS = 4  # every run evaluates the built-in domains (fl_sim.server.evaluation.eval_domains)
+BUILTIN_DOMAINS = 4  # every run evaluates the built-in domains (fl_sim.callbacks.evaluation.eval_domains)
 
 
 def domains(cfg) -> int:

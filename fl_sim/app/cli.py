@@ -34,7 +34,7 @@ def _progress(quiet: bool):
         yield p
 
 
-def default_workers() -> int:
+def default_pretrain_workers() -> int:
     """Processes ``pretrain``/``evaluate`` train missing models in: 2 on a machine with 2 or more cores
     (the teacher beside the device tiers; per-model step times scale poorly with threads on 2 cores)."""
     return 2 if (os.cpu_count() or 1) >= 2 else 1
@@ -102,8 +102,8 @@ def cmd_evaluate(args) -> int:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise FlSimError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist")
     start_libraries()
+    from fl_sim.app.zoo_evaluation import check_targets, evaluate_zoo, print_eval
     from fl_sim.models.zoo import pretrain_zoo
-    from fl_sim.server.evaluation import check_targets, evaluate_zoo, print_eval
 
     with _progress(args.quiet) as p:
         zoo = pretrain_zoo(args.zoo, seed=args.seed, cache_dir=args.cache_dir, overrides=_overrides(args.model),
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--domains", metavar="TOML", default=None,
                        help="an experiment file whose [domains] (datasets on disk) the teacher also learns")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--workers", type=_count(1), default=default_workers(),
+        p.add_argument("--workers", type=_count(1), default=default_pretrain_workers(),
                        help="processes that train missing models side by side (default %(default)s; "
                             "the models are the same for any value)")
 

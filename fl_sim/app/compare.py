@@ -30,7 +30,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fl_sim import FlSimError, Stopped
-from fl_sim.callbacks.results_file import read_results
+from fl_sim.callbacks.results_file import flatten, read_results
 from fl_sim.config import NAME_PATTERN, ExperimentConfig, explain_error, load_config, read_toml
 from fl_sim.report.comparison import RunRef, build_report
 
@@ -90,7 +90,8 @@ def load_compare(path: str | Path, overrides: dict | None = None
             raise FlSimError(f"run {v.label!r}: {exc}") from None
     for seed in cmp.seeds:
         for v in runs:
-            over = {**_flat(cmp.set), **_flat(v.set), **(overrides or {}), "strategy.name": v.strategy, "seed": seed,
+            dotted = {**flatten(cmp.set, sep=".", numbers_only=False), **flatten(v.set, sep=".", numbers_only=False)}
+            over = {**dotted, **(overrides or {}), "strategy.name": v.strategy, "seed": seed,
                     "name": cmp.name}
             if cmp.paired and v.label != cmp.paired:
                 ref = next(c for w, s, c in grid if w is runs[0] and s == seed)
@@ -100,18 +101,6 @@ def load_compare(path: str | Path, overrides: dict | None = None
             except FlSimError as exc:
                 raise FlSimError(f"run {v.label!r}: {exc}") from None
     return cmp, grid
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}, "c.d": 2}`` -> ``{"a.b": 1, "c.d": 2}``."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out |= _flat(v, key + ".")
-        else:
-            out[key] = v
-    return out
 
 
 def is_complete(run_dir: Path, rounds: int) -> bool:

@@ -36,5 +36,7 @@ def main(grid, context) -> None:
     overrides.setdefault("output_dir", str(Path(str(rc.get("output-dir", "~/fl-sim/runs"))).expanduser()))
     cfg = load_config(Path(__file__).resolve().parents[2] / str(rc["experiment"]), overrides)
     strategy = prepare_run(cfg)
-    strategy.run(grid, n_nodes=0)  # the federation's SuperNodes, however many registered
+    from fl_sim.server import loop
+
+    loop.run(strategy, grid, n_nodes=0)  # the federation's SuperNodes, however many registered
     print(f"fl-sim: results in {strategy.ctx.run_dir}/results.jsonl", flush=True)

@@ -67,6 +67,8 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
     build_all()  # the user domains' data, read and checked before any model trains
     from fl_sim.app.preflight import check_loadable
     from fl_sim.callbacks.checkpointing import Checkpointing
+    from fl_sim.callbacks.continual import ContinualFigures
+    from fl_sim.callbacks.evaluation import CentralEvaluation
     from fl_sim.callbacks.hook import OnRound
     from fl_sim.callbacks.results import ResultsLogger
     from fl_sim.config import tier_names
@@ -102,7 +104,8 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
     record_models(run_dir, model_paths)
     env = device_environment(cfg, run_dir / "fleet.json", len(fleet), {t: model_paths[t] for t in tiers},
                              strategy_cls.store_dir(run_dir))
-    callbacks = [ResultsLogger(run_dir), Checkpointing(run_dir), *(callbacks or [])]
+    callbacks = [CentralEvaluation(cfg, model_paths, fleet), ContinualFigures(fleet), ResultsLogger(run_dir),
+                 Checkpointing(run_dir), *(callbacks or [])]
     if on_round is not None:
         callbacks.append(OnRound(on_round))
     ctx = RunContext(cfg=cfg, fleet=fleet, model_paths=model_paths, run_dir=run_dir, replay=replay,
@@ -135,13 +138,15 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
+    from fl_sim.server import loop
+
     errors: list[BaseException] = []
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid, context) -> None:
         try:
-            strategy.run(grid)
+            loop.run(strategy, grid)
         except BaseException as exc:  # surfaced to the caller after the simulation ends
             errors.append(exc)
             ctx.abort.set()

@@ -14,5 +14,5 @@ class Checkpointing(Callback):
         self.run_dir, self.keep = Path(run_dir), keep
 
     def after_round(self, strategy, record):
-        r = int(record["round"])
+        r = record.round
         save_checkpoint(self.run_dir, r, strategy.checkpoint_state(), strategy.state, keep=self.keep)

@@ -31,9 +31,10 @@ class ConsoleProgress(Callback):
         self.summary, self.last = summary, None
 
     def after_round(self, strategy, record):
-        print(round_line(record), flush=True)
-        if record.get("acc"):
-            self.last = record
+        rec = record.as_dict()
+        print(round_line(rec), flush=True)
+        if rec.get("acc"):
+            self.last = rec
 
     def on_run_end(self, strategy, completed):
         if completed and self.summary and self.last is not None:

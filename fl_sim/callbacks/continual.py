@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 
+from fl_sim.callbacks import Callback, Report
+
 
 def continual_metrics(history: dict[int, dict[str, dict[str, float]]], current: dict[str, dict[int, set[str]]],
                       shares: dict[str, float], r: int) -> dict[str, float]:
@@ -32,7 +34,7 @@ def continual_metrics(history: dict[int, dict[str, dict[str, float]]], current: 
         cur = current.get(tier, {})
         first = {}
         for k in range(1, r + 1):
-            for d in cur.get(k, ()):
+            for d in sorted(cur.get(k, ())):  # a fixed order: the sums below do not follow string hashing
                 first.setdefault(d, k)
         seen = [d for d in first if d in now]
         if not seen:
@@ -90,3 +92,23 @@ class ContinualTracker:
 
     def load_state(self, state: dict) -> None:
         self.history = {int(r): v for r, v in (state or {}).items()}
+
+
+class ContinualFigures(Callback):
+    """``acc_seen``, ``forgetting`` and ``bwt`` of each evaluated round (one that has ``acc_tier``)."""
+
+    timer = "evaluate"
+
+    def __init__(self, fleet):
+        self.tracker = ContinualTracker(fleet)
+
+    def after_round(self, strategy, record) -> Report | None:
+        if "acc_tier" not in record.figures:
+            return None
+        return Report(self.tracker.update(record.round, record.figures["acc_tier"]))
+
+    def state(self) -> dict:
+        return {"continual": self.tracker.state()}
+
+    def load_state(self, state: dict) -> None:
+        self.tracker.load_state(state.get("continual"))

@@ -10,4 +10,4 @@ class OnRound(Callback):
         self.fn = fn
 
     def after_round(self, strategy, record):
-        self.fn(record)
+        self.fn(record.as_dict())

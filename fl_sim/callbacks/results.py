@@ -9,6 +9,7 @@ from fl_sim.callbacks.results_file import MetricsLogger
 
 
 class ResultsLogger(Callback):
+    logs_record = True  # the loop's timings of the round end here
     def __init__(self, run_dir: Path, tensorboard: bool = True):
         self.run_dir, self.tensorboard = Path(run_dir), tensorboard
         self.logger: MetricsLogger | None = None
@@ -18,7 +19,7 @@ class ResultsLogger(Callback):
         self.logger.truncate_after(first_round - 1)  # lines of rounds past the checkpoint an interrupted run wrote
 
     def after_round(self, strategy, record):
-        self.logger.log(record)
+        self.logger.log(record.as_dict())
 
     def on_run_end(self, strategy, completed):
         if self.logger is not None:

@@ -7,13 +7,16 @@ import math
 from pathlib import Path
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, float]:
-    """``{"acc": {"source": 0.9}}`` -> ``{"acc/source": 0.9}`` (numbers only)."""
+def flatten(d: dict, prefix: str = "", sep: str = "/", numbers_only: bool = True) -> dict:
+    """``{"acc": {"source": 0.9}}`` -> ``{"acc/source": 0.9}``: nested keys joined by ``sep``; with
+    ``numbers_only``, only finite numbers (as floats) are kept."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out |= flatten(v, key + "/")
+            out |= flatten(v, key + sep, sep, numbers_only)
+        elif not numbers_only:
+            out[key] = v
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             out[key] = float(v)
     return out

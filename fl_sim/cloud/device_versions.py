@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from fl_sim.protocol.records import config_value_bytes, payload_bytes, to_array_record
+from fl_sim.protocol.task import Downlink
 from fl_sim.protocol.version_store import VersionStore
 
 log = logging.getLogger(__name__)
@@ -31,28 +32,28 @@ class DeviceVersions:
     def new_round(self) -> None:
         self._chains = {}
 
-    def downlink_records(self, device_id: int, tier: str, weights: dict) -> dict:
+    def downlink(self, device_id: int, tier: str, weights: dict) -> Downlink:
         """The cheaper of the payload chain ``held -> latest`` and a dense refresh of ``weights`` (what the
         tier's devices hold now), cached per tier and version pair."""
         u, v = self.of(device_id), self.latest[tier]
         if u == v:
-            return {}
+            return Downlink()
         if device_id in self.needs_full:
-            return {"dwc_full": to_array_record(weights)}
+            return Downlink({"dwc_full": to_array_record(weights)})
         key = (tier, u, v)
         if key not in self._chains:
             chain = self.store.chain(tier, u, v)
             full = to_array_record(weights)
             small = config_value_bytes("dwc_chain", chain) <= payload_bytes(full)
-            self._chains[key] = {"task": {"dwc_chain": chain}} if small else {"dwc_full": full}
+            self._chains[key] = Downlink(task_values={"dwc_chain": chain}) if small else Downlink({"dwc_full": full})
         return self._chains[key]
 
-    def absorb(self, replied: list, sent: dict[int, dict], server_round: int) -> int:
+    def absorb(self, replied: list, sent: dict, server_round: int) -> int:
         """Record the version each replying device holds now (``replied``: ``[(device, reply, metrics)]``;
-        ``sent``: device -> the settings of its task). Returns how many rejected their downlink."""
+        ``sent``: device -> the ``Settings`` of its task). Returns how many rejected their downlink."""
         rejected = 0
         for dev, rep, m in replied:  # every device that answered applied (or rejected) its downlink
-            held, target = sent[dev]["held_version"], sent[dev]["target_version"]
+            held, target = sent[dev].held_version, sent[dev].target_version
             version = int(m["version"])
             if m["downlink_rejected"] or version not in (held, target, 0):
                 rejected += 1

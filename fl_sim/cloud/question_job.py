@@ -2,7 +2,7 @@
 teacher captions each upload and answers up to ``k`` more questions generated from its caption
 (``akd.question_targets``). They need only the uploads' visual tokens and questions, not their labels, so
 they could be asked in a worker (``fl_sim.cloud.worker_pool``) while the cloud labels; on 2 cores that is slower
-than asking them after the labels in the cloud process, with both threads (``benchmarks/cloud_workers.py``),
+than asking them after the labels in the cloud process, with both threads (docs/notes.md),
 so the cloud does that. On disk (``save`` / ``load``) a job or its result is one safetensors file with a
 JSON header.
 """

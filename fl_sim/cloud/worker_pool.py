@@ -2,7 +2,7 @@
 (``fl_sim.cloud.tier_job``; the teacher's extra questions, ``fl_sim.cloud.question_job``, can run there too).
 
 CD-CCA's cloud trains every tier's adapters each round, and the tiers are independent. At these model
-sizes torch's kernels gain little from a second thread (``benchmarks/cloud_threads.py``: 1.16x on AKD,
+sizes torch's kernels gain little from a second thread (docs/notes.md: 1.16x on AKD,
 1.40x on labelling) and nearly 2x from a second process, so a pool keeps single-threaded Python
 processes, started once per cloud process (each loads a model once and keeps it). ``submit(job)`` hands
 a job to the next worker and ``collect`` waits for its result; ``run(jobs)`` gives job ``i`` to executor
@@ -49,7 +49,7 @@ def _kind(job):
     return _kinds()[type(job).__name__]
 
 
-def default_workers(n_jobs: int, on_cpu: bool) -> int:
+def default_cloud_workers(n_jobs: int, on_cpu: bool) -> int:
     """``strategy.akd.workers = "auto"``: one worker per job beyond the first on a CPU with 2+ cores (a job
     per process, the cores time-sliced when jobs outnumber them); none on a GPU or a single core."""
     return max(0, n_jobs - 1) if on_cpu and (os.cpu_count() or 1) >= 2 else 0
@@ -60,7 +60,7 @@ def workers_for(akd_cfg, n_tiers: int, fp32_cpu: bool) -> int:
     computes what the cloud process would; none without AKD steps."""
     if not fp32_cpu or not akd_cfg.steps:
         return 0
-    return default_workers(n_tiers, True) if akd_cfg.workers == "auto" else akd_cfg.workers
+    return default_cloud_workers(n_tiers, True) if akd_cfg.workers == "auto" else akd_cfg.workers
 
 
 class CloudPool:

@@ -53,17 +53,16 @@ class AKDConfig(Section):
         "VQA families) generated from its caption; the answers are distilled too (0 = off, the paper's AKD)"))
     cloud_ms_per_sample: float = Field(1.0, ge=0, description="virtual cloud time per teacher/student sample pass")
     teacher_int8: bool = Field(False, description=(
-        "the teacher labels with int8 dynamic quantisation (torch's CPU backend; fp32 on a GPU): 1.75x faster "
-        "labelling, 99.5 % identical pseudo-labels (benchmarks/teacher_int8.py)"))
+        "the teacher labels with int8 dynamic quantisation (torch's CPU backend; fp32 on a GPU): faster labelling, "
+        "pseudo-labels that may differ from fp32's (docs/results.md)"))
     teacher_states: Literal["generation", "forward"] = Field("generation", description=(
         "where the teacher's distilled logits and hidden states come from: its greedy generation itself "
-        '(no second pass; 2.4x faster labelling, benchmarks/teacher_states.py) or "forward", a second pass over '
-        "prompt + answer (the values before this option; 0.1-0.2 % of them differ in their last fp16 bit)"))
+        '(no second pass) or "forward", a second pass over prompt + answer (a few values differ in their last '
+        "fp16 bit)"))
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field("auto", description=(
         "processes that train the tiers' adapters side by side with the cloud process, each tier single-"
         'threaded (fl_sim/cloud/worker_pool.py); "auto" = one per tier beyond the first on a CPU with 2+ cores, none '
-        "on a GPU; 0 = every tier in the cloud process on its threads (bitwise the same adapters for the "
-        "default zoo: benchmarks/parallel_akd.py)"))
+        "on a GPU; 0 = every tier in the cloud process on its threads (the same adapters, bitwise)"))
 
     @model_validator(mode="after")
     def _some_loss(self):

@@ -11,7 +11,7 @@ Two corrections to the paper's score, both on by default and both switchable for
 - ``normalize``: confidence per answer token (geometric mean of the max probabilities) instead of the
   product. The paper's VQA answers are short; here a caption has ~12 tokens, and the product ranked
   captions as the least sure samples almost always (80-100 % of the picks on every shifted domain and
-  tier were captions, which VQA accuracy does not count: ``benchmarks/uts_selection.py``).
+  tier were captions, which VQA accuracy does not count: docs/notes.md).
 - ``stratify``: the budget is shared by question type (the question's first two words: "how many",
   "is there", ..., what the device itself asked, as VQA datasets define question types) in proportion
   to how often each type was asked, and samples are ranked within their type. One global ranking lets

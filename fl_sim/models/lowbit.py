@@ -7,7 +7,7 @@ that loads it (``mllm.load_mllm``: devices, the cloud's copy, evaluation) turns 
 layers into torchao ``Int8WeightOnlyConfig`` tensors (int8 per output channel, dequantised inside the
 matmul). peft puts LoRA on them as on any linear layer; gradients reach the adapters through them. The
 projector (trained in full) and the output layer (tied to the word embeddings) keep their simulated int8
-values. ``benchmarks/lowbit.py`` measures speed, memory and agreement against the simulated tier.
+values. docs/notes.md has its speed, memory and agreement against the simulated tier.
 """
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     ``overrides`` maps a role ("teacher" or a tier name) to a local Hugging Face checkpoint directory
     that replaces the preset (it must use the shared tokenizer's vocabulary). Models missing from the
     cache train in ``workers`` spawned processes when ``workers > 1`` (1 = in this process; the CLI
-    uses ``fl_sim.app.cli.default_workers()``); the models are the same either way. A script calling this with
+    uses ``fl_sim.app.cli.default_pretrain_workers()``); the models are the same either way. A script calling this with
     ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard of spawned processes. ``roles``
     (default: all) limits the zoo to those roles (the others are neither trained nor loaded).
     """

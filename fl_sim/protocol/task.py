@@ -10,6 +10,7 @@ emulates (a real device knows who it is). Other simulation plumbing is in ``fl_s
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,3 +38,11 @@ def read_task(content) -> tuple[DeviceTask, dict]:
     """``(task, the record's other entries)`` of a received message's content."""
     record = dict(content[RECORD])
     return DeviceTask.model_validate_json(str(record.pop(RECORD))), record
+
+
+@dataclass
+class Downlink:
+    """What a device receives beside its task: records of the message, and values added to the task record
+    (Flower frames each record of a message with about 150 bytes; a value in an existing record costs about 20)."""
+    records: dict = field(default_factory=dict)  # name -> Flower record
+    task_values: dict = field(default_factory=dict)  # name -> value, in the task record

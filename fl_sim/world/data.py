@@ -90,7 +90,7 @@ def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16
     def build(tmp: Path) -> dict:
         # streamed to disk (Dataset.from_generator writes Arrow batches as they come): the build holds one
         # chunk of samples, not the split, whose 200,000 samples for a 100,000-device fleet would not fit
-        # in memory as Python objects (benchmarks/split_build.py)
+        # in memory as Python objects (docs/notes.md)
         with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}-gen.") as scratch:
             ds = Dataset.from_generator(_stream, features=split_features(cell_px), cache_dir=scratch,
                                         gen_kwargs={"domain": domain, "split": split, "n": n, "seed": seed,
@@ -135,7 +135,6 @@ def partition(dataset, num_partitions: int, by: str = "domain", alpha: float = 0
 def partition_rows(dataset, num_partitions: int, column: str, by: str = "domain", alpha: float = 0.5,
                    seed: int = 0, kind: str = "dirichlet") -> list[np.ndarray]:
     """``column`` of each partition of ``partition(dataset, ...)``, read as each partition is made: a
-    fleet's partitions are never all held as datasets at once (``benchmarks/split_build.py`` measures
-    the peak)."""
+    fleet's partitions are never all held as datasets at once (docs/notes.md has the peak)."""
     part = _partitioner(dataset, num_partitions, by, alpha, seed, kind)
     return [np.asarray(part.load_partition(i).with_format("numpy")[column]) for i in range(num_partitions)]

@@ -1,6 +1,6 @@
 """Every malformed input of ``tests/bad_inputs.py`` ends in one line naming what is wrong, exit code 2,
 before anything runs: no run directory is made, and (checked in a fresh process) neither torch nor
-Flower is imported. The time to each error is a benchmark figure: ``python benchmarks/cli_startup.py``."""
+Flower is imported. The time to each error is a benchmark figure: ``python -m benchmarks startup``."""
 
 import subprocess
 import sys
@@ -28,6 +28,7 @@ def test_a_malformed_input_is_one_line_naming_it(case, tmp_path, capsys, cache_d
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_errors_come_before_the_heavy_libraries(tmp_path):
     code = ("import sys; from fl_sim.app.cli import main; rc = main(sys.argv[1:]); "
             "heavy = [m for m in ('torch', 'transformers', 'flwr', 'ray') if m in sys.modules]; "

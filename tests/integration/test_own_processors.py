@@ -13,7 +13,7 @@ import tomli_w
 import torch
 from conftest import CDCCA, FEDAVG, tiny_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _maker():

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.toml"
+QUICKSTART = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.toml"
 
 
 def _cli(*args, cache_dir):

@@ -129,10 +129,10 @@ def test_a_job_that_fails_in_a_worker_is_rerun_here_with_its_error(jobs, caplog)
 
 def test_auto_workers_one_per_tier_beyond_the_first_on_a_cpu(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert [worker_pool.default_workers(n, True) for n in (0, 1, 2, 3)] == [0, 0, 1, 2]
-    assert worker_pool.default_workers(3, False) == 0
+    assert [worker_pool.default_cloud_workers(n, True) for n in (0, 1, 2, 3)] == [0, 0, 1, 2]
+    assert worker_pool.default_cloud_workers(3, False) == 0
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert worker_pool.default_workers(3, True) == 0
+    assert worker_pool.default_cloud_workers(3, True) == 0
 
 
 def test_the_teachers_extra_questions_cross_a_worker_unchanged(tiny_zoo, tmp_path):

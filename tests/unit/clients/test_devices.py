@@ -100,7 +100,7 @@ def test_oracle_labels_train_on_the_true_answers_and_pseudo_on_the_devices_own(d
 def test_strategies_send_their_device_settings(tmp_path, cache_dir):
     from fl_sim.fleet.profiles import make_fleet
     from fl_sim.server.strategy import RunContext
-    from strategies import get_strategy
+    from fl_sim.plugins import get_strategy
 
     cfg = tiny_config(FEDAVG, tmp_path, cache_dir, **{"strategy.proximal_mu": 0.3, "strategy.labels": "oracle"})
     fleet = make_fleet(cfg.fleet, ["tiny-high", "tiny-low"], cfg.seed)
@@ -180,6 +180,7 @@ class Toy(FleetStrategy):
 '''
 
 
+@pytest.mark.slow
 def test_a_new_strategy_is_two_files_and_one_registry_line(tmp_path, cache_dir, tiny_zoo, monkeypatch):
     import json
     import sys

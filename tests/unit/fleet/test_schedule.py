@@ -94,6 +94,7 @@ def test_the_continual_figures_on_a_hand_made_history():
     assert two["acc_seen"] == pytest.approx(0.75)  # tiers weighted by their share of the fleet
 
 
+@pytest.mark.slow
 def test_three_stages_end_to_end(tmp_path, cache_dir, tiny_zoo):
     from fl_sim.app.run import run_experiment
     from fl_sim.callbacks.results_file import read_results

@@ -92,6 +92,7 @@ def test_bf16_passes_run_and_return_cpu_fp32_tensors(tiny_zoo):
 
 
 @pytest.mark.skipif(NO_CUDA, reason="needs CUDA")
+@pytest.mark.slow
 def test_cdcca_on_one_gpu_with_two_clients_sharing_it(tmp_path, cache_dir):
     """Two rounds of cdcca: the server on the GPU, two virtual clients with half a GPU each."""
     from conftest import CDCCA, tiny_config

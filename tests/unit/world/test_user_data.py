@@ -155,6 +155,7 @@ def test_bad_data_is_one_line_naming_the_dataset_and_caches_nothing(tmp_path, ca
         tiny_config(FEDAVG, tmp_path, cache_dir, **{"domains": {"dusk": {"path": str(tmp_path / "ok")}}})
 
 
+@pytest.mark.slow
 def test_a_tiny_fleet_shifts_to_a_user_domain(tmp_path, cache_dir, tiny_zoo):
     """Two rounds of fedavg on the tiny zoo (retrained for the new vocabulary, the teacher on the user domain
     too): devices shift to the user domain, which is evaluated with normalised and raw accuracy."""

@@ -1,75 +1,17 @@
-"""Server-side evaluation: a model zoo on every domain's test split (with the world's targets), and a
-fleet's tier models during a run (each tier's adapters per domain, tier-share-weighted means)."""
+"""Server-side evaluation, as a callback: each tier's current model (its adapters) on every domain the run
+evaluates, tier-share-weighted means, and once per run the teacher and the source-only reference (every
+tier's base model)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from fl_sim.callbacks import Callback, Report
 from fl_sim.device import model_cache
 from fl_sim.models.evaluate import evaluate
-from fl_sim.world.data import load_split
-from fl_sim.world.domains import COMBINED, DOMAINS, SHIFTED, USER_DOMAINS, VQA_FAMILIES
-
-TEACHER_MIN = 0.85        # teacher exact match on every domain
-DEVICE_SOURCE_MIN = 0.70  # every device tier on the source domain
-MIN_GAP = 0.15            # teacher minus device, on every shifted domain
+from fl_sim.world.domains import DOMAINS, USER_DOMAINS
 
 
-def test_sets(n_test: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None) -> dict:
-    """Every built-in domain, every combination in ``COMBINED`` and every registered user domain."""
-    return {d: load_split(d, "test", n_test, seed, cell_px, cache_dir) for d in [*DOMAINS, *COMBINED, *USER_DOMAINS]}
-
-
-def evaluate_zoo(zoo, n_test: int = 300, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None) -> dict:
-    """``{model: {domain: {family: acc, "vqa": acc, "bleu": bleu}}}`` over every model of ``zoo``."""
-    sets = test_sets(n_test, seed, cell_px, cache_dir)
-    return {name: evaluate(m, zoo.prompter, sets) for name, m in zoo.models.items()}
-
-
-def print_eval(table: dict) -> None:
-    from fl_sim.report.table import print_rows
-
-    rows = []
-    exact = any("vqa_exact" in r for by_domain in table.values() for r in by_domain.values())
-    for model, by_domain in table.items():
-        for domain, r in by_domain.items():
-            row = {"model": model, "domain": domain}
-            row |= {f: (100 * r[f] if f in r else None) for f in VQA_FAMILIES}
-            row |= {"VQA": 100 * r.get("vqa", 0.0)}
-            if exact:  # user domains: VQA on normalised answers, raw exact match beside it
-                row["exact"] = 100 * r["vqa_exact"] if "vqa_exact" in r else None
-            row["BLEU"] = r.get("bleu")
-            rows.append(row)
-    print_rows(rows, title="exact-match VQA accuracy (%) per model x domain x family; caption BLEU-4")
-
-
-def check_targets(table: dict) -> list[str]:
-    """Human-readable lines, one per target, each saying MET or MISSED with the measured figure."""
-    lines = []
-    t = table["teacher"]
-    for what, names in (("every domain", DOMAINS), ("every combination of shifts", COMBINED),
-                        ("every user domain (normalised answers)", list(USER_DOMAINS))):
-        if not any(d in t for d in names):
-            continue
-        worst = min((d for d in names if d in t), key=lambda d: t[d]["vqa"])
-        ok = t[worst]["vqa"] >= TEACHER_MIN
-        lines.append(f"[{'MET' if ok else 'MISSED'}] teacher >= {TEACHER_MIN:.0%} on {what} "
-                     f"(lowest: {worst} {t[worst]['vqa']:.1%})")
-    for tier, by_domain in table.items():
-        if tier == "teacher":
-            continue
-        src = by_domain["source"]["vqa"]
-        lines.append(f"[{'MET' if src >= DEVICE_SOURCE_MIN else 'MISSED'}] {tier} >= {DEVICE_SOURCE_MIN:.0%} "
-                     f"on source ({src:.1%})")
-        gaps = {d: t[d]["vqa"] - by_domain[d]["vqa"] for d in [*SHIFTED, *COMBINED, *USER_DOMAINS] if d in by_domain}
-        low = min(gaps, key=gaps.get)
-        lines.append(f"[{'MET' if gaps[low] >= MIN_GAP else 'MISSED'}] {tier} >= {MIN_GAP * 100:.0f} points below "
-                     f"the teacher on every shifted domain and combination (smallest gap: {low} "
-                     f"{gaps[low] * 100:.1f})")
-    return lines
-
-
-# ---------------------------------------------------------------- a fleet's tiers during a run
 def eval_domains(fleet) -> list[str]:
     """The domains a run evaluates: the four built-in ones and the run's domains backed by datasets on disk,
     then every other domain a device of ``fleet`` (its profiles) meets, in the order first met."""
@@ -133,3 +75,26 @@ class FleetEvaluator:
 
     def load_state(self, state: dict) -> None:
         self.teacher_acc, self.reference_acc = state.get("teacher_acc"), state.get("source_only_acc")
+
+
+class CentralEvaluation(Callback):
+    """Every ``eval.every`` rounds and in the last: ``acc``, ``acc_tier``, ``teacher_acc``, ``source_only_acc``
+    of the tiers' models as devices hold them now (``strategy.device_weights``)."""
+
+    timer = "evaluate"  # its seconds in the record's ``wall_s``
+
+    def __init__(self, cfg, model_paths: dict, fleet):
+        self.cfg = cfg
+        self.evaluator = FleetEvaluator(cfg, model_paths, [p.tier for p in fleet], eval_domains(fleet))
+
+    def after_round(self, strategy, record) -> Report | None:
+        r = record.round
+        if r % self.cfg.eval.every != 0 and r != self.cfg.rounds:
+            return None
+        return Report(self.evaluator({tier: strategy.device_weights(tier) for tier in strategy.tiers}))
+
+    def state(self) -> dict:
+        return self.evaluator.state()
+
+    def load_state(self, state: dict) -> None:
+        self.evaluator.load_state(state)
