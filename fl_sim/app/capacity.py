@@ -32,6 +32,7 @@ import shutil
 from pathlib import Path
 
 from fl_sim import FlSimError
+from fl_sim.report.table import human_bytes
 
 GIB = 2**30
 DRIVER_BYTES = 2 * GIB
@@ -102,12 +103,6 @@ def free_disk(path: str | Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def human(n: float) -> str:
-    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", GIB), ("MiB", 2**20)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n / 1024:,.0f} KiB"
-
 
 def check(cfg, n_devices: int, cloud_workers: int = 0) -> None:
     """A one-line ``FlSimError`` with the estimate when the run cannot fit this machine."""
@@ -118,6 +113,7 @@ def check(cfg, n_devices: int, cloud_workers: int = 0) -> None:
         total = sum(est[kind].values())
         if total > have:
             top = max(est[kind], key=est[kind].get)
-            raise FlSimError(f"the run would need about {human(total)} of {kind} ({top}: {human(est[kind][top])}), "
-                             f"and this machine has {human(have)} available; make the fleet, samples or rounds "
+            need, biggest, free = (human_bytes(x, binary=True) for x in (total, est[kind][top], have))
+            raise FlSimError(f"the run would need about {need} of {kind} ({top}: {biggest}), "
+                             f"and this machine has {free} available; make the fleet, samples or rounds "
                              "smaller, or set simulation.check_capacity = false (a cluster)")

@@ -58,7 +58,8 @@ class SimulationConfig(Section):
         "where the server runs teacher labelling, AKD, DWC and evaluation: auto (CUDA when available), cpu, "
         "cuda or cuda:N (fl_sim.models.placement)"))
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description=(
-        "forward passes: auto = bf16 autocast on CUDA, fp32 on the CPU (bf16 changes the figures); fp32; bf16 (autocast wherever the models run)"))
+        "forward passes: auto = bf16 autocast on CUDA, fp32 on the CPU (bf16 changes the figures); fp32; bf16 "
+        "(autocast wherever the models run)"))
     num_gpus_per_client: float = Field(0.0, ge=0, description=(
         "GPU share of each virtual client (Flower client resources; fractional: 0.25 = four clients per GPU). "
         "With 0 the devices' models run on the CPU"))

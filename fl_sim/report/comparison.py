@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fl_sim.callbacks.results_file import finite_json
+from fl_sim.report.table import human_bytes
 
 log = logging.getLogger(__name__)
 DASH = "—"
@@ -172,14 +173,6 @@ def _participation(run) -> list:
 def _pm(s: dict, scale: float = 1.0) -> str:
     return DASH if math.isnan(s["mean"]) else f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"
 
-
-def human_bytes(n: float) -> str:
-    if math.isnan(n):
-        return DASH
-    for unit, k in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= k:
-            return f"{n / k:.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 def _curve(runs, label, y, x=lambda r: _num(r.get("round"))):

@@ -99,8 +99,8 @@ def test_oracle_labels_train_on_the_true_answers_and_pseudo_on_the_devices_own(d
 
 def test_strategies_send_their_device_settings(tmp_path, cache_dir):
     from fl_sim.fleet.profiles import make_fleet
-    from fl_sim.server.strategy import RunContext
     from fl_sim.plugins import get_strategy
+    from fl_sim.server.strategy import RunContext
 
     cfg = tiny_config(FEDAVG, tmp_path, cache_dir, **{"strategy.proximal_mu": 0.3, "strategy.labels": "oracle"})
     fleet = make_fleet(cfg.fleet, ["tiny-high", "tiny-low"], cfg.seed)
