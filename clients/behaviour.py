@@ -107,7 +107,7 @@ class DeviceRound:
 
     def prompter(self):
         """How the tier's model reads questions and images (its own processor, or the shared tokenizer)."""
-        return model_cache.prompter_for(self.model_path, self.env.cache_dir)
+        return model_cache.prompter_for(self.model_path, self.env.cache_dir, self.env.catalog)
 
     def samples(self, n: int | None = None) -> dict:
         """The ``n`` (default ``samples_per_round``) samples this device sees this round: from its current
@@ -123,9 +123,9 @@ class DeviceRound:
 
     def _draw(self, domain: str, n: int, rng: np.random.Generator) -> dict:
         env = self.env
-        ds = model_cache.split(domain, "train", env.train_size, env.seed, env.cache_dir)
+        ds = model_cache.split(domain, "train", env.train_size, env.seed, env.cache_dir, env.catalog)
         pools = model_cache.device_pools(domain, env.train_size, env.seed, env.cache_dir, env.num_devices,
-                                     env.partition, env.partition_by, env.dirichlet_alpha)
+                                         env.partition, env.partition_by, env.dirichlet_alpha, env.catalog)
         pool = pools[self.device_id]
         if len(pool) == 0:  # Dirichlet may leave a device without data of this domain: it sees the domain at large
             pool = np.arange(len(ds))

@@ -47,7 +47,7 @@ class CDCCA(FleetStrategy):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.uts, self.akd, self.dwc = self.s.uts, self.s.akd, self.s.dwc
-        self.views = Views(ctx.model_paths, self.tiers, self.cfg.cache_dir, self.akd, self.cfg.seed)
+        self.views = Views(ctx.model_paths, self.tiers, self.catalog, self.akd, self.cfg.seed)
         self.versions = DeviceVersions(self.tiers, VersionStore(self.store_dir(ctx.run_dir)))
         self.buffers: dict[str, ReplayBuffer] = {}  # per view: "teacher", or a tier's own
         self.workers = distillation.cloud_workers(self.akd, len(self.tiers))
@@ -125,7 +125,7 @@ class CDCCA(FleetStrategy):
         lap("decode")
         self.versions.rejected["uploads"] += uploads.rejected
         labels = labelling.label(self.views, self.akd, uploads, self.cfg.seed, server_round, torch.get_num_threads(),
-                                 self.cfg.domains, lap)
+                                 lap)
         new = labels.by_view
         extra = {"uploaded_samples": len(uploads.questions), "extra_questions": labels.extra_asked,
                  "distilled_samples": sum(akd.size(t) for t in new.values()),

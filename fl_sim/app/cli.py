@@ -58,33 +58,36 @@ def start_libraries() -> None:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 
-def _user_domains(args) -> None:
-    """``--domains FILE``: register that experiment's ``[domains]`` and convert (and check) their data."""
+def _user_domains(args):
+    """``--domains FILE``: that experiment's ``[domains]`` as a ``DomainCatalog``, their data converted (and
+    checked) now; without it, the built-in world alone."""
+    from fl_sim.world.catalog import NO_DOMAINS, DomainCatalog
+
     if not args.domains:
-        return
+        return NO_DOMAINS
     from fl_sim.config import load_config
-    from fl_sim.world.user_data import build_all, register
 
     cfg = load_config(args.domains)
     if not cfg.domains:
         raise FlSimError(f"--domains {args.domains}: the file declares no [domains.NAME]")
-    register(cfg.domains, args.cache_dir)
+    catalog = DomainCatalog(cfg.domains, args.cache_dir)
     quiet_libraries()
-    build_all()
+    catalog.build_all()
+    return catalog
 
 
 def cmd_pretrain(args) -> int:
     from fl_sim.app.preflight import check_models
 
     check_models(args.zoo, _overrides(args.model))
-    _user_domains(args)
+    catalog = _user_domains(args)
     start_libraries()
     from fl_sim.models.zoo import pretrain_zoo, zoo_summary
 
     t0 = time.time()
     with _progress(args.quiet) as p:
         zoo = pretrain_zoo(args.zoo, seed=args.seed, cache_dir=args.cache_dir, overrides=_overrides(args.model),
-                           progress=p, workers=args.workers)
+                           progress=p, workers=args.workers, catalog=catalog)
     from fl_sim.report.table import print_rows
 
     print_rows(zoo_summary(zoo), title=f"model zoo '{args.zoo}'")
@@ -98,7 +101,7 @@ def cmd_evaluate(args) -> int:
     from fl_sim.app.preflight import check_models
 
     check_models(args.zoo, _overrides(args.model))
-    _user_domains(args)
+    catalog = _user_domains(args)
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise FlSimError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist")
     start_libraries()
@@ -107,11 +110,11 @@ def cmd_evaluate(args) -> int:
 
     with _progress(args.quiet) as p:
         zoo = pretrain_zoo(args.zoo, seed=args.seed, cache_dir=args.cache_dir, overrides=_overrides(args.model),
-                           progress=p, workers=args.workers)
+                           progress=p, workers=args.workers, catalog=catalog)
     t0 = time.time()
-    table = evaluate_zoo(zoo, n_test=args.n_test, seed=args.seed, cache_dir=args.cache_dir)
+    table = evaluate_zoo(zoo, n_test=args.n_test, seed=args.seed, cache_dir=args.cache_dir, catalog=catalog)
     print_eval(table)
-    checks = check_targets(table)
+    checks = check_targets(table, catalog.names())
     for line in checks:
         print(line)
     print(f"evaluate: {time.time() - t0:.1f} s on {args.n_test} test samples per domain")

@@ -17,10 +17,10 @@ def check_run(cfg) -> int:
     from fl_sim.config import tier_names
     from fl_sim.models.provider import check_model_dirs
     from fl_sim.plugins import check_strategy
-    from fl_sim.world.user_data import register
+    from fl_sim.world.user_data import check_names
 
     check_strategy(cfg.strategy.name)
-    register(cfg.domains, cfg.cache_dir)  # names only: the data is read (and checked) before pretraining
+    check_names(cfg.domains)  # names only: the data is read (and checked) before pretraining
     check_model_dirs(cfg.models)
     f, s = cfg.fleet, cfg.strategy
     tiers = tier_names(cfg)
@@ -28,7 +28,7 @@ def check_run(cfg) -> int:
     if f.trace:
         from fl_sim.fleet.profiles import load_trace
 
-        profiles = load_trace(f.trace, tiers)
+        profiles = load_trace(f.trace, tiers, tuple(cfg.domains))
         n = len(profiles)
         for row, p in enumerate(profiles, 1):
             if p.schedule:
@@ -50,7 +50,7 @@ def check_run(cfg) -> int:
     if f.replay:
         from fl_sim.fleet.profiles import load_participation, make_fleet
 
-        fleet = profiles if profiles is not None else make_fleet(f, tiers, cfg.seed)
+        fleet = profiles if profiles is not None else make_fleet(f, tiers, cfg.seed, tuple(cfg.domains))
         load_participation(f.replay, cfg.rounds, fleet, s.clients_per_round)
     return n
 
@@ -101,14 +101,15 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
                          f"({exc.strerror or type(exc).__name__}); start one with `ray start --head --port "
                          f"{port}`") from None
 
-def check_loadable(paths: dict[str, str], cache_dir: str | None) -> None:
+def check_loadable(paths: dict[str, str], cache_dir: str | None, catalog=None) -> None:
     """Each model of ``paths`` (role -> directory) can read what feeds it: with its own processor (a
     tokenizer in its directory, ``fl_sim.models.prompts``), that processor loads and agrees with the model;
     without one, it fits the shared word tokenizer's vocabulary and the built-in world's images (``GRID x
-    GRID`` cells, one visual token each)."""
+    GRID`` cells, one visual token each). ``catalog``: the run's user domains (the shared tokenizer's words)."""
     from fl_sim.device import model_cache
     from fl_sim.models.prompts import has_own_processor
     from fl_sim.models.provider import check_checkpoint
+    from fl_sim.world.catalog import NO_DOMAINS
     from fl_sim.world.scenes import GRID
     from fl_sim.world.tokenizer import load_tokenizer
 
@@ -117,11 +118,11 @@ def check_loadable(paths: dict[str, str], cache_dir: str | None) -> None:
         cfg = check_checkpoint(role, path)
         if has_own_processor(path):
             try:
-                model_cache.prompter_for(path, cache_dir)
+                model_cache.prompter_for(path, cache_dir, catalog or NO_DOMAINS)
             except FlSimError as exc:
                 raise FlSimError(f"models.{role} = {path!r}: {str(exc).split(': ', 1)[-1]}") from None
             continue
-        vocab = vocab or len(load_tokenizer(cache_dir))
+        vocab = vocab or len(load_tokenizer(cache_dir, catalog=catalog))
         v = (cfg.get("text_config") or {}).get("vocab_size")
         if v != vocab:
             raise FlSimError(f"models.{role} = {path!r}: vocabulary of {v} tokens, but the directory has no tokenizer "

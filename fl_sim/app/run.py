@@ -62,9 +62,10 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
 
     placement.check(cfg.simulation)
     placement.use(cfg.simulation.device, cfg.simulation.precision)  # the server's models and passes
-    from fl_sim.world.user_data import build_all
+    from fl_sim.world.catalog import catalog_of
 
-    build_all()  # the user domains' data, read and checked before any model trains
+    catalog = catalog_of(cfg)
+    catalog.build_all()  # the user domains' data, read and checked before any model trains
     from fl_sim.app.preflight import check_loadable
     from fl_sim.callbacks.checkpointing import Checkpointing
     from fl_sim.callbacks.continual import ContinualFigures
@@ -85,12 +86,12 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
     if not (m.teacher and m.tiers):  # the zoo supplies what [models] does not name
         zoo = pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, progress=progress,
                            overrides={"teacher": m.teacher} if m.teacher else None,
-                           roles={"teacher"} if m.tiers else None)
+                           roles={"teacher"} if m.tiers else None, catalog=catalog)
         zoo_paths = zoo.paths
     model_paths = resolve_models(cfg, zoo_paths)
-    check_loadable(model_paths, cfg.cache_dir)
+    check_loadable(model_paths, cfg.cache_dir, catalog)
     tiers = tier_names(cfg)
-    fleet = make_fleet(cfg.fleet, tiers, cfg.seed)
+    fleet = make_fleet(cfg.fleet, tiers, cfg.seed, tuple(cfg.domains))
     cfg = strategy_cls.effective_config(cfg)
     replay = None
     if cfg.fleet.replay:
@@ -264,17 +265,17 @@ def check_same_models(run_dir: Path, cfg: ExperimentConfig, hint: str, resolved:
         return
     from fl_sim.models.provider import content_hash, resolve_models
     from fl_sim.models.zoo import pretrain_zoo
-    from fl_sim.world.user_data import build_all, register
+    from fl_sim.world.catalog import catalog_of
 
     key = (cfg.zoo, cfg.zoo_seed, cfg.cache_dir, cfg.models.model_dump_json(), str(sorted(cfg.domains.items())))
     resolved = {} if resolved is None else resolved
     if key not in resolved:
-        register(cfg.domains, cfg.cache_dir)
-        build_all()
+        catalog = catalog_of(cfg)
+        catalog.build_all()
         m = cfg.models
         zoo = None if (m.teacher and m.tiers) else pretrain_zoo(
             cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, roles={"teacher"} if m.tiers else None,
-            overrides={"teacher": m.teacher} if m.teacher else None)
+            overrides={"teacher": m.teacher} if m.teacher else None, catalog=catalog)
         now = resolve_models(cfg, zoo.paths if zoo else None)
         resolved[key] = {role: (p, content_hash(p)) for role, p in now.items()}
     try:

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from fl_sim.models.evaluate import evaluate
+from fl_sim.world.catalog import NO_DOMAINS
 from fl_sim.world.data import load_split
-from fl_sim.world.domains import COMBINED, DOMAINS, SHIFTED, USER_DOMAINS, VQA_FAMILIES
+from fl_sim.world.domains import COMBINED, DOMAINS, SHIFTED, VQA_FAMILIES
 
 TEACHER_MIN = 0.85        # teacher exact match on every domain
 DEVICE_SOURCE_MIN = 0.70  # every device tier on the source domain
 MIN_GAP = 0.15            # teacher minus device, on every shifted domain
 
 
-def test_sets(n_test: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None) -> dict:
-    """Every built-in domain, every combination in ``COMBINED`` and every registered user domain."""
-    return {d: load_split(d, "test", n_test, seed, cell_px, cache_dir) for d in [*DOMAINS, *COMBINED, *USER_DOMAINS]}
+def test_sets(n_test: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None,
+              catalog=NO_DOMAINS) -> dict:
+    """Every built-in domain, every combination in ``COMBINED`` and every domain of ``catalog``."""
+    return {d: load_split(d, "test", n_test, seed, cell_px, cache_dir, catalog)
+            for d in [*DOMAINS, *COMBINED, *catalog.names()]}
 
 
-def evaluate_zoo(zoo, n_test: int = 300, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None) -> dict:
+def evaluate_zoo(zoo, n_test: int = 300, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None,
+                 catalog=NO_DOMAINS) -> dict:
     """``{model: {domain: {family: acc, "vqa": acc, "bleu": bleu}}}`` over every model of ``zoo``."""
-    sets = test_sets(n_test, seed, cell_px, cache_dir)
+    sets = test_sets(n_test, seed, cell_px, cache_dir, catalog)
     return {name: evaluate(m, zoo.prompter, sets) for name, m in zoo.models.items()}
 
 
@@ -39,12 +43,13 @@ def print_eval(table: dict) -> None:
     print_rows(rows, title="exact-match VQA accuracy (%) per model x domain x family; caption BLEU-4")
 
 
-def check_targets(table: dict) -> list[str]:
-    """Human-readable lines, one per target, each saying MET or MISSED with the measured figure."""
+def check_targets(table: dict, user_domains: list[str] = ()) -> list[str]:
+    """Human-readable lines, one per target, each saying MET or MISSED with the measured figure
+    (``user_domains``: the names of the domains backed by datasets on disk)."""
     lines = []
     t = table["teacher"]
     for what, names in (("every domain", DOMAINS), ("every combination of shifts", COMBINED),
-                        ("every user domain (normalised answers)", list(USER_DOMAINS))):
+                        ("every user domain (normalised answers)", list(user_domains))):
         if not any(d in t for d in names):
             continue
         worst = min((d for d in names if d in t), key=lambda d: t[d]["vqa"])
@@ -57,7 +62,7 @@ def check_targets(table: dict) -> list[str]:
         src = by_domain["source"]["vqa"]
         lines.append(f"[{'MET' if src >= DEVICE_SOURCE_MIN else 'MISSED'}] {tier} >= {DEVICE_SOURCE_MIN:.0%} "
                      f"on source ({src:.1%})")
-        gaps = {d: t[d]["vqa"] - by_domain[d]["vqa"] for d in [*SHIFTED, *COMBINED, *USER_DOMAINS] if d in by_domain}
+        gaps = {d: t[d]["vqa"] - by_domain[d]["vqa"] for d in [*SHIFTED, *COMBINED, *user_domains] if d in by_domain}
         low = min(gaps, key=gaps.get)
         lines.append(f"[{'MET' if gaps[low] >= MIN_GAP else 'MISSED'}] {tier} >= {MIN_GAP * 100:.0f} points below "
                      f"the teacher on every shifted domain and combination (smallest gap: {low} "

@@ -9,13 +9,15 @@ import numpy as np
 from fl_sim.callbacks import Callback, Report
 from fl_sim.device import model_cache
 from fl_sim.models.evaluate import evaluate
-from fl_sim.world.domains import DOMAINS, USER_DOMAINS
+from fl_sim.world.catalog import catalog_of
+from fl_sim.world.domains import DOMAINS
 
 
-def eval_domains(fleet) -> list[str]:
-    """The domains a run evaluates: the four built-in ones and the run's domains backed by datasets on disk,
-    then every other domain a device of ``fleet`` (its profiles) meets, in the order first met."""
-    met = dict.fromkeys([*DOMAINS, *USER_DOMAINS])
+def eval_domains(fleet, user_domains: list[str] = ()) -> list[str]:
+    """The domains a run evaluates: the four built-in ones and the run's domains backed by datasets on disk
+    (``user_domains``), then every other domain a device of ``fleet`` (its profiles) meets, in the order first
+    met."""
+    met = dict.fromkeys([*DOMAINS, *user_domains])
     for p in fleet:
         met.update(dict.fromkeys(p.domains()))
     return list(met)
@@ -23,7 +25,8 @@ def eval_domains(fleet) -> list[str]:
 
 def eval_sets(cfg, domains=DOMAINS) -> dict:
     """The run's server-side test sets: ``eval.n_test`` samples of each of ``domains``, drawn with the run seed."""
-    return {d: model_cache.split(d, "test", cfg.eval.n_test, cfg.seed, cfg.cache_dir) for d in domains}
+    catalog = catalog_of(cfg)
+    return {d: model_cache.split(d, "test", cfg.eval.n_test, cfg.seed, cfg.cache_dir, catalog) for d in domains}
 
 
 def evaluate_adapters(cfg, model_paths: dict, states: dict, fleet_tiers: list[str], domains=DOMAINS) -> dict:
@@ -37,7 +40,7 @@ def evaluate_adapters(cfg, model_paths: dict, states: dict, fleet_tiers: list[st
     for tier, state in states.items():
         model, init = model_cache.adapted_model(model_paths[tier], *cfg.strategy.adapters())
         load_adapter_state(model, state if state is not None else init)
-        pr = model_cache.prompter_for(model_paths[tier], cfg.cache_dir)
+        pr = model_cache.prompter_for(model_paths[tier], cfg.cache_dir, catalog_of(cfg))
         per_tier[tier] = {d: r.get("vqa", float("nan")) for d, r in evaluate(model, pr, sets).items()}
     share = {t: fleet_tiers.count(t) / len(fleet_tiers) for t in states}
     by_domain = {d: sum(share[t] * per_tier[t][d] for t in states) for d in sets}
@@ -58,8 +61,8 @@ class FleetEvaluator:
         and ``source_only_acc``."""
         if self.teacher_acc is None:
             path = self.model_paths["teacher"]
-            t = evaluate(model_cache.base_model(path), model_cache.prompter_for(path, self.cfg.cache_dir),
-                         eval_sets(self.cfg, self.domains))
+            pr = model_cache.prompter_for(path, self.cfg.cache_dir, catalog_of(self.cfg))
+            t = evaluate(model_cache.base_model(path), pr, eval_sets(self.cfg, self.domains))
             self.teacher_acc = {d: r.get("vqa", float("nan")) for d, r in t.items()}
         base = all(s is None for s in states.values())
         if self.reference_acc is None and not base:
@@ -85,7 +88,8 @@ class CentralEvaluation(Callback):
 
     def __init__(self, cfg, model_paths: dict, fleet):
         self.cfg = cfg
-        self.evaluator = FleetEvaluator(cfg, model_paths, [p.tier for p in fleet], eval_domains(fleet))
+        domains = eval_domains(fleet, list(cfg.domains))
+        self.evaluator = FleetEvaluator(cfg, model_paths, [p.tier for p in fleet], domains)
 
     def after_round(self, strategy, record) -> Report | None:
         r = record.round

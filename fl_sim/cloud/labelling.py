@@ -19,17 +19,17 @@ class Labels:
     extra_asked: int = 0  # rows from the teacher's extra questions
 
 
-def questions_job(views: Views, akd_cfg, uploads: Uploads, seed: int, server_round: int, threads: int,
-                  user_domains: dict) -> question_job.QuestionsJob:
+def questions_job(views: Views, akd_cfg, uploads: Uploads, seed: int, server_round: int,
+                  threads: int) -> question_job.QuestionsJob:
     """``akd.extra_questions``: the teacher captions each upload and answers more questions about it,
     generated from its own caption (``akd.question_targets``)."""
     return question_job.QuestionsJob(
         views.model_paths[TEACHER], akd_cfg.teacher_int8, views.cache_dir, uploads.vis, uploads.questions,
         akd_cfg.extra_questions, [seed, 23, server_round], akd_cfg.max_new_tokens, threads,
-        {n: d.model_dump(mode="json") for n, d in user_domains.items()}, akd_cfg.teacher_states)
+        {n: d.model_dump(mode="json") for n, d in views.catalog.specs.items()}, akd_cfg.teacher_states)
 
 
-def label(views: Views, akd_cfg, uploads: Uploads, seed: int, server_round: int, threads: int, user_domains: dict,
+def label(views: Views, akd_cfg, uploads: Uploads, seed: int, server_round: int, threads: int,
           lap=lambda name: None) -> Labels:
     """The round's targets per view; ``lap(name)`` marks the end of each phase (label, extra_questions,
     targets) for the cloud's timings."""
@@ -42,7 +42,7 @@ def label(views: Views, akd_cfg, uploads: Uploads, seed: int, server_round: int,
     new, extra_asked = {TEACHER: labelled}, 0
     lap("label")
     if akd_cfg.extra_questions:  # in this process, after the labels: a worker asking them meanwhile is slower
-        more = question_job.run(questions_job(views, akd_cfg, uploads, seed, server_round, threads, user_domains))
+        more = question_job.run(questions_job(views, akd_cfg, uploads, seed, server_round, threads))
         extra_asked = akd.size(more)
         new[TEACHER] = akd.concat([labelled, more])
         lap("extra_questions")

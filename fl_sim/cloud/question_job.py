@@ -41,15 +41,14 @@ class QuestionsJob:
 def run(job: QuestionsJob) -> dict[str, torch.Tensor]:
     """The teacher's targets for the extra questions (``{}`` when no caption parses)."""
     from fl_sim.config import UserDomainConfig
-    from fl_sim.world.user_data import USER_DOMAINS, register
+    from fl_sim.world.catalog import DomainCatalog
 
-    if job.domains and set(job.domains) != set(USER_DOMAINS):  # a worker: the cloud's vocabulary
-        register({n: UserDomainConfig.model_validate(d) for n, d in job.domains.items()}, job.cache_dir)
+    catalog = DomainCatalog({n: UserDomainConfig.model_validate(d) for n, d in job.domains.items()}, job.cache_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(job.threads)
     try:
         teacher = model_cache.labelling_model(job.teacher_path, job.int8)
-        pr = model_cache.prompter_for(job.teacher_path, job.cache_dir)
+        pr = model_cache.prompter_for(job.teacher_path, job.cache_dir, catalog)
         captions, _ = answer_with_stats(teacher, pr, job.vis, [CAPTION_QUESTION] * len(job.questions),
                                         job.max_new_tokens)
         rng = np.random.default_rng(np.random.SeedSequence(job.entropy))

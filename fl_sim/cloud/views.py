@@ -27,13 +27,15 @@ class Views:
     """The view of every tier of a run (found on first use) and what depends on it: each view's prompter,
     its targets of a round, and its anchor of labelled source samples."""
 
-    def __init__(self, model_paths: dict[str, str], tiers: list[str], cache_dir: str | None, akd_cfg, seed: int):
-        self.model_paths, self.tiers, self.cache_dir, self.akd, self.seed = model_paths, tiers, cache_dir, akd_cfg, seed
+    def __init__(self, model_paths: dict[str, str], tiers: list[str], catalog, akd_cfg, seed: int):
+        """``catalog``: the run's ``DomainCatalog`` (its cache and the shared tokenizer's user words)."""
+        self.model_paths, self.tiers, self.akd, self.seed = model_paths, tiers, akd_cfg, seed
+        self.catalog, self.cache_dir = catalog, catalog.cache_dir
         self._views: dict[str, str] | None = None
         self._anchors: dict[str, dict] = {}
 
     def prompter(self, role: str):
-        return model_cache.prompter_for(self.model_paths[role], self.cache_dir)
+        return model_cache.prompter_for(self.model_paths[role], self.cache_dir, self.catalog)
 
     def width(self, role: str) -> int:
         """The hidden size of ``role``'s language model."""
@@ -45,7 +47,7 @@ class Views:
             t = self.model_paths[TEACHER]
             views = {}
             for name in self.tiers:
-                shared = model_cache.same_view(t, self.model_paths[name], self.cache_dir)
+                shared = model_cache.same_view(t, self.model_paths[name], self.cache_dir, self.catalog)
                 views[name] = TEACHER if shared else name
                 if not shared:
                     reads = self.prompter(name).identity == self.prompter(TEACHER).identity

@@ -9,7 +9,7 @@ device would receive (``fl_sim.protocol.task``), so their byte counts are honest
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +41,14 @@ class DeviceEnvironment(BaseModel):
     precision: str = Field("auto", description="fl_sim.models.placement precision of the devices' forward passes")
     domains: dict = Field(default_factory=dict, description="the run's domains backed by datasets on disk")
 
+    @cached_property
+    def catalog(self):
+        """The run's domains backed by datasets on disk, as the ``DomainCatalog`` its devices read."""
+        from fl_sim.config import UserDomainConfig
+        from fl_sim.world.catalog import DomainCatalog
+
+        return DomainCatalog({n: UserDomainConfig.model_validate(d) for n, d in self.domains.items()}, self.cache_dir)
+
     def adapters(self) -> tuple[int, bool, str]:
         """``runtime.adapted_model``'s adapter arguments."""
         return self.lora_r, self.lora_tokens, self.projector
@@ -71,13 +79,7 @@ def device_environment(cfg, fleet_path: Path, num_devices: int, model_paths: dic
 
 @lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int) -> DeviceEnvironment:
-    from fl_sim.config import UserDomainConfig
-    from fl_sim.world.user_data import register
-
-    env = DeviceEnvironment.model_validate_json(Path(path).read_text())
-    # this worker's user domains
-    register({n: UserDomainConfig.model_validate(d) for n, d in env.domains.items()}, env.cache_dir)
-    return env
+    return DeviceEnvironment.model_validate_json(Path(path).read_text())
 
 
 def load_device_env(path: str) -> DeviceEnvironment:
@@ -86,16 +88,16 @@ def load_device_env(path: str) -> DeviceEnvironment:
 
 
 @lru_cache(maxsize=4)
-def _profiles(path: str, mtime_ns: int):
+def _profiles(path: str, mtime_ns: int, declared: tuple[str, ...]):
     import json
 
     from fl_sim.fleet.profile_table import ProfileTable
     from fl_sim.fleet.profiles import load_trace
 
     tiers = sorted({row["tier"] for row in json.loads(Path(path).read_text())})
-    return ProfileTable(load_trace(path, tiers))  # columns: a worker holds ~100 B per registered device
+    return ProfileTable(load_trace(path, tiers, declared))  # columns: a worker holds ~100 B per registered device
 
 
 def profile(env: DeviceEnvironment, device_id: int):
     """Device ``device_id``'s profile (``fl_sim.fleet.DeviceProfile``) from the run's fleet file."""
-    return _profiles(env.fleet_path, Path(env.fleet_path).stat().st_mtime_ns)[device_id]
+    return _profiles(env.fleet_path, Path(env.fleet_path).stat().st_mtime_ns, tuple(env.domains))[device_id]

@@ -15,6 +15,7 @@ from fl_sim.models import placement
 from fl_sim.models.adapters import AdapterConfig, adapter_state, add_adapters
 from fl_sim.models.mllm import Prompter, load_mllm
 from fl_sim.models.prompts import has_own_processor
+from fl_sim.world.catalog import NO_DOMAINS, DomainCatalog
 from fl_sim.world.data import load_split, partition_rows
 from fl_sim.world.scenes import GRID
 from fl_sim.world.tokenizer import load_tokenizer
@@ -68,24 +69,22 @@ def _int8_model(model_path: str):
         return torch.ao.quantization.quantize_dynamic(load_mllm(model_path), {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def prompter(cache_dir: str | None) -> Prompter:
-    """The shared tokenizer's prompter (its vocabulary covers this process's user domains)."""
-    from fl_sim.world.domains import USER_DOMAINS
-
-    return _prompter(cache_dir, tuple((n, s.model_dump_json()) for n, s in sorted(USER_DOMAINS.items())))
+def prompter(cache_dir: str | None, catalog: DomainCatalog = NO_DOMAINS) -> Prompter:
+    """The shared tokenizer's prompter (its vocabulary covers ``catalog``'s words: the run's user domains)."""
+    return _prompter(cache_dir, catalog)
 
 
 @lru_cache(maxsize=4)
-def _prompter(cache_dir: str | None, user_domains: tuple) -> Prompter:
-    return Prompter(load_tokenizer(cache_dir))
+def _prompter(cache_dir: str | None, catalog: DomainCatalog) -> Prompter:
+    return Prompter(load_tokenizer(cache_dir, catalog=catalog))
 
 
-def prompter_for(model_path: str, cache_dir: str | None) -> Prompter:
+def prompter_for(model_path: str, cache_dir: str | None, catalog: DomainCatalog = NO_DOMAINS) -> Prompter:
     """How the model at ``model_path`` reads text and images: its own processor when its directory has one
     (``fl_sim.models.prompts``; the zoo's directories carry one too), the shared word tokenizer's prompter
     otherwise."""
     if not has_own_processor(model_path):
-        return prompter(cache_dir)
+        return prompter(cache_dir, catalog)
     return _prompter_for(model_path, str(placement.current()))
 
 
@@ -114,12 +113,12 @@ def tower_hash(model_path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def same_view(a: str, b: str, cache_dir: str | None) -> bool:
+def same_view(a: str, b: str, cache_dir: str | None, catalog: DomainCatalog = NO_DOMAINS) -> bool:
     """Whether models ``a`` and ``b`` see a sample identically: the same vision tower weights and the same
     prompter (token ids, visual token count). Then one's visual tokens and token ids serve the other."""
     vocab = {base_model(p).config.text_config.vocab_size for p in (a, b)}
     return (tower_hash(a) == tower_hash(b) and len(vocab) == 1
-            and prompter_for(a, cache_dir).identity == prompter_for(b, cache_dir).identity)
+            and prompter_for(a, cache_dir, catalog).identity == prompter_for(b, cache_dir, catalog).identity)
 
 
 CELL_PX = 16  # pixels per grid cell of the fleet's images
@@ -127,13 +126,14 @@ IMAGE_SHAPE = (GRID * CELL_PX, GRID * CELL_PX, 3)  # every domain's images, buil
 
 
 @lru_cache(maxsize=32)
-def split(domain: str, which: str, n: int, seed: int, cache_dir: str | None):
-    return load_split(domain, which, n, seed, CELL_PX, cache_dir)
+def split(domain: str, which: str, n: int, seed: int, cache_dir: str | None, catalog: DomainCatalog = NO_DOMAINS):
+    """``fl_sim.world.data.load_split`` of the fleet's images, once per process."""
+    return load_split(domain, which, n, seed, CELL_PX, cache_dir, catalog)
 
 
 @lru_cache(maxsize=32)
 def device_pools(domain: str, n: int, seed: int, cache_dir: str | None, num_devices: int, kind: str, by: str,
-                 alpha: float) -> tuple[np.ndarray, ...]:
+                 alpha: float, catalog: DomainCatalog = NO_DOMAINS) -> tuple[np.ndarray, ...]:
     """Indices of ``domain``'s train split held by each device (a flwr-datasets partition).
 
     Cached on disk (``data/pools-*``: one int64 array of rows and one of offsets, numpy ``.npy``) keyed by
@@ -147,11 +147,12 @@ def device_pools(domain: str, n: int, seed: int, cache_dir: str | None, num_devi
 
     key = stable_hash({"v": GENERATOR_VERSION, "domain": domain, "n": n, "seed": seed, "devices": num_devices,
                        "kind": kind, "by": by, "alpha": alpha,
-                       "flwr_datasets": version("flwr-datasets")})  # a new partitioner may partition differently
+                       "flwr_datasets": version("flwr-datasets")}  # a new partitioner may partition differently
+                      | ({"data": catalog.data_key(domain)} if domain in catalog else {}))  # a dataset's content
     folder = cache_root(cache_dir) / "data" / f"pools-{domain}-{key}"
 
     def build(tmp):
-        ds = split(domain, "train", n, seed, cache_dir)
+        ds = split(domain, "train", n, seed, cache_dir, catalog)
         ds = ds.add_column("row", np.arange(len(ds)))
         if by in ds.column_names:  # only the rows travel: 3x faster for 1,000 devices (the images stay behind)
             ds = ds.select_columns([by, "row"])

@@ -82,10 +82,10 @@ def _draw(rng, r) -> float:
     return float(np.exp(rng.uniform(np.log(r.low), np.log(r.high))))
 
 
-def make_fleet(cfg: FleetConfig, tiers: list[str], seed: int) -> list[DeviceProfile]:
+def make_fleet(cfg: FleetConfig, tiers: list[str], seed: int, declared: tuple[str, ...] = ()) -> list[DeviceProfile]:
     """Draw ``cfg.num_devices`` profiles (or load ``cfg.trace``)."""
     if cfg.trace:
-        return load_trace(cfg.trace, tiers)
+        return load_trace(cfg.trace, tiers, declared)
     shares = cfg.tiers or {t: 1.0 for t in tiers}
     tier_names, tier_p = list(shares), np.array(list(shares.values()), float)
     dom_names, dom_p = list(cfg.shift_domains), np.array(list(cfg.shift_domains.values()), float)
@@ -133,7 +133,7 @@ def _strict_int(v) -> int:
 POSITIVE = ("compute_ms_per_sample", "uplink_kbps", "downlink_kbps", "active_period_s")
 
 
-def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
+def load_trace(path: str | Path, tiers: list[str], declared: tuple[str, ...] = ()) -> list[DeviceProfile]:
     """Profiles from a CSV (header = field names) or JSON (list of objects) trace file.
 
     Every problem is a one-line ``FlSimError`` naming the file, and the row and column where it has one.
@@ -210,10 +210,10 @@ def load_trace(path: str | Path, tiers: list[str]) -> list[DeviceProfile]:
             raise FlSimError(f"{where} row {n} column tier: unknown tier {p.tier!r}; allowed: {', '.join(tiers)}")
         if p.schedule:
             try:
-                schedule.parse(p.schedule, domain_error)
+                schedule.parse(p.schedule, lambda d: domain_error(d, declared))
             except ValueError as exc:
                 raise FlSimError(f"{where} row {n} column schedule (device {p.device_id}): {exc}") from None
-        if (why := domain_error(p.shift_domain)) is not None:
+        if (why := domain_error(p.shift_domain, declared)) is not None:
             raise FlSimError(f"{where} row {n} column shift_domain: {why}")
         out.append(p)
     ids = [p.device_id for p in out]

@@ -9,7 +9,8 @@ import numpy as np
 
 from fl_sim.models.mllm import Prompter, answer
 from fl_sim.world.answers import matches
-from fl_sim.world.domains import USER_DOMAINS, VQA_FAMILIES
+from fl_sim.world.catalog import is_user_domain
+from fl_sim.world.domains import VQA_FAMILIES
 
 CAPTION_MAX_TOKENS = 28
 ANSWER_TOKENS = 12  # a user domain's answers may be longer than the built-in world's one or two words
@@ -51,7 +52,7 @@ def evaluate(model, prompter: Prompter, datasets: dict) -> dict:
         cap = np.flatnonzero(fam == "caption")
         correct = np.zeros(len(fam), bool)
         if len(vqa):
-            user = domain in USER_DOMAINS
+            user = is_user_domain(domain)
             pred = answer(model, prompter, images[vqa], questions[vqa], max_new_tokens=ANSWER_TOKENS if user else 6)
             exact = np.array([p == a for p, a in zip(pred, answers[vqa])])
             correct[vqa] = [matches(p, a) for p, a in zip(pred, answers[vqa])] if user else exact

@@ -17,6 +17,7 @@ from torch import nn
 
 from fl_sim.models.mllm import Prompter, build_mllm
 from fl_sim.models.presets import FrontendPreset, ModelPreset
+from fl_sim.world.catalog import NO_DOMAINS
 from fl_sim.world.data import sample_stream
 from fl_sim.world.domains import DOMAINS, compositional_cells
 from fl_sim.world.scenes import COLOURS, DIGIT_SHAPES, GEOMETRIC_SHAPES, GRID, SIZES
@@ -34,8 +35,8 @@ class MixedStream:
     """Fresh samples from several domains; each sample's domain is drawn uniformly, or in proportion to
     ``weights`` (one per domain)."""
 
-    def __init__(self, domains, seed: int, cell_px: int, families=None, weights=None):
-        self.streams = [sample_stream(d, "train", seed, cell_px, families) for d in domains]
+    def __init__(self, domains, seed: int, cell_px: int, families=None, weights=None, catalog=NO_DOMAINS):
+        self.streams = [sample_stream(d, "train", seed, cell_px, families, catalog) for d in domains]
         self.rng = np.random.default_rng([seed, 99])
         self.p = None if weights is None else np.asarray(weights, float) / float(np.sum(weights))
 
@@ -129,7 +130,7 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
     return {"seconds": time.time() - t0, "steps": fe.steps, "final_loss": loss.item(), "cell_accuracy": acc}, heads
 
 
-def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, user_domains: list[str], cell_px: int,
+def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, catalog, cell_px: int,
                    seed: int, progress=None) -> dict:
     """Stage A+: the front-end learns the user's images, which have no per-cell labels to supervise stage A.
 
@@ -144,7 +145,8 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, us
     proxy = build_mllm(PROXY_LM, fe, cell_px, tokenizer)
     tower = proxy.model.vision_tower
     tower.load_state_dict(frontend.state_dict())
-    domains = list(DOMAINS) + list(user_domains)
+    user_domains = catalog.names()
+    domains = list(DOMAINS) + user_domains
     weights = [0.5 / len(DOMAINS)] * len(DOMAINS) + [0.5 / len(user_domains)] * len(user_domains)
 
     def keep_cells(samples):
@@ -152,7 +154,8 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, us
         return heads.loss(tower, built_in) if built_in else 0.0
 
     metrics = train_answers(proxy, Prompter(tokenizer), domains, fe.user_steps, fe.batch_size, PROXY_LM.lr, seed,
-                            cell_px, progress, weights=weights, tower_lr=fe.user_lr, extra=(heads, keep_cells))
+                            cell_px, progress, weights=weights, tower_lr=fe.user_lr, extra=(heads, keep_cells),
+                            catalog=catalog)
     frontend.load_state_dict(tower.state_dict())
     frontend.eval()
     acc = heads.accuracy(frontend, MixedStream(list(DOMAINS), seed + 1, cell_px).batch(256))
@@ -172,7 +175,7 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: int, lr: float, seed: int,
                   cell_px: int, progress=None, trainable=None, weights=None, tower_lr: float | None = None,
-                  extra=None) -> dict:
+                  extra=None, catalog=NO_DOMAINS) -> dict:
     """Stage B: train ``trainable`` parameters (default: all but the vision tower) on answers only,
     drawing each sample's domain uniformly or in proportion to ``weights`` (one per domain). With
     ``tower_lr`` the vision tower trains too, at that learning rate, and ``extra = (module, loss)`` adds
@@ -190,7 +193,7 @@ def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: in
         params = params + groups[-1]["params"]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
     sched = _schedule(opt, steps, max(1, steps // 20))
-    stream = MixedStream(domains, seed, cell_px, weights=weights)
+    stream = MixedStream(domains, seed, cell_px, weights=weights, catalog=catalog)
     model.train()
     t0, ema = time.time(), None
     for step in range(steps):

@@ -27,11 +27,11 @@ from fl_sim.models.prompts import has_own_processor
 from fl_sim.models.quantize import quantize_linears
 from fl_sim.models.train import adapt_frontend, train_answers, train_frontend
 from fl_sim.models.word_processor import save_processor
+from fl_sim.world.catalog import NO_DOMAINS
 from fl_sim.world.data import GENERATOR_VERSION
-from fl_sim.world.domains import COMBINED, DOMAINS, USER_DOMAINS, compositional_cells
+from fl_sim.world.domains import COMBINED, DOMAINS, compositional_cells
 from fl_sim.world.tokenizer import load_tokenizer
 from fl_sim.world.user_data import build as build_user
-from fl_sim.world.user_data import cache_dir as user_cache_dir
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
@@ -72,7 +72,7 @@ def _progress_factory(progress, label):
 
 
 def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPreset, frontend_dir: Path,
-                 cell_px: int, seed: int, tokenizer, progress, report=None) -> dict:
+                 cell_px: int, seed: int, tokenizer, progress, report=None, catalog=NO_DOMAINS) -> dict:
     from transformers import SiglipVisionModel
 
     torch.manual_seed(seed)
@@ -81,13 +81,13 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
     domains = (compositional_cells() if preset.compositional else list(DOMAINS)) if preset.role == "teacher" \
         else ["source"]
     weights = [preset.domain_weights.get(d, 1.0) for d in domains] if preset.domain_weights else None
-    if preset.role == "teacher" and USER_DOMAINS:  # the teacher learns every user domain, each as much as a
-        w = weights or [1.0] * len(domains)        # built-in domain (a quarter of the built-in world's share)
-        weights = w + [sum(w) / len(DOMAINS)] * len(USER_DOMAINS)
-        domains = domains + list(USER_DOMAINS)
+    if preset.role == "teacher" and catalog:  # the teacher learns every user domain, each as much as a
+        w = weights or [1.0] * len(domains)   # built-in domain (a quarter of the built-in world's share)
+        weights = w + [sum(w) / len(DOMAINS)] * len(catalog.names())
+        domains = domains + catalog.names()
     metrics = train_answers(model, Prompter(tokenizer), domains, preset.steps, preset.batch_size, preset.lr,
                             seed, cell_px, report or _progress_factory(progress, f"stage B {role_name}"),
-                            weights=weights)
+                            weights=weights, catalog=catalog)
     quant = quantize_linears(model.model.language_model, preset.precision, preset.group_size)
     proj = quantize_linears(model.model.multi_modal_projector, preset.precision, preset.group_size)
     head = quantize_linears(model.lm_head, preset.precision, preset.group_size)
@@ -123,22 +123,20 @@ def _init_worker(threads: int) -> None:
 
 
 def _build_chain(chain: list, zoo_name: str, fe_dir: str, cell_px: int, seed: int, cache_dir: str | None,
-                 queue, user_domains: dict, user_cache: str | None) -> None:
-    """Worker process: train and cache each ``(role, preset, folder)`` of ``chain`` in turn."""
-    from fl_sim.world.user_data import register
-
-    register(user_domains, user_cache)  # the parent's domains on disk: the same vocabulary and data
-    zoo, tokenizer = get_zoo(zoo_name), load_tokenizer(cache_dir)
+                 queue, catalog) -> None:
+    """Worker process: train and cache each ``(role, preset, folder)`` of ``chain`` in turn (``catalog``: the
+    parent's domains on disk, so the same vocabulary and data)."""
+    zoo, tokenizer = get_zoo(zoo_name), load_tokenizer(cache_dir, catalog=catalog)
     for role, preset, folder in chain:
         def report(step, total, loss, r=role):
             if step == 1 or step == total or step % 20 == 0:
                 queue.put((r, step, total, loss))
         get_or_build(Path(folder), lambda tmp, r=role, p=preset, rep=report: _train_model(
-            tmp, r, p, zoo, Path(fe_dir), cell_px, seed, tokenizer, None, rep), role)
+            tmp, r, p, zoo, Path(fe_dir), cell_px, seed, tokenizer, None, rep, catalog), role)
 
 
 def _build_parallel(jobs: list, workers: int, zoo_name: str, fe_dir: Path, cell_px: int, seed: int,
-                    cache_dir: str | None, progress) -> None:
+                    cache_dir: str | None, progress, catalog) -> None:
     """Train ``jobs`` in ``workers`` spawned processes, each with this process's torch thread count, so
     every model is bit-identical to a sequential build (the thread count, not the schedule, fixes the
     order of floating-point sums). Progress comes back over a queue."""
@@ -168,7 +166,7 @@ def _build_parallel(jobs: list, workers: int, zoo_name: str, fe_dir: Path, cell_
                                          initargs=(torch.get_num_threads(),)) as ex:
                     futures = [ex.submit(_build_chain, [(r, p, str(f)) for r, p, f in chain], zoo_name,
                                          str(fe_dir), cell_px, seed, cache_dir, queue,
-                                         dict(USER_DOMAINS), user_cache_dir())
+                                         catalog)
                                for chain in chains]
                     for f in futures:
                         f.result()
@@ -182,7 +180,7 @@ def _build_parallel(jobs: list, workers: int, zoo_name: str, fe_dir: Path, cell_
 
 def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_dir: str | None = None,
                  overrides: dict[str, str] | None = None, progress=None, workers: int = 1,
-                 roles: set[str] | None = None) -> Zoo:
+                 roles: set[str] | None = None, catalog=NO_DOMAINS) -> Zoo:
     """Pretrain (or load from cache) the models of zoo preset ``name``.
 
     ``overrides`` maps a role ("teacher" or a tier name) to a local Hugging Face checkpoint directory
@@ -200,15 +198,15 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
         if role != "teacher" and role not in zoo.tiers:
             raise FlSimError(f"unknown model role {role!r} in overrides; allowed: teacher, {', '.join(zoo.tiers)}")
     root = cache_root(cache_dir) / "models"
-    tokenizer = load_tokenizer(cache_dir)
+    tokenizer = load_tokenizer(cache_dir, catalog=catalog)
     base = {"v": RECIPE_VERSION, "data": GENERATOR_VERSION, "cell_px": cell_px, "seed": seed,
             "vocab": tokenizer.get_vocab()}
-    if USER_DOMAINS:  # the datasets on disk the teacher trains on, by content
-        base["user_domains"] = {n: build_user(n, spec, cell_px, user_cache_dir()).name
-                                for n, spec in USER_DOMAINS.items()}
+    if catalog:  # the datasets on disk the teacher trains on, by content
+        base["user_domains"] = {n: build_user(n, spec, cell_px, catalog.cache_dir).name
+                                for n, spec in catalog.specs.items()}
 
     fe_spec = zoo.frontend.key() | ({"user_stage": zoo.frontend.user_stage() | {"v": USER_STAGE_VERSION}}
-                                    if USER_DOMAINS and zoo.frontend.user_steps else {})
+                                    if catalog and zoo.frontend.user_steps else {})
     fe_key = stable_hash(base | {"frontend": fe_spec})
     fe_dir = root / f"frontend-{fe_key}"
 
@@ -218,8 +216,8 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
         metrics, heads = train_frontend(fe, zoo.frontend, cell_px, seed,
                                         _progress_factory(progress, "stage A front-end"))
         meta = {"role": "frontend", "train": metrics, "params": count_params(fe)}
-        if USER_DOMAINS and zoo.frontend.user_steps:
-            meta["train_user"] = adapt_frontend(fe, heads, zoo.frontend, tokenizer, list(USER_DOMAINS), cell_px, seed,
+        if catalog and zoo.frontend.user_steps:
+            meta["train_user"] = adapt_frontend(fe, heads, zoo.frontend, tokenizer, catalog, cell_px, seed,
                                                 _progress_factory(progress, "stage A+ front-end on user domains"))
         fe.save_pretrained(tmp)
         return meta
@@ -234,7 +232,7 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     presets = {"teacher": zoo.teacher, **zoo.tiers}
     missing = [(r, presets[r], f) for r, f in folders.items() if workers > 1 and verify(f) is not None]
     if len(missing) > 1:
-        _build_parallel(missing, workers, name, fe_dir, cell_px, seed, cache_dir, progress)
+        _build_parallel(missing, workers, name, fe_dir, cell_px, seed, cache_dir, progress, catalog)
 
     models, meta, paths = {}, {"frontend": read_meta(fe_dir)}, {"frontend": fe_dir}
     for role, preset in wanted:
@@ -245,7 +243,7 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
             continue
         folder = folders[role]
         get_or_build(folder, lambda tmp, r=role, p=preset: _train_model(
-            tmp, r, p, zoo, fe_dir, cell_px, seed, tokenizer, progress), role)
+            tmp, r, p, zoo, fe_dir, cell_px, seed, tokenizer, progress, catalog=catalog), role)
         models[role], meta[role], paths[role] = load_mllm(folder, tokenizer), read_meta(folder), folder
         if not has_own_processor(folder):  # cached before zoo models carried their processor
             extend(folder, lambda f, m=models[role]: save_processor(f, tokenizer, m.config.vision_config))

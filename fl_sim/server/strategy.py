@@ -37,6 +37,7 @@ from fl_sim.protocol.task import EMULATE, DeviceTask, Downlink, task_record
 from fl_sim.server.round import Absorbed, RoundOutcome, RoundPlan
 from fl_sim.server.selection import sample_devices
 from fl_sim.server.timing import straggler_cut
+from fl_sim.world.catalog import catalog_of
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class FleetStrategy:
         self.cfg = ctx.cfg
         self.s = ctx.cfg.strategy
         self.tiers = sorted({p.tier for p in ctx.fleet})
+        self.catalog = catalog_of(ctx.cfg)  # the run's domains backed by datasets on disk
         self.state: dict[str, dict[str, torch.Tensor]] = {}  # tensor groups, checkpointed every round
         self.nodes: list[int] = []  # Flower node ids; each emulates whichever device its message names
         self.clock_s = 0.0
@@ -274,7 +276,7 @@ class FleetStrategy:
         f = self.cfg.fleet
         for domain in sorted({d for _, d in self._first()}):
             model_cache.device_pools(domain, f.train_size, self.cfg.seed, self.cfg.cache_dir, len(self.ctx.fleet),
-                                     f.partition, f.partition_by, f.dirichlet_alpha)
+                                     f.partition, f.partition_by, f.dirichlet_alpha, self.catalog)
 
     def provision(self) -> dict:
         """What every node is given once: the devices' environment, and what its worker should warm up."""

@@ -9,7 +9,8 @@ import numpy as np
 
 from fl_sim import FlSimError
 from fl_sim.cache import cache_root, get_or_build, stable_hash
-from fl_sim.world.domains import DOMAINS, FAMILIES, USER_DOMAINS, Domain, get_domain, make_sample
+from fl_sim.world.catalog import NO_DOMAINS, DomainCatalog
+from fl_sim.world.domains import DOMAINS, FAMILIES, Domain, get_domain, make_sample
 from fl_sim.world.features import split_features
 
 SPLITS = {"train": 0, "test": 1}
@@ -27,11 +28,12 @@ def domain_key(name: str) -> int:
     return 1000 + zlib.crc32(name.encode())
 
 
-def sample_stream(domain: str | Domain, split: str, seed: int, cell_px: int, families=None):
+def sample_stream(domain: str | Domain, split: str, seed: int, cell_px: int, families=None,
+                  catalog: DomainCatalog = NO_DOMAINS):
     """Endless deterministic generator of samples (used for pretraining's fresh batches); for a domain
     backed by a dataset on disk, its rows drawn at random (with replacement)."""
-    if isinstance(domain, str) and domain in USER_DOMAINS:
-        yield from _user_stream(domain, split, seed, cell_px)
+    if isinstance(domain, str) and domain in catalog:
+        yield from _user_stream(catalog, domain, split, seed, cell_px)
         return
     dom = domain if isinstance(domain, Domain) else get_domain(domain)
     rng = np.random.default_rng([seed, domain_key(dom.name), SPLITS[split], 7])
@@ -39,10 +41,8 @@ def sample_stream(domain: str | Domain, split: str, seed: int, cell_px: int, fam
         yield make_sample(dom, rng, split, cell_px, families)
 
 
-def _user_stream(domain: str, split: str, seed: int, cell_px: int):
-    from fl_sim.world.user_data import load
-
-    ds = load(domain, split, 10**12, seed, cell_px, None)
+def _user_stream(catalog: DomainCatalog, domain: str, split: str, seed: int, cell_px: int):
+    ds = catalog.load(domain, split, 10**12, seed, cell_px)
     cols = {k: ds[k] for k in ("image", "question", "answer", "family")}
     rng = np.random.default_rng([seed, domain_key(domain), SPLITS[split], 7])
     while True:
@@ -71,15 +71,14 @@ def _stream(domain: str, split: str, n: int, seed: int, cell_px: int):
         yield from generate(domain, split, min(BUILD_CHUNK, n - start), seed, cell_px, start=start)
 
 
-def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None):
+def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None,
+               catalog: DomainCatalog = NO_DOMAINS):
     """The cached ``datasets.Dataset`` of ``n`` samples of ``domain``/``split`` (numpy format); for a domain
-    backed by a dataset on disk, ``n`` of its rows (all when it has fewer: ``fl_sim.world.user_data``)."""
+    of ``catalog`` (a dataset on disk), ``n`` of its rows (all when it has fewer: ``fl_sim.world.user_data``)."""
     from datasets import Dataset, load_from_disk
 
-    if domain in USER_DOMAINS:
-        from fl_sim.world.user_data import load
-
-        return load(domain, split, n, seed, cell_px, cache_dir)
+    if domain in catalog:
+        return catalog.load(domain, split, n, seed, cell_px)
     get_domain(domain)
     if n < 1:
         raise FlSimError(f"a split of {domain}/{split} needs at least one sample, got {n}")

@@ -97,15 +97,10 @@ def get_domain(name: str) -> Domain:
                      f"(e.g. {COMBINED[0]})")
 
 
-# Domains backed by a dataset on disk (``fl_sim.world.user_data``): name -> its spec (a ``UserDomain``),
-# registered by the process that runs them.
-USER_DOMAINS: dict = {}
-
-
 def domain_error(name: str, declared=()) -> str | None:
-    """Why ``name`` is not a domain (one line), or ``None`` when it is one: built in, a combination,
-    registered from a dataset on disk, or among ``declared`` (the user domains of a config being read)."""
-    if name in USER_DOMAINS or name in declared:
+    """Why ``name`` is not a domain (one line), or ``None`` when it is one: built in, a combination, or among
+    ``declared`` (the run's domains backed by datasets on disk)."""
+    if name in declared:
         return None
     try:
         get_domain(name)

@@ -35,15 +35,13 @@ def _train(folder: Path, n_corpus: int, seed: int, extra: list[str]) -> dict:
     return {"vocab_size": len(fast)}
 
 
-def load_tokenizer(cache_dir: str | None = None, n_corpus: int = 300, seed: int = 0):
+def load_tokenizer(cache_dir: str | None = None, n_corpus: int = 300, seed: int = 0, catalog=None):
     """Train (once, cached) and load the shared word-level tokenizer: the built-in world's words plus every
-    word of the process's user domains (``fl_sim.world.user_data``), so a user's word is never ``<unk>``.
-    With user domains, its cache key (and so every zoo model's) covers their words."""
+    word of ``catalog`` (a ``fl_sim.world.catalog.DomainCatalog``: the run's datasets on disk), so a user's
+    word is never ``<unk>``. With user domains, its cache key (and so every zoo model's) covers their words."""
     from transformers import PreTrainedTokenizerFast
 
-    from fl_sim.world.user_data import registered_words
-
-    extra = registered_words()
+    extra = catalog.words() if catalog else []
     spec = {"n_corpus": n_corpus, "seed": seed, "vocab": corpus_words(), "specials": SPECIALS}
     key = stable_hash(spec | ({"user_words": extra} if extra else {}))
     folder = get_or_build(cache_root(cache_dir) / "tokenizer" / key, lambda d: _train(d, n_corpus, seed, extra),

@@ -26,27 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from fl_sim import FlSimError
-from fl_sim.world.domains import DOMAINS, USER_DOMAINS
+from fl_sim.world.domains import DOMAINS
 
 VERSION = 1
 TYPE_DEFAULT = "vqa"
 
 
-_STATE: dict = {"cache_dir": None, "built": {}}
-
-
-def register(domains: dict, cache_dir: str | None = None) -> None:
-    """Make ``domains`` (name -> ``fl_sim.config.UserDomainConfig``, validated by the caller) this process's
-    user domains, cached under ``cache_dir``."""
-    check_names(domains)
-    USER_DOMAINS.clear()
-    USER_DOMAINS.update(domains)
-    _STATE["cache_dir"] = cache_dir
-
-
-def cache_dir() -> str | None:
-    """The cache the registered domains' data is converted into."""
-    return _STATE["cache_dir"]
+_BUILT: dict = {}  # (name, settings, cell_px, cache) -> its cache folder, once per process
 
 
 def check_names(names) -> None:
@@ -166,8 +152,8 @@ def build(name: str, spec, cell_px: int, cache_dir: str | None) -> Path:
     from fl_sim.world.features import split_features
 
     memo = (name, spec.model_dump_json(), cell_px, cache_dir)
-    if memo in _STATE["built"]:
-        return _STATE["built"][memo]
+    if memo in _BUILT:
+        return _BUILT[memo]
     folder = Path(spec.path).expanduser()
     if not folder.is_dir():
         raise FlSimError(f"domains.{name} ({folder}): no such directory")
@@ -204,33 +190,19 @@ def build(name: str, spec, cell_px: int, cache_dir: str | None) -> Path:
                 "types": sorted({t for rows in parts.values() for t in rows["family"]})}
 
     get_or_build(out, make, f"dataset of domain {name}")
-    _STATE["built"][memo] = out
+    _BUILT[memo] = out
     return out
 
 
-def build_all(cell_px: int = 16) -> None:
-    """Convert every registered domain's dataset now (each problem with the data is its one-line error)."""
-    for name, spec in USER_DOMAINS.items():
-        build(name, spec, cell_px, _STATE["cache_dir"])
 
-
-def load(name: str, split: str, n: int, seed: int, cell_px: int, cache_dir: str | None):
+def load(name: str, spec, split: str, n: int, seed: int, cell_px: int, cache_dir: str | None):
     """``n`` samples (all when there are fewer) of user domain ``name``'s ``split``, a seeded choice of rows."""
     from datasets import load_from_disk
 
-    folder = build(name, USER_DOMAINS[name], cell_px, cache_dir or _STATE["cache_dir"])
+    folder = build(name, spec, cell_px, cache_dir)
     ds = load_from_disk(str(folder / split))  # memory-mapped, as the built-in splits (fl_sim.world.data)
     if n < len(ds):
         rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 0 if split == "train" else 1])
         ds = ds.select(np.sort(rng.choice(len(ds), size=n, replace=False)))
     return ds.with_format("numpy")
 
-
-def registered_words(cell_px: int = 16) -> list[str]:
-    """Every word of the registered domains' questions and answers (the shared tokenizer's extra words)."""
-    from fl_sim.cache import read_meta
-
-    out: set[str] = set()
-    for name, spec in USER_DOMAINS.items():
-        out |= set(read_meta(build(name, spec, cell_px, _STATE["cache_dir"])).get("words", []))
-    return sorted(out)

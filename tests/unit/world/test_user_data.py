@@ -15,14 +15,9 @@ from fl_sim import FlSimError
 from fl_sim.config import UserDomainConfig
 from fl_sim.world import user_data
 from fl_sim.world.answers import matches, normalise
+from fl_sim.world.catalog import DomainCatalog
 
 FRUIT = ["apple", "banana", "cherry", "grape", "lemon", "mango"]
-
-
-@pytest.fixture(autouse=True)
-def no_user_domains():
-    yield
-    user_data.register({})
 
 
 def _image(i: int, size=(20, 30), mode="RGB") -> Image.Image:
@@ -67,9 +62,9 @@ def test_an_image_folder_becomes_a_domain_without_leaking_images(tmp_path, cache
     for fmt in ("jsonl", "csv"):
         spec = UserDomainConfig(path=str(image_folder(tmp_path / fmt, fmt=fmt)), question_type="kind",
                                 test_fraction=0.3)
-        user_data.register({"fruit": spec}, cache_dir)
-        train = user_data.load("fruit", "train", 10**6, 0, 16, None)
-        test = user_data.load("fruit", "test", 10**6, 0, 16, None)
+        catalog = DomainCatalog({"fruit": spec}, cache_dir)
+        train = catalog.load("fruit", "train", 10**6, 0, 16)
+        test = catalog.load("fruit", "test", 10**6, 0, 16)
         assert len(train) + len(test) == 12 and len(test) == 4  # 2 of 6 images, both questions of each
         images = np.asarray(train["image"])
         assert images.shape[1:] == (48, 48, 3) and 0 <= images.min() and images.max() <= 255
@@ -84,14 +79,13 @@ def test_a_saved_dataset_with_other_column_names_and_its_own_test_split(tmp_path
 
     src = saved_dataset(tmp_path / "flat")
     spec = UserDomainConfig(path=str(src), image="picture", question="prompt", answer="reply")
-    user_data.register({"ripe": spec}, cache_dir)
-    assert len(user_data.load("ripe", "test", 100, 0, 16, None)) == 2  # ceil(0.2 * 10) images
+    assert len(DomainCatalog({"ripe": spec}, cache_dir).load("ripe", "test", 100, 0, 16)) == 2  # ceil(0.2 * 10) images
     split = tmp_path / "dict"
     flat = load_from_disk(str(src))
     DatasetDict({"train": flat.select(range(7)), "test": flat.select(range(7, 10))}).save_to_disk(str(split))
-    user_data.register({"ripe": spec.model_copy(update={"path": str(split)})}, cache_dir)
-    assert len(user_data.load("ripe", "test", 100, 0, 16, None)) == 3
-    assert len(user_data.load("ripe", "train", 5, 0, 16, None)) == 5  # a seeded choice of rows
+    catalog = DomainCatalog({"ripe": spec.model_copy(update={"path": str(split)})}, cache_dir)
+    assert len(catalog.load("ripe", "test", 100, 0, 16)) == 3
+    assert len(catalog.load("ripe", "train", 5, 0, 16)) == 5  # a seeded choice of rows
 
 
 def test_the_vocabulary_covers_the_new_words_and_the_cache_key_follows_the_data(tmp_path, cache_dir):
@@ -99,18 +93,18 @@ def test_the_vocabulary_covers_the_new_words_and_the_cache_key_follows_the_data(
 
     base = load_tokenizer(cache_dir)
     src = image_folder(tmp_path / "a")
-    user_data.register({"fruit": UserDomainConfig(path=str(src))}, cache_dir)
-    tok = load_tokenizer(cache_dir)
+    spec = UserDomainConfig(path=str(src))
+    tok = load_tokenizer(cache_dir, catalog=DomainCatalog({"fruit": spec}, cache_dir))
     unk = tok.convert_tokens_to_ids("<unk>")
     ids = tok("A Banana. A Mango.", add_special_tokens=False)["input_ids"]
     assert unk not in ids and len(set(ids)) == 3  # "A", "Banana.", "Mango.": two answers, two ids
     assert len(tok) > len(base)
-    first = user_data.build("fruit", user_data.USER_DOMAINS["fruit"], 16, cache_dir)
+    first = user_data.build("fruit", spec, 16, cache_dir)
     (src / "metadata.jsonl").write_text((src / "metadata.jsonl").read_text().replace("Cherry", "Durian"))
-    user_data._STATE["built"].clear()
-    second = user_data.build("fruit", user_data.USER_DOMAINS["fruit"], 16, cache_dir)
+    user_data._BUILT.clear()
+    second = user_data.build("fruit", spec, 16, cache_dir)
     assert first != second and first.is_dir()  # new data, new entry; the old one is kept
-    assert "Durian." in load_tokenizer(cache_dir).get_vocab()
+    assert "Durian." in load_tokenizer(cache_dir, catalog=DomainCatalog({"fruit": spec}, cache_dir)).get_vocab()
 
 
 def test_answers_are_normalised():
@@ -145,9 +139,8 @@ def test_bad_data_is_one_line_naming_the_dataset_and_caches_nothing(tmp_path, ca
     data = Path(cache_dir) / "data"
     before = sorted(p.name for p in data.iterdir()) if data.is_dir() else []
     for name, (spec, message) in cases.items():
-        user_data.register({name: spec}, cache_dir)
         with pytest.raises(FlSimError, match=message) as e:
-            user_data.build_all()
+            DomainCatalog({name: spec}, cache_dir).build_all()
         assert str(e.value).startswith(f"domains.{name} (") and "\n" not in str(e.value), str(e.value)
     after = sorted(p.name for p in data.iterdir()) if data.is_dir() else []
     assert [n for n in after if n not in before and not n.startswith(".")] == []
