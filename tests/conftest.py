@@ -8,6 +8,14 @@ warnings.filterwarnings("ignore")
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def two_torch_threads():
+    """Every test starts with 2 torch threads: a test that runs worker code in-process (a worker sets its
+    own count) must not change the float sums, and so the bytes, of the models later tests train."""
+    yield
+    torch.set_num_threads(2)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """A fresh cache for the whole test session (tests never touch the user's cache)."""
