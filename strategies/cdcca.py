@@ -15,20 +15,17 @@ Device half: ``clients/cdcca_device.py``. Round ``r``:
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
-from fl_sim.cache import read_meta
 from fl_sim.cloud import compression, distillation, labelling, worker_pool
+from fl_sim.cloud.accounting import Laps, round_means, virtual_seconds
 from fl_sim.cloud.device_versions import DeviceVersions
 from fl_sim.cloud.distillation import TierState
 from fl_sim.cloud.uploads import decode_uploads, upload_limits
 from fl_sim.cloud.views import TEACHER, Views
-from fl_sim.device import model_cache
 from fl_sim.mechanisms import akd
 from fl_sim.mechanisms.replay import ReplayBuffer
 from fl_sim.models import placement
@@ -111,13 +108,7 @@ class CDCCA(FleetStrategy):
 
     # ------------------------------------------------------------- the cloud's round: its steps in order
     def update(self, server_round, kept, replied, plan):
-        t0, phases, clock = time.time(), {}, [time.time()]
-
-        def lap(name):  # wall seconds of each step (``cloud_phases_s``)
-            now = time.time()
-            phases[name] = phases.get(name, 0.0) + now - clock[0]
-            clock[0] = now
-
+        lap = Laps()
         rejected_down = self.versions.absorb(replied, plan.settings, server_round)
         tiers_of = {dev: self.ctx.fleet[dev].tier for dev, _, _ in kept}
         uploads = decode_uploads(kept, tiers_of, self.views, self.uts, self.akd.max_new_tokens,
@@ -134,17 +125,11 @@ class CDCCA(FleetStrategy):
         for view, targets in new.items():
             self.buffer(view).add(targets)
         lap("replay")
-        extra["replay_size"] = len(self.buffer(TEACHER))
-        for key in ("loss", "ce", "kl", "feat", "payload_bytes", "ratio_dense", "ratio_checkpoint"):
-            vals = [f[key] for f in figures.values() if key in f]
-            if vals:
-                extra[f"akd_{key}" if key in ("loss", "ce", "kl", "feat") else f"dwc_{key}"] = float(np.mean(vals))
-        n_passes = labels.taught + len(figures) * self.akd.steps * self.akd.batch_size
-        n_passes += len(uploads.questions) if self.akd.extra_questions else 0  # the teacher's captions
-        extra["cloud_wall_s"] = time.time() - t0
-        extra["cloud_phases_s"] = phases
+        extra |= {"replay_size": len(self.buffer(TEACHER))} | round_means(figures)
+        extra |= {"cloud_wall_s": lap.total(), "cloud_phases_s": lap.phases}
         placement.release()
-        return Absorbed(extra, cloud_s=n_passes * self.akd.cloud_ms_per_sample / 1000)
+        captioned = len(uploads.questions) if self.akd.extra_questions else 0
+        return Absorbed(extra, virtual_seconds(self.akd, labels.taught, len(figures), captioned))
 
     def distil_and_compress(self, new: dict, server_round: int, extra: dict, lap) -> dict[str, dict]:
         """AKD for every tier with targets or replay (side by side in worker processes, or here), then DWC of
@@ -184,12 +169,5 @@ class CDCCA(FleetStrategy):
         self.versions.store.put(tier, v, payload, held)
         self.state[f"held.{tier}"] = held
         self.versions.latest[tier] = v
-        return compression.figures(payload, delta, checkpoint_bytes(self.ctx.model_paths[tier]))
+        return compression.figures(payload, delta, compression.checkpoint_bytes(self.ctx.model_paths[tier]))
 
-
-def checkpoint_bytes(model_path: str) -> int:
-    """Bytes of a device checkpoint as stored on the device (from the zoo manifest; fp32 size otherwise)."""
-    try:
-        return int(read_meta(Path(model_path))["device_bytes"])
-    except (OSError, KeyError, ValueError):
-        return 4 * sum(p.numel() for p in model_cache.base_model(model_path).parameters())
