@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
-from fl_sim.cloud import compression, distillation, labelling, worker_pool
+from fl_sim.cloud import compression, distillation, labelling
 from fl_sim.cloud.accounting import Laps, round_means, virtual_seconds
+from fl_sim.cloud.actors import CloudActors
 from fl_sim.cloud.device_versions import DeviceVersions
 from fl_sim.cloud.distillation import TierState
 from fl_sim.cloud.uploads import decode_uploads, upload_limits
@@ -48,8 +49,7 @@ class CDCCA(FleetStrategy):
         self.versions = DeviceVersions(self.tiers, VersionStore(self.store_dir(ctx.run_dir)))
         self.buffers: dict[str, ReplayBuffer] = {}  # per view: "teacher", or a tier's own
         self.workers = distillation.cloud_workers(self.akd, len(self.tiers))
-        if self.workers:  # they import torch while round 1's devices run
-            worker_pool.shared(self.workers)
+        self.actors = CloudActors(self.workers)  # Ray actors, created on first use
 
     @classmethod
     def store_dir(cls, run_dir):
@@ -138,9 +138,11 @@ class CDCCA(FleetStrategy):
                                                                  or len(self.buffer(self.views.of(t))))]
         threads = 1 if self.workers and len(training) > 1 else torch.get_num_threads()  # side by side: 1 each
         jobs = [self.tier_job(t, new.get(self.views.of(t), {}), server_round, threads) for t in training]
-        results = dict(zip(training, distillation.train(jobs, self.workers)))
+        results = dict(zip(training, distillation.train(jobs, self.actors)))
         lap("akd")
         extra["akd_tier_s"] = {t: r.seconds for t, r in results.items()}  # each tier's training, side by side
+        if self.actors.nodes:
+            extra["cloud_actor_nodes"] = list(self.actors.nodes)  # where the cloud's actors run (Ray node ids)
         figures = {}
         for tier, result in results.items():
             if not distillation.accepted(result, tier, server_round):

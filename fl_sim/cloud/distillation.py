@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fl_sim.cloud import tier_job, worker_pool
+from fl_sim.cloud import tier_job
+from fl_sim.cloud.actors import CloudActors, workers_for
 from fl_sim.mechanisms import akd, dwc
 from fl_sim.mechanisms.replay import ReplayBuffer
 from fl_sim.models import placement
@@ -68,15 +69,15 @@ def tier_job_for(model_path: str, adapters: tuple, akd_cfg, dwc_cfg, state: Tier
 
 
 def cloud_workers(akd_cfg, n_tiers: int) -> int:
-    """Worker processes for the tiers' AKD: on a CPU cloud in fp32 only (``worker_pool.workers_for``)."""
+    """Actors for the tiers' AKD: on a CPU cloud in fp32 only (``fl_sim.cloud.actors.workers_for``)."""
     fp32_cpu = placement.current().type == "cpu" and not placement.autocasts()
-    return worker_pool.workers_for(akd_cfg, n_tiers, fp32_cpu)
+    return workers_for(akd_cfg, n_tiers, fp32_cpu)
 
 
-def train(jobs: list[tier_job.TierJob], workers: int) -> list[tier_job.TierResult]:
-    """Run the tiers' jobs: side by side in ``workers`` worker processes, or here one after another."""
-    if workers and len(jobs) > 1:
-        return worker_pool.shared(workers).run(jobs)
+def train(jobs: list[tier_job.TierJob], actors: CloudActors) -> list[tier_job.TierResult]:
+    """Run the tiers' jobs: side by side on ``actors`` and here, or here one after another."""
+    if actors.n and len(jobs) > 1:
+        return actors.run(jobs)
     return [tier_job.run(job) for job in jobs]
 
 

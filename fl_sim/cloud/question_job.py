@@ -1,21 +1,17 @@
 """The teacher's extra questions about a round's uploads as data (``strategy.akd.extra_questions``): the
 teacher captions each upload and answers up to ``k`` more questions generated from its caption
 (``akd.question_targets``). They need only the uploads' visual tokens and questions, not their labels, so
-they could be asked in a worker (``fl_sim.cloud.worker_pool``) while the cloud labels; on 2 cores that is slower
-than asking them after the labels in the cloud process, with both threads (docs/notes.md),
-so the cloud does that. On disk (``save`` / ``load``) a job or its result is one safetensors file with a
-JSON header.
+they could be asked on an actor (``fl_sim.cloud.actors``) while the cloud labels; on 2 cores that is slower
+than asking them after the labels in the cloud process, with both threads (docs/notes.md), so the cloud
+does that.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from fl_sim.device import model_cache
 from fl_sim.mechanisms import akd
@@ -56,22 +52,3 @@ def run(job: QuestionsJob) -> dict[str, torch.Tensor]:
                                     job.states)
     finally:
         torch.set_num_threads(threads)
-
-
-def save(job: QuestionsJob, path: str) -> None:
-    header = {k: v for k, v in job.__dict__.items() if k != "vis"}
-    save_file({"vis": job.vis.contiguous()}, path, metadata={"header": json.dumps(header)})
-
-
-def load(path: str) -> QuestionsJob:
-    with safe_open(path, "pt") as f:
-        return QuestionsJob(vis=f.get_tensor("vis"), **json.loads(f.metadata()["header"]))
-
-
-def save_result(targets: dict[str, torch.Tensor], path: str) -> None:
-    save_file({k: v.contiguous() for k, v in targets.items()}, path)
-
-
-def load_result(path: str) -> dict[str, torch.Tensor]:
-    with safe_open(path, "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}

@@ -1,25 +1,20 @@
 """One tier's AKD round as data: everything the cloud trains a tier's adapters from, so that the training
-runs in the cloud process or in a worker (``fl_sim.cloud.worker_pool``) with the same result.
+runs in the cloud process or on a Ray actor (``fl_sim.cloud.actors``) with the same result.
 
 The cloud draws the round's batches up front: ``plan`` holds one index array per step into ``table``, the
 rows those batches use, so the job carries no random stream of the cloud's. With ``probe`` (DWC-aware
 training, ``strategy.dwc.sparse_train`` with ``selection = "top"``) the first ``probe.probe_steps``
 batches feed the dense probe that picks the entries the round trains, the next ``cfg.steps`` the round.
-On disk (``save`` / ``load``) a job or its result is one safetensors file whose metadata holds a JSON
-header: tensors and JSON only.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from fl_sim.config import AKDConfig, DWCConfig
 from fl_sim.device import model_cache
@@ -99,49 +94,3 @@ def plan_batches(draws: list[list[tuple[str, np.ndarray]]], sources: dict[str, d
     plan = [np.concatenate([offset[n] + np.searchsorted(used[n], idx) for n, idx in parts if len(idx)] or
                            [np.zeros(0, np.int64)]).astype(np.int64) for parts in draws]
     return table, plan
-
-
-# ---------------------------------------------------------------- as files: safetensors + a JSON header
-def _flat(groups: dict[str, dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor]:
-    return {f"{g}/{k}": v.detach().cpu().contiguous() for g, d in groups.items() for k, v in (d or {}).items()}
-
-
-def _groups(path: str) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
-    with safe_open(path, "pt") as f:
-        header = json.loads(f.metadata()["header"])
-        out: dict[str, dict[str, torch.Tensor]] = {}
-        for key in f.keys():
-            g, k = key.split("/", 1)
-            out.setdefault(g, {})[k] = f.get_tensor(key)
-    return header, out
-
-
-def save(job: TierJob, path: str) -> None:
-    header = {"model_path": job.model_path, "adapters": list(job.adapters), "cfg": job.cfg.model_dump(mode="json"),
-              "seed": job.seed, "plan": [len(p) for p in job.plan], "masks": job.masks is not None,
-              "probe": job.probe.model_dump(mode="json") if job.probe is not None else None, "threads": job.threads}
-    plan = {"rows": torch.from_numpy(np.concatenate(job.plan or [np.zeros(0, np.int64)]).astype(np.int64))}
-    tensors = _flat({"cloud": job.cloud, "align": job.align, "table": job.table, "masks": job.masks,
-                     "residual": job.residual, "plan": plan})
-    save_file(tensors, path, metadata={"header": json.dumps(header)})
-
-
-def load(path: str) -> TierJob:
-    header, g = _groups(path)
-    rows = g.get("plan", {}).get("rows", torch.zeros(0, dtype=torch.int64)).numpy()
-    plan = np.split(rows, np.cumsum(header["plan"])[:-1]) if header["plan"] else []
-    return TierJob(header["model_path"], tuple(header["adapters"]), AKDConfig(**header["cfg"]), header["seed"],
-                   g.get("cloud", {}), g.get("align", {}), g.get("table", {}), plan,
-                   g.get("masks", {}) if header["masks"] else None,
-                   DWCConfig(**header["probe"]) if header["probe"] is not None else None, g.get("residual", {}),
-                   header["threads"])
-
-
-def save_result(result: TierResult, path: str) -> None:
-    header = {"losses": result.losses, "seconds": result.seconds}
-    save_file(_flat({"cloud": result.cloud, "align": result.align}), path, metadata={"header": json.dumps(header)})
-
-
-def load_result(path: str) -> TierResult:
-    header, g = _groups(path)
-    return TierResult(g.get("cloud", {}), g.get("align", {}), header["losses"], header["seconds"])

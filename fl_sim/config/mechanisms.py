@@ -60,8 +60,8 @@ class AKDConfig(Section):
         '(no second pass) or "forward", a second pass over prompt + answer (a few values differ in their last '
         "fp16 bit)"))
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field("auto", description=(
-        "processes that train the tiers' adapters side by side with the cloud process, each tier single-"
-        'threaded (fl_sim/cloud/worker_pool.py); "auto" = one per tier beyond the first on a CPU with 2+ cores, none '
+        "Ray actors that train the tiers' adapters side by side with the cloud process, each tier single-"
+        'threaded (fl_sim/cloud/actors.py); "auto" = one per tier beyond the first on a CPU with 2+ cores, none '
         "on a GPU; 0 = every tier in the cloud process on its threads (the same adapters, bitwise)"))
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""Tiers' AKD as jobs (``fl_sim.cloud.tier_job``), side by side in worker processes (``fl_sim.cloud.worker_pool``)."""
+"""Tiers' AKD as jobs (``fl_sim.cloud.tier_job``), side by side on Ray actors (``fl_sim.cloud.actors``)."""
 
 import logging
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fl_sim import FlSimError
-from fl_sim.cloud import tier_job, worker_pool
+from fl_sim.cloud import actors, tier_job
 from fl_sim.config import AKDConfig, DWCConfig
 from fl_sim.device import model_cache
 from fl_sim.mechanisms import akd
@@ -66,30 +66,35 @@ def _same(a: tier_job.TierResult, b: tier_job.TierResult) -> bool:
             and all(torch.equal(a.align[k], b.align[k]) for k in a.align) and a.losses == b.losses)
 
 
-def test_a_job_crosses_a_file_unchanged(jobs, tmp_path):
-    for i, job in enumerate(jobs):
-        tier_job.save(job, str(tmp_path / f"{i}.safetensors"))
-        back = tier_job.load(str(tmp_path / f"{i}.safetensors"))
-        assert (back.model_path, back.adapters, back.cfg, back.seed, back.probe, back.threads) == (
-            job.model_path, job.adapters, job.cfg, job.seed, job.probe, job.threads)
-        assert len(back.plan) == len(job.plan) and all(np.array_equal(a, b) for a, b in zip(back.plan, job.plan))
-        for group in ("cloud", "align", "table", "residual"):
-            a, b = getattr(job, group), getattr(back, group)
-            assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), group
-        assert (back.masks is None) == (job.masks is None)
+
+def test_without_ray_every_job_runs_here(jobs):
+    import ray
+
+    assert not ray.is_initialized()
+    got = actors.CloudActors(2).run(jobs[:2])
+    assert all(_same(a, tier_job.run(j)) for a, j in zip(got, jobs[:2]))
 
 
-def test_workers_train_what_this_process_trains(jobs):
-    """Two workers and this process take a job each: the same adapters, losses and alignment map as all
-    three run here. A masked job moves only its entries; a probed one at most ``max_density`` of them."""
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray instance of this process's own, as the simulation's would be."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_actors_train_what_this_process_trains(jobs, local_ray):
+    """Two actors and this process take a job each: the same adapters, losses and alignment map as all three
+    run here. A masked job moves only its entries; a probed one at most ``max_density`` of them."""
     here = [tier_job.run(j) for j in jobs]
-    pool = worker_pool.CloudPool()
+    cloud = actors.CloudActors(2)
     try:
-        pool.grow(2)
-        there = pool.run(jobs)
-        assert len(pool) == 2 and all(p is not None and p.poll() is None for p in pool._procs)
+        there = cloud.run(jobs)
+        assert len(cloud._actors) == 2
     finally:
-        pool.close()
+        cloud.close()
     assert all(_same(a, b) for a, b in zip(here, there))
     masked, probed = jobs[1], jobs[2]
     moved = {k: here[1].cloud[k] != masked.cloud[k] for k in masked.cloud}
@@ -98,46 +103,48 @@ def test_workers_train_what_this_process_trains(jobs):
     assert 0 < changed <= np.ceil(0.2 * sum(v.numel() for v in probed.cloud.values()))
 
 
-def test_a_failed_worker_leaves_its_job_to_this_process(jobs, caplog):
-    pool = worker_pool.CloudPool()
+def test_a_dead_actor_leaves_its_job_to_this_process_and_is_replaced(jobs, local_ray, caplog):
+    import ray
+
+    cloud = actors.CloudActors(1)
     try:
-        pool.grow(1)
-        pool._procs[0].kill()
-        pool._procs[0].wait()
-        with caplog.at_level(logging.WARNING, logger="fl_sim.cloud.worker_pool"):
-            got = pool.run(jobs[:2])
+        cloud._ensure()
+        ray.kill(cloud._actors[0])
+        with caplog.at_level(logging.WARNING, logger="fl_sim.cloud.actors"):
+            got = cloud.run(jobs[:2])
+        assert _same(got[1], tier_job.run(jobs[1]))
+        assert any("cloud actor 0 failed" in m for m in caplog.messages)
+        again = cloud.run(jobs[:2])  # a new actor took its place
+        assert _same(again[1], got[1]) and cloud._actors[0] is not None
     finally:
-        pool.close()
-    assert _same(got[1], tier_job.run(jobs[1]))
-    assert any("cloud worker 0 failed" in m for m in caplog.messages)
+        cloud.close()
 
 
-def test_a_job_that_fails_in_a_worker_is_rerun_here_with_its_error(jobs, caplog):
-    """A job the worker cannot run (its model folder is gone there, say) is reported and run here; the
-    error here is the cloud's own."""
+def test_a_job_that_fails_on_an_actor_is_rerun_here_with_its_error(jobs, local_ray, caplog):
+    """A job an actor cannot run (its model folder is gone there, say) is reported and run here; the error
+    here is the cloud's own."""
     bad = tier_job.TierJob(**{**jobs[1].__dict__, "model_path": "/nonexistent/model"})
-    pool = worker_pool.CloudPool()
+    cloud = actors.CloudActors(1)
     try:
-        pool.grow(1)
-        with caplog.at_level(logging.WARNING, logger="fl_sim.cloud.worker_pool"):
+        with caplog.at_level(logging.WARNING, logger="fl_sim.cloud.actors"):
             with pytest.raises(FlSimError, match="nonexistent"):
-                pool.run([jobs[0], bad])
+                cloud.run([jobs[0], bad])
     finally:
-        pool.close()
-    assert any("cloud worker 0 failed" in m and "nonexistent" in m for m in caplog.messages)
+        cloud.close()
+    assert any("cloud actor 0 failed" in m and "nonexistent" in m for m in caplog.messages)
 
 
 def test_auto_workers_one_per_tier_beyond_the_first_on_a_cpu(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert [worker_pool.default_cloud_workers(n, True) for n in (0, 1, 2, 3)] == [0, 0, 1, 2]
-    assert worker_pool.default_cloud_workers(3, False) == 0
+    assert [actors.default_cloud_workers(n, True) for n in (0, 1, 2, 3)] == [0, 0, 1, 2]
+    assert actors.default_cloud_workers(3, False) == 0
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert worker_pool.default_cloud_workers(3, True) == 0
+    assert actors.default_cloud_workers(3, True) == 0
 
 
-def test_the_teachers_extra_questions_cross_a_worker_unchanged(tiny_zoo, tmp_path):
-    """A ``QuestionsJob`` through a file and a worker: the same targets as here. (The tiny teacher's captions
-    rarely parse, so its result may be empty; a real result's file round trip is checked on labelled targets.)"""
+def test_the_teachers_extra_questions_cross_an_actor_unchanged(tiny_zoo, local_ray):
+    """A ``QuestionsJob`` on an actor: the same targets as here. (The tiny teacher's captions rarely parse, so
+    its result may be empty.)"""
     from fl_sim.cloud import question_job
     from fl_sim.models.mllm import visual_tokens
 
@@ -147,22 +154,13 @@ def test_the_teachers_extra_questions_cross_a_worker_unchanged(tiny_zoo, tmp_pat
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
     job = question_job.QuestionsJob(str(tiny_zoo.paths["teacher"]), False, None, vis, list(ds["question"]), 2,
                                     [0, 23, 1], 6)
-    question_job.save(job, str(tmp_path / "job.safetensors"))
-    back = question_job.load(str(tmp_path / "job.safetensors"))
-    assert torch.equal(back.vis, job.vis) and {k: v for k, v in back.__dict__.items() if k != "vis"} == {
-        k: v for k, v in job.__dict__.items() if k != "vis"}
     here = question_job.run(job)
-    pool = worker_pool.CloudPool()
+    cloud = actors.CloudActors(1)
     try:
-        pool.grow(1)
-        there = pool.collect(pool.submit(job))
+        _, there = cloud.run([job, job])
     finally:
-        pool.close()
+        cloud.close()
     assert set(here) == set(there) and all(torch.equal(here[k], there[k]) for k in here)
-    labelled = akd.teacher_targets(teacher, pr, vis, list(ds["question"]), max_new_tokens=6)
-    question_job.save_result(labelled, str(tmp_path / "result.safetensors"))
-    got = question_job.load_result(str(tmp_path / "result.safetensors"))
-    assert set(got) == set(labelled) and all(torch.equal(got[k], labelled[k]) for k in labelled)
 
 
 def test_the_capacity_check_counts_the_clouds_workers(monkeypatch):
