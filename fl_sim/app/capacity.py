@@ -64,7 +64,7 @@ def workers(cfg) -> int:
 
 def needs(cfg, n_devices: int, cloud_workers: int = 0) -> dict[str, dict[str, float]]:
     """``{"memory": {term: bytes}, "disk": {term: bytes}}`` of the run ``cfg`` with ``n_devices`` devices
-    (``cloud_workers``: the cloud's own worker processes, ``fl_sim.app.preflight.cloud_workers``)."""
+    (``cloud_workers``: the cloud's own actors, ``fl_sim.app.preflight.cloud_workers``)."""
     f, s = cfg.fleet, cfg.strategy
     w = workers(cfg)
     sampled = min(n_devices, s.clients_per_round * s.over_commit)

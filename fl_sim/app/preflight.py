@@ -56,7 +56,7 @@ def check_run(cfg) -> int:
 
 
 def cloud_workers(cfg, n_tiers: int) -> int:
-    """The worker processes a run's cloud starts (``strategy.akd.workers`` of the strategies that train tiers
+    """The Ray actors a run's cloud starts (``strategy.akd.workers`` of the strategies that train tiers
     with AKD: they read ``strategy.akd``), from its settings alone: a ``device = "auto"`` server counts as a CPU."""
     from fl_sim.cloud.actors import workers_for
     from fl_sim.plugins import check_strategy

@@ -7,7 +7,7 @@ torch's kernels gain little from a second thread and nearly 2x from a second pro
 others single-threaded Ray actors that load each model once and keep it. They live in the Ray instance the
 simulation runs on (the fleet's: a cluster's, with ``--ray-address``), created on first use; outside one
 (``flwr run``'s server process, a plain script) every job runs here. A job runs with the threads it names, so
-it gives the same result on an actor as here, bitwise (``tests/unit/cloud/test_cloud_pool.py``). An actor that
+it gives the same result on an actor as here, bitwise (``tests/unit/cloud/test_cloud_actors.py``). An actor that
 dies or a job that fails on one is logged and the job runs here; a dead actor is replaced on the next round.
 
 Ray carries the jobs and results between processes (its own serialisation, inside the engine); nothing of
