@@ -4,7 +4,7 @@ Each behaviour is one module (in ``clients/``), registered under the module's do
 names the class as its ``device``, its tasks carry that name, and ``clients/device.py`` dispatches to it
 (importing the module on first use). A behaviour has
 
-``Settings``   a pydantic model: what the server tells the device each round (``fl_sim.protocol.task``)
+``Settings``   a pydantic model: what the server tells the device each round (``fl_sim.protocol.device_task``)
 ``run``        ``(DeviceRound, settings, message content) -> reply content``
 
 ``DeviceRound`` gives it the device's own world without Flower: its profile, random streams, model with

@@ -130,8 +130,8 @@ class CDCCADevice(DeviceBehaviour):
     def run(cls, dev, settings, content):
         from flwr.app import ConfigRecord, MetricRecord
 
+        from fl_sim.protocol.device_task import read_task
         from fl_sim.protocol.records import packed_record, record_values
-        from fl_sim.protocol.task import read_task
 
         _, values = read_task(content)
         downlink = None  # raw values; apply_downlink validates them (a bad downlink is rejected, not fatal)

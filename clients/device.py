@@ -6,9 +6,9 @@ Messages it handles:
            run's device environment (``fl_sim.device.environment``), which the node keeps in its
            ``Context.state``; with ``warm`` (a JSON list of ``[behaviour, device id, round]``) the worker process
            first loads what those devices need (``clients.warm_up``). Replies an empty ``ready`` record.
-``train``  content ``task`` (``fl_sim.protocol.task``: the behaviour, the round, its settings), ``emulate`` (the device
-           this node emulates this round) plus what the strategy sends beside them; the behaviour
-           (``clients/<name>.py``) makes the reply.
+``train``  content ``task`` (``fl_sim.protocol.device_task``: the behaviour, the round, its settings),
+           ``emulate`` (the device this node emulates this round) plus what the strategy sends beside them;
+           the behaviour (``clients/<name>.py``) makes the reply.
 
 A node is not tied to one device: it emulates whichever device a message names, so a few nodes serve a
 fleet of any size.
@@ -67,7 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     from clients.behaviour import DeviceRound, load_behaviour
     from fl_sim.device.environment import load_device_env
     from fl_sim.models import placement
-    from fl_sim.protocol.task import EMULATE, read_task
+    from fl_sim.protocol.device_task import EMULATE, read_task
 
     _quiet()
     env = load_device_env(str(context.state[STATE]["env"]))

@@ -44,7 +44,7 @@ class CDCCA(FleetStrategy):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.uts, self.akd, self.dwc = self.s.uts, self.s.akd, self.s.dwc
+        self.uts, self.akd, self.dwc = self.strategy_cfg.uts, self.strategy_cfg.akd, self.strategy_cfg.dwc
         self.views = Views(ctx.model_paths, self.tiers, self.catalog, self.akd, self.cfg.seed)
         self.versions = DeviceVersions(self.tiers, VersionStore(self.store_dir(ctx.run_dir)))
         self.buffers: dict[str, ReplayBuffer] = {}  # per view: "teacher", or a tier's own
@@ -156,9 +156,9 @@ class CDCCA(FleetStrategy):
     def tier_job(self, tier: str, new: dict, server_round: int, threads: int):
         view = self.views.of(tier)
         state = TierState(self.state[f"cloud.{tier}"], self.state[f"align.{tier}"], self.state[f"ef.{tier}"])
-        return distillation.tier_job_for(self.ctx.model_paths[tier], self.s.adapters(), self.akd, self.dwc, state,
-                                         new, self.buffer(view), self.views.anchor(view), self.cfg.seed, server_round,
-                                         self.tiers.index(tier), self.payload_seed(tier), threads)
+        return distillation.tier_job_for(self.ctx.model_paths[tier], self.strategy_cfg.adapters(), self.akd, self.dwc,
+                                         state, new, self.buffer(view), self.views.anchor(view), self.cfg.seed,
+                                         server_round, self.tiers.index(tier), self.payload_seed(tier), threads)
 
     def payload_seed(self, tier: str) -> int:
         return compression.payload_seed(self.cfg.seed, self.tiers.index(tier), self.versions.latest[tier] + 1)

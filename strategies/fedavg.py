@@ -16,6 +16,6 @@ class FedAvg(FleetStrategy):
     device = LocalTraining
 
     def device_settings(self, p, server_round) -> LocalTrainingSettings:
-        s = self.s
+        s = self.strategy_cfg
         return LocalTrainingSettings(local_steps=s.local_steps, batch_size=s.batch_size, lr=s.lr, labels=s.labels,
                                      objective="ce", proximal_mu=0.0)

@@ -10,4 +10,5 @@ class FedProx(FedAvg):
     name = "fedprox"
 
     def device_settings(self, p, server_round):
-        return super().device_settings(p, server_round).model_copy(update={"proximal_mu": self.s.proximal_mu})
+        mu = self.strategy_cfg.proximal_mu
+        return super().device_settings(p, server_round).model_copy(update={"proximal_mu": mu})

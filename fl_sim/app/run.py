@@ -72,6 +72,7 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
     from fl_sim.callbacks.evaluation import CentralEvaluation
     from fl_sim.callbacks.hook import OnRound
     from fl_sim.callbacks.results import ResultsLogger
+    from fl_sim.callbacks.stopwatch import Stopwatch
     from fl_sim.config import tier_names
     from fl_sim.device.environment import device_environment
     from fl_sim.models.provider import record as record_models
@@ -105,8 +106,9 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
     record_models(run_dir, model_paths)
     env = device_environment(cfg, run_dir / "fleet.json", len(fleet), {t: model_paths[t] for t in tiers},
                              strategy_cls.store_dir(run_dir))
-    callbacks = [CentralEvaluation(cfg, model_paths, fleet), ContinualFigures(fleet), ResultsLogger(run_dir),
-                 Checkpointing(run_dir), *(callbacks or [])]
+    # in order: evaluation and its figures, then the round's time, then what logs and keeps the record
+    callbacks = [CentralEvaluation(cfg, model_paths, fleet), ContinualFigures(fleet), Stopwatch(),
+                 ResultsLogger(run_dir), Checkpointing(run_dir), *(callbacks or [])]
     if on_round is not None:
         callbacks.append(OnRound(on_round))
     ctx = RunContext(cfg=cfg, fleet=fleet, model_paths=model_paths, run_dir=run_dir, replay=replay,

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Report:
-    """What a callback returns from ``after_round``: figures for the round's record, and whether to stop."""
+    """What a callback returns from ``after_round``: figures for the round's record, wall seconds for its
+    ``wall_s``, and whether to stop."""
     figures: dict = field(default_factory=dict)
     stop: bool = False
+    wall_s: dict = field(default_factory=dict)
 
 
 class Callback:

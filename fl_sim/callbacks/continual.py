@@ -97,8 +97,6 @@ class ContinualTracker:
 class ContinualFigures(Callback):
     """``acc_seen``, ``forgetting`` and ``bwt`` of each evaluated round (one that has ``acc_tier``)."""
 
-    timer = "evaluate"
-
     def __init__(self, fleet):
         self.tracker = ContinualTracker(fleet)
 

@@ -9,7 +9,6 @@ from fl_sim.callbacks.results_file import MetricsLogger
 
 
 class ResultsLogger(Callback):
-    logs_record = True  # the loop's timings of the round end here
     def __init__(self, run_dir: Path, tensorboard: bool = True):
         self.run_dir, self.tensorboard = Path(run_dir), tensorboard
         self.logger: MetricsLogger | None = None

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from fl_sim.protocol.device_task import Downlink
 from fl_sim.protocol.records import config_value_bytes, payload_bytes, to_array_record
-from fl_sim.protocol.task import Downlink
 from fl_sim.protocol.version_store import VersionStore
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ A real device has its model on its own storage, its own data stream and its own 
 simulation those are paths and settings shared by every device of a run. The server writes them once
 to ``<run dir>/device_env.json``; each node learns that path when it is provisioned (the query that maps
 nodes to devices) and keeps it in its ``Context.state``. Round messages then carry only what a real
-device would receive (``fl_sim.protocol.task``), so their byte counts are honest.
+device would receive (``fl_sim.protocol.device_task``), so their byte counts are honest.
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ def run(strategy, grid, n_nodes: int | None = None) -> None:
     for cb in callbacks:
         cb.on_run_begin(strategy, start + 1)
     completed = False
-    spent: dict[str, float] = {}  # seconds of the callbacks that ran after the previous round's record was logged
     try:
         for r in range(start + 1, cfg.rounds + 1):
             _check(ctx)
@@ -56,10 +55,7 @@ def run(strategy, grid, n_nodes: int | None = None) -> None:
                                  {"train": t1 - t0, "aggregate": t2 - t1})
             if r == start + 1:  # node mapping (and worker warm-up) of this simulation, before its first round
                 record.wall_s |= {"map_nodes": map_s, "prepare_data": data_s}
-            else:
-                record.wall_s["previous_round_callbacks"] = spent
-            stop, spent = _after_round(strategy, callbacks, record, t0)
-            if stop:
+            if _after_round(strategy, callbacks, record):
                 log.info("a callback stopped the run after round %d", r)
                 break
         completed = True
@@ -68,28 +64,16 @@ def run(strategy, grid, n_nodes: int | None = None) -> None:
             cb.on_run_end(strategy, completed)
 
 
-def _after_round(strategy, callbacks, record: RoundRecord, t0: float) -> tuple[bool, dict[str, float]]:
-    """Each callback in turn, its figures joining the record. Until the record is logged (``logs_record``),
-    a callback's seconds go into the record's ``wall_s`` (the evaluation's as ``evaluate``, and ``round``
-    covers them); the seconds of those after it are returned, for the next round's record."""
-    stop, after_log = False, {}
+def _after_round(strategy, callbacks, record: RoundRecord) -> bool:
+    """Each callback in turn, its figures and timings joining the record; whether one asked to stop."""
+    stop = False
     for cb in callbacks:
-        t = time.time()
-        if getattr(cb, "logs_record", False):
-            record.wall_s["round"] = t - t0
         report = cb.after_round(strategy, record)
         if isinstance(report, Report):
             record.figures |= report.figures
+            record.wall_s |= report.wall_s
             stop = stop or report.stop
-        spent = time.time() - t
-        if "round" in record.wall_s:
-            after_log[type(cb).__name__] = spent
-        else:
-            key = getattr(cb, "timer", None)
-            if key:
-                record.wall_s[key] = record.wall_s.get(key, 0.0) + spent
-    record.wall_s.setdefault("round", time.time() - t0)
-    return stop, after_log
+    return stop
 
 
 def _check(ctx) -> None:

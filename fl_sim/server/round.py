@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fl_sim.protocol.task import DeviceTask
+from fl_sim.protocol.device_task import DeviceTask
 
 
 @dataclass

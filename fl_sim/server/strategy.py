@@ -32,8 +32,8 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from fl_sim.config import ExperimentConfig
 from fl_sim.device import model_cache
 from fl_sim.fleet.profiles import DeviceProfile
+from fl_sim.protocol.device_task import EMULATE, DeviceTask, Downlink, task_record
 from fl_sim.protocol.records import from_array_record, payload_bytes, to_array_record
-from fl_sim.protocol.task import EMULATE, DeviceTask, Downlink, task_record
 from fl_sim.server.round import Absorbed, RoundOutcome, RoundPlan
 from fl_sim.server.selection import sample_devices
 from fl_sim.server.timing import straggler_cut
@@ -68,7 +68,7 @@ class FleetStrategy:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.cfg = ctx.cfg
-        self.s = ctx.cfg.strategy
+        self.strategy_cfg = ctx.cfg.strategy
         self.tiers = sorted({p.tier for p in ctx.fleet})
         self.catalog = catalog_of(ctx.cfg)  # the run's domains backed by datasets on disk
         self.state: dict[str, dict[str, torch.Tensor]] = {}  # tensor groups, checkpointed every round
@@ -135,7 +135,7 @@ class FleetStrategy:
         return {t: self.initial_state(t) for t in self.tiers}
 
     def initial_state(self, tier: str) -> dict[str, torch.Tensor]:
-        _, init = model_cache.adapted_model(self.ctx.model_paths[tier], *self.s.adapters())
+        _, init = model_cache.adapted_model(self.ctx.model_paths[tier], *self.strategy_cfg.adapters())
         return {k: v.clone() for k, v in init.items()}
 
     def checkpoint_state(self) -> dict:
@@ -168,13 +168,15 @@ class FleetStrategy:
 
     # ----------------------------------------------------------------- one round
     def summary(self) -> None:
+        s = self.strategy_cfg
         log.info("%s: %d devices, %d per round (over-commit %.2f), deadline %.0f s", self.name,
-                 len(self.ctx.fleet), self.s.clients_per_round, self.s.over_commit, self.s.deadline_s)
+                 len(self.ctx.fleet), s.clients_per_round, s.over_commit, s.deadline_s)
 
     def sample(self, server_round: int) -> tuple[list[DeviceProfile], int]:
         replayed = self.ctx.replay[server_round][0] if self.ctx.replay is not None else None
-        return sample_devices(self.ctx.fleet, self.clock_s, self.s.clients_per_round, self.s.over_commit,
-                              self.cfg.seed, server_round, replayed)
+        s = self.strategy_cfg
+        return sample_devices(self.ctx.fleet, self.clock_s, s.clients_per_round, s.over_commit, self.cfg.seed,
+                              server_round, replayed)
 
     def device_task(self, p: DeviceProfile, server_round: int) -> DeviceTask:
         return self._task(p, server_round)[0]
@@ -231,7 +233,8 @@ class FleetStrategy:
             t = p.compute_s(int(m["n_infer"]), int(m["n_train"])) + p.comm_s(plan.down_bytes[dev], up)
             finished[dev] = (t, rep, m)
         replay_kept = self.ctx.replay[server_round][1] if self.ctx.replay is not None else None
-        cut = straggler_cut({d: f[0] for d, f in finished.items()}, self.s.clients_per_round, self.s.deadline_s,
+        s = self.strategy_cfg
+        cut = straggler_cut({d: f[0] for d, f in finished.items()}, s.clients_per_round, s.deadline_s,
                             len(plan.sampled), replay_kept)
         kept = [(d, finished[d][1], finished[d][2]) for d in cut.kept]
         replied = [(d, finished[d][1], finished[d][2]) for d in sorted(finished, key=lambda d: (finished[d][0], d))]

@@ -122,7 +122,7 @@ def test_a_task_is_validated_and_defaults_are_defined_once():
 
     from clients.cdcca_device import CDCCADeviceSettings
     from fl_sim.mechanisms.uts import UTSConfig
-    from fl_sim.protocol.task import DeviceTask, read_task, task_record
+    from fl_sim.protocol.device_task import DeviceTask, read_task, task_record
 
     s = CDCCADeviceSettings(held_version=1, target_version=3, uts=UTSConfig())
     task = DeviceTask(behaviour="clients.cdcca_device", round=4, settings=s.model_dump(mode="json"))
