@@ -62,8 +62,10 @@ def cloud_workers(cfg, n_tiers: int) -> int:
     from fl_sim.plugins import check_strategy
 
     sim = cfg.simulation
-    fp32_cpu = not sim.device.startswith("cuda") and sim.precision != "bf16"
-    return workers_for(cfg.strategy.akd, n_tiers, fp32_cpu) if "akd" in check_strategy(cfg.strategy.name).reads else 0
+    if "akd" not in check_strategy(cfg.strategy.name).reads:
+        return 0
+    return workers_for(cfg.strategy.akd, n_tiers, "cuda" if sim.device.startswith("cuda") else "cpu",
+                       sim.precision == "bf16")
 
 
 def check_models(zoo_name: str, overrides: dict[str, str]) -> None:

@@ -28,10 +28,11 @@ def default_cloud_workers(n_jobs: int, on_cpu: bool) -> int:
     return max(0, n_jobs - 1) if on_cpu and (os.cpu_count() or 1) >= 2 else 0
 
 
-def workers_for(akd_cfg, n_tiers: int, fp32_cpu: bool) -> int:
-    """The cloud's actors for ``strategy.akd`` (``workers``): on a CPU cloud in fp32 only, where an actor
-    computes what the cloud process would; none without AKD steps."""
-    if not fp32_cpu or not akd_cfg.steps:
+def workers_for(akd_cfg, n_tiers: int, device_type: str, bf16: bool) -> int:
+    """The cloud's actors for ``strategy.akd`` (``workers``) when the cloud runs on ``device_type`` ("cpu",
+    "cuda"), with bf16 autocast or not: on a CPU cloud in fp32 only, where an actor computes what the cloud
+    process would; none without AKD steps."""
+    if device_type != "cpu" or bf16 or not akd_cfg.steps:
         return 0
     return default_cloud_workers(n_tiers, True) if akd_cfg.workers == "auto" else akd_cfg.workers
 

@@ -70,8 +70,7 @@ def tier_job_for(model_path: str, adapters: tuple, akd_cfg, dwc_cfg, state: Tier
 
 def cloud_workers(akd_cfg, n_tiers: int) -> int:
     """Actors for the tiers' AKD: on a CPU cloud in fp32 only (``fl_sim.cloud.actors.workers_for``)."""
-    fp32_cpu = placement.current().type == "cpu" and not placement.autocasts()
-    return workers_for(akd_cfg, n_tiers, fp32_cpu)
+    return workers_for(akd_cfg, n_tiers, placement.current().type, placement.autocasts())
 
 
 def train(jobs: list[tier_job.TierJob], actors: CloudActors) -> list[tier_job.TierResult]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fl_sim.protocol.device_task import DeviceTask
-
 
 @dataclass
 class RoundPlan:
@@ -14,7 +12,6 @@ class RoundPlan:
     sampled: list[int]
     available: int
     messages: list = field(default_factory=list)
-    tasks: dict[int, DeviceTask] = field(default_factory=dict)  # as they travel
     settings: dict[int, object] = field(default_factory=dict)  # device -> its behaviour's typed ``Settings``
     down_bytes: dict[int, int] = field(default_factory=dict)
 

@@ -206,7 +206,7 @@ class FleetStrategy:
         self._tier_records = {}
         for i, p in enumerate(chosen):
             task, settings, content = self._message(p, server_round)
-            plan.tasks[p.device_id], plan.settings[p.device_id] = task, settings
+            plan.settings[p.device_id] = settings
             plan.down_bytes[p.device_id] = payload_bytes(content)
             content[EMULATE] = ConfigRecord({"device_id": p.device_id})  # simulation plumbing: not downlink bytes
             plan.messages.append(Message(content=content, dst_node_id=self.nodes[i % len(self.nodes)],
