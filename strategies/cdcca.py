@@ -22,7 +22,7 @@ import torch
 from clients.cdcca_device import CDCCADevice, CDCCADeviceSettings
 from fl_sim.cloud import compression, distillation, labelling
 from fl_sim.cloud.accounting import Laps, round_means, virtual_seconds
-from fl_sim.cloud.actors import CloudActors
+from fl_sim.cloud.actors import ActorGroup, teacher_actors
 from fl_sim.cloud.device_versions import DeviceVersions
 from fl_sim.cloud.distillation import TierState
 from fl_sim.cloud.uploads import decode_uploads, upload_limits
@@ -48,8 +48,19 @@ class CDCCA(FleetStrategy):
         self.views = Views(ctx.model_paths, self.tiers, self.catalog, self.akd, self.cfg.seed)
         self.versions = DeviceVersions(self.tiers, VersionStore(self.store_dir(ctx.run_dir)))
         self.buffers: dict[str, ReplayBuffer] = {}  # per view: "teacher", or a tier's own
-        self.workers = distillation.cloud_workers(self.akd, len(self.tiers))
-        self.actors = CloudActors(self.workers)  # Ray actors, created on first use
+        c, precision = self.cfg.cloud, self.cfg.simulation.precision
+        self.actors = distillation.akd_actors(self.akd, c, precision, len(self.tiers))  # Ray actors, started
+        self.teachers = ActorGroup("teacher", teacher_actors(c, placement.current().type, placement.autocasts()),
+                                   c.options("teacher"), local=False, precision=precision,
+                                   start_timeout_s=c.start_timeout_s)  # on first use
+
+    def start_cloud(self):
+        for group in (self.teachers, self.actors):
+            group.start()
+
+    def stop_cloud(self):
+        for group in (self.teachers, self.actors):
+            group.close()
 
     @classmethod
     def store_dir(cls, run_dir):
@@ -116,7 +127,7 @@ class CDCCA(FleetStrategy):
         lap("decode")
         self.versions.rejected["uploads"] += uploads.rejected
         labels = labelling.label(self.views, self.akd, uploads, self.cfg.seed, server_round, torch.get_num_threads(),
-                                 lap)
+                                 self.teachers, lap)
         new = labels.by_view
         extra = {"uploaded_samples": len(uploads.questions), "extra_questions": labels.extra_asked,
                  "distilled_samples": sum(akd.size(t) for t in new.values()),
@@ -136,13 +147,14 @@ class CDCCA(FleetStrategy):
         each accepted result into the tier's next version; returns each tier's losses and payload figures."""
         training = [t for t in self.tiers if self.akd.steps and (akd.size(new.get(self.views.of(t), {}))
                                                                  or len(self.buffer(self.views.of(t))))]
-        threads = 1 if self.workers and len(training) > 1 else torch.get_num_threads()  # side by side: 1 each
+        threads = 1 if self.actors.n and len(training) > 1 else torch.get_num_threads()  # side by side: 1 each
         jobs = [self.tier_job(t, new.get(self.views.of(t), {}), server_round, threads) for t in training]
         results = dict(zip(training, distillation.train(jobs, self.actors)))
         lap("akd")
         extra["akd_tier_s"] = {t: r.seconds for t, r in results.items()}  # each tier's training, side by side
-        if self.actors.nodes:
-            extra["cloud_actor_nodes"] = list(self.actors.nodes)  # where the cloud's actors run (Ray node ids)
+        nodes = {g.kind: list(g.nodes) for g in (self.teachers, self.actors) if g.nodes}
+        if nodes:
+            extra["cloud_actor_nodes"] = nodes  # where the cloud's actors run (Ray node ids)
         figures = {}
         for tier, result in results.items():
             if not distillation.accepted(result, tier, server_round):

@@ -51,24 +51,27 @@ def pytest_configure(config):
 TINY_FLEET = {"num_devices": 4, "samples_per_round": 8, "train_size": 64, "shift_round": [2, 2],
               "active_fraction": {"low": 1.0, "high": 1.0}}
 TINY_SIM = {"num_cpus": 2, "round_timeout_s": 300}
+# the teacher and evaluation in the cloud process (each actor is a process start; the AKD actors stay):
+# tests/integration/test_cloud_on_ray.py runs the cloud on actors end to end
+TINY_CLOUD = {"teacher_replicas": 0, "eval_actors": 0}
 # fedavg on four devices, every one kept (end-to-end simulation tests)
 FEDAVG = {"zoo": "tiny", "rounds": 2, "seed": 5, "fleet": TINY_FLEET,
           "strategy": {"name": "fedavg", "clients_per_round": 3, "over_commit": 1.0, "local_steps": 1,
                        "batch_size": 4},
-          "eval": {"n_test": 12}, "simulation": TINY_SIM}
+          "eval": {"n_test": 12}, "simulation": TINY_SIM, "cloud": TINY_CLOUD}
 # CD-CCA with small AKD and a half-share uplink budget
 CDCCA = {"zoo": "tiny", "rounds": 2, "seed": 3, "fleet": TINY_FLEET,
          "strategy": {"name": "cdcca", "clients_per_round": 4, "over_commit": 1.0, "lora_r": 4,
                       "uts": {"budget": 0.5}, "akd": {"steps": 3, "batch_size": 8, "replay": 16, "anchor_size": 32,
                                                           "extra_questions": 0},
                       "dwc": {"max_density": 0.2}},
-         "eval": {"n_test": 12}, "simulation": TINY_SIM}
+         "eval": {"n_test": 12}, "simulation": TINY_SIM, "cloud": TINY_CLOUD}
 # the base of comparison tests: over-commitment, so some devices straggle
 COMPARE = {"zoo": "tiny", "rounds": 2, "seed": 0, "fleet": TINY_FLEET,
            "strategy": {"name": "source-only", "clients_per_round": 3, "over_commit": 1.34, "lora_r": 4,
                         "uts": {"budget": 0.5}, "akd": {"steps": 3, "batch_size": 8, "replay": 16, "anchor_size": 32},
                         "dwc": {"max_density": 0.2}},
-           "eval": {"n_test": 8}, "simulation": TINY_SIM}
+           "eval": {"n_test": 8}, "simulation": TINY_SIM, "cloud": TINY_CLOUD}
 
 
 def tiny_data(base: dict, cache_dir: str, output_dir) -> dict:

@@ -56,16 +56,18 @@ def check_run(cfg) -> int:
 
 
 def cloud_workers(cfg, n_tiers: int) -> int:
-    """The Ray actors a run's cloud starts (``strategy.akd.workers`` of the strategies that train tiers
-    with AKD: they read ``strategy.akd``), from its settings alone: a ``device = "auto"`` server counts as a CPU."""
-    from fl_sim.cloud.actors import workers_for
+    """The Ray actors a run's cloud starts, from its settings alone (a ``device = "auto"`` server counts as a
+    CPU): the evaluator's (every strategy), and the teacher's and the tiers' AKD actors of the strategies
+    that train tiers with AKD (they read ``strategy.akd``)."""
+    from fl_sim.cloud.actors import actors_for, teacher_actors, workers_for
     from fl_sim.plugins import check_strategy
 
-    sim = cfg.simulation
-    if "akd" not in check_strategy(cfg.strategy.name).reads:
-        return 0
-    return workers_for(cfg.strategy.akd, n_tiers, "cuda" if sim.device.startswith("cuda") else "cpu",
-                       sim.precision == "bf16")
+    sim, c = cfg.simulation, cfg.cloud
+    device, bf16 = "cuda" if sim.device.startswith("cuda") else "cpu", sim.precision == "bf16"
+    n = actors_for(c.eval_actors, n_tiers, c.eval_gpus, device, bf16)
+    if "akd" in check_strategy(cfg.strategy.name).reads:
+        n += workers_for(cfg.strategy.akd, c, n_tiers, device, bf16) + teacher_actors(c, device, bf16)
+    return n
 
 
 def check_models(zoo_name: str, overrides: dict[str, str]) -> None:

@@ -1,14 +1,17 @@
-"""The cloud's independent work side by side on Ray actors: the tiers' AKD rounds (``fl_sim.cloud.tier_job``)
-and the teacher's extra questions (``fl_sim.cloud.question_job``).
+"""The cloud's work on Ray actors: the teacher's replicas (``fl_sim.cloud.teacher_jobs``), the tiers' AKD
+(``fl_sim.cloud.tier_job``) and evaluation (``fl_sim.cloud.eval_job``), each a group of actors that load
+their models once and keep them across rounds.
 
-CD-CCA's cloud trains every tier's adapters each round, and the tiers are independent. At these model sizes
-torch's kernels gain little from a second thread and nearly 2x from a second process (docs/notes.md), so
-``run(jobs)`` gives job ``i`` to executor ``i % (actors + 1)``, executor 0 being the calling process, the
-others single-threaded Ray actors that load each model once and keep it. They live in the Ray instance the
-simulation runs on (the fleet's: a cluster's, with ``--ray-address``), created on first use; outside one
-(``flwr run``'s server process, a plain script) every job runs here. A job runs with the threads it names, so
-it gives the same result on an actor as here, bitwise (``tests/unit/cloud/test_cloud_actors.py``). An actor that
-dies or a job that fails on one is logged and the job runs here; a dead actor is replaced on the next round.
+A job is a dataclass whose module has ``run(job)``; it names the threads it runs with, so it gives the same
+result on an actor as in the cloud process, bitwise on a CPU in fp32 (``tests/unit/cloud/test_cloud_actors.py``).
+A group with ``local`` gives job ``i`` to executor ``i % (actors + 1)``, executor 0 being the calling process
+(at these model sizes torch's kernels gain little from a second thread and nearly 2x from a second process,
+docs/notes.md); without it every job goes to an actor. The actors live in the Ray instance the simulation
+runs on (the fleet's, a cluster's with ``--ray-address``), created on first use with the options of
+``[cloud]`` (CPUs, GPU share, a custom resource that pins them to chosen nodes); outside one (``flwr run``'s
+server process, a plain script) every job runs here. An actor that cannot start within
+``cloud.start_timeout_s`` stops the run with one line naming what it asked for. An actor that dies or a job
+that fails on one is logged and the job runs here; a dead actor is replaced on the next call.
 
 Ray carries the jobs and results between processes (its own serialisation, inside the engine); nothing of
 it crosses the simulated wire or lands on disk.
@@ -16,43 +19,67 @@ it crosses the simulated wire or lands on disk.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
+from fl_sim import FlSimError
+
 log = logging.getLogger(__name__)
+
+_RAY_OWN = ("CPU", "GPU", "memory", "object_store_memory", "accelerator_type", "node")  # not custom resources
 
 
 def default_cloud_workers(n_jobs: int, on_cpu: bool) -> int:
-    """``strategy.akd.workers = "auto"``: one actor per job beyond the first on a CPU with 2+ cores (a job per
-    process, the cores time-sliced when jobs outnumber them); none on a GPU or a single core."""
+    """``"auto"`` actors for ``n_jobs`` independent jobs beside the cloud process: one per job beyond the
+    first on a CPU with 2+ cores (a job per process, the cores time-sliced when jobs outnumber them); none on
+    a GPU or a single core."""
     return max(0, n_jobs - 1) if on_cpu and (os.cpu_count() or 1) >= 2 else 0
 
 
-def workers_for(akd_cfg, n_tiers: int, device_type: str, bf16: bool) -> int:
-    """The cloud's actors for ``strategy.akd`` (``workers``) when the cloud runs on ``device_type`` ("cpu",
-    "cuda"), with bf16 autocast or not: on a CPU cloud in fp32 only, where an actor computes what the cloud
-    process would; none without AKD steps."""
-    if device_type != "cpu" or bf16 or not akd_cfg.steps:
+def actors_for(count, n_jobs: int, gpus: float, device_type: str, bf16: bool) -> int:
+    """Actors of a group whose setting is ``count`` (an int or ``"auto"``) for ``n_jobs`` jobs, each asking
+    for ``gpus`` of a GPU, when the cloud process runs on ``device_type`` ("cpu", "cuda") with bf16 autocast
+    or not. With a GPU share the actors hold the work (``"auto"``: one per job); without one, only on a
+    CPU cloud in fp32, where an actor computes what the cloud process would (a CUDA cloud process keeps
+    its GPU work)."""
+    if gpus > 0:
+        return n_jobs if count == "auto" else count
+    if device_type != "cpu" or bf16:
         return 0
-    return default_cloud_workers(n_tiers, True) if akd_cfg.workers == "auto" else akd_cfg.workers
+    return default_cloud_workers(n_jobs, True) if count == "auto" else count
 
 
-def _run_here(job):
-    from fl_sim.cloud import question_job, tier_job
+def workers_for(akd_cfg, cloud_cfg, n_tiers: int, device_type: str, bf16: bool) -> int:
+    """The tiers' AKD actors (``strategy.akd.workers``, ``cloud.akd_gpus``); none without AKD steps."""
+    if not akd_cfg.steps:
+        return 0
+    return actors_for(akd_cfg.workers, n_tiers, cloud_cfg.akd_gpus, device_type, bf16)
 
-    return (tier_job.run if isinstance(job, tier_job.TierJob) else question_job.run)(job)
+
+def teacher_actors(cloud_cfg, device_type: str, bf16: bool) -> int:
+    """The teacher's replicas (``cloud.teacher_replicas``, ``cloud.teacher_gpus``)."""
+    return actors_for(cloud_cfg.teacher_replicas, cloud_cfg.teacher_replicas, cloud_cfg.teacher_gpus,
+                      device_type, bf16)
+
+
+def run_here(job):
+    """Run ``job`` in this process (its module's ``run``)."""
+    return importlib.import_module(type(job).__module__).run(job)
 
 
 class CloudWorker:
-    """One actor's side: run the jobs it is handed (its models stay loaded between them)."""
+    """One actor's side: run the jobs it is handed (its models stay loaded between them) on its device."""
 
-    def __init__(self):
+    def __init__(self, device: str, precision: str):
+        from fl_sim.models import placement
         from fl_sim.quiet import quiet_libraries
 
         quiet_libraries()
+        placement.use(device, precision)
 
     def run(self, job):
-        return _run_here(job)
+        return run_here(job)
 
     def node_id(self) -> str:
         import ray
@@ -60,45 +87,86 @@ class CloudWorker:
         return ray.get_runtime_context().get_node_id()
 
 
-class CloudActors:
-    """Up to ``n`` ``CloudWorker`` actors in the running Ray instance. They take no CPU of Ray's (the fleet's
-    actors hold every CPU between rounds, idle while the cloud works)."""
+class ActorGroup:
+    """Up to ``n`` ``CloudWorker`` actors of one ``kind`` ("teacher", "akd", "eval") in the running Ray
+    instance, each created with Ray ``options`` (``CloudConfig.options``). ``local``: the calling process
+    takes a share of the jobs. Actors asking for a GPU share run their models on it (``precision`` as the
+    cloud process's); the others on the CPU."""
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, kind: str, n: int, options: dict | None = None, local: bool = True,
+                 precision: str = "auto", start_timeout_s: float = 120.0):
+        self.kind, self.n, self.local = kind, n, local
+        self.options = {"num_cpus": 0, "num_gpus": 0} | (options or {})
+        self.precision, self.start_timeout_s = precision, start_timeout_s
         self._actors: list = []
         self.nodes: list[str] = []  # the Ray node each actor runs on
 
-    def _ensure(self) -> list:
+    def asks(self) -> str:
+        o = self.options
+        parts = [f"{o['num_cpus']:g} CPU", f"{o['num_gpus']:g} GPU"]
+        parts += [f"{v:g} of resource {k!r}" for k, v in (o.get("resources") or {}).items()]
+        return ", ".join(parts)
+
+    def start(self) -> list:
+        """The group's live actors, creating any that are missing (none outside Ray)."""
         import ray
 
-        if not ray.is_initialized():
+        if not self.n or not ray.is_initialized():
             return []
         self._actors = [a for a in self._actors if a is not None]
         if len(self._actors) < self.n:
-            while len(self._actors) < self.n:
-                self._actors.append(ray.remote(num_cpus=0, max_restarts=0)(CloudWorker).remote())
+            self._check_cluster(ray.cluster_resources())
+            device = "cuda" if self.options["num_gpus"] > 0 else "cpu"
+            new = [ray.remote(max_restarts=0, **self.options)(CloudWorker).remote(device, self.precision)
+                   for _ in range(self.n - len(self._actors))]
+            ready, _ = ray.wait([a.node_id.remote() for a in new], num_returns=len(new), timeout=self.start_timeout_s)
+            if len(ready) < len(new):
+                for a in new:
+                    ray.kill(a)
+                raise FlSimError(f"cloud: the {self.kind} actors ({self.asks()} each) did not start within "
+                                 f"{self.start_timeout_s:g} s: no node of the Ray cluster has that free (the fleet's "
+                                 "workers hold every CPU of the nodes they run on); lower cloud.*_cpus or start a "
+                                 "cloud node with --num-cpus 0 and the GPUs / resource it needs")
+            self._actors += new
             self.nodes = ray.get([a.node_id.remote() for a in self._actors])
         return self._actors
+
+    def _check_cluster(self, total: dict) -> None:
+        """One line for what the whole cluster does not have."""
+        o = self.options
+        missing = [f"{o['num_gpus']:g} GPU"] if o["num_gpus"] > total.get("GPU", 0) else []
+        missing += [f"resource {k!r}" for k in (o.get("resources") or {}) if total.get(k, 0) <= 0]
+        if missing:
+            custom = [k for k in sorted(total) if k.split(":")[0] not in _RAY_OWN]
+            raise FlSimError(f"cloud: the {self.kind} actors ask for {' and '.join(missing)}, which the Ray cluster "
+                             f"does not have (it has {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU"
+                             f"{''.join(', ' + k for k in custom)})")
 
     def run(self, jobs: list) -> list:
         """Every job's result in the jobs' order."""
         import ray
         from ray.exceptions import RayError
 
-        actors = self._ensure() if self.n else []
-        k = len(actors) + 1
-        futures = {j: (j % k - 1, actors[j % k - 1].run.remote(job)) for j, job in enumerate(jobs) if j % k}
-        results = {j: _run_here(job) for j, job in enumerate(jobs) if j not in futures}
+        actors = self.start() if self.n and jobs else []
+        k = len(actors) + (1 if self.local or not actors else 0)
+        offset = 1 if (self.local or not actors) else 0
+
+        def executor(j):  # -1: this process
+            e = j % k
+            return e - offset if actors and e >= offset else -1
+
+        futures = {j: (executor(j), actors[executor(j)].run.remote(job))
+                   for j, job in enumerate(jobs) if executor(j) >= 0}
+        results = {j: run_here(job) for j, job in enumerate(jobs) if j not in futures}
         for j, (a, future) in futures.items():
             try:
                 results[j] = ray.get(future)
             except RayError as exc:
                 why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                log.warning("cloud actor %d failed (%s); its job runs in the cloud process", a, why)
+                log.warning("cloud %s actor %d failed (%s); its job runs in the cloud process", self.kind, a, why)
                 if isinstance(exc, ray.exceptions.RayActorError):
                     self._actors[a] = None  # replaced next time
-                results[j] = _run_here(jobs[j])
+                results[j] = run_here(jobs[j])
         return [results[j] for j in range(len(jobs))]
 
     def close(self) -> None:
@@ -108,3 +176,4 @@ class CloudActors:
             if a is not None and ray.is_initialized():
                 ray.kill(a)
         self._actors = []
+

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fl_sim.cloud import tier_job
-from fl_sim.cloud.actors import CloudActors, workers_for
+from fl_sim.cloud.actors import ActorGroup, workers_for
 from fl_sim.mechanisms import akd, dwc
 from fl_sim.mechanisms.replay import ReplayBuffer
 from fl_sim.models import placement
@@ -68,16 +68,17 @@ def tier_job_for(model_path: str, adapters: tuple, akd_cfg, dwc_cfg, state: Tier
                             probe, dict(residual), threads)
 
 
-def cloud_workers(akd_cfg, n_tiers: int) -> int:
-    """Actors for the tiers' AKD: on a CPU cloud in fp32 only (``fl_sim.cloud.actors.workers_for``)."""
-    return workers_for(akd_cfg, n_tiers, placement.current().type, placement.autocasts())
+def akd_actors(akd_cfg, cloud_cfg, precision: str, n_tiers: int) -> ActorGroup:
+    """The tiers' AKD actors (``fl_sim.cloud.actors.workers_for``): beside the cloud process, or holding
+    every tier with ``cloud.akd_gpus``."""
+    n = workers_for(akd_cfg, cloud_cfg, n_tiers, placement.current().type, placement.autocasts())
+    return ActorGroup("akd", n, cloud_cfg.options("akd"), local=cloud_cfg.akd_gpus <= 0, precision=precision,
+                      start_timeout_s=cloud_cfg.start_timeout_s)
 
 
-def train(jobs: list[tier_job.TierJob], actors: CloudActors) -> list[tier_job.TierResult]:
-    """Run the tiers' jobs: side by side on ``actors`` and here, or here one after another."""
-    if actors.n and len(jobs) > 1:
-        return actors.run(jobs)
-    return [tier_job.run(job) for job in jobs]
+def train(jobs: list[tier_job.TierJob], actors: ActorGroup) -> list[tier_job.TierResult]:
+    """Run the tiers' jobs: side by side on ``actors`` (and here), or here one after another."""
+    return actors.run(jobs)
 
 
 def accepted(result: tier_job.TierResult, tier: str, server_round: int) -> bool:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fl_sim.cloud import question_job
+from fl_sim.cloud import teacher_jobs
+from fl_sim.cloud.actors import ActorGroup
 from fl_sim.cloud.uploads import Uploads
 from fl_sim.cloud.views import TEACHER, Views
-from fl_sim.device import model_cache
 from fl_sim.mechanisms import akd
 
 
@@ -19,30 +19,28 @@ class Labels:
     extra_asked: int = 0  # rows from the teacher's extra questions
 
 
-def questions_job(views: Views, akd_cfg, uploads: Uploads, seed: int, server_round: int,
-                  threads: int) -> question_job.QuestionsJob:
-    """``akd.extra_questions``: the teacher captions each upload and answers more questions about it,
-    generated from its own caption (``akd.question_targets``)."""
-    return question_job.QuestionsJob(
-        views.model_paths[TEACHER], akd_cfg.teacher_int8, views.cache_dir, uploads.vis, uploads.questions,
-        akd_cfg.extra_questions, [seed, 23, server_round], akd_cfg.max_new_tokens, threads,
-        {n: d.model_dump(mode="json") for n, d in views.catalog.specs.items()}, akd_cfg.teacher_states)
+def teacher_of(views: Views, akd_cfg) -> teacher_jobs.Teacher:
+    return teacher_jobs.Teacher(views.model_paths[TEACHER], akd_cfg.teacher_int8, views.cache_dir, views.catalog,
+                                akd_cfg.max_new_tokens, akd_cfg.teacher_states)
 
 
 def label(views: Views, akd_cfg, uploads: Uploads, seed: int, server_round: int, threads: int,
-          lap=lambda name: None) -> Labels:
-    """The round's targets per view; ``lap(name)`` marks the end of each phase (label, extra_questions,
-    targets) for the cloud's timings."""
+          teachers: ActorGroup, lap=lambda name: None) -> Labels:
+    """The round's targets per view. The uploads are labelled in contiguous blocks, one per teacher replica
+    (``teachers``), and merged in upload order; the extra questions are one job, asked after the labels.
+    ``lap(name)`` marks the end of each phase (label, extra_questions, targets) for the cloud's timings."""
     if not uploads.questions:
         return Labels()
-    pr = views.prompter(TEACHER)
-    teacher = model_cache.labelling_model(views.model_paths[TEACHER], akd_cfg.teacher_int8)
-    labelled = akd.teacher_targets(teacher, pr, uploads.vis, uploads.questions, akd_cfg.max_new_tokens,
-                                   states=akd_cfg.teacher_states)
+    teacher = teacher_of(views, akd_cfg)
+    cut = teacher_jobs.blocks(len(uploads.questions), teachers.n)
+    each = max(1, threads // len(cut)) if teachers.n else threads
+    jobs = [teacher_jobs.LabelJob(teacher, uploads.vis[a:b], uploads.questions[a:b], each) for a, b in cut]
+    labelled = akd.concat(teachers.run(jobs))
     new, extra_asked = {TEACHER: labelled}, 0
     lap("label")
-    if akd_cfg.extra_questions:  # in this process, after the labels: a worker asking them meanwhile is slower
-        more = question_job.run(questions_job(views, akd_cfg, uploads, seed, server_round, threads))
+    if akd_cfg.extra_questions:  # after the labels: asked meanwhile on 2 cores, both are slower
+        [more] = teachers.run([teacher_jobs.QuestionsJob(teacher, uploads.vis, uploads.questions,
+                                                         akd_cfg.extra_questions, [seed, 23, server_round], threads)])
         extra_asked = akd.size(more)
         new[TEACHER] = akd.concat([labelled, more])
         lap("extra_questions")

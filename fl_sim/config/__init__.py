@@ -4,6 +4,7 @@ Unknown keys and bad values are errors naming the key (``fleet.num_devices: ...`
 them as one line.
 """
 
+from fl_sim.config.cloud import CloudConfig
 from fl_sim.config.experiment import (
                                       NAME_PATTERN,
                                       DerivedTier,
@@ -30,7 +31,8 @@ from fl_sim.config.fleet import FleetConfig, Range, ScheduleConfig
 from fl_sim.config.mechanisms import AKDConfig, DWCConfig, UTSConfig
 from fl_sim.config.section import Section
 
-__all__ = ["AKDConfig", "DWCConfig", "DerivedTier", "EvalConfig", "ExperimentConfig", "FleetConfig", "LEGACY_VALUES",
+__all__ = ["AKDConfig", "CloudConfig", "DWCConfig", "DerivedTier", "EvalConfig", "ExperimentConfig", "FleetConfig",
+           "LEGACY_VALUES",
            "ModelsConfig", "NAME_PATTERN", "PATH_KEYS", "Range", "ScheduleConfig", "Section", "SimulationConfig",
            "StrategyConfig", "UTSConfig", "UserDomainConfig", "explain_error", "load_config", "load_run_config",
            "parse_config", "read_toml", "tier_names", "to_toml", "with_legacy_values"]

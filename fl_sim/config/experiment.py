@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 
 from fl_sim import FlSimError
+from fl_sim.config.cloud import CloudConfig
 from fl_sim.config.fleet import FleetConfig
 from fl_sim.config.mechanisms import AKDConfig, DWCConfig, UTSConfig
 from fl_sim.config.section import Section
@@ -31,6 +32,9 @@ class StrategyConfig(Section):
     uts: UTSConfig = UTSConfig()
     akd: AKDConfig = AKDConfig()
     dwc: DWCConfig = DWCConfig()
+    cloud_lag: int = Field(0, ge=0, le=1, description=(
+        "1: devices start round r+1 while the cloud distils round r's uploads on its actors, and receive that "
+        "update a round later (the last round waits for its cloud); 0: the cloud finishes before the next round"))
 
     def adapters(self) -> tuple[int, bool, str]:
         """``runtime.adapted_model``'s adapter arguments: LoRA rank, trainable words, projector mode."""
@@ -131,6 +135,7 @@ class ExperimentConfig(Section):
     strategy: StrategyConfig = StrategyConfig()
     eval: EvalConfig = EvalConfig()
     simulation: SimulationConfig = SimulationConfig()
+    cloud: CloudConfig = CloudConfig()
 
     @classmethod
     def of(cls, data: dict) -> ExperimentConfig:

@@ -33,10 +33,13 @@ def run(strategy, grid, n_nodes: int | None = None) -> None:
     map_s = time.time() - t_map
     log.info("provisioned %d nodes for %d devices%s in %.1f s", len(strategy.nodes), len(ctx.fleet),
              " and warmed the workers up" if cfg.simulation.warm_up else "", map_s)
-    for cb in callbacks:
-        cb.on_run_begin(strategy, start + 1)
     completed = False
     try:
+        t_cloud = time.time()
+        strategy.start_cloud()
+        for cb in callbacks:
+            cb.on_run_begin(strategy, start + 1)
+        cloud_s = time.time() - t_cloud  # the cloud's actors start before round 1
         for r in range(start + 1, cfg.rounds + 1):
             _check(ctx)
             for cb in callbacks:
@@ -54,12 +57,13 @@ def run(strategy, grid, n_nodes: int | None = None) -> None:
                                  strategy.totals["uplink_bytes"], strategy.totals["downlink_bytes"],
                                  {"train": t1 - t0, "aggregate": t2 - t1})
             if r == start + 1:  # node mapping (and worker warm-up) of this simulation, before its first round
-                record.wall_s |= {"map_nodes": map_s, "prepare_data": data_s}
+                record.wall_s |= {"map_nodes": map_s, "prepare_data": data_s, "start_cloud": cloud_s}
             if _after_round(strategy, callbacks, record):
                 log.info("a callback stopped the run after round %d", r)
                 break
         completed = True
     finally:
+        strategy.stop_cloud()
         for cb in callbacks:
             cb.on_run_end(strategy, completed)
 

@@ -116,6 +116,13 @@ class FleetStrategy:
             self.aggregate(tier, updates)
         return Absorbed()
 
+    def start_cloud(self) -> None:
+        """Before the first round, once the nodes are up: start what the server runs beside the fleet (its
+        Ray actors), so that a cloud the cluster cannot hold stops the run before any device works."""
+
+    def stop_cloud(self) -> None:
+        """When the loop ends, however it ends."""
+
     @classmethod
     def store_dir(cls, run_dir: Path) -> Path | None:
         """Where the devices read what the server stores for them (``fl_sim.protocol.version_store``), if anywhere."""

@@ -1,4 +1,5 @@
-"""Tiers' AKD as jobs (``fl_sim.cloud.tier_job``), side by side on Ray actors (``fl_sim.cloud.actors``)."""
+"""The cloud's jobs (tiers' AKD, the teacher's labels and questions, evaluation) on Ray actors
+(``fl_sim.cloud.actors``)."""
 
 import logging
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from fl_sim import FlSimError
-from fl_sim.cloud import actors, tier_job
+from fl_sim.cloud import actors, teacher_jobs, tier_job
 from fl_sim.config import AKDConfig, DWCConfig
 from fl_sim.device import model_cache
 from fl_sim.mechanisms import akd
@@ -71,7 +72,7 @@ def test_without_ray_every_job_runs_here(jobs):
     import ray
 
     assert not ray.is_initialized()
-    got = actors.CloudActors(2).run(jobs[:2])
+    got = actors.ActorGroup("akd", 2).run(jobs[:2])
     assert all(_same(a, tier_job.run(j)) for a, j in zip(got, jobs[:2]))
 
 
@@ -89,7 +90,7 @@ def test_actors_train_what_this_process_trains(jobs, local_ray):
     """Two actors and this process take a job each: the same adapters, losses and alignment map as all three
     run here. A masked job moves only its entries; a probed one at most ``max_density`` of them."""
     here = [tier_job.run(j) for j in jobs]
-    cloud = actors.CloudActors(2)
+    cloud = actors.ActorGroup("akd", 2)
     try:
         there = cloud.run(jobs)
         assert len(cloud._actors) == 2
@@ -106,14 +107,14 @@ def test_actors_train_what_this_process_trains(jobs, local_ray):
 def test_a_dead_actor_leaves_its_job_to_this_process_and_is_replaced(jobs, local_ray, caplog):
     import ray
 
-    cloud = actors.CloudActors(1)
+    cloud = actors.ActorGroup("akd", 1)
     try:
-        cloud._ensure()
+        cloud.start()
         ray.kill(cloud._actors[0])
         with caplog.at_level(logging.WARNING, logger="fl_sim.cloud.actors"):
             got = cloud.run(jobs[:2])
         assert _same(got[1], tier_job.run(jobs[1]))
-        assert any("cloud actor 0 failed" in m for m in caplog.messages)
+        assert any("cloud akd actor 0 failed" in m for m in caplog.messages)
         again = cloud.run(jobs[:2])  # a new actor took its place
         assert _same(again[1], got[1]) and cloud._actors[0] is not None
     finally:
@@ -124,14 +125,14 @@ def test_a_job_that_fails_on_an_actor_is_rerun_here_with_its_error(jobs, local_r
     """A job an actor cannot run (its model folder is gone there, say) is reported and run here; the error
     here is the cloud's own."""
     bad = tier_job.TierJob(**{**jobs[1].__dict__, "model_path": "/nonexistent/model"})
-    cloud = actors.CloudActors(1)
+    cloud = actors.ActorGroup("akd", 1)
     try:
         with caplog.at_level(logging.WARNING, logger="fl_sim.cloud.actors"):
             with pytest.raises(FlSimError, match="nonexistent"):
                 cloud.run([jobs[0], bad])
     finally:
         cloud.close()
-    assert any("cloud actor 0 failed" in m and "nonexistent" in m for m in caplog.messages)
+    assert any("cloud akd actor 0 failed" in m and "nonexistent" in m for m in caplog.messages)
 
 
 def test_auto_workers_one_per_tier_beyond_the_first_on_a_cpu(monkeypatch):
@@ -142,25 +143,94 @@ def test_auto_workers_one_per_tier_beyond_the_first_on_a_cpu(monkeypatch):
     assert actors.default_cloud_workers(3, True) == 0
 
 
-def test_the_teachers_extra_questions_cross_an_actor_unchanged(tiny_zoo, local_ray):
-    """A ``QuestionsJob`` on an actor: the same targets as here. (The tiny teacher's captions rarely parse, so
-    its result may be empty.)"""
-    from fl_sim.cloud import question_job
+@pytest.fixture(scope="module")
+def uploads(tiny_zoo):
     from fl_sim.models.mllm import visual_tokens
 
     pr, teacher = tiny_zoo.prompter, model_cache.base_model(str(tiny_zoo.paths["teacher"]))
-    ds = model_cache.split("source", "train", 64, 0, None).select(range(16))
+    ds = model_cache.split("source", "train", 64, 0, None).select(range(24))
     with torch.no_grad():
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
-    job = question_job.QuestionsJob(str(tiny_zoo.paths["teacher"]), False, None, vis, list(ds["question"]), 2,
-                                    [0, 23, 1], 6)
-    here = question_job.run(job)
-    cloud = actors.CloudActors(1)
+    return vis, list(ds["question"])
+
+
+def _teacher(tiny_zoo):
+    from fl_sim.world.catalog import NO_DOMAINS
+
+    return teacher_jobs.Teacher(str(tiny_zoo.paths["teacher"]), False, None, NO_DOMAINS, 6)
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_teachers_extra_questions_cross_an_actor_unchanged(tiny_zoo, uploads, local_ray):
+    """A ``QuestionsJob`` on an actor: the same targets as here. (The tiny teacher's captions rarely parse, so
+    its result may be empty.)"""
+    vis, questions = uploads
+    job = teacher_jobs.QuestionsJob(_teacher(tiny_zoo), vis[:16], questions[:16], 2, [0, 23, 1])
+    here = teacher_jobs.run(job)
+    cloud = actors.ActorGroup("teacher", 1, local=False)
     try:
-        _, there = cloud.run([job, job])
+        [there] = cloud.run([job])
     finally:
         cloud.close()
-    assert set(here) == set(there) and all(torch.equal(here[k], there[k]) for k in here)
+    assert _equal(here, there)
+
+
+def test_teacher_replicas_label_blocks_that_merge_into_one_labelling(tiny_zoo, uploads, local_ray):
+    """One replica labels as this process does, bitwise. Two replicas each label a block; merged in upload
+    order they give the same pseudo-labels and masks, and logits and hidden states within fp16 rounding of
+    a batch of another size (measured: docs/results.md)."""
+    vis, questions = uploads
+    whole = teacher_jobs.run(teacher_jobs.LabelJob(_teacher(tiny_zoo), vis, questions, threads=2))
+    one = actors.ActorGroup("teacher", 1, local=False)
+    two = actors.ActorGroup("teacher", 2, local=False)
+    try:
+        [there] = one.run([teacher_jobs.LabelJob(_teacher(tiny_zoo), vis, questions, threads=2)])
+        cut = teacher_jobs.blocks(len(questions), 2)
+        halves = two.run([teacher_jobs.LabelJob(_teacher(tiny_zoo), vis[a:b], questions[a:b]) for a, b in cut])
+        assert len(two.nodes) == 2
+    finally:
+        one.close()
+        two.close()
+    assert _equal(whole, there)
+    merged = akd.concat(halves)
+    for k in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(whole[k], merged[k]), k
+    for k in ("t_logits", "t_hidden"):
+        assert torch.allclose(whole[k].float(), merged[k].float(), atol=2e-2, rtol=1e-2), k
+
+
+def test_blocks_cut_rows_into_contiguous_parts():
+    assert teacher_jobs.blocks(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert teacher_jobs.blocks(2, 4) == [(0, 1), (1, 2)] and teacher_jobs.blocks(0, 2) == []
+    assert teacher_jobs.blocks(5, 0) == [(0, 5)]
+
+
+def test_evaluation_on_an_actor_is_evaluation_here(tiny_zoo, local_ray):
+    from fl_sim.cloud import eval_job
+    from fl_sim.world.catalog import NO_DOMAINS
+
+    sets = eval_job.TestSets(["source", "dusk"], 16, 0, None, NO_DOMAINS)
+    path = str(tiny_zoo.paths["tiny-low"])
+    _, init = model_cache.adapted_model(path, 4, True, "full")
+    state = {k: v + 0.01 for k, v in init.items()}
+    jobs = [eval_job.EvalJob(path, sets, (4, True, "full"), state), eval_job.EvalJob(str(tiny_zoo.paths["teacher"]),
+                                                                                       sets)]
+    here = [eval_job.run(j) for j in jobs]
+    group = actors.ActorGroup("eval", 1, local=False)
+    try:
+        assert group.run(jobs) == here
+    finally:
+        group.close()
+
+
+def test_a_cloud_the_cluster_cannot_hold_is_one_line(local_ray):
+    with pytest.raises(FlSimError, match=r"teacher actors ask for 1 GPU and resource 'cloud'.*does not have"):
+        actors.ActorGroup("teacher", 1, {"num_gpus": 1, "resources": {"cloud": 0.001}}).start()
+    with pytest.raises(FlSimError, match=r"akd actors \(64 CPU, 0 GPU each\) did not start within 1 s"):
+        actors.ActorGroup("akd", 1, {"num_cpus": 64}, start_timeout_s=1).start()
 
 
 def test_the_capacity_check_counts_the_clouds_workers(monkeypatch):
@@ -177,9 +247,13 @@ def test_the_capacity_check_counts_the_clouds_workers(monkeypatch):
     def cfg(**over):
         return parse_config({"name": "x", "zoo": "tiny", "strategy": {"name": "cdcca"}}, over)
 
-    assert cloud_workers(cfg(), 3) == 2 and cloud_workers(cfg(**{"strategy.akd.workers": 5}), 3) == 5
+    # evaluation 2, teacher 1, AKD 2 on a 2-core CPU
+    assert cloud_workers(cfg(), 3) == 5 and cloud_workers(cfg(**{"strategy.akd.workers": 5}), 3) == 8
+    assert cloud_workers(cfg(**{"strategy.name": "fedavg"}), 3) == 2
+    assert cloud_workers(cfg(**{"cloud.teacher_gpus": 0.5, "simulation.device": "cuda"}), 3) == 1
+    none = {"cloud.eval_actors": 0, "cloud.teacher_replicas": 0}
     for over in ({"strategy.akd.workers": 0}, {"strategy.name": "fedavg"}, {"simulation.device": "cuda"},
                  {"simulation.precision": "bf16"}, {"strategy.akd.steps": 0}):
-        assert cloud_workers(cfg(**over), 3) == 0, over
+        assert cloud_workers(cfg(**none, **over), 3) == 0, over
     base, more = (sum(capacity.needs(cfg(), 100, w)["memory"].values()) for w in (0, 2))
     assert more - base == pytest.approx(2 * capacity.WORKER_BYTES)
