@@ -15,6 +15,7 @@ Device half: ``clients/cdcca_device.py``. Round ``r``:
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from fl_sim.cloud.accounting import Laps, round_means, virtual_seconds
 from fl_sim.cloud.actors import ActorGroup, teacher_actors
 from fl_sim.cloud.device_versions import DeviceVersions
 from fl_sim.cloud.distillation import TierState
+from fl_sim.cloud.lag import GROUP, CloudLag
 from fl_sim.cloud.uploads import decode_uploads, upload_limits
 from fl_sim.cloud.views import TEACHER, Views
 from fl_sim.mechanisms import akd
@@ -49,16 +51,21 @@ class CDCCA(FleetStrategy):
         self.versions = DeviceVersions(self.tiers, VersionStore(self.store_dir(ctx.run_dir)))
         self.buffers: dict[str, ReplayBuffer] = {}  # per view: "teacher", or a tier's own
         c, precision = self.cfg.cloud, self.cfg.simulation.precision
-        self.actors = distillation.akd_actors(self.akd, c, precision, len(self.tiers))  # Ray actors, started
+        self.actors = distillation.akd_actors(self.akd, c, precision, len(self.tiers),  # Ray actors, started
+                                              lag=bool(self.strategy_cfg.cloud_lag))
         self.teachers = ActorGroup("teacher", teacher_actors(c, placement.current().type, placement.autocasts()),
                                    c.options("teacher"), local=False, precision=precision,
                                    start_timeout_s=c.start_timeout_s)  # on first use
+        self.lag = CloudLag(self.cloud_work)  # strategy.cloud_lag: a round's cloud work in flight
+        self._warned_lag = False
 
     def start_cloud(self):
         for group in (self.teachers, self.actors):
             group.start()
+        self.lag.resume()  # the work a checkpoint left in flight
 
     def stop_cloud(self):
+        self.lag.close()
         for group in (self.teachers, self.actors):
             group.close()
 
@@ -90,11 +97,18 @@ class CDCCA(FleetStrategy):
     def checkpoint_state(self):
         for view, buf in self.buffers.items():
             self.state["replay" if view == TEACHER else f"replay.{view}"] = buf.state()
-        return super().checkpoint_state() | self.versions.state()
+        flight = self.lag.tensors()
+        if flight is None:
+            self.state.pop(GROUP, None)
+        else:
+            self.state[GROUP] = flight
+        return super().checkpoint_state() | self.versions.state() | self.lag.state()
 
     def restore(self, state, tensors):
         r = super().restore(state, tensors)
         self.versions.load_state(state)
+        self.lag.load(state, tensors.get(GROUP))
+        self.state.pop(GROUP, None)
         for group, t in tensors.items():
             if group == "replay" or group.startswith("replay."):
                 self.buffer(TEACHER if group == "replay" else group.split(".", 1)[1]).load_state(t)
@@ -119,42 +133,65 @@ class CDCCA(FleetStrategy):
 
     # ------------------------------------------------------------- the cloud's round: its steps in order
     def update(self, server_round, kept, replied, plan):
-        lap = Laps()
+        """Decode the round's uploads, then the cloud's work on them: here, or (``cloud_lag``) in flight
+        while the next round's devices work, committed by that round's update."""
+        t0 = time.time()
         rejected_down = self.versions.absorb(replied, plan.settings, server_round)
         tiers_of = {dev: self.ctx.fleet[dev].tier for dev, _, _ in kept}
         uploads = decode_uploads(kept, tiers_of, self.views, self.uts, self.akd.max_new_tokens,
                                  self.cfg.fleet.samples_per_round, server_round)
-        lap("decode")
         self.versions.rejected["uploads"] += uploads.rejected
+        figures = {"rejected_uploads": uploads.rejected, "rejected_downlinks": rejected_down}
+        decode_s = time.time() - t0
+        behind = self.lag.take()  # the previous round's cloud work, when it lags
+        lagged, behind_s = ({}, 0.0) if behind is None else self.commit(*behind)
+        lagged |= {"cloud_round": behind[0]} if behind is not None else {}
+        if self.lags(server_round):
+            for view in self.views.used():  # every buffer made here, before the work reads them
+                self.buffer(view)
+            self.lag.submit(server_round, uploads)
+            return Absorbed(figures | lagged, 0.0, behind_s)
+        done, cloud_s = self.commit(server_round, uploads, self.cloud_work(server_round, uploads))
+        done["cloud_phases_s"] = {"decode": decode_s} | done["cloud_phases_s"]
+        done["cloud_wall_s"] += decode_s
+        if lagged:  # the last round of a lagging cloud: the previous round's work, then this one's
+            done |= {"cloud_round": server_round, "lagged_cloud": lagged}
+        return Absorbed(figures | done, cloud_s, behind_s)
+
+    def lags(self, server_round: int) -> bool:
+        """Whether round ``server_round``'s cloud work runs beside the next round (``strategy.cloud_lag``; never
+        in the last round, nor without the cloud's actors: then it would share this process's models)."""
+        if not self.strategy_cfg.cloud_lag or server_round >= self.cfg.rounds:
+            return False
+        if not self.actors.start():
+            if not self._warned_lag:
+                log.warning("strategy.cloud_lag = 1 needs the tiers' AKD on Ray actors (strategy.akd.workers, "
+                            "cloud.akd_gpus on a CUDA cloud); without them the cloud works between rounds")
+                self._warned_lag = True
+            return False
+        return True
+
+    def cloud_work(self, server_round: int, uploads):
+        """The teacher's labels and the tiers' AKD on ``uploads`` (the cloud's actors do the heavy part):
+        ``(labels, {tier: TierResult}, phase seconds)``. Reads the cloud's state, changes none of it."""
+        lap = Laps()
         labels = labelling.label(self.views, self.akd, uploads, self.cfg.seed, server_round, torch.get_num_threads(),
                                  self.teachers, lap)
         new = labels.by_view
-        extra = {"uploaded_samples": len(uploads.questions), "extra_questions": labels.extra_asked,
-                 "distilled_samples": sum(akd.size(t) for t in new.values()),
-                 "rejected_uploads": uploads.rejected, "rejected_downlinks": rejected_down}
-        figures = self.distil_and_compress(new, server_round, extra, lap)
-        for view, targets in new.items():
-            self.buffer(view).add(targets)
-        lap("replay")
-        extra |= {"replay_size": len(self.buffer(TEACHER))} | round_means(figures)
-        extra |= {"cloud_wall_s": lap.total(), "cloud_phases_s": lap.phases}
-        placement.release()
-        captioned = len(uploads.questions) if self.akd.extra_questions else 0
-        return Absorbed(extra, virtual_seconds(self.akd, labels.taught, len(figures), captioned))
-
-    def distil_and_compress(self, new: dict, server_round: int, extra: dict, lap) -> dict[str, dict]:
-        """AKD for every tier with targets or replay (side by side in worker processes, or here), then DWC of
-        each accepted result into the tier's next version; returns each tier's losses and payload figures."""
         training = [t for t in self.tiers if self.akd.steps and (akd.size(new.get(self.views.of(t), {}))
                                                                  or len(self.buffer(self.views.of(t))))]
         threads = 1 if self.actors.n and len(training) > 1 else torch.get_num_threads()  # side by side: 1 each
         jobs = [self.tier_job(t, new.get(self.views.of(t), {}), server_round, threads) for t in training]
         results = dict(zip(training, distillation.train(jobs, self.actors)))
         lap("akd")
-        extra["akd_tier_s"] = {t: r.seconds for t, r in results.items()}  # each tier's training, side by side
-        nodes = {g.kind: list(g.nodes) for g in (self.teachers, self.actors) if g.nodes}
-        if nodes:
-            extra["cloud_actor_nodes"] = nodes  # where the cloud's actors run (Ray node ids)
+        return labels, results, lap.phases
+
+    def commit(self, server_round: int, uploads, work) -> tuple[dict, float]:
+        """DWC of each tier's accepted AKD result into its next version, and the round's targets into the
+        replay buffers: the cloud's figures and virtual seconds."""
+        labels, results, phases = work
+        lap = Laps()
+        new = labels.by_view
         figures = {}
         for tier, result in results.items():
             if not distillation.accepted(result, tier, server_round):
@@ -163,7 +200,21 @@ class CDCCA(FleetStrategy):
             self.state[f"cloud.{tier}"], self.state[f"align.{tier}"] = result.cloud, result.align
             figures[tier] = result.losses | self.compress(tier, before, result.cloud)
         lap("dwc")
-        return figures
+        for view, targets in new.items():
+            self.buffer(view).add(targets)
+        lap("replay")
+        placement.release()
+        out = {"uploaded_samples": len(uploads.questions), "extra_questions": labels.extra_asked,
+               "distilled_samples": sum(akd.size(t) for t in new.values()), "replay_size": len(self.buffer(TEACHER)),
+               "akd_tier_s": {t: r.seconds for t, r in results.items()}}  # each tier's training, side by side
+        out |= round_means(figures)
+        phases = phases | lap.phases
+        out |= {"cloud_wall_s": sum(phases.values()), "cloud_phases_s": phases}
+        nodes = {g.kind: list(g.nodes) for g in (self.teachers, self.actors) if g.nodes}
+        if nodes:
+            out["cloud_actor_nodes"] = nodes  # where the cloud's actors run (Ray node ids)
+        captioned = len(uploads.questions) if self.akd.extra_questions else 0
+        return out, virtual_seconds(self.akd, labels.taught, len(figures), captioned)
 
     def tier_job(self, tier: str, new: dict, server_round: int, threads: int):
         view = self.views.of(tier)

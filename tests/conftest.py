@@ -96,3 +96,9 @@ def tiny_run(base: dict, tmp_path_factory, cache_dir: str, name: str, **over):
     tmp = tmp_path_factory.mktemp(name)
     run_dir = run_experiment(tiny_config(base, tmp, cache_dir, **over))
     return tmp, run_dir, read_results(run_dir)
+
+
+@pytest.fixture(scope="session")
+def cdcca_run(tmp_path_factory, cache_dir, tiny_zoo):
+    """``(run dir, results)`` of ``CDCCA`` run once (shared by the modules that compare with it)."""
+    return tiny_run(CDCCA, tmp_path_factory, cache_dir, "cdcca")[1:]

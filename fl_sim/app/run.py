@@ -40,7 +40,9 @@ def backend_config(cfg: ExperimentConfig) -> dict:
         init["address"] = sim.ray_address
     else:
         init["num_cpus"] = sim.num_cpus or os.cpu_count() or 1
-        init["num_gpus"] = gpu_count(sim)  # none unless virtual clients take GPU shares
+        init["num_gpus"] = gpu_count(sim, cfg.cloud.gpus())  # none unless clients or cloud actors take shares
+        if cfg.cloud.resource:  # the one node holds the cloud
+            init["resources"] = {cfg.cloud.resource: 1}
     return {"client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": float(sim.num_gpus_per_client)},
             "init_args": init}
 
@@ -60,7 +62,7 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
     check_run(cfg)  # everything the run was given, before a model is loaded or Ray starts
     from fl_sim.models import placement
 
-    placement.check(cfg.simulation)
+    placement.check(cfg.simulation, cfg.cloud)
     placement.use(cfg.simulation.device, cfg.simulation.precision)  # the server's models and passes
     from fl_sim.world.catalog import catalog_of
 

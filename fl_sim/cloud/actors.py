@@ -10,8 +10,9 @@ docs/notes.md); without it every job goes to an actor. The actors live in the Ra
 runs on (the fleet's, a cluster's with ``--ray-address``), created on first use with the options of
 ``[cloud]`` (CPUs, GPU share, a custom resource that pins them to chosen nodes); outside one (``flwr run``'s
 server process, a plain script) every job runs here. An actor that cannot start within
-``cloud.start_timeout_s`` stops the run with one line naming what it asked for. An actor that dies or a job
-that fails on one is logged and the job runs here; a dead actor is replaced on the next call.
+``cloud.start_timeout_s`` stops the run with one line naming what it asked for. An actor that dies (its node
+lost) is replaced and its job retried on the new one: a job carries all the state it needs, so the round
+gives what it would have. A job that fails on an actor is logged and run here.
 
 Ray carries the jobs and results between processes (its own serialisation, inside the engine); nothing of
 it crosses the simulated wire or lands on disk.
@@ -108,17 +109,18 @@ class ActorGroup:
         return ", ".join(parts)
 
     def start(self) -> list:
-        """The group's live actors, creating any that are missing (none outside Ray)."""
+        """The group's actors, starting any that are missing or dead (none outside Ray)."""
         import ray
 
         if not self.n or not ray.is_initialized():
             return []
-        self._actors = [a for a in self._actors if a is not None]
-        if len(self._actors) < self.n:
+        self._actors += [None] * (self.n - len(self._actors))
+        missing = [i for i, a in enumerate(self._actors) if a is None]
+        if missing:
             self._check_cluster(ray.cluster_resources())
             device = "cuda" if self.options["num_gpus"] > 0 else "cpu"
             new = [ray.remote(max_restarts=0, **self.options)(CloudWorker).remote(device, self.precision)
-                   for _ in range(self.n - len(self._actors))]
+                   for _ in missing]
             ready, _ = ray.wait([a.node_id.remote() for a in new], num_returns=len(new), timeout=self.start_timeout_s)
             if len(ready) < len(new):
                 for a in new:
@@ -127,7 +129,8 @@ class ActorGroup:
                                  f"{self.start_timeout_s:g} s: no node of the Ray cluster has that free (the fleet's "
                                  "workers hold every CPU of the nodes they run on); lower cloud.*_cpus or start a "
                                  "cloud node with --num-cpus 0 and the GPUs / resource it needs")
-            self._actors += new
+            for i, a in zip(missing, new):
+                self._actors[i] = a
             self.nodes = ray.get([a.node_id.remote() for a in self._actors])
         return self._actors
 
@@ -144,9 +147,6 @@ class ActorGroup:
 
     def run(self, jobs: list) -> list:
         """Every job's result in the jobs' order."""
-        import ray
-        from ray.exceptions import RayError
-
         actors = self.start() if self.n and jobs else []
         k = len(actors) + (1 if self.local or not actors else 0)
         offset = 1 if (self.local or not actors) else 0
@@ -159,15 +159,27 @@ class ActorGroup:
                    for j, job in enumerate(jobs) if executor(j) >= 0}
         results = {j: run_here(job) for j, job in enumerate(jobs) if j not in futures}
         for j, (a, future) in futures.items():
+            results[j] = self._result(future, jobs[j], a)
+        return [results[j] for j in range(len(jobs))]
+
+    def _result(self, future, job, a: int):
+        """``future``'s result; an actor that died is replaced and the job retried on the new one once; a job
+        that fails there runs here (its error, if it has one, is then the cloud's own)."""
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        for attempt in (0, 1):
             try:
-                results[j] = ray.get(future)
+                return ray.get(future)
             except RayError as exc:
                 why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                if isinstance(exc, RayActorError) and attempt == 0:
+                    log.warning("cloud %s actor %d died (%s); its job is retried on a new actor", self.kind, a, why)
+                    self._actors[a] = None
+                    future = self.start()[a].run.remote(job)
+                    continue
                 log.warning("cloud %s actor %d failed (%s); its job runs in the cloud process", self.kind, a, why)
-                if isinstance(exc, ray.exceptions.RayActorError):
-                    self._actors[a] = None  # replaced next time
-                results[j] = run_here(jobs[j])
-        return [results[j] for j in range(len(jobs))]
+                return run_here(job)
 
     def close(self) -> None:
         import ray
@@ -175,5 +187,5 @@ class ActorGroup:
         for a in self._actors:
             if a is not None and ray.is_initialized():
                 ray.kill(a)
-        self._actors = []
+        self._actors, self.nodes = [], []
 

@@ -68,12 +68,16 @@ def tier_job_for(model_path: str, adapters: tuple, akd_cfg, dwc_cfg, state: Tier
                             probe, dict(residual), threads)
 
 
-def akd_actors(akd_cfg, cloud_cfg, precision: str, n_tiers: int) -> ActorGroup:
+def akd_actors(akd_cfg, cloud_cfg, precision: str, n_tiers: int, lag: bool = False) -> ActorGroup:
     """The tiers' AKD actors (``fl_sim.cloud.actors.workers_for``): beside the cloud process, or holding
-    every tier with ``cloud.akd_gpus``."""
-    n = workers_for(akd_cfg, cloud_cfg, n_tiers, placement.current().type, placement.autocasts())
-    return ActorGroup("akd", n, cloud_cfg.options("akd"), local=cloud_cfg.akd_gpus <= 0, precision=precision,
-                      start_timeout_s=cloud_cfg.start_timeout_s)
+    every tier with ``cloud.akd_gpus`` or a lagging cloud (``lag``: the cloud process then works on the next
+    round, so it trains none; ``"auto"`` gives one actor per tier)."""
+    dev, bf16 = placement.current().type, placement.autocasts()
+    n = workers_for(akd_cfg, cloud_cfg, n_tiers, dev, bf16)
+    if lag and akd_cfg.workers == "auto" and n and cloud_cfg.akd_gpus <= 0:
+        n = n_tiers
+    return ActorGroup("akd", n, cloud_cfg.options("akd"), local=cloud_cfg.akd_gpus <= 0 and not lag,
+                      precision=precision, start_timeout_s=cloud_cfg.start_timeout_s)
 
 
 def train(jobs: list[tier_job.TierJob], actors: ActorGroup) -> list[tier_job.TierResult]:

@@ -100,10 +100,16 @@ def deterministic_cuda() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def check(sim) -> None:
-    """``simulation.device`` and ``num_gpus_per_client`` of a run on this machine (a local
-    run; on a cluster the GPUs are the cluster's): one ``FlSimError`` for what cannot work."""
+def check(sim, cloud=None) -> None:
+    """``simulation.device``, ``num_gpus_per_client`` and the cloud actors' GPU shares (``cloud``: the
+    ``[cloud]`` section) of a run on this machine (a local run; on a cluster the GPUs are the cluster's): one
+    ``FlSimError`` for what cannot work."""
     resolve(sim.device)
+    if cloud is not None and cloud.gpus() > 0 and not sim.ray_address:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if cloud.gpus() > n:
+            raise FlSimError(f"cloud: an actor asks for {cloud.gpus():g} GPU, but this machine has {n} CUDA "
+                             "device(s); set cloud.teacher_gpus, akd_gpus and eval_gpus to at most that")
     if sim.num_gpus_per_client > 0 and not sim.ray_address:
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
@@ -114,8 +120,8 @@ def check(sim) -> None:
                              "GPU(s) of this machine: no virtual client could ever start")
 
 
-def gpu_count(sim) -> int:
-    """GPUs a local Ray instance may hand out: none unless virtual clients ask for a share."""
-    if sim.num_gpus_per_client <= 0:
+def gpu_count(sim, cloud_gpus: float = 0.0) -> int:
+    """GPUs a local Ray instance may hand out: none unless virtual clients or cloud actors ask for a share."""
+    if sim.num_gpus_per_client <= 0 and cloud_gpus <= 0:
         return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

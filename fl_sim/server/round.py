@@ -22,6 +22,7 @@ class Absorbed:
     cloud needs after the uploads (they move the simulated clock)."""
     figures: dict = field(default_factory=dict)
     cloud_s: float | None = None  # None: the strategy has no cloud work
+    behind_s: float = 0.0  # virtual seconds of an earlier round's cloud work that ran beside this round's devices
 
 
 @dataclass

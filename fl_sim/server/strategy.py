@@ -247,7 +247,8 @@ class FleetStrategy:
         replied = [(d, finished[d][1], finished[d][2]) for d in sorted(finished, key=lambda d: (finished[d][0], d))]
         absorbed = self.update(server_round, kept, replied, plan)
         down_total = sum(plan.down_bytes.values())
-        self.clock_s += cut.round_s + (absorbed.cloud_s or 0.0)  # cloud work (if any) follows the uploads
+        # cloud work (if any) follows the uploads; work that lagged behind the last round ran beside this one's
+        self.clock_s += max(cut.round_s, absorbed.behind_s) + (absorbed.cloud_s or 0.0)
         self.totals["uplink_bytes"] += up_total
         self.totals["downlink_bytes"] += down_total
         return RoundOutcome(

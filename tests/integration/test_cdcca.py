@@ -4,7 +4,7 @@ import logging
 import shutil
 
 import pytest
-from conftest import CDCCA, tiny_config, tiny_run
+from conftest import CDCCA, tiny_config
 
 from fl_sim.app.run import resume_experiment, run_experiment
 from fl_sim.callbacks.results_file import read_results
@@ -12,11 +12,6 @@ from fl_sim.callbacks.results_file import read_results
 
 def _cfg(tmp_path, cache_dir, **over):
     return tiny_config(CDCCA, tmp_path, cache_dir, **over)
-
-
-@pytest.fixture(scope="module")
-def cdcca_run(tmp_path_factory, cache_dir, tiny_zoo):
-    return tiny_run(CDCCA, tmp_path_factory, cache_dir, "cdcca")[1:]
 
 
 def test_two_round_cdcca(cdcca_run):
@@ -87,7 +82,7 @@ def test_the_teacher_is_asked_more_questions_about_each_upload(cdcca_run, tmp_pa
     The tiny teacher's own captions rarely parse, so its caption pass is replaced by a fixed true-format
     caption (in this process: no workers); question generation, the teacher's answers and their
     distillation run as they do."""
-    import fl_sim.cloud.question_job as qj
+    import fl_sim.cloud.teacher_jobs as qj
     from fl_sim.world.domains import CAPTION_QUESTION
 
     real = qj.answer_with_stats

@@ -107,3 +107,16 @@ def test_cdcca_on_one_gpu_with_two_clients_sharing_it(tmp_path, cache_dir):
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["participants"] == 2 and r["failed"] == 0 for r in rows)
     assert 0 <= rows[-1]["acc"]["overall"] <= 1 and rows[-1]["akd_loss"] > 0
+
+
+def test_cloud_gpu_shares_need_a_gpu_here_but_not_on_a_cluster(monkeypatch):
+    from fl_sim.config import CloudConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FlSimError, match="cloud: an actor asks for 0.5 GPU, but this machine has 0 CUDA") as e:
+        placement.check(SimulationConfig(device="cpu"), CloudConfig(teacher_gpus=0.5))
+    assert "\n" not in str(e.value)
+    placement.check(SimulationConfig(device="cpu", ray_address="10.0.0.1:6379"), CloudConfig(teacher_gpus=0.5))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert placement.gpu_count(SimulationConfig(), cloud_gpus=1.0) == 1  # Ray gets the GPU the cloud asks for
