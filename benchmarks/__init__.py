@@ -15,7 +15,7 @@ What several benchmarks share is in ``benchmarks/lib.py``. Models and datasets c
 
 import importlib
 
-BENCHMARKS = ("startup", "compression", "scale", "cost_curves", "hardware", "model_size")  # the smoke order
+BENCHMARKS = ("startup", "compression", "scale", "cloud", "cost_curves", "hardware", "model_size")  # the smoke order
 
 
 def load(name: str):

@@ -5,7 +5,7 @@ device-rounds per minute), and how much does the framework (Flower, Ray, message
 
     python -m benchmarks scale [--devices 1000] [--per-round 50] [--rounds 3] [--zoo default] [--no-warm-up]
                                [--strategy fedavg|fedprox|tent|source-only|cdcca] [--teacher-int8] [--no-plain]
-                               [--json FILE]
+                               [--json FILE] [--set KEY=VALUE ...]
     e.g. python -m benchmarks scale --strategy cdcca --devices 10000 --per-round 100
 
 Prints wall time per round, peak RSS (this process plus its Ray workers, sampled every 0.5 s; also each
@@ -46,6 +46,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--teacher-int8", action="store_true", help="cdcca: strategy.akd.teacher_int8 = true")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-loop references")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override, as fl-sim run's --set (repeatable)")
 
 
 def run(args) -> None:
@@ -55,6 +57,7 @@ def run(args) -> None:
     from fl_sim.app.run import run_experiment
     from fl_sim.callbacks.results_file import read_results
     from fl_sim.config import parse_config
+    from fl_sim.config.overrides import parse_set_overrides
 
     out = tempfile.mkdtemp(prefix="fl-sim-scale-")
     cfg = parse_config({"name": "scale", "zoo": args.zoo, "rounds": args.rounds, "output_dir": out,
@@ -63,7 +66,7 @@ def run(args) -> None:
                         "strategy": {"name": args.strategy, "clients_per_round": args.per_round,
                                      "over_commit": 1.0, "akd": {"teacher_int8": args.teacher_int8}},
                         "eval": {"n_test": 20, "every": 1000},
-                        "simulation": {"warm_up": not args.no_warm_up}})
+                        "simulation": {"warm_up": not args.no_warm_up}}, parse_set_overrides(args.set))
     t0 = time.time()
     with PeakMemory() as mem:
         run_dir = run_experiment(cfg)
@@ -75,7 +78,8 @@ def run(args) -> None:
     rounds_wall = sum(r["wall_s"]["round"] + sum(r["wall_s"].get("previous_round_callbacks", {}).values())
                       for r in res)
     first_wall = res[0].get("wall_s") or {}
-    figures = {"strategy": args.strategy, "devices": args.devices, "per_round": args.per_round, "rounds": args.rounds,
+    figures = {"strategy": args.strategy, "overrides": args.set,
+               "devices": args.devices, "per_round": args.per_round, "rounds": args.rounds,
                "teacher_int8": args.teacher_int8, "peak_rss_gib": gib(mem.peak),
                "driver_peak_rss_gib": gib(mem.driver_peak), "workers_peak_rss_gib": gib(mem.children_peak),
                "peak_anon_gib": gib(mem.anon_peak),

@@ -4,7 +4,7 @@ A coarse model, per term (bytes):
 
     driver and models           2 GiB
     Ray workers                 0.6 GiB each (min(CPUs, CPUs / num_cpus_per_client) workers)
-    the cloud's workers         0.6 GiB each (``strategy.akd.workers``: the tiers' AKD side by side, cdcca)
+    the cloud's actors          0.6 GiB each (teacher replicas, AKD and evaluation actors: ``[cloud]``)
     registered devices          500 B each in the driver (profile), plus 150 B per domain in the driver and
                                 each worker (device partitions); Flower holds nothing per device
                                 (docs/notes.md, retired investigations);
@@ -72,7 +72,7 @@ def needs(cfg, n_devices: int, cloud_workers: int = 0) -> dict[str, dict[str, fl
     n_dom = domains(cfg)
     data = (n_dom * cfg.eval.n_test + sampled * f.samples_per_round) * PER_SAMPLE_BYTES + SPLIT_BUILD_BYTES
     memory = {"driver and models": DRIVER_BYTES, "Ray workers (simulation.num_cpus)": w * WORKER_BYTES,
-              "the cloud's workers (strategy.akd.workers)": cloud_workers * WORKER_BYTES,
+              "the cloud's actors ([cloud], strategy.akd.workers)": cloud_workers * WORKER_BYTES,
               "registered devices (fleet.num_devices)": n_devices * (PER_DEVICE_BYTES + PARTITION_BUILD_BYTES
                                                                      + PER_DEVICE_DOMAIN_BYTES * n_dom * (w + 1)),
               "datasets (eval.n_test, fleet.samples_per_round)": data,

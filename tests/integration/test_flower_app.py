@@ -10,7 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SETS = ("zoo=tiny;rounds=2;seed=4;fleet.num_devices=4;strategy.clients_per_round=2;eval.n_test=8;"
-        "fleet.samples_per_round=8;fleet.train_size=64;simulation.num_cpus=2;cache_dir={cache}")
+        "fleet.samples_per_round=8;fleet.train_size=64;simulation.num_cpus=2;cache_dir={cache};"
+        "cloud.teacher_replicas=0;cloud.eval_actors=0")  # the cloud on actors: test_ray_cluster.py
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """fl-sim against a real Ray cluster on this machine: a head node started with ``ray start --head`` (loopback
 only, its own temporary directory and port) for the devices and a second node with no CPUs for Ray's tasks and
-a ``cloud`` resource, which holds the cloud's actors; a two-round CD-CCA run through ``--ray-address``, then
-the cluster is stopped."""
+a ``cloud`` resource, which holds the cloud's actors; a two-round CD-CCA run through the cluster's address,
+then the cluster is stopped."""
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -11,7 +12,30 @@ import tempfile
 
 import pytest
 import tomli_w
-from conftest import CDCCA, tiny_data
+from conftest import CDCCA, tiny_config
+
+from fl_sim.app.run import run_experiment
+from fl_sim.callbacks import Callback
+from fl_sim.callbacks.results_file import read_results
+
+KEYS = ("acc", "acc_tier", "uplink_bytes", "downlink_bytes", "uploaded_samples", "replay_size", "dwc_payload_bytes",
+        "akd_loss", "virtual_time_s")
+
+
+class KillActors(Callback):
+    """Kills the first actor of every cloud group before round ``at`` (a node lost)."""
+
+    def __init__(self, at: int):
+        self.at, self.killed = at, []
+
+    def on_round_begin(self, strategy, server_round):
+        import ray
+
+        if server_round == self.at:
+            groups = [strategy.teachers, strategy.actors, strategy.ctx.callbacks[0].evaluator.actors]
+            for g in groups:
+                ray.kill(g._actors[0])
+                self.killed.append(g.kind)
 
 
 def _free_port() -> int:
@@ -45,26 +69,30 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_the_cloud_on_its_own_node_and_the_devices_on_another(cluster, tmp_path, cache_dir, tiny_zoo):
-    """``cloud.resource`` pins the teacher's two replicas, the AKD and the evaluation actors to the node
-    that has it; the devices run on the head (the cloud node has no CPU for them)."""
-    from fl_sim.callbacks.results_file import read_results
-
+def test_the_cloud_on_its_own_node_gives_the_one_process_figures_through_dead_actors(cluster, cdcca_run, tmp_path,
+                                                                                     cache_dir, caplog):
+    """``cloud.resource`` pins the teacher's replica, the AKD and the evaluation actors to the node that has
+    it; the devices run on the head (the cloud node has no CPU for them). ``cdcca_run`` has its teacher and
+    evaluation in the test process (the tests' default): on actors of another node the figures are the
+    same, even when every actor dies before round 2 (a node lost) and is replaced."""
     address, cloud_node = cluster
-    data = tiny_data(CDCCA, cache_dir, tmp_path / "runs") | {"name": "cluster"}
-    data["cloud"] = {"teacher_replicas": 2, "eval_actors": "auto", "resource": "cloud"}
-    (tmp_path / "e.toml").write_text(tomli_w.dumps(data))
-    out = subprocess.run([sys.executable, "-m", "fl_sim.app.cli", "run", str(tmp_path / "e.toml"), "--ray-address",
-                          address, "--quiet"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "DEPRECATED" not in out.stderr  # Flower's notice about run_simulation is nothing a user can act on
-    res = read_results(tmp_path / "runs" / "cluster" / "cdcca-3")
-    assert [r["round"] for r in res] == [1, 2]
-    assert all(r["participants"] == 4 and r["failed"] == 0 and r["uploaded_samples"] == 16 for r in res)
-    for r in res:
+    _, here = cdcca_run
+    kill = KillActors(at=2)
+    cfg = tiny_config(CDCCA, tmp_path, cache_dir, **{"cloud.teacher_replicas": 1, "cloud.eval_actors": "auto",
+                                                     "cloud.resource": "cloud", "simulation.ray_address": address})
+    with caplog.at_level(logging.WARNING, logger="fl_sim.cloud.actors"):
+        there = read_results(run_experiment(cfg, callbacks=[kill]))
+    assert kill.killed == ["teacher", "akd", "eval"]
+    for a, b in zip(here, there):
+        for key in KEYS:
+            assert a[key] == b[key], (a["round"], key)
+    assert set(here[0]["cloud_actor_nodes"]) == {"akd"} and "eval_actor_nodes" not in here[0]
+    for r in there:
         nodes = r["cloud_actor_nodes"]
-        assert len(nodes["teacher"]) == 2 and len(nodes["akd"]) == 1 and len(r["eval_actor_nodes"]) == 1
+        assert len(nodes["teacher"]) == 1 and len(nodes["akd"]) == 1 and len(r["eval_actor_nodes"]) == 1
         assert set(nodes["teacher"] + nodes["akd"] + r["eval_actor_nodes"]) == {cloud_node}
+    died = {m.split()[1] for m in caplog.messages if "died" in m and "retried on a new actor" in m}
+    assert died == {"teacher", "akd", "eval"}
 
 
 def test_an_unreachable_cluster_is_one_line(tmp_path, capsys):

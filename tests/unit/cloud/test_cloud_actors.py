@@ -164,36 +164,33 @@ def _equal(a: dict, b: dict) -> bool:
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_teachers_extra_questions_cross_an_actor_unchanged(tiny_zoo, uploads, local_ray):
+@pytest.fixture(scope="module")
+def replicas(local_ray):
+    """Two teacher replicas (a group without a share for this process), for the tests below."""
+    group = actors.ActorGroup("teacher", 2, local=False)
+    yield group
+    group.close()
+
+
+def test_the_teachers_extra_questions_cross_an_actor_unchanged(tiny_zoo, uploads, replicas):
     """A ``QuestionsJob`` on an actor: the same targets as here. (The tiny teacher's captions rarely parse, so
     its result may be empty.)"""
     vis, questions = uploads
     job = teacher_jobs.QuestionsJob(_teacher(tiny_zoo), vis[:16], questions[:16], 2, [0, 23, 1])
-    here = teacher_jobs.run(job)
-    cloud = actors.ActorGroup("teacher", 1, local=False)
-    try:
-        [there] = cloud.run([job])
-    finally:
-        cloud.close()
-    assert _equal(here, there)
+    [there] = replicas.run([job])
+    assert _equal(teacher_jobs.run(job), there)
 
 
-def test_teacher_replicas_label_blocks_that_merge_into_one_labelling(tiny_zoo, uploads, local_ray):
+def test_teacher_replicas_label_blocks_that_merge_into_one_labelling(tiny_zoo, uploads, replicas):
     """One replica labels as this process does, bitwise. Two replicas each label a block; merged in upload
     order they give the same pseudo-labels and masks, and logits and hidden states within fp16 rounding of
     a batch of another size (measured: docs/results.md)."""
     vis, questions = uploads
     whole = teacher_jobs.run(teacher_jobs.LabelJob(_teacher(tiny_zoo), vis, questions, threads=2))
-    one = actors.ActorGroup("teacher", 1, local=False)
-    two = actors.ActorGroup("teacher", 2, local=False)
-    try:
-        [there] = one.run([teacher_jobs.LabelJob(_teacher(tiny_zoo), vis, questions, threads=2)])
-        cut = teacher_jobs.blocks(len(questions), 2)
-        halves = two.run([teacher_jobs.LabelJob(_teacher(tiny_zoo), vis[a:b], questions[a:b]) for a, b in cut])
-        assert len(two.nodes) == 2
-    finally:
-        one.close()
-        two.close()
+    [there] = replicas.run([teacher_jobs.LabelJob(_teacher(tiny_zoo), vis, questions, threads=2)])
+    cut = teacher_jobs.blocks(len(questions), 2)
+    halves = replicas.run([teacher_jobs.LabelJob(_teacher(tiny_zoo), vis[a:b], questions[a:b]) for a, b in cut])
+    assert len(replicas.nodes) == 2
     assert _equal(whole, there)
     merged = akd.concat(halves)
     for k in ("input_ids", "attention_mask", "labels"):
@@ -208,7 +205,8 @@ def test_blocks_cut_rows_into_contiguous_parts():
     assert teacher_jobs.blocks(5, 0) == [(0, 5)]
 
 
-def test_evaluation_on_an_actor_is_evaluation_here(tiny_zoo, local_ray):
+def test_evaluation_on_an_actor_is_evaluation_here(tiny_zoo, replicas):
+    """Any cloud job runs on any actor: evaluation jobs on the teacher's replicas, one each."""
     from fl_sim.cloud import eval_job
     from fl_sim.world.catalog import NO_DOMAINS
 
@@ -218,12 +216,7 @@ def test_evaluation_on_an_actor_is_evaluation_here(tiny_zoo, local_ray):
     state = {k: v + 0.01 for k, v in init.items()}
     jobs = [eval_job.EvalJob(path, sets, (4, True, "full"), state), eval_job.EvalJob(str(tiny_zoo.paths["teacher"]),
                                                                                        sets)]
-    here = [eval_job.run(j) for j in jobs]
-    group = actors.ActorGroup("eval", 1, local=False)
-    try:
-        assert group.run(jobs) == here
-    finally:
-        group.close()
+    assert replicas.run(jobs) == [eval_job.run(j) for j in jobs]
 
 
 def test_a_cloud_the_cluster_cannot_hold_is_one_line(local_ray):
