@@ -39,6 +39,29 @@ def _run(name, text, expected, *extra):
     return (name, {"e.toml": text}, ["run", "{dir}/e.toml", *extra], expected)
 
 
+def _png(i: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (40 * i % 256, 90, 160)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _dataset_case(name, last_row: dict, expected, extra_files=None):
+    """An image folder ``d`` of three images whose third row is ``last_row``, as domain ``mine``."""
+    rows = [{"file_name": f"img{i}.png", "question": "which colour?", "answer": "blue"} for i in range(2)]
+    files = {f"d/img{i}.png": _png(i) for i in range(3)} | (extra_files or {})
+    files["d/metadata.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows + [last_row])
+    files["e.toml"] = _with(**{"domains.mine": 'path = "d"\n'})
+    return (name, files, ["run", "{dir}/e.toml"], expected)
+
+
+def _named_domain(name, key, expected):
+    return _run(name, _with(**{f"domains.{key}": 'path = "d"\n'}), expected)
+
+
 CASES = [
     # ------------------------------------------------------------ the file itself
     ("undecodable bytes", {"e.toml": b"rounds = 3\n\xff\xfe\n"}, ["run", "{dir}/e.toml"], "not UTF-8"),
@@ -64,6 +87,27 @@ CASES = [
          "domains.mine ("),
     _run("a user domain named like a built-in one", _with(**{"domains.dusk": 'path = "nowhere"\n'}),
          "domains.dusk: the name is taken"),
+    _named_domain("a domain name with a slash", '"a/b"', "a domain name is a plain name"),
+    _named_domain("an empty domain name", '""', "a domain name is a plain name"),
+    _named_domain("a domain name climbing out of the cache", '"/../../x"', "a domain name is a plain name"),
+    _named_domain("a 250-character domain name", "x" * 250, "a domain name is a plain name"),
+    _named_domain("a NUL in a domain name", '"a\\u0000b"', "a domain name is a plain name"),
+    _dataset_case("a dataset image outside its folder", {"file_name": "../x.png", "question": "q?", "answer": "a"},
+                  "row 3: the image", {"x.png": _png(7)}),
+    _dataset_case("a dataset image by an absolute path", {"file_name": "/etc/passwd", "question": "q?",
+                                                          "answer": "a"}, "row 3"),
+    _dataset_case("a list as an answer", {"file_name": "img2.png", "question": "q?", "answer": ["blue", "BLUE"]},
+                  "/answer) changed from string to array"),  # the JSON builder's own words
+    _dataset_case("an answer of articles only", {"file_name": "img2.png", "question": "q?", "answer": "the"},
+                  "row 3: the answer 'the' normalises to nothing"),
+    _dataset_case("a reserved token as an answer", {"file_name": "img2.png", "question": "q?", "answer": "<eos>"},
+                  "row 3: the answer holds '<eos>'"),
+    _dataset_case("a reserved token in a question", {"file_name": "img2.png", "question": "an <image>?",
+                                                     "answer": "a"}, "row 3: the question holds '<image>'"),
+    _dataset_case("a 100,000-word question", {"file_name": "img2.png", "question": "why " * 100_000,
+                                              "answer": "a"}, "row 3: the question has 100000 words"),
+    _dataset_case("an answer longer than a model answers", {"file_name": "img2.png", "question": "q?",
+                                                            "answer": "very " * 30}, "row 3: the answer has 30"),
     _run("an unknown device", _with(simulation='device = "tpu"\n'), "simulation.device"),
     _run("a negative GPU share", _with(simulation="num_gpus_per_client = -1\n"), "simulation.num_gpus_per_client"),
     _run("an unknown precision", _with(simulation='precision = "fp8"\n'), "simulation.precision"),

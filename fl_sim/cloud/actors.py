@@ -64,6 +64,18 @@ def teacher_actors(cloud_cfg, device_type: str, bf16: bool) -> int:
                       device_type, bf16)
 
 
+class _Slots:
+    """The cloud's actors of this process, by what they ask for (options and precision): slot ``i`` serves
+    every group's actor ``i``; the last group to close kills them."""
+
+    def __init__(self):
+        self.slots: dict[str, list] = {}
+        self.users: dict[str, int] = {}
+
+
+_SHARED = _Slots()
+
+
 def run_here(job):
     """Run ``job`` in this process (its module's ``run``)."""
     return importlib.import_module(type(job).__module__).run(job)
@@ -100,6 +112,7 @@ class ActorGroup:
         self.options = {"num_cpus": 0, "num_gpus": 0} | (options or {})
         self.precision, self.start_timeout_s = precision, start_timeout_s
         self._actors: list = []
+        self._joined = False  # counted among the users of its shared slots
         self.nodes: list[str] = []  # the Ray node each actor runs on
 
     def asks(self) -> str:
@@ -108,14 +121,26 @@ class ActorGroup:
         parts += [f"{v:g} of resource {k!r}" for k, v in (o.get("resources") or {}).items()]
         return ", ".join(parts)
 
+    def _key(self) -> str:
+        import json
+
+        return json.dumps([self.options, self.precision], sort_keys=True)
+
     def start(self) -> list:
-        """The group's actors, starting any that are missing or dead (none outside Ray)."""
+        """The group's actors, starting any that are missing or dead (none outside Ray). Groups that ask for
+        the same resources share their processes, slot by slot (``_SHARED``): the teacher's replica, the AKD
+        and the evaluation actors of a CPU cloud are the same few processes, which hold each model once."""
         import ray
 
         if not self.n or not ray.is_initialized():
             return []
-        self._actors += [None] * (self.n - len(self._actors))
-        missing = [i for i, a in enumerate(self._actors) if a is None]
+        key = self._key()
+        if not self._joined:
+            _SHARED.users[key] = _SHARED.users.get(key, 0) + 1
+            self._joined = True
+        slots = _SHARED.slots.setdefault(key, [])
+        slots += [None] * (self.n - len(slots))
+        missing = [i for i in range(self.n) if slots[i] is None]
         if missing:
             self._check_cluster(ray.cluster_resources())
             device = "cuda" if self.options["num_gpus"] > 0 else "cpu"
@@ -130,7 +155,9 @@ class ActorGroup:
                                  "workers hold every CPU of the nodes they run on); lower cloud.*_cpus or start a "
                                  "cloud node with --num-cpus 0 and the GPUs / resource it needs")
             for i, a in zip(missing, new):
-                self._actors[i] = a
+                slots[i] = a
+        if self._actors != slots[:self.n]:
+            self._actors = list(slots[:self.n])
             self.nodes = ray.get([a.node_id.remote() for a in self._actors])
         return self._actors
 
@@ -175,7 +202,9 @@ class ActorGroup:
                 why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
                 if isinstance(exc, RayActorError) and attempt == 0:
                     log.warning("cloud %s actor %d died (%s); its job is retried on a new actor", self.kind, a, why)
-                    self._actors[a] = None
+                    slots = _SHARED.slots.get(self._key(), [])
+                    if a < len(slots) and slots[a] is self._actors[a]:  # not replaced by a group sharing it
+                        slots[a] = None
                     future = self.start()[a].run.remote(job)
                     continue
                 log.warning("cloud %s actor %d failed (%s); its job runs in the cloud process", self.kind, a, why)
@@ -184,8 +213,14 @@ class ActorGroup:
     def close(self) -> None:
         import ray
 
-        for a in self._actors:
-            if a is not None and ray.is_initialized():
-                ray.kill(a)
+        if self._joined:
+            key = self._key()
+            _SHARED.users[key] -= 1
+            if _SHARED.users[key] == 0:  # the last group using these processes
+                for a in _SHARED.slots.pop(key, []):
+                    if a is not None and ray.is_initialized():
+                        ray.kill(a)
+                del _SHARED.users[key]
+            self._joined = False
         self._actors, self.nodes = [], []
 

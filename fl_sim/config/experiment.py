@@ -78,8 +78,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 class UserDomainConfig(Section):
     """``[domains.NAME]``: a dataset on disk as a domain (``fl_sim.world.user_data``)."""
     path: str = Field(min_length=1, description=(
-        "a folder written by datasets' save_to_disk (Dataset or DatasetDict), or an image folder with "
-        "metadata.jsonl / metadata.csv (file_name plus the columns below)"))
+        "a folder written by datasets' save_to_disk; any folder datasets' load_dataset reads (an image folder "
+        "with metadata.jsonl / metadata.csv, at its top or in split sub-folders; parquet, JSON-lines or CSV "
+        "files named by split); or one parquet / JSON-lines / CSV file (fl_sim.world.user_sources)"))
+    format: Literal["auto", "imagefolder", "parquet", "json", "csv"] = Field("auto", description=(
+        "the datasets builder for a folder: auto = inferred from its files; json for JSON-lines beside the "
+        "images they name"))
     image: str = Field("image", min_length=1, description="image column")
     question: str = Field("question", min_length=1, description="question column")
     answer: str = Field("answer", min_length=1, description="answer column")
@@ -148,6 +152,9 @@ class ExperimentConfig(Section):
         import re
 
         for d in self.domains:
+            if not re.match(NAME_PATTERN, d) or ".." in d:
+                raise ValueError(f"domains.{d[:60]!r}: a domain name is a plain name (letters, digits, '.', '_', "
+                                 "'-'; at most 100), not a path: it names the converted data's folder")
             if d in DOMAINS or "+" in d:
                 raise ValueError(f"domains.{d}: the name is taken by a built-in domain or looks like a combination "
                                  "(A+B); give the dataset another name")

@@ -8,12 +8,11 @@ from collections import Counter
 import numpy as np
 
 from fl_sim.models.mllm import Prompter, answer
-from fl_sim.world.answers import matches
+from fl_sim.world.answers import ANSWER_TOKENS, matches
 from fl_sim.world.catalog import is_user_domain
 from fl_sim.world.domains import VQA_FAMILIES
 
 CAPTION_MAX_TOKENS = 28
-ANSWER_TOKENS = 12  # a user domain's answers may be longer than the built-in world's one or two words
 
 
 def bleu4(hypotheses: list[str], references: list[str]) -> float:

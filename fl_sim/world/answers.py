@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+# tokens a model generates for a user domain's answer in evaluation, its end included (the built-in world's: 6)
+ANSWER_TOKENS = 12
 ARTICLES = {"a", "an", "the"}
 NUMBERS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "

@@ -1,24 +1,22 @@
 """Datasets on disk as domains: ``[domains.NAME]`` in an experiment makes a VQA dataset a domain like the
 built-in ones (schedules, partitions, UTS, AKD, evaluation).
 
-Two formats, found from the folder:
-
-- a folder written by ``datasets.Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``;
-- an image folder with ``metadata.jsonl`` or ``metadata.csv`` (Hugging Face's ``imagefolder``: a
-  ``file_name`` column plus the others; a file may appear on several rows, one question each).
-
-Each row becomes a sample of the built-in world's shape: the image converted to RGB and resized to the
-vision tower's square input (bilinear), the question and answer as given, the question type (the
-``question_type`` column, else ``"vqa"``) as its family. A dataset without the configured test split is
-split by image: the distinct images (by their converted pixels) are permuted with a seed made from the
-domain's name alone and ``test_fraction`` of them go to test, with every question about them, so no image is
-on both sides and every run of every seed tests on the same images. The converted splits are cached
-(``data/user-NAME-KEY``), keyed by the source folder's content and the domain's settings.
+The layouts read, and what keeps a dataset inside its folder: ``fl_sim.world.user_sources``. Each row becomes
+a sample of the built-in world's shape: the image converted faithfully to RGB (``fl_sim.world.user_images``)
+and resized to the vision tower's square input (bilinear), the question and answer as text (numbers written
+as digits, other values refused; no reserved token; an answer that normalises to something; within the
+models' lengths), the question type (the ``question_type`` column, else ``"vqa"``) as its family. Rows are
+counted from 1 in every message. A dataset without the configured test split is split by image: the
+distinct images (by their converted pixels) are permuted with a seed made from the domain's name alone and
+``test_fraction`` of them go to test, with every question about them, so no image is on both sides and every
+run of every seed tests on the same images. The converted splits are cached (``data/user-NAME-KEY``), keyed
+by the dataset folder's content and the domain's settings.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import zlib
 from pathlib import Path
@@ -26,10 +24,18 @@ from pathlib import Path
 import numpy as np
 
 from fl_sim import FlSimError
+from fl_sim.world import user_sources
+from fl_sim.world.answers import ANSWER_TOKENS, normalise
 from fl_sim.world.domains import DOMAINS
+from fl_sim.world.tokenizer import SPECIALS
+from fl_sim.world.user_images import to_rgb
+from fl_sim.world.user_sources import inside
 
-VERSION = 1
+log = logging.getLogger(__name__)
+
+VERSION = 2
 TYPE_DEFAULT = "vqa"
+MAX_QUESTION_WORDS = 64  # a question's words, within the prompt positions beside an answer (models.prompts)
 
 
 _BUILT: dict = {}  # (name, settings, cell_px, cache) -> its cache folder, once per process
@@ -42,66 +48,35 @@ def check_names(names) -> None:
                              "(A+B); give the dataset another name")
 
 
-def _source_hash(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(folder)).encode() + b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+def _text(at: str, what: str, value, converted: list) -> str:
+    """A question's or answer's cell as text: strings as they are, numbers as digits (noted in
+    ``converted``), anything else refused."""
+    if isinstance(value, bool) or isinstance(value, (list, tuple, dict)):
+        kind = "a boolean" if isinstance(value, bool) else f"a {type(value).__name__}"
+        raise FlSimError(f"{at}: the {what} is {kind} ({str(value)[:40]}); give one {what} per row, as text")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if not math.isfinite(value):
+            raise FlSimError(f"{at}: the {what} is {value}")
+        text = str(int(value)) if float(value).is_integer() else repr(float(value))
+        converted.append(f"{value!r} -> {text!r}")
+        value = text
+    text = " ".join(str(value if value is not None else "").split())
+    if not text:
+        raise FlSimError(f"{at}: the {what} is empty")
+    special = next((t for t in SPECIALS if t in text), None)
+    if special:
+        raise FlSimError(f"{at}: the {what} holds {special!r}, a token the models reserve")
+    limit = MAX_QUESTION_WORDS if what == "question" else ANSWER_TOKENS - 1
+    if len(text.split()) > limit:
+        raise FlSimError(f"{at}: the {what} has {len(text.split())} words; at most {limit} fit the models' "
+                         f"{'prompt' if what == 'question' else 'answers'}")
+    if what == "answer" and not normalise(text):
+        raise FlSimError(f"{at}: the answer {text!r} normalises to nothing (articles and punctuation only), so "
+                         "any prediction would match it")
+    return text
 
 
-def _read(name: str, spec, cache_dir: str | None):
-    """The source as a ``DatasetDict`` (no conversion yet)."""
-    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-    folder = Path(spec.path).expanduser()
-    where = f"domains.{name} ({folder})"
-    if not folder.is_dir():
-        raise FlSimError(f"{where}: no such directory")
-    if (folder / "metadata.jsonl").is_file() or (folder / "metadata.csv").is_file():
-        from fl_sim.cache import cache_root
-
-        meta = folder / ("metadata.jsonl" if (folder / "metadata.jsonl").is_file() else "metadata.csv")
-        lines = [ln for ln in meta.read_text(errors="replace").splitlines() if ln.strip()]
-        if len(lines) <= (meta.suffix == ".csv"):
-            raise FlSimError(f"{where}: {meta.name} has no rows: the split is empty")
-
-        try:
-            ds = load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(cache_root(cache_dir) / "hf"))
-        except Exception as exc:  # noqa: BLE001 - whatever the builder says, one line naming the dataset
-            raise FlSimError(f"{where}: the image folder does not load: {str(exc).splitlines()[0]}") from None
-    elif (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file():
-        try:
-            ds = load_from_disk(str(folder))
-        except Exception as exc:  # noqa: BLE001
-            raise FlSimError(f"{where}: the saved dataset does not load: {str(exc).splitlines()[0]}") from None
-    else:
-        raise FlSimError(f"{where}: neither a save_to_disk folder (dataset_info.json / dataset_dict.json) nor an "
-                         "image folder with metadata.jsonl or metadata.csv")
-    return DatasetDict({"train": ds}) if isinstance(ds, Dataset) else ds
-
-
-def _pixels(value, side: int) -> np.ndarray:
-    """``(side, side, 3)`` uint8 RGB from a PIL image, encoded bytes, a path or an array of any size and mode."""
-    import io
-
-    from PIL import Image
-
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, (bytes, bytearray)):
-        value = Image.open(io.BytesIO(value))
-    elif isinstance(value, str):
-        value = Image.open(value)
-    elif not isinstance(value, Image.Image):
-        arr = np.asarray(value)
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr * (255 if arr.max() <= 1 else 1), 0, 255).astype(np.uint8)
-        value = Image.fromarray(arr)
-    return np.asarray(value.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.uint8)
-
-
-def _rows(name: str, split: str, ds, spec, side: int) -> dict:
+def _rows(name: str, split: str, ds, spec, side: int, root: Path) -> dict:
     where = f"domains.{name} ({spec.path}) split {split!r}"
     cols = [spec.image, spec.question, spec.answer] + ([spec.question_type] if spec.question_type else [])
     missing = [c for c in cols if c not in ds.column_names]
@@ -110,24 +85,27 @@ def _rows(name: str, split: str, ds, spec, side: int) -> dict:
     if len(ds) == 0:
         raise FlSimError(f"{where}: the split is empty")
     from datasets import Image
+    from PIL import Image as PILImage
 
     if isinstance(ds.features[spec.image], Image):  # decode here, row by row, so a bad image is named
         ds = ds.cast_column(spec.image, Image(decode=False))
-    images, questions, answers, types = [], [], [], []
-    for i, row in enumerate(ds):
+    images, questions, answers, types, converted = [], [], [], [], []
+    for i, row in enumerate(ds, start=1):
+        at = f"{where} row {i}"
         try:
-            images.append(_pixels(row[spec.image], side))
+            images.append(to_rgb(row[spec.image], side, lambda p, at=at: PILImage.open(inside(root, p, at))))
+        except FlSimError:
+            raise
         except Exception as exc:  # noqa: BLE001 - an image that does not decode: name it
-            raise FlSimError(f"{where} row {i}: the image does not decode ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-        q, a = str(row[spec.question] or "").strip(), str(row[spec.answer] or "").strip()
-        if not q:
-            raise FlSimError(f"{where} row {i}: the question is empty")
-        if not a:
-            raise FlSimError(f"{where} row {i}: the answer is empty")
-        questions.append(" ".join(q.split()))
-        answers.append(" ".join(a.split()))
+            cell = row[spec.image]
+            named = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
+            raise FlSimError(f"{at}: the image{f' {named!r}' if named else ''} does not decode "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        questions.append(_text(at, "question", row[spec.question], converted))
+        answers.append(_text(at, "answer", row[spec.answer], converted))
         types.append(str(row[spec.question_type]) if spec.question_type else TYPE_DEFAULT)
+    if converted:
+        log.warning("%s: %d numbers converted to text (%s)", where, len(converted), ", ".join(converted[:3]))
     return {"image": images, "question": questions, "answer": answers, "family": types}
 
 
@@ -154,26 +132,29 @@ def build(name: str, spec, cell_px: int, cache_dir: str | None) -> Path:
     memo = (name, spec.model_dump_json(), cell_px, cache_dir)
     if memo in _BUILT:
         return _BUILT[memo]
-    folder = Path(spec.path).expanduser()
-    if not folder.is_dir():
-        raise FlSimError(f"domains.{name} ({folder}): no such directory")
-    key = stable_hash({"v": VERSION, "source": _source_hash(folder), "spec": spec.model_dump(exclude={"path"}),
-                       "name": name, "cell_px": cell_px})
+    path = Path(spec.path).expanduser()
+    where = f"domains.{name} ({path})"
+    if not path.exists():
+        raise FlSimError(f"{where}: no such file or directory")
+    root = user_sources.root_of(path)
+    user_sources.check_tree(where, root)
+    key = stable_hash({"v": VERSION, "source": user_sources.content_hash(root), "name": name, "cell_px": cell_px,
+                       "spec": spec.model_dump(exclude={"path"})})
     out = cache_root(cache_dir) / "data" / f"user-{name}-{key}"
 
     def make(tmp: Path) -> dict:
         side = 3 * cell_px
-        dd = _read(name, spec, cache_dir)
+        dd = user_sources.read(where, path, spec.format, cache_root(cache_dir) / "hf")
         if spec.test_split in dd:
             train_name = next((s for s in ("train", *dd) if s in dd and s != spec.test_split), None)
             if train_name is None:
                 raise FlSimError(f"domains.{name} ({spec.path}): only the test split {spec.test_split!r}, "
                                  "no train split")
-            parts = {"train": _rows(name, train_name, dd[train_name], spec, side),
-                     "test": _rows(name, spec.test_split, dd[spec.test_split], spec, side)}
+            parts = {"train": _rows(name, train_name, dd[train_name], spec, side, root),
+                     "test": _rows(name, spec.test_split, dd[spec.test_split], spec, side, root)}
         else:
             src = "train" if "train" in dd else next(iter(dd))
-            rows = _rows(name, src, dd[src], spec, side)
+            rows = _rows(name, src, dd[src], spec, side, root)
             if len(set(hashlib.sha1(im.tobytes()).digest() for im in rows["image"])) < 2:
                 raise FlSimError(f"domains.{name} ({spec.path}): one distinct image; a held-out test split needs two")
             test = _held_out(name, rows["image"], spec.test_fraction)
@@ -186,7 +167,7 @@ def build(name: str, spec, cell_px: int, cache_dir: str | None) -> Path:
             Dataset.from_dict(table, features=split_features(cell_px)).save_to_disk(str(tmp / s))
             counts[s] = n
         words = sorted({w for rows in parts.values() for t in rows["question"] + rows["answer"] for w in t.split()})
-        return {"domain": name, "source": str(folder.resolve()), "rows": counts, "words": words,
+        return {"domain": name, "source": str(path.resolve()), "rows": counts, "words": words,
                 "types": sorted({t for rows in parts.values() for t in rows["family"]})}
 
     get_or_build(out, make, f"dataset of domain {name}")

@@ -129,8 +129,8 @@ def test_bad_data_is_one_line_naming_the_dataset_and_caches_nothing(tmp_path, ca
     (tmp_path / "empty" / "metadata.jsonl").write_text("\n")
     (tmp_path / "plain").mkdir()
     cases = {
-        "nowhere": (_bad(tmp_path, "nowhere"), "no such directory"),
-        "plain": (_bad(tmp_path, "plain"), "neither a save_to_disk folder"),
+        "nowhere": (_bad(tmp_path, "nowhere"), "no such file or directory"),
+        "plain": (_bad(tmp_path, "plain"), "the folder holds no files"),
         "nocolumn": (_bad(tmp_path, "ok", question_type="level"), "no column 'level'"),
         "empty": (_bad(tmp_path, "empty"), "the split is empty"),
         "broken": (_bad(tmp_path, "broken"), "does not"),
