@@ -56,18 +56,28 @@ def check_run(cfg) -> int:
 
 
 def cloud_workers(cfg, n_tiers: int) -> int:
-    """The Ray actors a run's cloud starts, from its settings alone (a ``device = "auto"`` server counts as a
-    CPU): the evaluator's (every strategy), and the teacher's and the tiers' AKD actors of the strategies
-    that train tiers with AKD (they read ``strategy.akd``)."""
+    """The Ray actor processes a run's cloud starts, from its settings alone (a ``device = "auto"`` server
+    counts as a CPU): the evaluator's (every strategy), and the teacher's and the tiers' AKD actors of the
+    strategies that train tiers with AKD (they read ``strategy.akd``); groups that ask for the same
+    resources share processes (``fl_sim.cloud.actors``)."""
+    import json
+
     from fl_sim.cloud.actors import actors_for, teacher_actors, workers_for
     from fl_sim.plugins import check_strategy
 
     sim, c = cfg.simulation, cfg.cloud
     device, bf16 = "cuda" if sim.device.startswith("cuda") else "cpu", sim.precision == "bf16"
-    n = actors_for(c.eval_actors, n_tiers, c.eval_gpus, device, bf16)
+    groups = {"eval": actors_for(c.eval_actors, n_tiers, c.eval_gpus, device, bf16)}
     if "akd" in check_strategy(cfg.strategy.name).reads:
-        n += workers_for(cfg.strategy.akd, c, n_tiers, device, bf16) + teacher_actors(c, device, bf16)
-    return n
+        akd = workers_for(cfg.strategy.akd, c, n_tiers, device, bf16)
+        if cfg.strategy.cloud_lag and akd and cfg.strategy.akd.workers == "auto" and c.akd_gpus <= 0:
+            akd = n_tiers  # a lagging cloud trains every tier on an actor
+        groups |= {"akd": akd, "teacher": teacher_actors(c, device, bf16)}
+    shared: dict[str, int] = {}
+    for kind, n in groups.items():
+        key = json.dumps(c.options(kind), sort_keys=True)
+        shared[key] = max(shared.get(key, 0), n)
+    return sum(shared.values())
 
 
 def check_models(zoo_name: str, overrides: dict[str, str]) -> None:

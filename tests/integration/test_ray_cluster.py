@@ -74,7 +74,8 @@ def test_the_cloud_on_its_own_node_gives_the_one_process_figures_through_dead_ac
     """``cloud.resource`` pins the teacher's replica, the AKD and the evaluation actors to the node that has
     it; the devices run on the head (the cloud node has no CPU for them). ``cdcca_run`` has its teacher and
     evaluation in the test process (the tests' default): on actors of another node the figures are the
-    same, even when every actor dies before round 2 (a node lost) and is replaced."""
+    same, even when the actors die before round 2 (a node lost) and are replaced. (Here the three groups ask
+    for the same resources, so they share one process.)"""
     address, cloud_node = cluster
     _, here = cdcca_run
     kill = KillActors(at=2)
@@ -92,7 +93,7 @@ def test_the_cloud_on_its_own_node_gives_the_one_process_figures_through_dead_ac
         assert len(nodes["teacher"]) == 1 and len(nodes["akd"]) == 1 and len(r["eval_actor_nodes"]) == 1
         assert set(nodes["teacher"] + nodes["akd"] + r["eval_actor_nodes"]) == {cloud_node}
     died = {m.split()[1] for m in caplog.messages if "died" in m and "retried on a new actor" in m}
-    assert died == {"teacher", "akd", "eval"}
+    assert "teacher" in died  # the first to use the shared process after it died replaces it for all
 
 
 def test_an_unreachable_cluster_is_one_line(tmp_path, capsys):

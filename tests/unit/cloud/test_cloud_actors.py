@@ -240,8 +240,10 @@ def test_the_capacity_check_counts_the_clouds_workers(monkeypatch):
     def cfg(**over):
         return parse_config({"name": "x", "zoo": "tiny", "strategy": {"name": "cdcca"}}, over)
 
-    # evaluation 2, teacher 1, AKD 2 on a 2-core CPU
-    assert cloud_workers(cfg(), 3) == 5 and cloud_workers(cfg(**{"strategy.akd.workers": 5}), 3) == 8
+    # evaluation 2, teacher 1, AKD 2 on a 2-core CPU: the same two processes
+    assert cloud_workers(cfg(), 3) == 2 and cloud_workers(cfg(**{"strategy.akd.workers": 5}), 3) == 5
+    assert cloud_workers(cfg(**{"strategy.cloud_lag": 1}), 3) == 3  # every tier on an actor
+    assert cloud_workers(cfg(**{"cloud.akd_cpus": 1}), 3) == 4  # AKD apart from teacher and evaluation
     assert cloud_workers(cfg(**{"strategy.name": "fedavg"}), 3) == 2
     assert cloud_workers(cfg(**{"cloud.teacher_gpus": 0.5, "simulation.device": "cuda"}), 3) == 1
     none = {"cloud.eval_actors": 0, "cloud.teacher_replicas": 0}
