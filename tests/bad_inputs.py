@@ -134,6 +134,8 @@ CASES = [
     _run("a negative seed", _with(top="seed = -1\n"), "seed"),
     _run("zero CPUs per client", _with(simulation="num_cpus_per_client = 0\n"),
          "simulation.num_cpus_per_client"),
+    _run("a hundredth of a CPU per client", _with(simulation="num_cpus = 2\nnum_cpus_per_client = 0.01\n"),
+         "Ray workers (simulation.num_cpus / num_cpus_per_client)"),
     _run("a schedule with an unknown domain", _with(**{"fleet.schedule": 'domains = { moon = 1.0 }\n'}),
          "fleet.schedule: unknown domain 'moon'"),
     _run("a schedule transition longer than the run", _with(**{"fleet.schedule": "stage_rounds = [3, 4]\n"

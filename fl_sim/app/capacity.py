@@ -3,7 +3,7 @@
 A coarse model, per term (bytes):
 
     driver and models           2 GiB
-    Ray workers                 0.6 GiB each (min(CPUs, CPUs / num_cpus_per_client) workers)
+    Ray workers                 0.6 GiB each (CPUs / num_cpus_per_client workers: Flower's pool size)
     the cloud's actors          0.6 GiB each (teacher replicas, AKD and evaluation actors: ``[cloud]``)
     registered devices          500 B each in the driver (profile), plus 150 B per domain in the driver and
                                 each worker (device partitions); Flower holds nothing per device
@@ -59,7 +59,7 @@ def domains(cfg) -> int:
 def workers(cfg) -> int:
     sim = cfg.simulation
     cpus = sim.num_cpus or os.cpu_count() or 1
-    return max(1, min(cpus, int(cpus / sim.num_cpus_per_client)))
+    return max(1, int(cpus / sim.num_cpus_per_client))  # as Flower sizes its actor pool
 
 
 def needs(cfg, n_devices: int, cloud_workers: int = 0) -> dict[str, dict[str, float]]:
@@ -71,7 +71,8 @@ def needs(cfg, n_devices: int, cloud_workers: int = 0) -> dict[str, dict[str, fl
     uploaded = sampled * f.samples_per_round * s.uts.budget
     n_dom = domains(cfg)
     data = (n_dom * cfg.eval.n_test + sampled * f.samples_per_round) * PER_SAMPLE_BYTES + SPLIT_BUILD_BYTES
-    memory = {"driver and models": DRIVER_BYTES, "Ray workers (simulation.num_cpus)": w * WORKER_BYTES,
+    memory = {"driver and models": DRIVER_BYTES,
+              "Ray workers (simulation.num_cpus / num_cpus_per_client)": w * WORKER_BYTES,
               "the cloud's actors ([cloud], strategy.akd.workers)": cloud_workers * WORKER_BYTES,
               "registered devices (fleet.num_devices)": n_devices * (PER_DEVICE_BYTES + PARTITION_BUILD_BYTES
                                                                      + PER_DEVICE_DOMAIN_BYTES * n_dom * (w + 1)),

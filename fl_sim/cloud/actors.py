@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import threading
 
 from fl_sim import FlSimError
 
@@ -71,6 +72,7 @@ class _Slots:
     def __init__(self):
         self.slots: dict[str, list] = {}
         self.users: dict[str, int] = {}
+        self.lock = threading.RLock()
 
 
 _SHARED = _Slots()
@@ -134,6 +136,10 @@ class ActorGroup:
 
         if not self.n or not ray.is_initialized():
             return []
+        with _SHARED.lock:  # a lagging cloud's thread and the loop's may start groups at once
+            return self._start(ray)
+
+    def _start(self, ray) -> list:
         key = self._key()
         if not self._joined:
             _SHARED.users[key] = _SHARED.users.get(key, 0) + 1
@@ -175,15 +181,9 @@ class ActorGroup:
     def run(self, jobs: list) -> list:
         """Every job's result in the jobs' order."""
         actors = self.start() if self.n and jobs else []
-        k = len(actors) + (1 if self.local or not actors else 0)
-        offset = 1 if (self.local or not actors) else 0
-
-        def executor(j):  # -1: this process
-            e = j % k
-            return e - offset if actors and e >= offset else -1
-
-        futures = {j: (executor(j), actors[executor(j)].run.remote(job))
-                   for j, job in enumerate(jobs) if executor(j) >= 0}
+        here = int(self.local or not actors)  # this process is executor 0
+        where = [j % (len(actors) + here) - here for j in range(len(jobs))]  # an actor's index, or -1: here
+        futures = {j: (a, actors[a].run.remote(job)) for j, (a, job) in enumerate(zip(where, jobs)) if a >= 0}
         results = {j: run_here(job) for j, job in enumerate(jobs) if j not in futures}
         for j, (a, future) in futures.items():
             results[j] = self._result(future, jobs[j], a)
@@ -202,9 +202,10 @@ class ActorGroup:
                 why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
                 if isinstance(exc, RayActorError) and attempt == 0:
                     log.warning("cloud %s actor %d died (%s); its job is retried on a new actor", self.kind, a, why)
-                    slots = _SHARED.slots.get(self._key(), [])
-                    if a < len(slots) and slots[a] is self._actors[a]:  # not replaced by a group sharing it
-                        slots[a] = None
+                    with _SHARED.lock:
+                        slots = _SHARED.slots.get(self._key(), [])
+                        if a < len(slots) and slots[a] is self._actors[a]:  # not replaced by a sharing group
+                            slots[a] = None
                     future = self.start()[a].run.remote(job)
                     continue
                 log.warning("cloud %s actor %d failed (%s); its job runs in the cloud process", self.kind, a, why)
@@ -213,6 +214,10 @@ class ActorGroup:
     def close(self) -> None:
         import ray
 
+        with _SHARED.lock:
+            self._close(ray)
+
+    def _close(self, ray) -> None:
         if self._joined:
             key = self._key()
             _SHARED.users[key] -= 1
