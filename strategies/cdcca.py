@@ -151,7 +151,8 @@ class CDCCA(FleetStrategy):
                 self.buffer(view)
             self.lag.submit(server_round, uploads)
             return Absorbed(figures | lagged, 0.0, behind_s)
-        done, cloud_s = self.commit(server_round, uploads, self.cloud_work(server_round, uploads))
+        done, cloud_s = self.commit(server_round, uploads, self.cloud_work(server_round, uploads,
+                                                                            torch.get_num_threads()))
         done["cloud_phases_s"] = {"decode": decode_s} | done["cloud_phases_s"]
         done["cloud_wall_s"] += decode_s
         if lagged:  # the last round of a lagging cloud: the previous round's work, then this one's
@@ -163,24 +164,26 @@ class CDCCA(FleetStrategy):
         in the last round, nor without the cloud's actors: then it would share this process's models)."""
         if not self.strategy_cfg.cloud_lag or server_round >= self.cfg.rounds:
             return False
-        if not self.actors.start():
+        if not self.actors.start() or not self.teachers.start():
             if not self._warned_lag:
-                log.warning("strategy.cloud_lag = 1 needs the tiers' AKD on Ray actors (strategy.akd.workers, "
-                            "cloud.akd_gpus on a CUDA cloud); without them the cloud works between rounds")
+                log.warning("strategy.cloud_lag = 1 needs the teacher and the tiers' AKD on Ray actors "
+                            "(cloud.teacher_replicas, strategy.akd.workers; on a CUDA cloud cloud.teacher_gpus and "
+                            "cloud.akd_gpus); without them the cloud works between rounds")
                 self._warned_lag = True
             return False
         return True
 
-    def cloud_work(self, server_round: int, uploads):
-        """The teacher's labels and the tiers' AKD on ``uploads`` (the cloud's actors do the heavy part):
-        ``(labels, {tier: TierResult}, phase seconds)``. Reads the cloud's state, changes none of it."""
+    def cloud_work(self, server_round: int, uploads, threads: int):
+        """The teacher's labels and the tiers' AKD on ``uploads`` (the cloud's actors do the heavy part) with
+        ``threads`` torch threads: ``(labels, {tier: TierResult}, phase seconds)``. Reads the cloud's state,
+        changes none of it."""
         lap = Laps()
-        labels = labelling.label(self.views, self.akd, uploads, self.cfg.seed, server_round, torch.get_num_threads(),
-                                 self.teachers, lap)
+        labels = labelling.label(self.views, self.akd, uploads, self.cfg.seed, server_round, threads, self.teachers,
+                                 lap)
         new = labels.by_view
         training = [t for t in self.tiers if self.akd.steps and (akd.size(new.get(self.views.of(t), {}))
                                                                  or len(self.buffer(self.views.of(t))))]
-        threads = 1 if self.actors.n and len(training) > 1 else torch.get_num_threads()  # side by side: 1 each
+        threads = 1 if self.actors.n and len(training) > 1 else threads  # side by side: 1 each
         jobs = [self.tier_job(t, new.get(self.views.of(t), {}), server_round, threads) for t in training]
         results = dict(zip(training, distillation.train(jobs, self.actors)))
         lap("akd")

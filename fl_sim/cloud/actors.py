@@ -71,11 +71,13 @@ class _Slots:
 
     def __init__(self):
         self.slots: dict[str, list] = {}
+        self.nodes: dict[str, list[str]] = {}  # each slot's Ray node id
         self.users: dict[str, int] = {}
         self.lock = threading.RLock()
 
 
 _SHARED = _Slots()
+BACKGROUND = threading.local()  # ``active``: this thread's cloud work runs beside the loop (``fl_sim.cloud.lag``)
 
 
 def run_here(job):
@@ -114,7 +116,7 @@ class ActorGroup:
         self.options = {"num_cpus": 0, "num_gpus": 0} | (options or {})
         self.precision, self.start_timeout_s = precision, start_timeout_s
         self._actors: list = []
-        self._joined = False  # counted among the users of its shared slots
+        self._joined = ""  # the key of the shared slots it is counted among the users of
         self.nodes: list[str] = []  # the Ray node each actor runs on
 
     def asks(self) -> str:
@@ -124,9 +126,13 @@ class ActorGroup:
         return ", ".join(parts)
 
     def _key(self) -> str:
+        """What the group's processes are shared by: its options and precision, in this Ray connection (a run
+        that starts a new Ray instance in the same process never meets the last one's handles)."""
         import json
 
-        return json.dumps([self.options, self.precision], sort_keys=True)
+        import ray
+
+        return json.dumps([self.options, self.precision, ray.get_runtime_context().get_job_id()], sort_keys=True)
 
     def start(self) -> list:
         """The group's actors, starting any that are missing or dead (none outside Ray). Groups that ask for
@@ -141,18 +147,22 @@ class ActorGroup:
 
     def _start(self, ray) -> list:
         key = self._key()
-        if not self._joined:
+        if self._joined != key:
+            self._close(ray)  # joined in an earlier Ray connection: leave those slots
             _SHARED.users[key] = _SHARED.users.get(key, 0) + 1
-            self._joined = True
+            self._joined = key
         slots = _SHARED.slots.setdefault(key, [])
+        nodes = _SHARED.nodes.setdefault(key, [])
         slots += [None] * (self.n - len(slots))
+        nodes += [""] * (len(slots) - len(nodes))
         missing = [i for i in range(self.n) if slots[i] is None]
         if missing:
             self._check_cluster(ray.cluster_resources())
             device = "cuda" if self.options["num_gpus"] > 0 else "cpu"
             new = [ray.remote(max_restarts=0, **self.options)(CloudWorker).remote(device, self.precision)
                    for _ in missing]
-            ready, _ = ray.wait([a.node_id.remote() for a in new], num_returns=len(new), timeout=self.start_timeout_s)
+            pings = [a.node_id.remote() for a in new]
+            ready, _ = ray.wait(pings, num_returns=len(new), timeout=self.start_timeout_s)
             if len(ready) < len(new):
                 for a in new:
                     ray.kill(a)
@@ -160,11 +170,9 @@ class ActorGroup:
                                  f"{self.start_timeout_s:g} s: no node of the Ray cluster has that free (the fleet's "
                                  "workers hold every CPU of the nodes they run on); lower cloud.*_cpus or start a "
                                  "cloud node with --num-cpus 0 and the GPUs / resource it needs")
-            for i, a in zip(missing, new):
-                slots[i] = a
-        if self._actors != slots[:self.n]:
-            self._actors = list(slots[:self.n])
-            self.nodes = ray.get([a.node_id.remote() for a in self._actors])
+            for i, a, node in zip(missing, new, ray.get(pings)):
+                slots[i], nodes[i] = a, node
+        self._actors, self.nodes = list(slots[:self.n]), list(nodes[:self.n])
         return self._actors
 
     def _check_cluster(self, total: dict) -> None:
@@ -203,11 +211,14 @@ class ActorGroup:
                 if isinstance(exc, RayActorError) and attempt == 0:
                     log.warning("cloud %s actor %d died (%s); its job is retried on a new actor", self.kind, a, why)
                     with _SHARED.lock:
-                        slots = _SHARED.slots.get(self._key(), [])
+                        slots = _SHARED.slots.get(self._joined, [])
                         if a < len(slots) and slots[a] is self._actors[a]:  # not replaced by a sharing group
+                            ray.kill(slots[a])  # unreachable rather than dead: its resources go back
                             slots[a] = None
                     future = self.start()[a].run.remote(job)
                     continue
+                if getattr(BACKGROUND, "active", False):  # beside the loop: this process's models are in use
+                    raise FlSimError(f"cloud: a {self.kind} job failed on its actor ({why})") from None
                 log.warning("cloud %s actor %d failed (%s); its job runs in the cloud process", self.kind, a, why)
                 return run_here(job)
 
@@ -219,13 +230,17 @@ class ActorGroup:
 
     def _close(self, ray) -> None:
         if self._joined:
-            key = self._key()
+            key = self._joined
             _SHARED.users[key] -= 1
             if _SHARED.users[key] == 0:  # the last group using these processes
                 for a in _SHARED.slots.pop(key, []):
                     if a is not None and ray.is_initialized():
-                        ray.kill(a)
+                        try:
+                            ray.kill(a)
+                        except Exception:  # noqa: BLE001 - a handle of a Ray connection already gone
+                            pass
+                _SHARED.nodes.pop(key, None)
                 del _SHARED.users[key]
-            self._joined = False
+            self._joined = ""
         self._actors, self.nodes = [], []
 

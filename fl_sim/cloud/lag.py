@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fl_sim.cloud.actors import BACKGROUND
 from fl_sim.cloud.uploads import Uploads
 
 GROUP = "cloud_lag"  # the checkpoint's tensor group of the uploads in flight
@@ -28,7 +29,10 @@ class InFlight:
 
 
 class CloudLag:
-    """At most one round's cloud work in flight, run by ``work(round, uploads)`` in a thread."""
+    """At most one round's cloud work in flight, run by ``work(round, uploads, threads)`` in a thread (its
+    torch thread count read here, when it is submitted: the count is the process's, and the loop's evaluation
+    changes it). A job that fails on an actor there is an error, not a rerun in this process
+    (``fl_sim.cloud.actors.BACKGROUND``), whose models the loop is using."""
 
     def __init__(self, work):
         self.work = work
@@ -38,7 +42,15 @@ class CloudLag:
     def submit(self, server_round: int, uploads: Uploads) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-lag")
-        self.in_flight = InFlight(server_round, uploads, self._pool.submit(self.work, server_round, uploads))
+        threads = torch.get_num_threads()
+        self.in_flight = InFlight(server_round, uploads, self._pool.submit(self._run, server_round, uploads, threads))
+
+    def _run(self, server_round: int, uploads: Uploads, threads: int):
+        BACKGROUND.active = True
+        try:
+            return self.work(server_round, uploads, threads)
+        finally:
+            BACKGROUND.active = False
 
     def resume(self) -> None:
         """Start the work a checkpoint left in flight."""

@@ -28,7 +28,7 @@ from fl_sim.world import user_sources
 from fl_sim.world.answers import ANSWER_TOKENS, normalise
 from fl_sim.world.domains import DOMAINS
 from fl_sim.world.tokenizer import SPECIALS
-from fl_sim.world.user_images import to_rgb
+from fl_sim.world.user_images import ImageError, to_rgb
 from fl_sim.world.user_sources import inside
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,8 @@ def _rows(name: str, split: str, ds, spec, side: int, root: Path) -> dict:
             images.append(to_rgb(row[spec.image], side, lambda p, at=at: PILImage.open(inside(root, p, at))))
         except FlSimError:
             raise
+        except ImageError as exc:
+            raise FlSimError(f"{at}: the image is refused: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - an image that does not decode: name it
             cell = row[spec.image]
             named = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None

@@ -43,7 +43,7 @@ def _rgb(im):
 
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return Image.fromarray(_array_to_uint8(np.asarray(im))).convert("RGB")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -59,8 +59,8 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
     elif np.issubdtype(arr.dtype, np.integer):
         if arr.min(initial=0) < 0:
             raise ImageError(f"negative pixel values in a {arr.dtype} image")
-        top = arr.max(initial=0)
-        bits = 8 if top < 256 else 16 if top < 65536 else 32
+        top = arr.max(initial=0)  # the type's range where it says it (uint16), else the values'
+        bits = 16 if arr.dtype == np.uint16 else 8 if top < 256 else 16 if top < 65536 else 32
         out = (arr.astype(np.float64) * (255.0 / (2 ** bits - 1))).round().astype(np.uint8)
     elif np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
@@ -71,8 +71,9 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
         out = (arr * (255.0 if hi <= 1.0 else 1.0)).round().astype(np.uint8)
     else:
         raise ImageError(f"pixels of type {arr.dtype}")
-    if out.ndim == 3 and out.shape[2] == 2:  # grey + alpha
-        out = out[:, :, 0]
+    if out.ndim == 3 and out.shape[2] == 2:  # grey + alpha, over white
+        a = out[:, :, 1].astype(np.float64) / 255
+        out = (out[:, :, 0] * a + 255 * (1 - a)).round().astype(np.uint8)
     if out.ndim == 3 and out.shape[2] == 4:
         a = out[:, :, 3:4].astype(np.float64) / 255
         out = (out[:, :, :3] * a + 255 * (1 - a)).round().astype(np.uint8)

@@ -43,7 +43,10 @@ def check_tree(where: str, root: Path) -> None:
             p = Path(folder) / entry
             mode = p.lstat().st_mode
             if stat.S_ISLNK(mode):
-                target = p.resolve()
+                try:
+                    target = p.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    raise FlSimError(f"{where}: {p.relative_to(root)} is a broken or looping link") from None
                 if not target.is_relative_to(top):
                     raise FlSimError(f"{where}: {p.relative_to(root)} links outside the dataset's folder "
                                      f"(to {target})")
@@ -78,9 +81,60 @@ def inside(root: Path, name: str, where: str) -> Path:
     return full
 
 
+def check_declared_files(where: str, root: Path) -> None:
+    """Refuse files a folder's own metadata points ``datasets`` at outside it: ``configs`` in ``README.md`` /
+    ``.huggingface.yaml`` (``data_files``, ``data_dir``), a saved dataset's ``state.json`` data files and its
+    ``dataset_dict.json`` splits (each a folder name)."""
+    import json
+
+    import yaml
+
+    named: list[str] = []
+    for card in (root / "README.md", root / ".huggingface.yaml"):
+        if card.is_file():
+            text = card.read_text(errors="replace")
+            if card.suffix == ".md":
+                text = text.split("---")[1] if text.startswith("---") and text.count("---") >= 2 else ""
+            try:
+                meta = yaml.safe_load(text) or {}
+            except yaml.YAMLError:
+                meta = {}
+            configs = meta.get("configs", []) if isinstance(meta, dict) else []
+            for c in configs if isinstance(configs, list) else []:
+                for key in ("data_dir", "data_files"):
+                    named += _strings(c.get(key) if isinstance(c, dict) else None)
+    for state in root.rglob("state.json"):
+        try:
+            named += [str(state.parent / f.get("filename", "")) for f in json.loads(state.read_text())["_data_files"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    if (root / "dataset_dict.json").is_file():
+        try:
+            named += [str(root / s) for s in json.loads((root / "dataset_dict.json").read_text())["splits"]]
+        except (ValueError, KeyError, TypeError):
+            pass
+    top = root.resolve()
+    for name in named:
+        p = Path(name)
+        if not (p if p.is_absolute() else root / p).resolve().is_relative_to(top):
+            raise FlSimError(f"{where}: its metadata names {name!r}, outside the dataset's folder")
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [x for v in value for x in _strings(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _strings(v)]
+    return []
+
+
 def read(where: str, path: Path, fmt: str, hf_cache: Path):
     """The dataset at ``path`` as a ``DatasetDict`` (``fmt``: ``"auto"`` or a ``datasets`` builder name)."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    check_declared_files(where, root_of(path))
 
     def loading(what, fn):
         try:

@@ -15,7 +15,7 @@ def test_a_lagging_cloud_resumes_with_its_work_in_flight(tmp_path, cache_dir, ti
     """Round 1's cloud work runs beside round 2's devices and lands in round 2's update (which then runs its
     own: the last round waits for its cloud). The checkpoint after round 1 holds round 1's uploads in flight;
     resumed from it, the run gives the uninterrupted figures."""
-    cfg = tiny_config(CDCCA, tmp_path, cache_dir, **{"strategy.cloud_lag": 1})  # the tiers' AKD on actors
+    cfg = tiny_config(CDCCA, tmp_path, cache_dir, **{"strategy.cloud_lag": 1, "cloud.teacher_replicas": 1})
     run_dir = run_experiment(cfg)
     full = read_results(run_dir)
     assert "uploaded_samples" not in full[0] and full[0]["rejected_uploads"] == 0  # nothing distilled yet

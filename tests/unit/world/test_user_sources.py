@@ -223,3 +223,36 @@ def test_images_convert_by_value_or_are_refused():
     assert tuple(to_rgb(palette, 4, None)[0, 0]) == (200, 10, 10)
     cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red
     assert tuple(to_rgb(cmyk, 4, None)[0, 0]) == (255, 0, 0)
+
+
+def test_metadata_naming_files_outside_and_broken_links_are_refused(tmp_path, cache_dir):
+    (tmp_path / "elsewhere.jsonl").write_text(json.dumps({"image": "x.png", "question": "q?", "answer": "a"}) + "\n")
+    card = tmp_path / "card"
+    _images(card, 3)
+    _jsonl(card / "metadata.jsonl", _rows(3))
+    (card / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                    "  - split: train\n    path: ../elsewhere.jsonl\n---\n# data\n")
+    _refused(tmp_path, cache_dir, card, "its metadata names '../elsewhere.jsonl', outside")
+    from datasets import Dataset
+
+    saved = tmp_path / "state"
+    Dataset.from_dict({"image": ["img0.png"], "question": ["q?"], "answer": ["a"]}).save_to_disk(str(saved))
+    state = json.loads((saved / "state.json").read_text())
+    state["_data_files"][0]["filename"] = "../../elsewhere.arrow"
+    (saved / "state.json").write_text(json.dumps(state))
+    _refused(tmp_path, cache_dir, saved, "outside the dataset's folder")
+    broken = tmp_path / "broken"
+    _images(broken, 3)
+    _jsonl(broken / "metadata.jsonl", _rows(3))
+    os.symlink(tmp_path / "gone.png", broken / "img9.png")
+    _refused(tmp_path, cache_dir, broken, "img9.png is a broken or looping link")
+
+
+def test_depth_and_transparency_by_value():
+    dark16 = np.full((8, 8), 200, np.uint16)  # a dark 16-bit image stays dark: its type says 16 bits
+    assert int(to_rgb(dark16, 4, None).max()) <= 1
+    grey_alpha = np.zeros((8, 8, 2), np.uint8)  # black, fully transparent: white
+    assert to_rgb(grey_alpha, 4, None).min() == 255
+    keyed = Image.new("L", (8, 8), 0)
+    keyed.info["transparency"] = 0  # a tRNS colour key: that grey is transparent
+    assert to_rgb(keyed, 4, None).min() == 255
