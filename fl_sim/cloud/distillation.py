@@ -80,11 +80,6 @@ def akd_actors(akd_cfg, cloud_cfg, precision: str, n_tiers: int, lag: bool = Fal
                       precision=precision, start_timeout_s=cloud_cfg.start_timeout_s)
 
 
-def train(jobs: list[tier_job.TierJob], actors: ActorGroup) -> list[tier_job.TierResult]:
-    """Run the tiers' jobs: side by side on ``actors`` (and here), or here one after another."""
-    return actors.run(jobs)
-
-
 def accepted(result: tier_job.TierResult, tier: str, server_round: int) -> bool:
     """Whether the tier's trained adapters are finite (a diverged update is dropped, with a warning)."""
     if all(torch.isfinite(t).all() for t in result.cloud.values()):

@@ -34,16 +34,22 @@ def test_a_plan_rebuilds_every_batch_from_the_rows_it_uses():
         assert all(torch.equal(expect[k], got[k]) for k in expect)
 
 
-@pytest.fixture(scope="module")
-def jobs(tiny_zoo):
-    """Three rounds' worth of jobs on the tiny zoo's tiers: plain, with seeded masks, with a dense probe."""
+def _teacher_inputs(tiny_zoo, domain: str, n: int = 24):
+    """``(teacher, prompter, visual tokens, questions)`` of ``n`` train samples of ``domain``."""
     from fl_sim.models.mllm import visual_tokens
 
     pr, teacher = tiny_zoo.prompter, model_cache.base_model(str(tiny_zoo.paths["teacher"]))
-    ds = model_cache.split("dusk", "train", 64, 0, None).select(range(24))
+    ds = model_cache.split(domain, "train", 64, 0, None).select(range(n))
     with torch.no_grad():
         vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
-    targets = akd.teacher_targets(teacher, pr, vis, list(ds["question"]), max_new_tokens=6)
+    return teacher, pr, vis, list(ds["question"])
+
+
+@pytest.fixture(scope="module")
+def jobs(tiny_zoo):
+    """Three rounds' worth of jobs on the tiny zoo's tiers: plain, with seeded masks, with a dense probe."""
+    teacher, pr, vis, questions = _teacher_inputs(tiny_zoo, "dusk")
+    targets = akd.teacher_targets(teacher, pr, vis, questions, max_new_tokens=6)
     rng = np.random.default_rng(1)
     cfg = AKDConfig(steps=3, batch_size=8)
     out = []
@@ -145,13 +151,7 @@ def test_auto_workers_one_per_tier_beyond_the_first_on_a_cpu(monkeypatch):
 
 @pytest.fixture(scope="module")
 def uploads(tiny_zoo):
-    from fl_sim.models.mllm import visual_tokens
-
-    pr, teacher = tiny_zoo.prompter, model_cache.base_model(str(tiny_zoo.paths["teacher"]))
-    ds = model_cache.split("source", "train", 64, 0, None).select(range(24))
-    with torch.no_grad():
-        vis = visual_tokens(teacher, pr.pixels(np.asarray(ds["image"])))
-    return vis, list(ds["question"])
+    return _teacher_inputs(tiny_zoo, "source")[2:]
 
 
 def _teacher(tiny_zoo):
