@@ -131,9 +131,32 @@ def partition(dataset, num_partitions: int, by: str = "domain", alpha: float = 0
     return [part.load_partition(i).with_format("numpy") for i in range(num_partitions)]
 
 
+def partition_indices(part) -> list[np.ndarray] | None:
+    """The row indices of every partition of the flwr-datasets partitioner ``part``, as its
+    ``load_partition`` selects them, without building a dataset per partition (100,000 datasets take
+    most of an hour). Dirichlet: the partitioner's own assignment; IID: ``datasets``' contiguous shards,
+    which ``np.array_split`` lays out the same way. tests/unit/world checks both against
+    ``load_partition``. ``None`` for another partitioner (or a flwr-datasets that keeps its assignment
+    elsewhere)."""
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    n = part.num_partitions
+    if isinstance(part, IidPartitioner):
+        return np.array_split(np.arange(len(part.dataset)), n)
+    if isinstance(part, DirichletPartitioner) and hasattr(part, "_determine_partition_id_to_indices_if_needed"):
+        part._determine_partition_id_to_indices_if_needed()
+        assigned = getattr(part, "_partition_id_to_indices", None)
+        if isinstance(assigned, dict) and len(assigned) == n:
+            return [np.asarray(assigned[i], dtype=np.int64) for i in range(n)]
+    return None
+
+
 def partition_rows(dataset, num_partitions: int, column: str, by: str = "domain", alpha: float = 0.5,
                    seed: int = 0, kind: str = "dirichlet") -> list[np.ndarray]:
-    """``column`` of each partition of ``partition(dataset, ...)``, read as each partition is made: a
-    fleet's partitions are never all held as datasets at once (docs/notes.md has the peak)."""
+    """``column`` of each partition of ``partition(dataset, ...)``: the column is read once and indexed
+    by each partition's rows (``partition_indices``), so a 100,000-device fleet partitions in seconds."""
     part = _partitioner(dataset, num_partitions, by, alpha, seed, kind)
-    return [np.asarray(part.load_partition(i).with_format("numpy")[column]) for i in range(num_partitions)]
+    if (rows := partition_indices(part)) is None:  # partition by partition
+        return [np.asarray(part.load_partition(i).with_format("numpy")[:][column]) for i in range(num_partitions)]
+    values = np.asarray(dataset.with_format("numpy", columns=[column])[:][column])
+    return [values[r] for r in rows]

@@ -134,6 +134,23 @@ def test_dirichlet_partition_is_non_iid(cache_dir):
         partition(parts_in, 2, by="weather")
 
 
+@pytest.mark.parametrize("kind", ["dirichlet", "iid"])
+def test_partition_rows_are_the_partitioners_own(cache_dir, kind):
+    """Rows read from the partitioner's assignment equal what its load_partition selects, partition by
+    partition (the read a 100,000-device fleet cannot afford)."""
+    from datasets import concatenate_datasets
+
+    from fl_sim.world.data import _partitioner, partition_indices, partition_rows
+
+    ds = concatenate_datasets([load_split(d, "train", 40, 0, 8, cache_dir) for d in DOMAINS])
+    ds = ds.add_column("row", np.arange(len(ds))).select_columns(["domain", "row"])
+    fast = partition_rows(ds, 7, "row", alpha=0.3, seed=2, kind=kind)
+    part = _partitioner(ds, 7, "domain", 0.3, 2, kind)
+    slow = [np.asarray(part.load_partition(i).with_format("numpy")[:]["row"]) for i in range(7)]
+    assert partition_indices(part) is not None and len(fast) == 7
+    assert all(np.array_equal(a, b) for a, b in zip(fast, slow)) and sum(map(len, fast)) == len(ds)
+
+
 def test_combinations_take_each_parts_shift():
     from fl_sim.world.domains import COMBINED, combine, domain_error
 
