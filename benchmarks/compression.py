@@ -56,7 +56,8 @@ def run(args) -> None:
     from fl_sim.device import model_cache
     from fl_sim.mechanisms import akd, dwc, uts
     from fl_sim.models.adapters import adapter_state, load_adapter_state
-    from fl_sim.models.mllm import answer_with_stats, llava_of, visual_tokens
+    from fl_sim.models.families import base
+    from fl_sim.models.mllm import answer_with_stats, visual_tokens
     from fl_sim.models.zoo import pretrain_zoo
     from fl_sim.protocol.records import pack_arrays
 
@@ -104,7 +105,7 @@ def run(args) -> None:
     settings = {k + (" (default)" if dwc.DWCConfig(**v) == dwc.DWCConfig() else ""): v for k, v in settings.items()}
     feedback = {k: dwc.ErrorFeedback(dwc.DWCConfig(**v)) for k, v in settings.items()}
     figures = {k: [] for k in settings}
-    align = torch.nn.Linear(llava_of(model).config.text_config.hidden_size, teacher.config.text_config.hidden_size)
+    align = torch.nn.Linear(base(model).config.text_config.hidden_size, teacher.config.text_config.hidden_size)
     load_adapter_state(model, init)
     akd_cfg = akd.AKDConfig() if args.akd_steps is None else akd.AKDConfig(steps=args.akd_steps)
     for r in range(args.rounds):

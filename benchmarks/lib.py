@@ -80,17 +80,30 @@ def rss_anon(pid: int) -> int:
         return 0
 
 
-def rss_split() -> tuple[int, int, int]:
-    """Resident bytes of this process, of its descendants together, and anonymous bytes of all of them, now."""
+def pss(pid: int) -> int:
+    """Proportional resident bytes of process ``pid`` (``Pss`` in ``/proc/PID/smaps_rollup``; 0 where it
+    does not say): its private pages plus its share of the pages it maps with others, so a sum over
+    processes counts a dataset page that ten workers map once, where a sum of RSS counts it ten times."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:")), 0)
+    except OSError:
+        return 0
+
+
+def rss_split() -> tuple[int, int, int, int]:
+    """Resident bytes of this process, of its descendants together, and anonymous and proportional
+    (``pss``) bytes of all of them, now."""
     me = psutil.Process()
-    children, anon = 0, rss_anon(me.pid)
+    children, anon, shared = 0, rss_anon(me.pid), pss(me.pid)
     for p in me.children(recursive=True):
         try:
             children += p.memory_info().rss
             anon += rss_anon(p.pid)
+            shared += pss(p.pid)
         except psutil.Error:
             pass
-    return me.memory_info().rss, children, anon
+    return me.memory_info().rss, children, anon, shared
 
 
 class PeakMemory:
@@ -100,17 +113,19 @@ class PeakMemory:
     ``mem.peak``: bytes, the tree's peak; ``mem.driver_peak`` / ``mem.children_peak``: the peaks of this process
     alone and of its descendants alone; ``mem.anon_peak``: the peak of their anonymous resident memory (the RSS
     also counts memory-mapped dataset pages, clean page cache the kernel reclaims under pressure);
+    ``mem.pss_peak``: the peak of their proportional memory (``pss``: what the tree holds, shared pages once);
     ``mem.gpu_peak``: the most GPU memory in use on the machine's GPUs (every process: Ray workers too), 0
     without CUDA."""
 
     def __init__(self, every_s: float = 0.5):
         self.every_s, self.peak, self.gpu_peak = every_s, 0, 0
-        self.driver_peak = self.children_peak = self.anon_peak = 0
+        self.driver_peak = self.children_peak = self.anon_peak = self.pss_peak = 0
         self._stop = threading.Event()
 
     def _sample(self) -> None:
-        driver, children, anon = rss_split()
+        driver, children, anon, shared = rss_split()
         self.peak, self.anon_peak = max(self.peak, driver + children), max(self.anon_peak, anon)
+        self.pss_peak = max(self.pss_peak, shared)
         self.driver_peak, self.children_peak = max(self.driver_peak, driver), max(self.children_peak, children)
         self.gpu_peak = max(self.gpu_peak, gpu_used())
 

@@ -9,7 +9,8 @@ device-rounds per minute), and how much does the framework (Flower, Ray, message
     e.g. python -m benchmarks scale --strategy cdcca --devices 10000 --per-round 100
 
 Prints wall time per round, peak RSS (this process plus its Ray workers, sampled every 0.5 s; also each
-apart, and their anonymous memory: the RSS less memory-mapped dataset pages) and the
+apart, their anonymous memory: the RSS less memory-mapped dataset pages, and their proportional memory: shared
+pages counted once, what the machine holds; beside the capacity check's estimate) and the
 overhead ratio: Flower round wall time (send -> all replies) divided by the time the same devices' work
 (``clients.local_training.run_local_round`` with the same settings) takes in one plain loop in this process; and
 throughput, device-rounds per minute. With ``simulation.warm_up`` (the default) the Ray workers load tier
@@ -67,6 +68,11 @@ def run(args) -> None:
                                      "over_commit": 1.0, "akd": {"teacher_int8": args.teacher_int8}},
                         "eval": {"n_test": 20, "every": 1000},
                         "simulation": {"warm_up": not args.no_warm_up}}, parse_set_overrides(args.set))
+    from fl_sim.app.capacity import needs
+    from fl_sim.app.preflight import cloud_workers
+    from fl_sim.models.presets import get_zoo
+
+    estimate = sum(needs(cfg, args.devices, cloud_workers(cfg, len(get_zoo(args.zoo).tiers)))["memory"].values())
     t0 = time.time()
     with PeakMemory() as mem:
         run_dir = run_experiment(cfg)
@@ -82,7 +88,8 @@ def run(args) -> None:
                "devices": args.devices, "per_round": args.per_round, "rounds": args.rounds,
                "teacher_int8": args.teacher_int8, "peak_rss_gib": gib(mem.peak),
                "driver_peak_rss_gib": gib(mem.driver_peak), "workers_peak_rss_gib": gib(mem.children_peak),
-               "peak_anon_gib": gib(mem.anon_peak),
+               "peak_anon_gib": gib(mem.anon_peak), "peak_pss_gib": gib(mem.pss_peak),
+               "capacity_estimate_gib": gib(estimate),
                "device_rounds_per_min": 60 * done / rounds_wall, "device_rounds_per_min_total": 60 * done / total,
                "map_nodes_s": first_wall.get("map_nodes"), "prepare_data_s": first_wall.get("prepare_data"),
                "round_s": [r["wall_s"]["round"] for r in res], "cloud_s": [r.get("cloud_wall_s") for r in res],
@@ -96,7 +103,8 @@ def run(args) -> None:
         print(f"devices {args.devices}, {args.per_round} per round, {args.rounds} rounds, {args.strategy}: "
               f"{figures['device_rounds_per_min']:.0f} device-rounds/min over the rounds, peak RSS "
               f"{figures['peak_rss_gib']:.2f} GiB (driver {figures['driver_peak_rss_gib']:.2f}, workers "
-              f"{figures['workers_peak_rss_gib']:.2f}; anonymous {figures['peak_anon_gib']:.2f}), "
+              f"{figures['workers_peak_rss_gib']:.2f}; anonymous {figures['peak_anon_gib']:.2f}; proportional "
+              f"{figures['peak_pss_gib']:.2f}; capacity estimate {figures['capacity_estimate_gib']:.2f}), "
               f"provisioning {figures['map_nodes_s'] or 0:.1f} s, "
               f"total {total:.1f} s")
         return
@@ -158,7 +166,8 @@ def run(args) -> None:
           f"{sum(r['wall_s']['train'] for r in res) / sum(plain):.2f}   target <= 1.5"
           + ("" if plain_warm is not None else "   (cold start: round 1 includes worker start-up)"))
     print(f"peak RSS (driver + Ray workers): {gib(mem.peak):.2f} GiB (driver {gib(mem.driver_peak):.2f}, "
-          f"workers {gib(mem.children_peak):.2f}; anonymous {gib(mem.anon_peak):.2f})   target <= 8 GiB "
+          f"workers {gib(mem.children_peak):.2f}; anonymous {gib(mem.anon_peak):.2f}; proportional "
+          f"{gib(mem.pss_peak):.2f}; capacity estimate {gib(estimate):.2f})   target <= 8 GiB "
           "(<= 6 GiB for cdcca at 10,000 devices, 100 per round)")
     print(f"throughput: {done} device-rounds in {rounds_wall:.1f} s of rounds = "
           f"{60 * done / rounds_wall:.0f} per minute "

@@ -21,8 +21,10 @@ from fl_sim import PayloadError
 from fl_sim.device import model_cache
 from fl_sim.mechanisms import dwc, uts
 from fl_sim.mechanisms.uts import UTSConfig
+from fl_sim.models import placement
 from fl_sim.models.adapters import load_adapter_state
-from fl_sim.models.mllm import answer_with_stats, llava_of, visual_tokens
+from fl_sim.models.families import family_of
+from fl_sim.models.mllm import answer_with_stats, visual_tokens
 from fl_sim.protocol.version_store import VersionStore
 
 
@@ -109,8 +111,10 @@ def run_cdcca_round(dev: DeviceRound, s: CDCCADeviceSettings, downlink: dict | N
         else:
             if u.tokens == "mc_dropout":
                 g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-                scores = uts.token_uncertainty_mc(llava_of(model).model.multi_modal_projector, v, u.mc_passes,
-                                                  u.mc_p, g)
+                fam = family_of(model)
+                connector = fam.connector_module(model)
+                scores = uts.token_uncertainty_mc(lambda x: fam.image_embeds(model, placement.to_model(connector, x)),
+                                                  v, u.mc_passes, u.mc_p, g, fam.token_groups(model, v.shape[1]))
             else:
                 ref = model_cache.reference_token(dev.model_path, dev.env.cache_dir)
                 scores = uts.token_uncertainty_novelty(v, ref)

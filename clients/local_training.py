@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clients.behaviour import ANSWER_TOKENS, DeviceBehaviour, DeviceRound, online_accuracy
 from fl_sim.models import placement
 from fl_sim.models.adapters import adapter_state, load_adapter_state, trainable_parameters
-from fl_sim.models.mllm import answer
+from fl_sim.models.mllm import answer, with_pixels
 from fl_sim.models.train import per_sample_loss
 
 
@@ -84,7 +84,8 @@ def run_local_round(dev: DeviceRound, s: LocalTrainingSettings, adapter: dict[st
         batch = {k: placement.to_model(model, v) for k, v in batch.items()}
         labels = batch.pop("labels")
         with placement.autocast():
-            logits = model(**batch, pixel_values=placement.to_model(model, pr.pixels(data["image"][sel]))).logits
+            pixels = placement.to_model(model, pr.pixels(data["image"][sel]))
+            logits = model(**with_pixels(model, batch.pop("input_ids"), pixels), **batch).logits
         loss = local_objective(logits, labels, s, params, anchor)
         opt.zero_grad()
         loss.backward()

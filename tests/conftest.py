@@ -31,6 +31,28 @@ def tiny_zoo(cache_dir):
     return pretrain_zoo("tiny", cache_dir=cache_dir)
 
 
+# family -> (image tokens in a prompt, visual tokens per image) of experiments/make_tiny_checkpoints.py's
+# tiny checkpoints, for the fleet's 48-pixel images
+FAMILY_GEOMETRY = {"idefics3": (20, 80),  # 2x2 sub-images + a global view, 16 patches each, pixel shuffle by 2
+                   "qwen2-vl": (9, 36),  # 6x6 patches of the resized image, merged 2x2
+                   "gemma3": (4, 16),  # 4x4 patches pooled to 2x2
+                   "llava-onevision": (24, 20)}  # base view + 2x2 tiles of 4 tokens, a newline after each of 4 rows
+
+
+@pytest.fixture(scope="session")
+def family_checkpoints(tmp_path_factory):
+    """family -> folder of a tiny random checkpoint with its own family's processor (and a CLIP+Llama LLaVA)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "make_tiny_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("make_tiny_checkpoints", script)
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    root = tmp_path_factory.mktemp("model-families")
+    return {f: make.build(f, root / f) for f in (*FAMILY_GEOMETRY, "clip-llama")}
+
+
 def pytest_collection_modifyitems(config, items):
     """Everything under ``tests/integration/`` (Flower, Ray, the CLI end to end) is ``slow``."""
     for item in items:

@@ -46,7 +46,7 @@ def decode_uploads(kept: list, tiers: dict[int, str], views: Views, uts_cfg, max
     pr = views.prompter(TEACHER)
     teacher = model_cache.base_model(teacher_path)
     ref = model_cache.reference_token(teacher_path, views.cache_dir)
-    n_tok, dim = pr.n_image, ref.shape[0]
+    n_tok, dim = pr.n_visual, ref.shape[0]
     vis, questions, images, rejected = [], [], [], 0
     for dev, rep, _ in kept:
         if "upload" not in rep.content:

@@ -17,7 +17,7 @@ from fl_sim.models.mllm import Prompter, load_mllm
 from fl_sim.models.prompts import has_own_processor
 from fl_sim.world.catalog import NO_DOMAINS, DomainCatalog
 from fl_sim.world.data import load_split, partition_rows
-from fl_sim.world.scenes import GRID
+from fl_sim.world.scenes import CELL_PX, IMAGE_SHAPE  # noqa: F401 - the fleet's images, used through this module
 from fl_sim.world.tokenizer import load_tokenizer
 
 
@@ -90,13 +90,23 @@ def prompter_for(model_path: str, cache_dir: str | None, catalog: DomainCatalog 
 
 @lru_cache(maxsize=8)
 def _prompter_for(model_path: str, device: str) -> Prompter:
+    from fl_sim import FlSimError
+    from fl_sim.models.families import family_of
     from fl_sim.models.mllm import visual_tokens
     from fl_sim.models.prompts import CheckpointPrompter
 
     model = _base_model(model_path, device)
-    probe = CheckpointPrompter(model_path, model.config, 1)  # the tower's token count, from one blank image
-    n = visual_tokens(model, probe.pixels(np.zeros((1, *IMAGE_SHAPE), np.uint8))).shape[1]
-    return CheckpointPrompter(model_path, model.config, n)
+    pr = CheckpointPrompter(model_path, model.config, IMAGE_SHAPE)
+    vis = visual_tokens(model, pr.pixels(np.zeros((1, *IMAGE_SHAPE), np.uint8)))  # the tower's tokens of one image
+    fam = family_of(model)
+    with torch.no_grad():
+        made = fam.image_embeds(model, placement.to_model(fam.connector_module(model), vis)).shape[1]
+    if made != pr.n_image:
+        raise FlSimError(f"{model_path}: its processor lays out {pr.n_image} image tokens for a {IMAGE_SHAPE[0]}x"
+                         f"{IMAGE_SHAPE[1]} image, its model makes {made} (the processor's image size, patch size or "
+                         "token count does not match the model's)")
+    pr.n_visual = vis.shape[1]
+    return pr
 
 
 @lru_cache(maxsize=8)
@@ -105,10 +115,13 @@ def tower_hash(model_path: str) -> str:
     same visual tokens."""
     import hashlib
 
+    from fl_sim.models.families import family_of
+
     model = base_model(model_path)
-    cfg = model.config
-    h = hashlib.sha256(f"{cfg.vision_feature_layer}|{cfg.vision_feature_select_strategy}".encode())
-    for name, t in sorted(model.model.vision_tower.state_dict().items()):
+    cfg, fam = model.config, family_of(model)
+    h = hashlib.sha256(f"{cfg.model_type}|{getattr(cfg, 'vision_feature_layer', None)}|"
+                       f"{getattr(cfg, 'vision_feature_select_strategy', None)}".encode())
+    for name, t in sorted(fam.tower_module(model).state_dict().items()):
         h.update(name.encode() + b"\0" + t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -121,8 +134,6 @@ def same_view(a: str, b: str, cache_dir: str | None, catalog: DomainCatalog = NO
             and prompter_for(a, cache_dir, catalog).identity == prompter_for(b, cache_dir, catalog).identity)
 
 
-CELL_PX = 16  # pixels per grid cell of the fleet's images
-IMAGE_SHAPE = (GRID * CELL_PX, GRID * CELL_PX, 3)  # every domain's images, built-in or the user's
 
 
 @lru_cache(maxsize=32)

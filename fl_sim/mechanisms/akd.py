@@ -24,7 +24,8 @@ from fl_sim import FlSimError
 from fl_sim.config import AKDConfig
 from fl_sim.models import placement
 from fl_sim.models.adapters import adapter_parameters
-from fl_sim.models.mllm import Prompter, answer_stats, embed_with_tokens, greedy, llava_of
+from fl_sim.models.families import base
+from fl_sim.models.mllm import Prompter, answer_stats, greedy, with_tokens
 from fl_sim.models.train import per_sample_loss
 from fl_sim.world.domains import questions_from_captions
 
@@ -65,7 +66,7 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
     groups = list(greedy(teacher, prompter, vis, questions, max_new_tokens, hidden=states == "generation"))
     pseudo, stats = answer_stats(prompter, len(questions), groups)
     ids, mask, labels = _padded_batch(prompter, questions, pseudo)
-    L, ends, text = prompter.max_len, mask.sum(1), llava_of(teacher).config.get_text_config()
+    L, ends, text = prompter.max_len, mask.sum(1), base(teacher).config.get_text_config()
     logits = torch.zeros(len(questions), L, text.vocab_size, dtype=torch.float16)
     hidden = torch.zeros(len(questions), L, text.hidden_size, dtype=torch.float16)
     again = []
@@ -82,7 +83,7 @@ def teacher_targets(teacher, prompter: Prompter, vis: torch.Tensor, questions: l
         rows = again[s:s + batch_size]
         n = int(ends[rows].max())
         with placement.autocast():
-            out = teacher(inputs_embeds=embed_with_tokens(teacher, ids[rows, :n], vis[rows]),
+            out = teacher(**with_tokens(teacher, ids[rows, :n], vis[rows]),
                           attention_mask=placement.to_model(teacher, mask[rows, :n]), output_hidden_states=True)
         logits[rows, :n] = out.logits.half().cpu()
         hidden[rows, :n] = out.hidden_states[-1].half().cpu()
@@ -154,7 +155,7 @@ def akd_loss(student, align: torch.nn.Module | None, batch: dict[str, torch.Tens
     batch = {k: placement.to_model(student, v) for k, v in batch.items()}
     ids, mask, labels = batch["input_ids"][:, :n], batch["attention_mask"][:, :n], batch["labels"][:, :n]
     with placement.autocast():
-        out = student(inputs_embeds=embed_with_tokens(student, ids, batch["vis"]), attention_mask=mask,
+        out = student(**with_tokens(student, ids, batch["vis"]), attention_mask=mask,
                       output_hidden_states=cfg.w_feat > 0)
     terms = {}
     w = batch["distil"].float() if "distil" in batch else torch.ones(len(ids), device=ids.device)  # KL/feature weight

@@ -133,14 +133,17 @@ def stage1(stats: dict[str, np.ndarray], questions, method: str, budget: float, 
 
 
 @torch.no_grad()
-def token_uncertainty_mc(projector, vis: torch.Tensor, passes: int, p: float,
-                         generator: torch.Generator) -> torch.Tensor:
-    """``(B, N)``: variance over ``passes`` dropout masks of ``projector(dropout(vis))``, mean over channels."""
-    outs, device = [], next(projector.parameters()).device  # masks drawn on the CPU: the same on any device
+def token_uncertainty_mc(connect, vis: torch.Tensor, passes: int, p: float, generator: torch.Generator,
+                         groups: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, N)``: variance over ``passes`` dropout masks of ``connect(dropout(vis))`` (the model's connector:
+    ``(B, N, D)`` visual tokens to ``(B, M, D')`` embeddings), mean over channels; with ``groups`` (``(N,)``,
+    the embedding each token feeds, when the connector merges tokens), each token scores as its embedding."""
+    outs = []  # masks drawn on the CPU: the same on any device
     for _ in range(passes):
         keep = (torch.rand(vis.shape, generator=generator) >= p).to(vis.dtype) / (1 - p)
-        outs.append(projector((vis * keep).to(device)).float().cpu())
-    return torch.stack(outs).var(0, unbiased=False).mean(-1)
+        outs.append(connect(vis * keep).float().cpu())
+    scores = torch.stack(outs).var(0, unbiased=False).mean(-1)
+    return scores if groups is None or scores.shape[1] == vis.shape[1] else scores[:, groups]
 
 
 def token_uncertainty_novelty(vis: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

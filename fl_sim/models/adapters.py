@@ -1,6 +1,7 @@
-"""peft adapters on device MLLMs: LoRA on the language model, the projector trainable in full (or
-LoRA on its two linears, ``projector="lora"``: far fewer values to send), and optionally the word
-embeddings (peft trainable tokens; tied, so the output layer learns them too).
+"""peft adapters on device MLLMs: LoRA on the language model, the projector (the family's connector:
+``fl_sim.models.families``) trainable in full (or LoRA on its linears, ``projector="lora"``: far fewer
+values to send), and optionally the word embeddings (peft trainable tokens; tied, so the output layer
+learns them too).
 
 Device tiers pretrain on the source domain only, so the words of shifted domains (dusk colours, novel
 shapes, digits) keep their untrained initial embeddings: LoRA alone cannot make a model read or say a word
@@ -12,27 +13,37 @@ round trip of peft's adapter-only state dict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-PROJECTOR_TARGETS = r".*multi_modal_projector\.(linear_1|linear_2)"
+
+def _linear_targets(model, module, what: str) -> str:
+    """peft ``target_modules`` matching every linear layer inside ``module`` of ``model``."""
+    import re
+
+    prefix = next((n for n, m in model.named_modules() if m is module and n), None)
+    if prefix is None:
+        raise ValueError(f"{type(model).__name__} has no {what} to put LoRA adapters on")
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)})
+    if not leaves:
+        raise ValueError(f"the {what} of {type(model).__name__} has no linear layers for LoRA")
+    return rf"{re.escape(prefix)}\.(.*\.)?({'|'.join(map(re.escape, leaves))})"
 
 
 def language_model_targets(model) -> str:
     """peft ``target_modules`` for every linear layer of ``model``'s language model (its decoder), found
     from the model itself: any decoder family (Phi, Llama, Qwen2, ...), never the vision tower or the
     output head."""
-    import re
-
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    prefix = next((n for n, m in model.named_modules() if m is decoder and n), None)
-    if prefix is None:
-        raise ValueError(f"{type(model).__name__} has no language model (get_decoder) to put LoRA adapters on")
-    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)})
-    if not leaves:
-        raise ValueError(f"the language model of {type(model).__name__} has no linear layers for LoRA")
-    return rf"{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, leaves))})"
+    return _linear_targets(model, decoder, "language model (get_decoder)")
+
+
+def projector_targets(model) -> str:
+    """peft ``target_modules`` for every linear layer of ``model``'s connector (its family's)."""
+    from fl_sim.models.families import family_of
+
+    return _linear_targets(model, family_of(model).connector_module(model), "projector")
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,7 @@ class AdapterConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: str | None = None  # None: every linear layer of the language model (language_model_targets)
-    modules_to_save: tuple[str, ...] = field(default=("multi_modal_projector",))
+    modules_to_save: tuple[str, ...] | None = None  # None: the family's connector (the projector)
     tokens: bool = False  # train the embeddings of every non-special word (peft trainable_token_indices)
     projector: str = "full"  # "full": the projector trains in full (modules_to_save); "lora": LoRA on it
 
@@ -52,12 +63,14 @@ def add_adapters(model, cfg: AdapterConfig = AdapterConfig(), token_ids: list[in
     frozen."""
     from peft import LoraConfig, get_peft_model
 
+    from fl_sim.models.families import family_of
     from fl_sim.world.tokenizer import SPECIALS
 
-    extra = {}
-    targets, save = cfg.target_modules or language_model_targets(model), list(cfg.modules_to_save)
+    extra, connector = {}, family_of(model).connector
+    targets = cfg.target_modules or language_model_targets(model)
+    save = [connector] if cfg.modules_to_save is None else list(cfg.modules_to_save)
     if cfg.projector == "lora":
-        targets, save = f"({targets})|({PROJECTOR_TARGETS})", [m for m in save if m != "multi_modal_projector"]
+        targets, save = f"({targets})|({projector_targets(model)})", [m for m in save if m != connector]
     elif cfg.projector != "full":
         raise ValueError(f"projector must be 'full' or 'lora', got {cfg.projector!r}")
     if cfg.tokens:

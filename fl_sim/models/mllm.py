@@ -19,6 +19,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration, PhiConfig, 
 
 from fl_sim import FlSimError
 from fl_sim.models import placement
+from fl_sim.models.families import base, family_of
 from fl_sim.models.presets import FrontendPreset, ModelPreset
 from fl_sim.world.scenes import GRID
 from fl_sim.world.tokenizer import BOS, EOS, IMAGE, PAD, SEP
@@ -69,11 +70,7 @@ def load_mllm(path: str | Path, tokenizer=None) -> LlavaForConditionalGeneration
     if tokenizer is not None and model.config.text_config.vocab_size != len(tokenizer):
         raise FlSimError(f"checkpoint {path} has vocab size {model.config.text_config.vocab_size}, "
                          f"the shared tokenizer has {len(tokenizer)}")
-    # The tower's post-layernorm is unused (features are taken before it) and save_pretrained does not
-    # store it; give it a fixed value so a reloaded model is bit-identical to a fresh one.
-    post = getattr(model.model.vision_tower, "post_layernorm", None)
-    if post is not None:
-        post.reset_parameters()
+    family_of(model).loaded(model)
     from fl_sim.models import lowbit
 
     lowbit.apply(model)  # a tier derived with backend = "torchao": real int8 weights
@@ -91,7 +88,8 @@ class Prompter:
 
     def __init__(self, tokenizer, n_image_tokens: int = GRID * GRID):
         self.tok = tokenizer
-        self.n_image = n_image_tokens
+        self.n_image = n_image_tokens  # image tokens in a prompt
+        self.n_visual = n_image_tokens  # visual tokens (the tower's) per image
         c = tokenizer.convert_tokens_to_ids
         self.pad, self.bos, self.eos, self.image, self.sep = c(PAD), c(BOS), c(EOS), c(IMAGE), c(SEP)
         self.identity = f"fl-sim-words-{len(tokenizer)}"  # equal identities: the same token ids for the same text
@@ -138,6 +136,13 @@ class Prompter:
         return self.tok.decode(out, skip_special_tokens=True).strip()
 
 
+def with_pixels(model, input_ids: torch.Tensor, pixels: torch.Tensor) -> dict:
+    """``model(**...)`` keyword arguments for token ``input_ids`` and images ``pixels`` (the prompter's, batch
+    first), with the extra inputs the model's family reads (``fl_sim.models.families``)."""
+    fam = family_of(model)
+    return {"input_ids": input_ids, **fam.pixel_inputs(model, pixels), **fam.text_inputs(model, input_ids)}
+
+
 @torch.no_grad()
 def answer(model, prompter: Prompter, images, questions, max_new_tokens: int = 6, batch_size: int = 256) -> list[str]:
     """Greedy answers. Prompts are grouped by length, so no padding (and no position shift) is needed."""
@@ -154,7 +159,7 @@ def answer(model, prompter: Prompter, images, questions, max_new_tokens: int = 6
             ids, pixels = placement.to_model(model, torch.tensor([prompts[i] for i in chunk]),
                                              prompter.pixels(images[chunk]))
             with placement.autocast():
-                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                gen = model.generate(**with_pixels(model, ids, pixels), attention_mask=torch.ones_like(ids),
                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompter.eos,
                                      pad_token_id=prompter.pad)
             for i, row in zip(chunk, gen[:, ids.shape[1]:]):
@@ -163,39 +168,23 @@ def answer(model, prompter: Prompter, images, questions, max_new_tokens: int = 6
 
 
 # ---------------------------------------------------------------- visual tokens as a common currency
-def llava_of(model):
-    """The ``LlavaForConditionalGeneration`` inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 @torch.no_grad()
 def visual_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``(B, N, D_vision)`` fp32 features of the model's frozen vision tower (on the CPU): what its projector
-    consumes, selected as the model's config says (``vision_feature_layer``; ``"default"`` drops the CLS)."""
-    llava = llava_of(model)
-    tower, cfg = llava.model.vision_tower, llava.config
-    layer = cfg.vision_feature_layer
-    if not isinstance(layer, int):
-        raise FlSimError(f"vision_feature_layer = {layer!r}: fl-sim takes one feature layer (an int)")
+    """``(B, N, D_vision)`` fp32 visual tokens of the model's frozen vision tower (on the CPU): what its
+    connector consumes (``fl_sim.models.families``: LLaVA's ``vision_feature_layer``, Qwen2-VL's patches
+    before the merger, ...)."""
+    fam = family_of(model)
     with placement.autocast():
-        out = tower(placement.to_model(tower, pixel_values), output_hidden_states=True).hidden_states[layer]
-    if cfg.vision_feature_select_strategy == "default":
-        out = out[:, 1:]
+        out = fam.tower_tokens(model, placement.to_model(fam.tower_module(model), pixel_values))
     return out.float().cpu()
 
 
-def embed_with_tokens(model, input_ids: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-    """Input embeddings with the ``<image>`` placeholders replaced by ``projector(vis)``.
-
-    Equals what ``model(input_ids, pixel_values)`` builds internally when ``vis = visual_tokens(pixels)``,
-    but lets the cloud run a model on uploaded (possibly partial) visual tokens instead of images.
-    """
-    llava = llava_of(model)
-    input_ids, vis = placement.to_model(llava, input_ids, vis)
-    emb = llava.get_input_embeddings()(input_ids)
-    feats = llava.model.multi_modal_projector(vis.to(emb.dtype)).to(emb.dtype)  # bf16 under autocast
-    mask = (input_ids == llava.config.image_token_index).unsqueeze(-1).expand_as(emb)
-    return emb.masked_scatter(mask, feats)
+def with_tokens(model, input_ids: torch.Tensor, vis: torch.Tensor) -> dict:
+    """``model(**...)`` keyword arguments that run ``model`` on ``input_ids`` with its images given as visual
+    tokens ``vis`` (``visual_tokens``), so the cloud runs a model on uploaded (possibly partial) visual tokens
+    instead of images. From ``visual_tokens(pixels)`` they give what the model gives from the pixels."""
+    input_ids, vis = placement.to_model(base(model), input_ids, vis)
+    return family_of(model).inputs(model, input_ids, vis)
 
 
 @dataclass
@@ -228,8 +217,7 @@ def greedy(model, prompter: Prompter, vis: torch.Tensor, questions, max_new_toke
             chunk = idx[s:s + batch_size]
             ids = placement.to_model(model, torch.tensor([prompts[i] for i in chunk]))
             with placement.autocast():
-                emb = embed_with_tokens(model, ids, vis[chunk])
-                gen = model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids),
+                gen = model.generate(**with_tokens(model, ids, vis[chunk]), attention_mask=torch.ones_like(ids),
                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=prompter.eos,
                                      pad_token_id=prompter.pad, output_logits=True, return_dict_in_generate=True,
                                      output_hidden_states=hidden)
@@ -248,7 +236,8 @@ def _generated_states(model, gen, tokens: torch.Tensor, p_len: int) -> torch.Ten
     with placement.autocast():
         last = model(input_ids=tokens[:, -1:], past_key_values=gen.past_key_values,
                      attention_mask=torch.ones(b, p_len + S, dtype=torch.long, device=tokens.device),
-                     output_hidden_states=True, use_cache=False).hidden_states[-1]
+                     output_hidden_states=True, use_cache=False,
+                     **family_of(model).step_inputs(model, p_len + S - 1, tokens[:, -1:])).hidden_states[-1]
     steps = [h[-1] for h in gen.hidden_states]  # step 0: the prompt's positions; step j: token j-1's
     return torch.cat([*steps, last], 1).float().cpu()
 

@@ -27,7 +27,8 @@ from fl_sim import FlSimError
 log = logging.getLogger(__name__)
 
 RECORD = "models.json"
-VLM_TYPES = ("llava",)  # model_type values fl-sim runs (LlavaForConditionalGeneration)
+# the model types fl_sim.models.families runs (read here without importing torch)
+VLM_TYPES = ("gemma3", "idefics3", "llava", "llava_onevision", "qwen2_5_vl", "qwen2_vl", "smolvlm")
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".jinja")  # what makes up a checkpoint's content
 
 
@@ -119,6 +120,7 @@ def derive_tier(name: str, spec, cache_dir: str | None) -> Path:
 
     from fl_sim.cache import cache_root, get_or_build, stable_hash
     from fl_sim.models import lowbit
+    from fl_sim.models.families import family_of
     from fl_sim.models.mllm import count_params, load_mllm
     from fl_sim.models.prompts import PROCESSOR_FILES
     from fl_sim.models.quantize import quantize_linears
@@ -131,13 +133,13 @@ def derive_tier(name: str, spec, cache_dir: str | None) -> Path:
 
     def build(tmp: Path) -> dict:
         model = load_mllm(source)
-        lm = model.model.language_model
+        lm = model.get_decoder()
         if spec.drop_layers:
             keep = len(lm.layers) - spec.drop_layers
             lm.layers = torch.nn.ModuleList(list(lm.layers)[:keep])
-            model.config.text_config.num_hidden_layers = keep
+            model.config.get_text_config().num_hidden_layers = keep
         parts = [quantize_linears(m, spec.quantize, spec.group_size)
-                 for m in (lm, model.model.multi_modal_projector, model.lm_head)]
+                 for m in (lm, family_of(model).connector_module(model), model.lm_head)]
         if spec.backend == "torchao":  # the int8 values above, held as int8 tensors wherever the tier loads
             lowbit.mark(model)
         model.save_pretrained(tmp)

@@ -55,8 +55,11 @@ class Zoo:
 
 def device_size_bytes(model, linear_bytes: int) -> int:
     """Bytes a device stores: packed LM/projector linears + other LM/projector params in fp16 + front-end in fp16."""
-    lin_params = sum(m.weight.numel() for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.Linear) and "vision_tower" not in n)
+    from fl_sim.models.families import family_of
+
+    fam = family_of(model)
+    tower = {id(m) for m in fam.tower_module(model).modules()} - {id(m) for m in fam.connector_module(model).modules()}
+    lin_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and id(m) not in tower)
     other = count_params(model) - lin_params
     return linear_bytes + 2 * other
 

@@ -13,6 +13,8 @@ from functools import lru_cache
 import numpy as np
 
 GRID = 3
+CELL_PX = 16  # pixels per grid cell of the fleet's images
+IMAGE_SHAPE = (GRID * CELL_PX, GRID * CELL_PX, 3)  # every domain's images, built-in or the user's
 POSITIONS = [
     "top left", "top", "top right",
     "left", "center", "right",

@@ -38,7 +38,7 @@ def test_a_checkpoint_reads_with_its_own_processor(families, family, n_tokens):
     """Visual tokens are counted from the tower (CLIP 'default' drops the CLS); the cloud's path from
     visual tokens gives the model's own logits from pixels; labels cover the answer only."""
     from fl_sim.device import model_cache
-    from fl_sim.models.mllm import embed_with_tokens, visual_tokens
+    from fl_sim.models.mllm import visual_tokens, with_tokens
 
     path = str(families[family])
     pr, model = model_cache.prompter_for(path, None), model_cache.base_model(path)
@@ -51,7 +51,7 @@ def test_a_checkpoint_reads_with_its_own_processor(families, family, n_tokens):
     batch = torch.tensor([ids] * 2)
     with torch.no_grad():
         direct = model(input_ids=batch, pixel_values=px).logits
-        via_tokens = model(inputs_embeds=embed_with_tokens(model, batch, visual_tokens(model, px))).logits
+        via_tokens = model(**with_tokens(model, batch, visual_tokens(model, px))).logits
     assert torch.allclose(direct, via_tokens, atol=1e-5)
     b = pr.train_batch(["how many shapes are there?"], ["two"])
     answer = b["input_ids"][0][b["labels"][0] != -100]

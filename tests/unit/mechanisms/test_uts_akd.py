@@ -7,7 +7,7 @@ import torch
 from fl_sim import FlSimError
 from fl_sim.mechanisms import akd, uts
 from fl_sim.mechanisms.replay import ReplayBuffer
-from fl_sim.models.mllm import answer, answer_with_stats, embed_with_tokens, visual_tokens
+from fl_sim.models.mllm import answer, answer_with_stats, visual_tokens, with_tokens
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +261,7 @@ def test_visual_token_path_equals_pixel_path(world):
     batch.pop("labels")
     with torch.no_grad():
         a = model(**batch, pixel_values=px).logits
-        b = model(inputs_embeds=embed_with_tokens(model, batch["input_ids"], visual_tokens(model, px)),
+        b = model(**with_tokens(model, batch["input_ids"], visual_tokens(model, px)),
                   attention_mask=batch["attention_mask"]).logits
     assert torch.allclose(a, b, atol=1e-5)
     preds, stats = answer_with_stats(model, pr, visual_tokens(model, px), ds["question"][:6], max_new_tokens=8)
