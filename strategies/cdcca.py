@@ -209,7 +209,11 @@ class CDCCA(FleetStrategy):
         placement.release()
         out = {"uploaded_samples": len(uploads.questions), "extra_questions": labels.extra_asked,
                "distilled_samples": sum(akd.size(t) for t in new.values()), "replay_size": len(self.buffer(TEACHER)),
-               "akd_tier_s": {t: r.seconds for t, r in results.items()}}  # each tier's training, side by side
+               "akd_tier_s": {t: r.seconds for t, r in results.items()},  # each tier's training, side by side
+               # each tier's new rows this round (0: the tier was not distilled on this round's uploads) and
+               # the rows that did not fit its positions (a tier that reads text its own way)
+               "akd_rows": {t: akd.size(new.get(self.views.of(t), {})) for t in self.tiers},
+               "akd_unfit_rows": {t: labels.unfit.get(self.views.of(t), 0) for t in self.tiers}}
         out |= round_means(figures)
         phases = phases | lap.phases
         out |= {"cloud_wall_s": sum(phases.values()), "cloud_phases_s": phases}

@@ -148,3 +148,16 @@ def check_loadable(paths: dict[str, str], cache_dir: str | None, catalog=None) -
             raise FlSimError(f"models.{role} = {path!r}: without a processor of its own, its vision tower must take "
                              f"the built-in world's images as {GRID} x {GRID} visual tokens ('full'); it makes "
                              f"{size}/{patch} patches per side ({cfg.get('vision_feature_select_strategy')!r})")
+
+
+def check_answer_room(teacher: str, max_new_tokens: int, cache_dir: str | None, catalog=None) -> None:
+    """The teacher's answers (``strategy.akd.max_new_tokens``) fit its positions after a short question."""
+    from fl_sim.device import model_cache
+    from fl_sim.world.catalog import NO_DOMAINS
+
+    pr = model_cache.prompter_for(teacher, cache_dir, catalog or NO_DOMAINS)
+    room = pr.max_len - len(pr.prompt("how many shapes are there?")) - 1
+    if max_new_tokens > room:
+        raise FlSimError(f"strategy.akd.max_new_tokens = {max_new_tokens}: the teacher ({teacher}) has {pr.max_len} "
+                         f"positions and a question takes {pr.max_len - room - 1} with its image, leaving {room} for "
+                         "an answer and its end; lower it")

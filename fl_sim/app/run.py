@@ -93,6 +93,12 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
         zoo_paths = zoo.paths
     model_paths = resolve_models(cfg, zoo_paths)
     check_loadable(model_paths, cfg.cache_dir, catalog)
+    from fl_sim.plugins import check_strategy
+
+    if "akd" in check_strategy(cfg.strategy.name).reads:
+        from fl_sim.app.preflight import check_answer_room
+
+        check_answer_room(model_paths["teacher"], cfg.strategy.akd.max_new_tokens, cfg.cache_dir, catalog)
     tiers = tier_names(cfg)
     fleet = make_fleet(cfg.fleet, tiers, cfg.seed, tuple(cfg.domains))
     cfg = strategy_cls.effective_config(cfg)

@@ -17,6 +17,7 @@ class Labels:
     by_view: dict[str, dict] = field(default_factory=dict)  # view -> this round's targets (views in use only)
     taught: int = 0  # the teacher's labelled rows (its passes), whichever views use them
     extra_asked: int = 0  # rows from the teacher's extra questions
+    unfit: dict[str, int] = field(default_factory=dict)  # view -> rows that do not fit its positions
 
 
 def teacher_of(views: Views, akd_cfg) -> teacher_jobs.Teacher:
@@ -44,10 +45,11 @@ def label(views: Views, akd_cfg, uploads: Uploads, seed: int, server_round: int,
         extra_asked = akd.size(more)
         new[TEACHER] = akd.concat([labelled, more])
         lap("extra_questions")
+    unfit = {}
     for view in sorted(views.used() - {TEACHER}):
-        new[view] = views.targets(view, labelled, uploads.questions, uploads.images)
+        new[view], unfit[view] = views.targets(view, labelled, uploads.questions, uploads.images)
     new = {v: akd.confident(t, akd_cfg.min_teacher_confidence) for v, t in new.items()}
     lap("targets")
     taught = akd.size(new.get(TEACHER, {}))
     used = views.used()
-    return Labels({v: t for v, t in new.items() if v in used}, taught, extra_asked)
+    return Labels({v: t for v, t in new.items() if v in used}, taught, extra_asked, unfit)

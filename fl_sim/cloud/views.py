@@ -33,13 +33,22 @@ class Views:
         self.catalog, self.cache_dir = catalog, catalog.cache_dir
         self._views: dict[str, str] | None = None
         self._anchors: dict[str, dict] = {}
+        self._warned: set[str] = set()  # views whose rows that do not fit were warned of (once per run)
+
+    def _unfit(self, view: str, what: str, unfit: int, total: int) -> None:
+        if unfit and view not in self._warned:
+            self._warned.add(view)
+            pr = self.prompter(view)
+            log.warning("%s: %d of %d %s do not fit %s's %d positions (its prompt and the answer in its own tokens) "
+                        "and are not distilled; results.jsonl counts them per round (akd_unfit_rows); shown once",
+                        view, unfit, total, what, view, pr.max_len)
 
     def prompter(self, role: str):
         return model_cache.prompter_for(self.model_paths[role], self.cache_dir, self.catalog)
 
     def width(self, role: str) -> int:
         """The hidden size of ``role``'s language model."""
-        return model_cache.base_model(self.model_paths[role]).config.text_config.hidden_size
+        return model_cache.base_model(self.model_paths[role]).config.get_text_config().hidden_size
 
     def of(self, tier: str) -> str:
         """``"teacher"`` when ``tier`` sees samples as the teacher does, else the tier's own name."""
@@ -67,23 +76,26 @@ class Views:
         """The UTS settings of ``tier``'s devices: images instead of visual tokens when its view is its own."""
         return uts if self.of(tier) == TEACHER else uts.model_copy(update={"upload": "images"})
 
-    def targets(self, view: str, targets: dict, questions: list[str], images: list) -> dict:
+    def targets(self, view: str, targets: dict, questions: list[str], images: list) -> tuple[dict, int]:
         """The teacher's ``targets`` (one row per question) as ``view``'s own inputs: its tower's tokens of the
-        uploaded images and, when it reads text its own way, its token ids (``akd.student_targets``). Samples
-        uploaded as visual tokens of the teacher's tower have no image for it and are skipped."""
+        uploaded images and, when it reads text its own way, its token ids (``akd.student_targets``); and how
+        many rows do not fit its positions (counted, warned of once, not distilled). Samples uploaded as
+        visual tokens of the teacher's tower have no image for it and are skipped."""
         pr_t, pr = self.prompter(TEACHER), self.prompter(view)
         same_ids = pr.identity == pr_t.identity
         answers = akd.pseudo_labels(targets, pr_t)
-        rows = [i for i, im in enumerate(images) if im is not None and  # its own ids must fit its positions
-                len(pr.prompt(questions[i])) + len(pr.words(answers[i])) + 1 <= pr.max_len]
+        seen = [i for i, im in enumerate(images) if im is not None]
+        rows = [i for i in seen if akd.fits(pr, questions[i], answers[i])]
+        self._unfit(view, "uploaded rows", len(seen) - len(rows), len(seen))
         if not rows:
-            return {}
+            return {}, len(seen) - len(rows)
         model = model_cache.base_model(self.model_paths[view])
         vis = visual_tokens(model, pr.pixels(np.stack([images[i] for i in rows])))
         sub = akd.take(targets, rows)
+        unfit = len(seen) - len(rows)
         if same_ids:  # the same token ids: every target but the visual tokens carries over
-            return sub | {"vis": vis}
-        return akd.student_targets(pr, vis, [questions[i] for i in rows], sub, [answers[i] for i in rows])
+            return sub | {"vis": vis}, unfit
+        return akd.student_targets(pr, vis, [questions[i] for i in rows], sub, [answers[i] for i in rows]), unfit
 
     def anchor(self, view: str = TEACHER) -> dict:
         """The cloud's labelled source samples (the domain it pretrained the devices on), built once per view.
@@ -96,9 +108,16 @@ class Views:
             model = model_cache.base_model(self.model_paths[view])
             teacher = model_cache.base_model(self.model_paths[TEACHER])
             ds = model_cache.split("source", "train", self.akd.anchor_size, 10_000 + self.seed, self.cache_dir)
+            questions, answers = list(ds["question"]), list(ds["answer"])
+            rows = [i for i, (q, a) in enumerate(zip(questions, answers)) if akd.fits(pr, q, a)]
+            self._unfit(view, "anchor samples", len(questions) - len(rows), len(questions))
+            if not rows:
+                self._anchors[view] = {}
+                return {}
             with torch.no_grad():
-                vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"])))
+                vis = visual_tokens(model, pr.pixels(np.asarray(ds["image"])[rows]))
             self._anchors[view] = akd.anchor_targets(
-                pr, vis, list(ds["question"]), list(ds["answer"]), teacher.config.text_config.vocab_size,
-                self.width(TEACHER), pooled=pr.identity != self.prompter(TEACHER).identity)
+                pr, vis, [questions[i] for i in rows], [answers[i] for i in rows],
+                teacher.config.get_text_config().vocab_size, self.width(TEACHER),
+                pooled=pr.identity != self.prompter(TEACHER).identity)
         return self._anchors[view]

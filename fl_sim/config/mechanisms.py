@@ -40,8 +40,9 @@ class AKDConfig(Section):
     w_feat: float = Field(0.5, ge=0, description="feature distillation (MSE after a learned projection)")
     temperature: float = Field(2.0, gt=0)
     replay: int = Field(512, ge=0, description="replay buffer capacity (samples); 0 = no replay")
-    max_new_tokens: int = Field(28, ge=1, le=40, description=(
-        "teacher answer length; with EOS and the prompt it must fit the model's 64 positions"))
+    max_new_tokens: int = Field(28, ge=1, description=(
+        "teacher answer length; the teacher's prompt, the answer and EOS must fit its positions (its config's, "
+        "checked before the run starts)"))
     min_teacher_confidence: float = Field(0.0, ge=0, le=1, description=(
         "distil only samples the teacher answers with at least this confidence (0 = all)"))
     anchor: float = Field(0.5, ge=0, lt=1, description=(

@@ -39,6 +39,11 @@ def _pad(t: torch.Tensor, length: int, value) -> torch.Tensor:
     return F.pad(t, (0, length - t.shape[1]), value=value)
 
 
+def fits(prompter: Prompter, question: str, answer: str) -> bool:
+    """Whether ``question`` and ``answer`` (and ``<eos>``) fit the positions of ``prompter``'s model."""
+    return len(prompter.prompt(question)) + len(prompter.words(answer)) + 1 <= prompter.max_len
+
+
 def _padded_batch(prompter: Prompter, questions, answers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``input_ids, attention_mask, labels`` padded to ``prompter.max_len`` (so batches of any round stack)."""
     b, L = prompter.train_batch(questions, answers), prompter.max_len

@@ -66,7 +66,11 @@ def load_mllm(path: str | Path, tokenizer=None) -> LlavaForConditionalGeneration
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FlSimError(f"no Hugging Face checkpoint (config.json) at {path}")
-    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated or mismatched weights: the checkpoint's, in one line
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise FlSimError(f"{path}: its weights do not load ({type(exc).__name__}: {why[:300]})") from None
     if tokenizer is not None and model.config.text_config.vocab_size != len(tokenizer):
         raise FlSimError(f"checkpoint {path} has vocab size {model.config.text_config.vocab_size}, "
                          f"the shared tokenizer has {len(tokenizer)}")

@@ -6,8 +6,9 @@ quantize = "int4", drop_layers = 1}``: built once into the cache, keyed by the s
 the recipe). The zoo supplies the roles the experiment does not name. Each model is recorded in the run
 directory's ``models.json`` with its path and content hash, so resuming notices a changed checkpoint.
 
-What a checkpoint must be: a LLaVA-family model (``model_type`` llava, loaded with
-``AutoModelForImageTextToText``) with any vision tower and decoder transformers builds. With its own
+What a checkpoint must be: a model of a family ``fl_sim.models.families`` runs (``VLM_TYPES``: LLaVA,
+Idefics3/SmolVLM, Qwen2-VL, Gemma 3, LLaVA-OneVision; loaded with ``AutoModelForImageTextToText``) with any
+vision tower and decoder transformers builds. With its own
 processor saved beside it (tokenizer, image processor, chat template) it reads questions and images its own
 way (``fl_sim.models.prompts``), as the zoo's own directories do; without one it must fit the shared
 word tokenizer and the built-in world's 9 visual tokens. ``check_model_dirs`` reads ``config.json`` and
@@ -27,6 +28,7 @@ from fl_sim import FlSimError
 log = logging.getLogger(__name__)
 
 RECORD = "models.json"
+_WARNED: set[str] = set()  # size warnings given in this process
 # the model types fl_sim.models.families runs (read here without importing torch)
 VLM_TYPES = ("gemma3", "idefics3", "llava", "llava_onevision", "qwen2_5_vl", "qwen2_vl", "smolvlm")
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".jinja")  # what makes up a checkpoint's content
@@ -94,7 +96,9 @@ def check_model_dirs(models) -> None:
                                  f"{layers} decoder layers")
     if "teacher" in configs:
         for name, cfg in configs.items():
-            if name != "teacher" and _size(cfg) > _size(configs["teacher"]):
+            said = (name, models.tiers.get(name) if name != "teacher" else None, models.teacher)
+            if name != "teacher" and _size(cfg) > _size(configs["teacher"]) and str(said) not in _WARNED:
+                _WARNED.add(str(said))  # the CLI checks a run, and run_experiment checks it again
                 log.warning("models.tiers.%s is larger than the teacher (%d vs %d language-model parameters)",
                             name, _size(cfg), _size(configs["teacher"]))
 

@@ -34,3 +34,4 @@ def test_a_fleet_of_four_families_runs_through_fl_sim_run(family_checkpoints, ba
     assert rows[-1]["downlink_bytes"] > 0
     if name == "cdcca":
         assert all(r["rejected_uploads"] == 0 and r["distilled_samples"] > 0 for r in rows)
+        assert all(set(r["akd_rows"]) == set(r["akd_unfit_rows"]) == set(tiers) for r in rows)

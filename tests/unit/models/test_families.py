@@ -115,3 +115,55 @@ def test_each_family_labels_as_the_teacher_of_another(family_checkpoints, teache
     out["loss"].backward()
 
 
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_broken_family_checkpoints_are_one_line_errors(family_checkpoints, tmp_path):
+    """Before Ray: truncated weights, weights that do not match the config's shapes, a processor whose image
+    layout does not match its model, a family fl-sim has no adapter for; each names the role and path."""
+    import json
+
+    from fl_sim import FlSimError
+    from fl_sim.app.preflight import check_answer_room, check_loadable
+    from fl_sim.device import model_cache
+
+    truncated = _copy(family_checkpoints["qwen2-vl"], tmp_path / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    shapes = _copy(family_checkpoints["gemma3"], tmp_path / "shapes")
+    cfg = json.loads((shapes / "config.json").read_text())
+    cfg["text_config"]["intermediate_size"] += 32
+    (shapes / "config.json").write_text(json.dumps(cfg))
+    layout = _copy(family_checkpoints["idefics3"], tmp_path / "layout")
+    proc = json.loads((layout / "processor_config.json").read_text())
+    proc["image_seq_len"] = 9  # each sub-image laid out as 9 tokens; the model makes 4
+    (layout / "processor_config.json").write_text(json.dumps(proc))
+    other = _copy(family_checkpoints["idefics3"], tmp_path / "other")
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model_type"] = "paligemma"
+    (other / "config.json").write_text(json.dumps(cfg))
+    for path, message in ((truncated, "its weights do not load (SafetensorError"),
+                          (shapes, "its weights do not load"),
+                          (layout, "its processor lays out 45 image tokens for a 48x48 image, its model makes 20"),
+                          (other, "model type 'paligemma' is not supported; fl-sim runs gemma3, idefics3")):
+        model_cache.base_model.cache_clear()
+        model_cache.prompter_for.cache_clear()
+        with pytest.raises(FlSimError) as err:
+            check_loadable({"tiers.mine": str(path)}, None)
+        text = str(err.value)
+        assert "\n" not in text and text.startswith(f"models.tiers.mine = '{path}'") and message in text, text
+    with pytest.raises(FlSimError, match=r"strategy.akd.max_new_tokens = 500: the teacher .* leaving \d+ for"):
+        check_answer_room(str(family_checkpoints["clip-llama"]), 500, None)
+
+
+def test_the_config_check_knows_every_family_without_torch():
+    from fl_sim.models.families import supported
+    from fl_sim.models.provider import VLM_TYPES
+
+    assert list(VLM_TYPES) == supported()
