@@ -7,6 +7,7 @@ Imports nothing heavy at module level: ``python -m benchmarks`` lists the benchm
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -91,19 +92,27 @@ def pss(pid: int) -> int:
         return 0
 
 
-def rss_split() -> tuple[int, int, int, int]:
-    """Resident bytes of this process, of its descendants together, and anonymous and proportional
-    (``pss``) bytes of all of them, now."""
-    me = psutil.Process()
-    children, anon, shared = 0, rss_anon(me.pid), pss(me.pid)
-    for p in me.children(recursive=True):
+def processes() -> list[tuple[str, int, int, int]]:
+    """``(name, resident, anonymous, proportional bytes)`` of this process and each of its descendants, now
+    (the name: Ray's process title, e.g. ``ray::ClientAppActor``, or the command)."""
+    out = []
+    for p in [psutil.Process(), *psutil.Process().children(recursive=True)]:
         try:
-            children += p.memory_info().rss
-            anon += rss_anon(p.pid)
-            shared += pss(p.pid)
-        except psutil.Error:
+            cmd = p.cmdline()
+            name = cmd[0] if cmd and cmd[0].startswith("ray::") else os.path.basename(cmd[-1] if cmd else p.name())
+            out.append((name[:40], p.memory_info().rss, rss_anon(p.pid), pss(p.pid)))
+        except (psutil.Error, IndexError):
             pass
-    return me.memory_info().rss, children, anon, shared
+    return out
+
+
+def rss_split(procs: list | None = None) -> tuple[int, int, int, int]:
+    """Resident bytes of this process, of its descendants together, and anonymous and proportional
+    (``pss``) bytes of all of them, now (or of ``processes()`` taken before)."""
+    procs = processes() if procs is None else procs
+    if not procs:
+        return 0, 0, 0, 0
+    return (procs[0][1], sum(p[1] for p in procs[1:]), sum(p[2] for p in procs), sum(p[3] for p in procs))
 
 
 class PeakMemory:
@@ -113,19 +122,23 @@ class PeakMemory:
     ``mem.peak``: bytes, the tree's peak; ``mem.driver_peak`` / ``mem.children_peak``: the peaks of this process
     alone and of its descendants alone; ``mem.anon_peak``: the peak of their anonymous resident memory (the RSS
     also counts memory-mapped dataset pages, clean page cache the kernel reclaims under pressure);
-    ``mem.pss_peak``: the peak of their proportional memory (``pss``: what the tree holds, shared pages once);
+    ``mem.pss_peak``: the peak of their proportional memory (``pss``: what the tree holds, shared pages once),
+    ``mem.at_pss_peak``: each process's ``(name, rss, anon, pss)`` then;
     ``mem.gpu_peak``: the most GPU memory in use on the machine's GPUs (every process: Ray workers too), 0
     without CUDA."""
 
     def __init__(self, every_s: float = 0.5):
         self.every_s, self.peak, self.gpu_peak = every_s, 0, 0
         self.driver_peak = self.children_peak = self.anon_peak = self.pss_peak = 0
+        self.at_pss_peak: list = []
         self._stop = threading.Event()
 
     def _sample(self) -> None:
-        driver, children, anon, shared = rss_split()
+        procs = processes()
+        driver, children, anon, shared = rss_split(procs)
         self.peak, self.anon_peak = max(self.peak, driver + children), max(self.anon_peak, anon)
-        self.pss_peak = max(self.pss_peak, shared)
+        if shared > self.pss_peak:
+            self.pss_peak, self.at_pss_peak = shared, procs
         self.driver_peak, self.children_peak = max(self.driver_peak, driver), max(self.children_peak, children)
         self.gpu_peak = max(self.gpu_peak, gpu_used())
 

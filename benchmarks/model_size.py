@@ -4,11 +4,17 @@ Question: how do a device round and a cloud AKD step grow with the model, up to 
 zoo's, and how much memory does each process need?
 
     python -m benchmarks model_size [--zoo default] [--hidden 512] [--layers 8] [--steps 5] [--models NAMES]
+    python -m benchmarks model_size --models idefics3,qwen2-vl,gemma3,llava-onevision,clip-llama --hidden 256
 
 Models: the zoo's device tiers and its teacher, each as a device tier, and a larger checkpoint built here
 (the zoo's front-end and tokenizer under a ``--hidden`` x ``--layers`` Phi decoder, random weights: time and
 memory do not depend on the values), passed to the fleet as a local checkpoint directory, the way a user's
-own model is (``--models``: some of them, by name: a tier, ``teacher``, ``large``). For each model, in a fresh
+own model is (``--models``: some of them, by name: a tier, ``teacher``, ``large``), and the model families
+fl-sim runs (``fl_sim.models.families``): a tiny random checkpoint of each family with the same ``--hidden`` x
+``--layers`` decoder and its own processor (``experiments/make_tiny_checkpoints.py``: idefics3, qwen2-vl, gemma3,
+llava-onevision, clip-llama, siglip-qwen2), so their costs compare at similar parameter counts; a family reads
+text and images its own way, so the cloud step distils the teacher's pseudo-labels into its own tokens with
+pooled features. For each model, in a fresh
 process of its own (``python -m benchmarks model_size --one ...``, so its peak RSS is its own):
 
 - **device round**: one ``cdcca`` device round (``clients.cdcca_device.run_cdcca_round``: answers and
@@ -40,6 +46,17 @@ from benchmarks.lib import (
 )
 
 SMOKE = ["--zoo", "tiny", "--models", "large", "--hidden", "32", "--layers", "1", "--steps", "1"]
+
+
+def _maker():
+    """``experiments/make_tiny_checkpoints.py``: tiny random checkpoints of every model family."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "make_tiny_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("make_tiny_checkpoints", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_large(zoo, hidden: int, layers: int, out: Path) -> Path:
@@ -101,7 +118,13 @@ def measure(path: str, teacher: str, kind: str, steps: int) -> dict:
             vis = visual_tokens(t_model, pr.pixels(np.asarray(ds["image"])))
         targets = akd.teacher_targets(t_model, pr, vis, list(ds["question"]), a.max_new_tokens)
         model, init = model_cache.adapted_model(path, *cfg.strategy.adapters())
-        align = torch.nn.Linear(model.config.text_config.hidden_size, t_model.config.text_config.hidden_size)
+        student = model_cache.prompter_for(path, None)
+        if student.identity != pr.identity or not model_cache.same_view(teacher, path, None):  # its own view
+            with torch.no_grad():
+                own = visual_tokens(model, student.pixels(np.asarray(ds["image"])))
+            targets = akd.student_targets(student, own, list(ds["question"]), targets, akd.pseudo_labels(targets, pr))
+        align = torch.nn.Linear(model.config.get_text_config().hidden_size,
+                                t_model.config.get_text_config().hidden_size)
         akd.train_adapters(model, align, lambda step: targets, a, 0, steps=1)  # warm-up: first-call costs
         with Timer() as t:
             akd.train_adapters(model, align, lambda step: targets, a, 0, steps=steps)
@@ -131,7 +154,10 @@ def run(args) -> None:
     zoo = pretrain_zoo(args.zoo)
     teacher = str(zoo.paths["teacher"])
     names = args.models.split(",") if args.models else [*zoo.tiers, "teacher", "large"]
+    maker = _maker()
+    families = [f for f in maker.FAMILIES if f != "paligemma"]
     known = {name: str(zoo.paths[name]) for name in zoo.tiers} | {"teacher": teacher, "large": None}
+    known |= {f: None for f in families}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"--models: unknown {', '.join(unknown)}; known: {', '.join(known)}")
@@ -140,6 +166,9 @@ def run(args) -> None:
         big = f"phi-{args.hidden}x{args.layers}"
         models[big] = str(build_large(zoo, args.hidden, args.layers, Path(tempfile.mkdtemp(prefix="fl-sim-big-"))))
         del models["large"]
+    for f in families:
+        if f in models:
+            models[f] = str(maker.build(f, Path(tempfile.mkdtemp(prefix=f"fl-sim-{f}-")), args.hidden, args.layers))
     print(table_header(["model", "params", "fp32 MB", "cdcca device round (s)", "fedavg device round (s)",
                         "device peak RSS (GiB)", "AKD step (s)", "cloud peak RSS (GiB)"]), flush=True)
     for name, path in models.items():

@@ -90,6 +90,8 @@ def run(args) -> None:
                "driver_peak_rss_gib": gib(mem.driver_peak), "workers_peak_rss_gib": gib(mem.children_peak),
                "peak_anon_gib": gib(mem.anon_peak), "peak_pss_gib": gib(mem.pss_peak),
                "capacity_estimate_gib": gib(estimate),
+               "at_pss_peak": [{"process": n, "rss_gib": gib(r), "anon_gib": gib(a), "pss_gib": gib(s)}
+                               for n, r, a, s in sorted(mem.at_pss_peak, key=lambda p: -p[3])],
                "device_rounds_per_min": 60 * done / rounds_wall, "device_rounds_per_min_total": 60 * done / total,
                "map_nodes_s": first_wall.get("map_nodes"), "prepare_data_s": first_wall.get("prepare_data"),
                "round_s": [r["wall_s"]["round"] for r in res], "cloud_s": [r.get("cloud_wall_s") for r in res],
@@ -99,6 +101,9 @@ def run(args) -> None:
 
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
+    print("at the proportional peak (GiB resident / anonymous / proportional): " + "; ".join(
+        f"{p['process']} {p['rss_gib']:.2f}/{p['anon_gib']:.2f}/{p['pss_gib']:.2f}" for p in figures["at_pss_peak"]
+        if p["pss_gib"] >= 0.05))
     if args.no_plain:
         print(f"devices {args.devices}, {args.per_round} per round, {args.rounds} rounds, {args.strategy}: "
               f"{figures['device_rounds_per_min']:.0f} device-rounds/min over the rounds, peak RSS "

@@ -26,6 +26,7 @@ from fl_sim import FlSimError
 from fl_sim.device import model_cache
 from fl_sim.device.environment import DeviceEnvironment, profile
 from fl_sim.fleet.profiles import DeviceProfile, device_rng
+from fl_sim.world.data import release_pages
 
 ANSWER_TOKENS = 28  # the longest answer a device generates (captions included)
 
@@ -131,6 +132,7 @@ class DeviceRound:
             pool = np.arange(len(ds))
         idx = rng.choice(pool, size=n, replace=len(pool) < n)
         rows = ds[np.sort(idx)]
+        release_pages(ds)  # the split's pages go back to the page cache: a worker holds none (fleets of any size)
         return {k: rows[k] for k in ("image", "question", "answer", "family")}
 
 

@@ -104,6 +104,41 @@ def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16
     return load_from_disk(str(folder)).with_format("numpy")
 
 
+_SPANS: dict[frozenset, list[tuple[int, int]]] = {}  # a dataset's files -> the address ranges mapping them
+
+
+def release_pages(ds) -> None:
+    """Drop this process's mapping of ``ds``'s memory-mapped Arrow files (``madvise(MADV_DONTNEED)``; Linux,
+    a no-op elsewhere): the pages stay in the kernel's page cache, shared and reclaimable, and the next
+    read maps them again. The files are read-only, so an array read before (a copy, or a view into the
+    mapping) keeps its values: a view maps the same bytes again when touched.
+
+    Why: a read maps whole page-cache folios around each row (up to 2 MiB with large folios and an 8 MiB
+    read-ahead, as on this project's machines), so a worker reading a few random rows a round of a 200,000-row
+    split ends up mapping most of it: 2.5 GiB after 3,200 rows of one domain, measured (docs/notes.md)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    files = frozenset(f["filename"] for f in getattr(ds, "cache_files", []))
+    if not files:
+        return
+    if files not in _SPANS:  # where the files are mapped: read once, as long as the mapping stays
+        try:
+            with open("/proc/self/maps") as f:
+                lines = [line.split() for line in f]
+        except OSError:
+            return
+        _SPANS[files] = [tuple(int(x, 16) for x in s[0].split("-")) for s in lines if len(s) >= 6 and s[5] in files]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for start, end in _SPANS[files]:
+        if libc.madvise(start, end - start, 4) != 0:  # MADV_DONTNEED; an error: mapped elsewhere now
+            _SPANS.pop(files, None)
+            return
+
+
 def _partitioner(dataset, num_partitions: int, by: str, alpha: float, seed: int, kind: str):
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 

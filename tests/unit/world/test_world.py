@@ -195,3 +195,31 @@ def test_compositional_cells_cover_every_factor_mix_but_the_held_out():
     for i in range(len(FACTORS)):
         for j in range(i + 1, len(FACTORS)):
             assert any(k[i] == nd[i] and k[j] == nd[j] for k in seen)
+
+
+def test_released_pages_leave_a_split_readable_and_unmapped(cache_dir):
+    """A worker drops its mapping of a split after reading rows; the rows (and the split) read the same."""
+    from fl_sim.world.data import release_pages
+
+    ds = load_split("source", "train", 400, 0, 8, cache_dir)
+    files = {f["filename"] for f in ds.cache_files}
+
+    def mapped() -> int:  # kB of the split's files this process maps
+        total, inside = 0, False
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split()
+                if "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                    inside = len(head) >= 6 and head[5] in files
+                elif inside and head[0] == "Rss:":
+                    total += int(head[1])
+        return total
+
+    before = ds[[3, 200, 399]]["image"].copy()
+    rows = ds[np.arange(0, 400, 7)]
+    assert mapped() > 0
+    release_pages(ds)
+    assert mapped() == 0
+    again = ds[[3, 200, 399]]["image"]
+    release_pages(ds)  # again: the ranges found the first time
+    assert np.array_equal(again, before) and len(rows["image"]) == 58 and mapped() == 0
