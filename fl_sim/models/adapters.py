@@ -13,6 +13,7 @@ round trip of peft's adapter-only state dict.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,9 @@ def add_adapters(model, cfg: AdapterConfig = AdapterConfig(), token_ids: list[in
         extra["trainable_token_indices"] = {"embed_tokens": ids}
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                       modules_to_save=save, bias="none", **extra)
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias (is_activation_checkpointing)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def adapter_state(peft_model) -> dict[str, torch.Tensor]:

@@ -161,17 +161,18 @@ class Idefics3(Family):
         h = inner.vision_model(pixel_values=flat, patch_attention_mask=mask).last_hidden_state
         return h.reshape(b, -1, h.shape[-1])
 
-    def _per_sub(self, model, n: int) -> int:
+    def _per_sub(self, model) -> int:
+        """Visual tokens of one sub-image (the tower's patch grid)."""
         cfg = self.inner(model).config.vision_config
         return (cfg.image_size // cfg.patch_size) ** 2
 
     def image_embeds(self, model, vis: torch.Tensor) -> torch.Tensor:
-        per = self._per_sub(model, vis.shape[1])
+        per = self._per_sub(model)
         out = self.connector_module(model)(vis.reshape(-1, per, vis.shape[-1]))
         return out.reshape(len(vis), -1, out.shape[-1])
 
     def token_groups(self, model, n: int) -> torch.Tensor:
-        per, s = self._per_sub(model, n), int(self.inner(model).config.scale_factor)
+        per, s = self._per_sub(model), int(self.inner(model).config.scale_factor)
         side = math.isqrt(per)
         r, c = torch.arange(per) // side, torch.arange(per) % side
         within = (r // s) * (side // s) + c // s  # pixel shuffle keeps s x s windows together
