@@ -15,7 +15,8 @@ What several benchmarks share is in ``benchmarks/lib.py``. Models and datasets c
 
 import importlib
 
-BENCHMARKS = ("startup", "compression", "scale", "cloud", "cost_curves", "hardware", "model_size")  # the smoke order
+# the smoke order
+BENCHMARKS = ("startup", "compression", "scale", "cloud", "cost_curves", "hardware", "model_size", "regions")
 
 
 def load(name: str):

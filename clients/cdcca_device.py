@@ -106,25 +106,33 @@ def run_cdcca_round(dev: DeviceRound, s: CDCCADeviceSettings, downlink: dict | N
     else:
         # stage 2: which visual tokens of those samples
         v = vis[torch.as_tensor(kept, dtype=torch.long)]
-        if u.tokens == "off" or len(kept) == 0:
-            mask = torch.ones(v.shape[:2], dtype=torch.bool)
+        mask = kept_tokens(dev, model, v, u, rng)
+        if u.upload == "regions":  # the teacher reads images: the pixels those tokens encode go up
+            images = np.asarray(data["image"])[kept]
+            pixels = uts.region_mask(mask, family_of(model).token_boxes(model, v.shape[1]), *images.shape[1:3])
+            upload = uts.encode_upload(questions, images=images, pixel_mask=pixels)
         else:
-            if u.tokens == "mc_dropout":
-                g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-                fam = family_of(model)
-                connector = fam.connector_module(model)
-                scores = uts.token_uncertainty_mc(lambda x: fam.image_embeds(model, placement.to_model(connector, x)),
-                                                  v, u.mc_passes, u.mc_p, g, fam.token_groups(model, v.shape[1]))
-            else:
-                ref = model_cache.reference_token(dev.model_path, dev.env.cache_dir)
-                scores = uts.token_uncertainty_novelty(v, ref)
-            mask = uts.select_tokens(scores, u.keep_tokens)
-        upload = uts.encode_upload(questions, vis=v, mask=mask, token_bits=u.token_bits)
+            upload = uts.encode_upload(questions, vis=v, mask=mask, token_bits=u.token_bits)
     if dev.env.corrupt_prob > 0 and rng.random() < dev.env.corrupt_prob:
         upload = corrupt(upload, rng)
     metrics = {"n_infer": len(preds), "n_train": 0, "online_acc": online_accuracy(preds, data), "loss": float("nan"),
                "uploaded": len(kept), "version": version, "downlink_rejected": int(bool(rejected))}
     return upload, metrics, rejected
+
+
+def kept_tokens(dev, model, v: torch.Tensor, u, rng) -> torch.Tensor:
+    """UTS stage 2: ``(B, N)`` bool, the visual tokens of the kept samples ``v`` that go up."""
+    if u.tokens == "off" or len(v) == 0:
+        return torch.ones(v.shape[:2], dtype=torch.bool)
+    if u.tokens == "mc_dropout":
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        fam = family_of(model)
+        connector = fam.connector_module(model)
+        scores = uts.token_uncertainty_mc(lambda x: fam.image_embeds(model, placement.to_model(connector, x)),
+                                          v, u.mc_passes, u.mc_p, g, fam.token_groups(model, v.shape[1]))
+    else:
+        scores = uts.token_uncertainty_novelty(v, model_cache.reference_token(dev.model_path, dev.env.cache_dir))
+    return uts.select_tokens(scores, u.keep_tokens)
 
 
 class CDCCADevice(DeviceBehaviour):

@@ -78,6 +78,8 @@ CASES = [
     _run("zero rounds", _with().replace("rounds = 2", "rounds = 0"), "rounds: Input should be greater"),
     _run("infinite lr", _with(strategy="lr = inf\n"), "strategy.lr"),
     _run("NaN lr", _with(strategy="lr = nan\n"), "strategy.lr"),
+    _run("a LoRA rank wider than the tiers", _with(strategy="lora_r = 1000000\n"),
+         "strategy.lora_r = 1000000: larger than the width of tier"),
     _run("infinite over_commit", _with(strategy="over_commit = inf\n"), "strategy.over_commit"),
     _run("a teacher that is not a directory", _with(models='teacher = "nowhere"\n'), "models.teacher = "),
     ("a tier checkpoint without config.json",

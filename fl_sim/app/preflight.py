@@ -22,6 +22,7 @@ def check_run(cfg) -> int:
     check_strategy(cfg.strategy.name)
     check_names(cfg.domains)  # names only: the data is read (and checked) before pretraining
     check_model_dirs(cfg.models)
+    check_adapter_rank(cfg)
     f, s = cfg.fleet, cfg.strategy
     tiers = tier_names(cfg)
     profiles = None
@@ -161,3 +162,28 @@ def check_answer_room(teacher: str, max_new_tokens: int, cache_dir: str | None, 
         raise FlSimError(f"strategy.akd.max_new_tokens = {max_new_tokens}: the teacher ({teacher}) has {pr.max_len} "
                          f"positions and a question takes {pr.max_len - room - 1} with its image, leaving {room} for "
                          "an answer and its end; lower it")
+
+
+def check_adapter_rank(cfg) -> None:
+    """``strategy.lora_r`` is at most the width of every tier's language model (a LoRA rank above it adds
+    values and no expressiveness); the widths come from the zoo's presets or the checkpoints' configs."""
+    import json
+
+    from fl_sim.models.presets import get_zoo
+
+    widths = {}
+    if cfg.models.tiers:
+        for name, spec in cfg.models.tiers.items():
+            path = Path(spec if isinstance(spec, str) else spec.checkpoint).expanduser() / "config.json"
+            try:
+                widths[name] = int((json.loads(path.read_text()).get("text_config") or {}).get("hidden_size", 0))
+            except (OSError, ValueError, TypeError):
+                continue  # check_model_dirs has said what is wrong with it
+    else:
+        widths = {name: p.hidden for name, p in get_zoo(cfg.zoo).tiers.items()}
+    widths = {n: w for n, w in widths.items() if w > 0}
+    if widths:
+        name = min(widths, key=widths.get)
+        if cfg.strategy.lora_r > widths[name]:
+            raise FlSimError(f"strategy.lora_r = {cfg.strategy.lora_r}: larger than the width of tier {name}'s "
+                             f"language model ({widths[name]}); a LoRA rank is at most that width")

@@ -60,8 +60,9 @@ def decode_uploads(kept: list, tiers: dict[int, str], views: Views, uts_cfg, max
             arrays = unpack_arrays(record_values(record)["packed"])
             up = uts.decode_upload(arrays, n_tok, dim, len(pr_dev.tok), ref, model_cache.IMAGE_SHAPE,
                                    **upload_limits(u, samples_per_round, n_tok))
-            if "images" in up and u.upload != "images" or "vis" in up and u.upload == "images":
-                raise uts.PayloadError(f"upload kind does not match the {u.upload!r} its device was asked for")
+            kind = "regions" if "regions" in up else "images" if "images" in up else "tokens"
+            if kind != u.upload:
+                raise uts.PayloadError(f"upload kind {kind!r} does not match the {u.upload!r} its device was asked for")
             texts = [pr_dev.tok.decode(q, skip_special_tokens=True) for q in up["questions"]]
             for p in (pr, pr_dev):  # the teacher's answer and EOS follow the prompt
                 room = p.max_len - max_new_tokens - 1

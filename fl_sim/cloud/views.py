@@ -63,7 +63,8 @@ class Views:
                     if not reads and self.akd.w_ce + self.akd.w_feat <= 0:
                         raise FlSimError(f"tier {name} reads text its own way, so AKD has no logit KL for it: "
                                          "strategy.akd needs w_ce or w_feat > 0")
-                    log.warning("tier %s does not see samples as the teacher does (%s): its devices upload images%s",
+                    log.warning("tier %s does not see samples as the teacher does (%s): its devices upload the image "
+                                "regions of the visual tokens UTS keeps%s",
                                 name, "another vision tower" if reads else "its own tokenizer or visual tokens",
                                 "" if reads else "; AKD has no logit KL for it and distils pooled features")
             self._views = views
@@ -73,8 +74,11 @@ class Views:
         return {self.of(t) for t in self.tiers}
 
     def uts_for(self, tier: str, uts):
-        """The UTS settings of ``tier``'s devices: images instead of visual tokens when its view is its own."""
-        return uts if self.of(tier) == TEACHER else uts.model_copy(update={"upload": "images"})
+        """The UTS settings of ``tier``'s devices: when its view is its own, the image regions of the tokens UTS
+        keeps instead of the tokens (whole images with ``tokens = "off"``, or when asked for images)."""
+        if self.of(tier) == TEACHER or uts.upload == "images":
+            return uts
+        return uts.model_copy(update={"upload": "images" if uts.tokens == "off" else "regions"})
 
     def targets(self, view: str, targets: dict, questions: list[str], images: list) -> tuple[dict, int]:
         """The teacher's ``targets`` (one row per question) as ``view``'s own inputs: its tower's tokens of the

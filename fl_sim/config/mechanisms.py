@@ -25,7 +25,9 @@ class UTSConfig(Section):
     keep_tokens: float = Field(0.5, gt=0, le=1, description="share of visual tokens kept per sample")
     mc_passes: int = Field(8, ge=2)
     mc_p: float = Field(0.1, gt=0, lt=1)
-    upload: Literal["tokens", "images"] = Field("tokens", description='"images" = raw-image baseline')
+    upload: Literal["tokens", "images", "regions"] = Field("tokens", description=(
+        '"images" = raw-image baseline; "regions" = the image regions of the kept tokens (what a tier whose '
+        'tower is not the teacher\'s uploads instead of "tokens")'))
     token_bits: Literal[2, 4, 8, 16] = Field(4, description=(
         "4-bit (or 2-bit, or int8) tokens with per-token scales, or float16"))
 

@@ -159,9 +159,29 @@ def select_tokens(scores: torch.Tensor, keep: float) -> torch.Tensor:
     return torch.zeros(b, n, dtype=torch.bool).scatter_(1, top, True)
 
 
+REGION_FILL = 128  # the value of an image's pixels outside its uploaded regions (the middle of the range)
+
+
+def region_mask(token_mask: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """``(B, height, width)`` bool: the pixels inside the regions (``boxes``: ``(N, 4)`` top, left, bottom,
+    right as shares of the image, ``families.Family.token_boxes``) of each sample's kept tokens
+    (``token_mask``: ``(B, N)``); a region covers every pixel it touches."""
+    top = torch.floor(boxes[:, 0] * height).long()
+    left = torch.floor(boxes[:, 1] * width).long()
+    bottom = torch.ceil(boxes[:, 2] * height).long().clamp(max=height)
+    right = torch.ceil(boxes[:, 3] * width).long().clamp(max=width)
+    rows, cols = torch.arange(height), torch.arange(width)
+    inside = (((rows[None, :] >= top[:, None]) & (rows[None, :] < bottom[:, None]))[:, :, None]
+              & ((cols[None, :] >= left[:, None]) & (cols[None, :] < right[:, None]))[:, None, :])  # (N, H, W)
+    return (token_mask.float() @ inside.reshape(len(boxes), -1).float() > 0).reshape(-1, height, width).numpy()
+
+
 def encode_upload(question_ids: list[list[int]], vis: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                  images: np.ndarray | None = None, token_bits: int = 8) -> dict[str, np.ndarray]:
-    """The upload arrays for kept samples: visual tokens (``vis`` with ``mask``) or raw ``images``.
+                  images: np.ndarray | None = None, token_bits: int = 8,
+                  pixel_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The upload arrays for kept samples: visual tokens (``vis`` with ``mask``), raw ``images``, or the
+    pixels of ``images`` inside ``pixel_mask`` (``(B, H, W)`` bool: the regions of the kept tokens of a model
+    whose tower the cloud's teacher does not share; ``region_mask``) with the mask as packed bits.
 
     With ``token_bits = 8`` each token is sent as int8 with a float16 absmax scale (error per value at
     most half a step, ``scale / 2``, with ``scale = absmax / 127``); with ``4``, two values per byte and
@@ -175,6 +195,10 @@ def encode_upload(question_ids: list[list[int]], vis: torch.Tensor | None = None
     top = flat.max() if flat.size else 0
     qdt = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32  # a 150k-token tokenizer fits
     out = {"questions": flat.astype(qdt), "q_len": np.asarray(lens, np.uint8)}
+    if images is not None and pixel_mask is not None:
+        out["region_mask"] = np.packbits(np.asarray(pixel_mask, bool).ravel())
+        out["region_pixels"] = np.ascontiguousarray(np.asarray(images, np.uint8)[np.asarray(pixel_mask, bool)]).ravel()
+        return out
     if images is not None:
         out["images"] = np.ascontiguousarray(images, dtype=np.uint8)
         return out
@@ -249,6 +273,23 @@ def decode_upload(arrays: dict[str, np.ndarray], n_tokens: int, dim: int, vocab:
         raise PayloadError(f"upload question id {int(flat.max())} outside the vocabulary ({vocab})")
     b = len(q_len)
     questions = [q.tolist() for q in np.split(flat, np.cumsum(q_len)[:-1])] if b else []
+    if "region_mask" in arrays:  # the pixels of the kept tokens' regions, the rest REGION_FILL
+        if image_shape is None or "images" in arrays:
+            raise PayloadError("upload holds image regions, but no image shape was given (or whole images too)")
+        h, w, c = image_shape
+        packed = need("region_mask", (np.uint8,))
+        if packed.shape != (math.ceil(b * h * w / 8),):
+            raise PayloadError(f"upload region_mask has shape {packed.shape}, expected {(math.ceil(b * h * w / 8),)}")
+        bits = np.unpackbits(packed)
+        if bits[b * h * w:].any():
+            raise PayloadError("upload region_mask has non-zero padding")
+        where = bits[:b * h * w].astype(bool).reshape(b, h, w)
+        pixels = need("region_pixels", (np.uint8,))
+        if pixels.shape != (int(where.sum()) * c,):
+            raise PayloadError(f"upload region_pixels hold {pixels.size} values, its mask keeps {int(where.sum()) * c}")
+        img = np.full((b, h, w, c), REGION_FILL, np.uint8)
+        img[where] = pixels.reshape(-1, c)
+        return {"questions": questions, "images": img, "regions": where}
     if "images" in arrays:
         if image_shape is None:
             raise PayloadError("upload holds raw images, but no image shape was given to check them against")

@@ -42,6 +42,30 @@ def base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _grid_boxes(n: int, top: float = 0.0, left: float = 0.0, size: float = 1.0) -> torch.Tensor:
+    """``(n, 4)`` boxes of a square grid of ``n`` cells in row order over the square at ``(top, left)`` of
+    side ``size`` (shares of the image)."""
+    side = math.isqrt(n)
+    if side * side != n:
+        raise FlSimError(f"{n} visual tokens are no square grid: fl-sim feeds square images")
+    r, c = torch.arange(n) // side, torch.arange(n) % side
+    cell = size / side
+    return torch.stack([top + r * cell, left + c * cell, top + (r + 1) * cell, left + (c + 1) * cell], 1)
+
+
+def _tiles_boxes(per: int, tiles: int, whole_first: bool) -> torch.Tensor:
+    """Boxes of ``tiles`` views of ``per`` tokens each: a whole-image view (first or last) and a square grid
+    of tiles (row order), each view a patch grid."""
+    if tiles == 1:
+        return _grid_boxes(per)
+    side = math.isqrt(tiles - 1)
+    if side * side != tiles - 1:
+        raise FlSimError(f"{tiles - 1} image tiles are no square grid: fl-sim feeds square images")
+    parts = [_grid_boxes(per, (t // side) / side, (t % side) / side, 1 / side) for t in range(tiles - 1)]
+    whole = _grid_boxes(per)
+    return torch.cat([whole, *parts] if whole_first else [*parts, whole])
+
+
 def _module(root, path: str) -> torch.nn.Module:
     for part in path.split("."):
         root = getattr(root, part)
@@ -86,6 +110,11 @@ class Family:
     def token_groups(self, model, n: int) -> torch.Tensor:
         """``(n,)``: the index of the output embedding each of ``n`` visual tokens feeds."""
         return torch.arange(n)
+
+    def token_boxes(self, model, n: int) -> torch.Tensor:
+        """``(n, 4)``: the region ``(top, left, bottom, right)`` of the image, as shares of its height and width,
+        that each of ``n`` visual tokens encodes (the family's geometry: a patch grid by default)."""
+        return _grid_boxes(n)
 
     def text_inputs(self, model, ids: torch.Tensor) -> dict:
         """Extra inputs the family reads from the token ids of a prompt."""
@@ -171,6 +200,9 @@ class Idefics3(Family):
         out = self.connector_module(model)(vis.reshape(-1, per, vis.shape[-1]))
         return out.reshape(len(vis), -1, out.shape[-1])
 
+    def token_boxes(self, model, n: int) -> torch.Tensor:  # the tiles in row order, then the global view
+        return _tiles_boxes(self._per_sub(model), n // self._per_sub(model), whole_first=False)
+
     def token_groups(self, model, n: int) -> torch.Tensor:
         per, s = self._per_sub(model), int(self.inner(model).config.scale_factor)
         side = math.isqrt(per)
@@ -209,6 +241,15 @@ class Qwen2VL(Family):
 
     def token_groups(self, model, n: int) -> torch.Tensor:
         return torch.arange(n) // self.inner(model).visual.spatial_merge_size ** 2
+
+    def token_boxes(self, model, n: int) -> torch.Tensor:
+        """Patches come block by block (``m x m`` blocks in row order, each block's patches in row order)."""
+        m, side = self.inner(model).visual.spatial_merge_size, math.isqrt(n)
+        i = torch.arange(n)
+        block, within = i // (m * m), i % (m * m)
+        rows = (block // (side // m)) * m + within // m
+        cols = (block % (side // m)) * m + within % m
+        return _grid_boxes(n)[rows * side + cols]
 
     def text_inputs(self, model, ids: torch.Tensor) -> dict:
         cfg = base(model).config
@@ -283,6 +324,10 @@ class LlavaOnevision(Family):
     def image_embeds(self, model, vis: torch.Tensor) -> torch.Tensor:
         per_tile = self.connector_module(model)(vis.reshape(len(vis) * self._tiles(model), -1, vis.shape[-1]))
         return self._pack(model, per_tile, len(vis), self.inner(model).image_newline)
+
+    def token_boxes(self, model, n: int) -> torch.Tensor:  # the base view, then the tiles in row order
+        tiles = self._tiles(model)
+        return _tiles_boxes(n // tiles, tiles, whole_first=True)
 
     def token_groups(self, model, n: int) -> torch.Tensor:
         """Each tile token's place in the packed layout, found by packing the tokens' own indices."""

@@ -167,3 +167,38 @@ def test_the_config_check_knows_every_family_without_torch():
     from fl_sim.models.provider import VLM_TYPES
 
     assert list(VLM_TYPES) == supported()
+
+
+@pytest.mark.parametrize("family", list(GEOMETRY))
+def test_a_familys_visual_tokens_map_to_image_regions(family_checkpoints, family):
+    """Every visual token encodes a region of the image (the family's geometry: patch grids, sub-images and a
+    global view, merge blocks, tiles); the tokens a connector merges tile one rectangle; a device uploads the
+    pixels of its kept tokens' regions, which the cloud reassembles (the rest at REGION_FILL)."""
+    from fl_sim.device import model_cache
+    from fl_sim.mechanisms import uts
+    from fl_sim.models.families import family_of
+
+    path = str(family_checkpoints[family])
+    model, pr = model_cache.base_model(path), model_cache.prompter_for(path, None)
+    fam, n = family_of(model), pr.n_visual
+    boxes = fam.token_boxes(model, n)
+    assert boxes.shape == (n, 4) and (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert boxes.min() >= 0 and boxes.max() <= 1
+    h, w = model_cache.IMAGE_SHAPE[:2]
+    assert uts.region_mask(torch.ones(1, n, dtype=torch.bool), boxes, h, w).all()
+    groups = fam.token_groups(model, n)
+    for g in groups.unique():
+        b = boxes[groups == g]
+        hull = (b[:, 2].max() - b[:, 0].min()) * (b[:, 3].max() - b[:, 1].min())
+        assert torch.isclose(hull, ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).sum(), atol=1e-5)
+    images = _images(2)
+    keep = torch.zeros(2, n, dtype=torch.bool)
+    keep[0, :n // 3], keep[1, n // 2:] = True, True
+    pixels = uts.region_mask(keep, boxes, h, w)
+    up = uts.encode_upload([[1, 2], [3]], images=images, pixel_mask=pixels)
+    back = uts.decode_upload(up, n, 8, 10, None, model_cache.IMAGE_SHAPE)
+    assert np.array_equal(back["images"][pixels], images[pixels]) and (back["images"][~pixels] == 128).all()
+    assert sum(a.nbytes for k, a in up.items() if k.startswith("region")) < images.nbytes
+    up["region_pixels"] = up["region_pixels"][:-1]
+    with pytest.raises(uts.PayloadError, match="region_pixels hold"):
+        uts.decode_upload(up, n, 8, 10, None, model_cache.IMAGE_SHAPE)
