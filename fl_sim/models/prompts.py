@@ -143,7 +143,12 @@ class CheckpointPrompter(Prompter):
         if isinstance(template, dict):  # several named templates: the default one
             template = template.get("default") or next(iter(template.values()), None)
         if template:
-            text, plain = (self._render(path, template, image, marker) for image in (True, False))
+            text = self._render(path, template, True, marker)
+            try:  # the same turn without the image: the part that changes holds it
+                plain = self._render(path, template, False, marker)
+            except FlSimError:  # a template that needs the image: the part that holds its placeholder
+                signs = [s for s in (getattr(self.processor, a, None) for a in ("image_token", "boi_token")) if s]
+                plain = marker.join(p if not any(s in p for s in signs) else "" for p in text.split(marker))
         else:
             image_text = self.tok.convert_ids_to_tokens(self.image)
             text, plain = (FALLBACK_TEMPLATE.format(image=image_text if image else "", question=marker)

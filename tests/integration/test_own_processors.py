@@ -139,7 +139,8 @@ def test_incompatible_processors_are_one_line_errors(families, tmp_path):
     text_only = _copy(families["siglip-qwen2"], tmp_path / "text-only")
     (text_only / "processor_config.json").unlink()
     assert "image_processor" in cfg and not (text_only / "preprocessor_config.json").exists()
-    for path, message in ((no_image, "renders 0 image tokens"), (text_only, "a tokenizer but no image processor")):
+    for path, message in ((no_image, "renders no image in a user turn with an image"),
+                          (text_only, "a tokenizer but no image processor")):
         model_cache.prompter_for.cache_clear()
         with pytest.raises(FlSimError) as err:
             check_loadable({"tiers.mine": str(path)}, None)
