@@ -135,7 +135,7 @@ def check_loadable(paths: dict[str, str], cache_dir: str | None, catalog=None) -
             try:
                 model_cache.prompter_for(path, cache_dir, catalog or NO_DOMAINS)
             except FlSimError as exc:
-                raise FlSimError(f"models.{role} = {path!r}: {str(exc).split(': ', 1)[-1]}") from None
+                raise FlSimError(f"models.{role} = {path!r}: {str(exc).removeprefix(f'{path}: ')}") from None
             continue
         vocab = vocab or len(load_tokenizer(cache_dir, catalog=catalog))
         v = (cfg.get("text_config") or {}).get("vocab_size")

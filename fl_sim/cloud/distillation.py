@@ -50,9 +50,9 @@ def tier_job_for(model_path: str, adapters: tuple, akd_cfg, dwc_cfg, state: Tier
     ``probe_steps`` dense AKD steps on a throw-away copy move every entry, and the ``max_density`` share with
     the largest probe change plus error-feedback residual is what the round trains (``tier_job.run``)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 13, server_round, tier_index]))
-    k_anchor = round(akd_cfg.anchor * akd_cfg.batch_size) if anchor else 0
-    bs = akd_cfg.batch_size - k_anchor
     n_anchor = akd.size(anchor) if anchor else 0
+    k_anchor = min(round(akd_cfg.anchor * akd_cfg.batch_size), n_anchor)  # a small anchor: all of it
+    bs = akd_cfg.batch_size - k_anchor
     job_seed = int(np.random.SeedSequence([seed, 17, server_round, tier_index]).generate_state(1)[0])
     masks = probe = None
     if dwc_cfg.sparse_train and dwc_cfg.select:

@@ -64,10 +64,11 @@ def decode_uploads(kept: list, tiers: dict[int, str], views: Views, uts_cfg, max
             if kind != u.upload:
                 raise uts.PayloadError(f"upload kind {kind!r} does not match the {u.upload!r} its device was asked for")
             texts = [pr_dev.tok.decode(q, skip_special_tokens=True) for q in up["questions"]]
-            for p in (pr, pr_dev):  # the teacher's answer and EOS follow the prompt
-                room = p.max_len - max_new_tokens - 1
-                if any(len(p.prompt(t)) > room for t in texts):
-                    raise uts.PayloadError(f"upload question longer than the {room} prompt positions the cloud has")
+            # the teacher's answer and EOS follow the prompt (a tier's own positions are counted per row:
+            # views.targets)
+            room = pr.max_len - max_new_tokens - 1
+            if any(len(pr.prompt(t)) > room for t in texts):
+                raise uts.PayloadError(f"upload question longer than the {room} prompt positions the teacher has")
         except Exception as exc:  # noqa: BLE001 - whatever is wrong with an upload, reject it, never crash
             rejected += 1
             log.warning("round %d: rejected upload of device %d: %s", server_round, dev, exc)

@@ -33,11 +33,11 @@ class Views:
         self.catalog, self.cache_dir = catalog, catalog.cache_dir
         self._views: dict[str, str] | None = None
         self._anchors: dict[str, dict] = {}
-        self._warned: set[str] = set()  # views whose rows that do not fit were warned of (once per run)
+        self._warned: set[tuple[str, str]] = set()  # (view, what) whose rows that do not fit were warned of
 
     def _unfit(self, view: str, what: str, unfit: int, total: int) -> None:
-        if unfit and view not in self._warned:
-            self._warned.add(view)
+        if unfit and (view, what) not in self._warned:
+            self._warned.add((view, what))
             pr = self.prompter(view)
             log.warning("%s: %d of %d %s do not fit %s's %d positions (its prompt and the answer in its own tokens) "
                         "and are not distilled; results.jsonl counts them per round (akd_unfit_rows); shown once",
@@ -63,8 +63,8 @@ class Views:
                     if not reads and self.akd.w_ce + self.akd.w_feat <= 0:
                         raise FlSimError(f"tier {name} reads text its own way, so AKD has no logit KL for it: "
                                          "strategy.akd needs w_ce or w_feat > 0")
-                    log.warning("tier %s does not see samples as the teacher does (%s): its devices upload the image "
-                                "regions of the visual tokens UTS keeps%s",
+                    log.warning("tier %s does not see samples as the teacher does (%s): its devices upload images "
+                                "(the regions of the visual tokens UTS keeps, unless strategy.uts says whole images)%s",
                                 name, "another vision tower" if reads else "its own tokenizer or visual tokens",
                                 "" if reads else "; AKD has no logit KL for it and distils pooled features")
             self._views = views
@@ -91,12 +91,12 @@ class Views:
         seen = [i for i, im in enumerate(images) if im is not None]
         rows = [i for i in seen if akd.fits(pr, questions[i], answers[i])]
         self._unfit(view, "uploaded rows", len(seen) - len(rows), len(seen))
+        unfit = len(seen) - len(rows)
         if not rows:
-            return {}, len(seen) - len(rows)
+            return {}, unfit
         model = model_cache.base_model(self.model_paths[view])
         vis = visual_tokens(model, pr.pixels(np.stack([images[i] for i in rows])))
         sub = akd.take(targets, rows)
-        unfit = len(seen) - len(rows)
         if same_ids:  # the same token ids: every target but the visual tokens carries over
             return sub | {"vis": vis}, unfit
         return akd.student_targets(pr, vis, [questions[i] for i in rows], sub, [answers[i] for i in rows]), unfit

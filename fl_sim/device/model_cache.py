@@ -97,10 +97,18 @@ def _prompter_for(model_path: str, device: str) -> Prompter:
 
     model = _base_model(model_path, device)
     pr = CheckpointPrompter(model_path, model.config, IMAGE_SHAPE)
-    vis = visual_tokens(model, pr.pixels(np.zeros((1, *IMAGE_SHAPE), np.uint8)))  # the tower's tokens of one image
     fam = family_of(model)
-    with torch.no_grad():
-        made = fam.image_embeds(model, placement.to_model(fam.connector_module(model), vis)).shape[1]
+    try:  # the tower's tokens of one image, the embeddings they make, and where each token sits in the image
+        vis = visual_tokens(model, pr.pixels(np.zeros((1, *IMAGE_SHAPE), np.uint8)))
+        with torch.no_grad():
+            made = fam.image_embeds(model, placement.to_model(fam.connector_module(model), vis)).shape[1]
+        fam.token_boxes(model, vis.shape[1]), fam.token_groups(model, vis.shape[1])
+    except FlSimError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a processor and model that do not fit together: the checkpoint's
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise FlSimError(f"{model_path}: its processor's images do not fit its model ({type(exc).__name__}: "
+                         f"{why[:300]})") from None
     if made != pr.n_image:
         raise FlSimError(f"{model_path}: its processor lays out {pr.n_image} image tokens for a {IMAGE_SHAPE[0]}x"
                          f"{IMAGE_SHAPE[1]} image, its model makes {made} (the processor's image size, patch size or "

@@ -143,7 +143,7 @@ def token_uncertainty_mc(connect, vis: torch.Tensor, passes: int, p: float, gene
         keep = (torch.rand(vis.shape, generator=generator) >= p).to(vis.dtype) / (1 - p)
         outs.append(connect(vis * keep).float().cpu())
     scores = torch.stack(outs).var(0, unbiased=False).mean(-1)
-    return scores if groups is None or scores.shape[1] == vis.shape[1] else scores[:, groups]
+    return scores if groups is None else scores[:, groups]
 
 
 def token_uncertainty_novelty(vis: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -166,10 +166,11 @@ def region_mask(token_mask: torch.Tensor, boxes: torch.Tensor, height: int, widt
     """``(B, height, width)`` bool: the pixels inside the regions (``boxes``: ``(N, 4)`` top, left, bottom,
     right as shares of the image, ``families.Family.token_boxes``) of each sample's kept tokens
     (``token_mask``: ``(B, N)``); a region covers every pixel it touches."""
-    top = torch.floor(boxes[:, 0] * height).long()
-    left = torch.floor(boxes[:, 1] * width).long()
-    bottom = torch.ceil(boxes[:, 2] * height).long().clamp(max=height)
-    right = torch.ceil(boxes[:, 3] * width).long().clamp(max=width)
+    eps = 1e-4  # an edge a rounding error off a pixel boundary is on it (28.0000019 is pixel 28, not 29)
+    top = torch.floor(boxes[:, 0].double() * height + eps).long()
+    left = torch.floor(boxes[:, 1].double() * width + eps).long()
+    bottom = torch.ceil(boxes[:, 2].double() * height - eps).long().clamp(max=height)
+    right = torch.ceil(boxes[:, 3].double() * width - eps).long().clamp(max=width)
     rows, cols = torch.arange(height), torch.arange(width)
     inside = (((rows[None, :] >= top[:, None]) & (rows[None, :] < bottom[:, None]))[:, :, None]
               & ((cols[None, :] >= left[:, None]) & (cols[None, :] < right[:, None]))[:, None, :])  # (N, H, W)

@@ -13,7 +13,8 @@ What differs between families is the geometry:
 ====================  ==============================  ==========================================
 family                tower tokens (N) per image      connector (N -> M)
 ====================  ==============================  ==========================================
-llava                 patch grid (CLS dropped or not) per-token MLP (M = N)
+llava                 patch grid (and the CLS token   per-token MLP (M = N)
+                      with the "full" strategy)
 idefics3 (SmolVLM)    patches of each sub-image       pixel shuffle, scale s (M = N / s^2)
 qwen2_vl, qwen2_5_vl  patches, in 2x2 merge blocks    merger of each block (M = N / 4)
 gemma3                patch grid                      average pool to a k x k grid (M = k^2)
@@ -46,6 +47,8 @@ def _grid_boxes(n: int, top: float = 0.0, left: float = 0.0, size: float = 1.0) 
     """``(n, 4)`` boxes of a square grid of ``n`` cells in row order over the square at ``(top, left)`` of
     side ``size`` (shares of the image)."""
     side = math.isqrt(n)
+    if side * side != n and math.isqrt(n - 1) ** 2 == n - 1:  # a class token first (kept): the whole view
+        return torch.cat([torch.tensor([[top, left, top + size, left + size]]), _grid_boxes(n - 1, top, left, size)])
     if side * side != n:
         raise FlSimError(f"{n} visual tokens are no square grid: fl-sim feeds square images")
     r, c = torch.arange(n) // side, torch.arange(n) % side
@@ -331,11 +334,15 @@ class LlavaOnevision(Family):
 
     def token_groups(self, model, n: int) -> torch.Tensor:
         """Each tile token's place in the packed layout, found by packing the tokens' own indices."""
-        index = torch.arange(n, dtype=torch.float32).reshape(self._tiles(model), -1, 1)
-        packed = self._pack(model, index, 1, torch.full((1,), -1.0)).reshape(-1)
-        groups = torch.zeros(n, dtype=torch.long)
+        index = torch.arange(n, dtype=torch.float64).reshape(self._tiles(model), -1, 1)
+        packed = self._pack(model, index, 1, torch.full((1,), -1.0, dtype=torch.float64)).reshape(-1)
         at = (packed >= 0).nonzero().reshape(-1)  # newlines are -1
-        groups[packed[at].round().long().clamp(0, n - 1)] = at
+        tokens = packed[at]
+        if not torch.equal(tokens, tokens.round()) or len(tokens) != n or len(tokens.unique()) != n:
+            raise FlSimError("LLaVA-OneVision packs these images' tiles resized or unpadded: fl-sim feeds square "
+                             "images whose tiles it keeps whole")
+        groups = torch.zeros(n, dtype=torch.long)
+        groups[tokens.long()] = at
         return groups
 
 

@@ -4,7 +4,7 @@ Every zoo checkpoint directory carries it, so the fleet reads the zoo's models t
 checkpoint with its own processor (``fl_sim.models.prompts``). It reproduces ``mllm.Prompter`` exactly:
 
 - the chat template renders one user turn as ``<bos> question <image> <sep>`` (the question before the
-  image, which small models learn far more easily), and the prompter expands ``<image>`` to the tower's
+  image, which small models learn far more easily), and the processor expands ``<image>`` to the tower's
   nine visual tokens;
 - the image processor keeps the size (one 16-pixel patch per grid cell) and maps uint8 ``x`` to
   ``(x / 255 - 0.5) / 0.5``, bit-identical to ``Prompter.pixels``'s ``x / 127.5 - 1`` (a test checks

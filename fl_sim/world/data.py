@@ -104,9 +104,6 @@ def load_split(domain: str, split: str, n: int, seed: int = 0, cell_px: int = 16
     return load_from_disk(str(folder)).with_format("numpy")
 
 
-_SPANS: dict[frozenset, list[tuple[int, int]]] = {}  # a dataset's files -> the address ranges mapping them
-
-
 def release_pages(ds) -> None:
     """Drop this process's mapping of ``ds``'s memory-mapped Arrow files (``madvise(MADV_DONTNEED)``; Linux,
     a no-op elsewhere): the pages stay in the kernel's page cache, shared and reclaimable, and the next
@@ -121,22 +118,20 @@ def release_pages(ds) -> None:
 
     if not sys.platform.startswith("linux"):
         return
-    files = frozenset(f["filename"] for f in getattr(ds, "cache_files", []))
+    files = {f["filename"] for f in getattr(ds, "cache_files", [])}
     if not files:
         return
-    if files not in _SPANS:  # where the files are mapped: read once, as long as the mapping stays
-        try:
-            with open("/proc/self/maps") as f:
-                lines = [line.split() for line in f]
-        except OSError:
-            return
-        _SPANS[files] = [tuple(int(x, 16) for x in s[0].split("-")) for s in lines if len(s) >= 6 and s[5] in files]
+    try:  # where the files are mapped now (read each time: a freed split's addresses may hold other memory)
+        with open("/proc/self/maps") as f:
+            spans = [line.split() for line in f]
+    except OSError:
+        return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    for start, end in _SPANS[files]:
-        if libc.madvise(start, end - start, 4) != 0:  # MADV_DONTNEED; an error: mapped elsewhere now
-            _SPANS.pop(files, None)
-            return
+    for span in spans:
+        if len(span) >= 6 and span[5] in files:
+            start, end = (int(x, 16) for x in span[0].split("-"))
+            libc.madvise(start, end - start, 4)  # MADV_DONTNEED
 
 
 def _partitioner(dataset, num_partitions: int, by: str, alpha: float, seed: int, kind: str):

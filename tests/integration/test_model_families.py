@@ -12,7 +12,8 @@ from conftest import CDCCA, FAMILY_GEOMETRY, FEDAVG, tiny_data
 @pytest.mark.parametrize("base", [CDCCA, FEDAVG], ids=["cdcca", "fedavg"])
 def test_a_fleet_of_four_families_runs_through_fl_sim_run(family_checkpoints, base, tmp_path, cache_dir):
     """Tiers Idefics3, Qwen2-VL, Gemma 3 and LLaVA-OneVision, the teacher CLIP+Llama: every tier has a view
-    of its own (its devices upload images) and averages within itself; two rounds through the CLI."""
+    of its own (its devices upload the image regions of the tokens they keep) and averages within itself; two
+    rounds through the CLI."""
     from fl_sim.app.cli import main
     from fl_sim.callbacks.results_file import read_results
 
