@@ -99,7 +99,8 @@ def processes() -> list[tuple[str, int, int, int]]:
     for p in [psutil.Process(), *psutil.Process().children(recursive=True)]:
         try:
             cmd = p.cmdline()
-            name = cmd[0] if cmd and cmd[0].startswith("ray::") else os.path.basename(cmd[-1] if cmd else p.name())
+            name = ("this process" if p.pid == os.getpid() else cmd[0] if cmd and cmd[0].startswith("ray::")
+                    else " ".join(os.path.basename(c) for c in cmd[:2]) if cmd else p.name())
             out.append((name[:40], p.memory_info().rss, rss_anon(p.pid), pss(p.pid)))
         except (psutil.Error, IndexError):
             pass

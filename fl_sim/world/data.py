@@ -171,6 +171,9 @@ def partition_indices(part) -> list[np.ndarray] | None:
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
     n = part.num_partitions
+    check = getattr(part, "_check_num_partitions_correctness_if_needed", None)
+    if check is not None:  # what load_partition checks first (more partitions than rows)
+        check()
     if isinstance(part, IidPartitioner):
         return np.array_split(np.arange(len(part.dataset)), n)
     if isinstance(part, DirichletPartitioner) and hasattr(part, "_determine_partition_id_to_indices_if_needed"):
