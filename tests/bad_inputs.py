@@ -85,6 +85,11 @@ CASES = [
     ("a tier checkpoint without config.json",
      {"ck/model.safetensors": b"\0", "e.toml": _with(models='tiers = { mine = "ck" }\n')},
      ["run", "{dir}/e.toml"], "models.tiers.mine"),
+    ("a model family fl-sim has no adapter for",
+     {"ck/model.safetensors": b"\0", "ck/config.json": json.dumps(
+         {"model_type": "paligemma", "vision_config": {}, "text_config": {}, "image_token_index": 4}),
+      "e.toml": _with(models='tiers = { mine = "ck" }\n')},
+     ["run", "{dir}/e.toml"], "model type 'paligemma' is not supported; fl-sim runs gemma3, idefics3"),
     _run("a user domain that is not a directory", _with(**{"domains.mine": 'path = "nowhere"\n'}),
          "domains.mine ("),
     _run("a user domain named like a built-in one", _with(**{"domains.dusk": 'path = "nowhere"\n'}),

@@ -214,3 +214,19 @@ def test_a_familys_visual_tokens_map_to_image_regions(family_checkpoints, family
     up["region_pixels"] = up["region_pixels"][:-1]
     with pytest.raises(uts.PayloadError, match="region_pixels hold"):
         uts.decode_upload(up, n, 8, 10, None, model_cache.IMAGE_SHAPE)
+
+
+def test_a_tier_larger_than_the_teacher_is_warned_of_once(family_checkpoints, caplog):
+    """The CLI checks a run and run_experiment checks it again: one warning."""
+    import logging
+
+    from fl_sim.config import ModelsConfig
+    from fl_sim.models.provider import check_model_dirs
+
+    models = ModelsConfig(teacher=str(family_checkpoints["clip-llama"]),
+                          tiers={"big": str(family_checkpoints["idefics3"])})
+    with caplog.at_level(logging.WARNING, logger="fl_sim.models.provider"):
+        check_model_dirs(models)
+        check_model_dirs(models)
+    assert [r.getMessage() for r in caplog.records].count(
+        "models.tiers.big is larger than the teacher (95936 vs 83200 language-model parameters)") == 1
