@@ -125,7 +125,7 @@ def test_directories_that_are_not_runnable_checkpoints(tmp_path, checkpoints, ca
         (_fake(tmp_path, "garbled", "{"), "does not parse"),
         (_fake(tmp_path, "noweights", llava, weights=False), "no .safetensors"),
         (_fake(tmp_path, "text-only", {"model_type": "llama", "vocab_size": 10}), "is not a vision-language model"),
-        (_fake(tmp_path, "other-vlm", llava | {"model_type": "idefics3"}), "'idefics3' is not supported"),
+        (_fake(tmp_path, "other-vlm", llava | {"model_type": "paligemma"}), "'paligemma' is not supported"),
         (_fake(tmp_path, "no-image-token", {k: v for k, v in llava.items() if k != "image_token_index"}),
          "names no image token"),
     ]
