@@ -90,6 +90,10 @@ CASES = [
          {"model_type": "paligemma", "vision_config": {}, "text_config": {}, "image_token_index": 4}),
       "e.toml": _with(models='tiers = { mine = "ck" }\n')},
      ["run", "{dir}/e.toml"], "model type 'paligemma' is not supported; fl-sim runs gemma3, idefics3"),
+    ("a truncated checkpoint", {"ck/model.safetensors": b"\x10\0\0\0\0\0\0\0{", "ck/config.json": json.dumps(
+        {"model_type": "llava", "vision_config": {}, "text_config": {}, "image_token_index": 4}),
+        "e.toml": _with(models='tiers = { mine = "ck" }\n')},
+     ["run", "{dir}/e.toml"], "ck': model.safetensors is not whole safetensors"),
     _run("a user domain that is not a directory", _with(**{"domains.mine": 'path = "nowhere"\n'}),
          "domains.mine ("),
     _run("a user domain named like a built-in one", _with(**{"domains.dusk": 'path = "nowhere"\n'}),

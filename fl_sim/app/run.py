@@ -85,6 +85,9 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
 
     strategy_cls = get_strategy(cfg.strategy.name)
     m = cfg.models
+    given = {"teacher": m.teacher} if m.teacher else {}  # the directories named as they are, before the zoo
+    given |= {f"tiers.{n}": spec for n, spec in m.tiers.items() if isinstance(spec, str)}
+    check_loadable({role: str(Path(p).expanduser().resolve()) for role, p in given.items()}, cfg.cache_dir, catalog)
     zoo_paths = None
     if not (m.teacher and m.tiers):  # the zoo supplies what [models] does not name
         zoo = pretrain_zoo(cfg.zoo, seed=cfg.zoo_seed, cache_dir=cfg.cache_dir, progress=progress,
@@ -92,7 +95,7 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
                            roles={"teacher"} if m.tiers else None, catalog=catalog)
         zoo_paths = zoo.paths
     model_paths = resolve_models(cfg, zoo_paths)
-    check_loadable(model_paths, cfg.cache_dir, catalog)
+    check_loadable({r if r == "teacher" else f"tiers.{r}": p for r, p in model_paths.items()}, cfg.cache_dir, catalog)
     from fl_sim.plugins import check_strategy
 
     if "akd" in check_strategy(cfg.strategy.name).reads:

@@ -52,6 +52,19 @@ def _read_config(role: str, path: str) -> dict:
     return cfg
 
 
+def check_weights(role: str, path: str) -> None:
+    """Every ``.safetensors`` file of the checkpoint ``path`` is whole: its header parses and its data covers
+    what the header promises (a truncated copy), read without loading a tensor or importing torch."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(path).expanduser().glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "np"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - whatever the file is, it is not whole safetensors
+            raise FlSimError(f"models.{role} = {path!r}: {f.name} is not whole safetensors ({exc})") from None
+
+
 def _size(cfg: dict) -> int:
     """Rough parameter count of a checkpoint's language model from its config (for the size warning)."""
     t = cfg.get("text_config") or {}
@@ -82,9 +95,11 @@ def check_model_dirs(models) -> None:
     configs = {}
     if models.teacher:
         configs["teacher"] = check_checkpoint("teacher", models.teacher)
+        check_weights("teacher", models.teacher)
     for name, spec in models.tiers.items():
         path = spec if isinstance(spec, str) else spec.checkpoint
         configs[name] = cfg = check_checkpoint(f"tiers.{name}", path)
+        check_weights(f"tiers.{name}", path)
         if not isinstance(spec, str) and spec.backend == "torchao":
             from fl_sim.models.lowbit import require_torchao
 

@@ -158,6 +158,12 @@ def test_broken_family_checkpoints_are_one_line_errors(family_checkpoints, tmp_p
             check_loadable({"tiers.mine": str(path)}, None)
         text = str(err.value)
         assert "\n" not in text and text.startswith(f"models.tiers.mine = '{path}'") and message in text, text
+    from fl_sim.config import ModelsConfig
+    from fl_sim.models.provider import check_model_dirs
+
+    with pytest.raises(FlSimError, match="model.safetensors is not whole safetensors") as err:  # before torch
+        check_model_dirs(ModelsConfig(tiers={"mine": str(truncated)}))
+    assert str(err.value).startswith(f"models.tiers.mine = '{truncated}'")
     with pytest.raises(FlSimError, match=r"strategy.akd.max_new_tokens = 500: the teacher .* leaving \d+ for"):
         check_answer_room(str(family_checkpoints["clip-llama"]), 500, None)
 
