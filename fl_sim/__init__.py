@@ -19,6 +19,12 @@ class PayloadError(FlSimError):
     """A malformed upload or downlink payload: it is rejected (and counted), never applied."""
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``exc`` as ``Type: first line of its message`` (at most ``limit`` characters of it), for one-line errors."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
 def ceil_share(share: float, n: float) -> int:
     """``ceil(share * n)`` of the exact product (budgets, kept tokens, DWC density caps): ``0.07 * 100`` is
     7, not the 8 that float rounding gives."""

@@ -90,7 +90,7 @@ def prompter_for(model_path: str, cache_dir: str | None, catalog: DomainCatalog 
 
 @lru_cache(maxsize=8)
 def _prompter_for(model_path: str, device: str) -> Prompter:
-    from fl_sim import FlSimError
+    from fl_sim import FlSimError, one_line
     from fl_sim.models.families import family_of
     from fl_sim.models.mllm import visual_tokens
     from fl_sim.models.prompts import CheckpointPrompter
@@ -106,9 +106,7 @@ def _prompter_for(model_path: str, device: str) -> Prompter:
     except FlSimError:
         raise
     except Exception as exc:  # noqa: BLE001 - a processor and model that do not fit together: the checkpoint's
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise FlSimError(f"{model_path}: its processor's images do not fit its model ({type(exc).__name__}: "
-                         f"{why[:300]})") from None
+        raise FlSimError(f"{model_path}: its processor's images do not fit its model ({one_line(exc)})") from None
     if made != pr.n_image:
         raise FlSimError(f"{model_path}: its processor lays out {pr.n_image} image tokens for a {IMAGE_SHAPE[0]}x"
                          f"{IMAGE_SHAPE[1]} image, its model makes {made} (the processor's image size, patch size or "

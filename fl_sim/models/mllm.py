@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, PhiConfig, SiglipVisionConfig, SiglipVisionModel
 
-from fl_sim import FlSimError
+from fl_sim import FlSimError, one_line
 from fl_sim.models import placement
 from fl_sim.models.families import base, family_of
 from fl_sim.models.presets import FrontendPreset, ModelPreset
@@ -69,8 +69,7 @@ def load_mllm(path: str | Path, tokenizer=None) -> LlavaForConditionalGeneration
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated or mismatched weights: the checkpoint's, in one line
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise FlSimError(f"{path}: its weights do not load ({type(exc).__name__}: {why[:300]})") from None
+        raise FlSimError(f"{path}: its weights do not load ({one_line(exc)})") from None
     if tokenizer is not None and model.config.text_config.vocab_size != len(tokenizer):
         raise FlSimError(f"checkpoint {path} has vocab size {model.config.text_config.vocab_size}, "
                          f"the shared tokenizer has {len(tokenizer)}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fl_sim import FlSimError
+from fl_sim import FlSimError, one_line
 from fl_sim.models.mllm import Prompter
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -29,10 +29,6 @@ PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.json", "preprocessor_config.json", "processor_config.json")
 FALLBACK_TEMPLATE = "USER: {image} {question} ASSISTANT:"  # LLaVA-1.5's format, when a checkpoint has no template
 MAX_TEXT_POSITIONS = 96  # question, answer and template positions kept beside the visual tokens
-
-
-def _why(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def load_processor(path: Path):
@@ -95,7 +91,7 @@ class CheckpointPrompter(Prompter):
         try:
             proc = load_processor(path)
         except Exception as exc:  # noqa: BLE001 - any loading failure is the checkpoint's, named in one line
-            raise FlSimError(f"{path}: its processor does not load ({_why(exc)})") from None
+            raise FlSimError(f"{path}: its processor does not load ({one_line(exc)})") from None
         tok = getattr(proc, "tokenizer", None)
         self.image_processor = getattr(proc, "image_processor", None)
         if tok is None or self.image_processor is None:
@@ -133,7 +129,7 @@ class CheckpointPrompter(Prompter):
                                                       tokenize=False)
         except Exception as exc:  # noqa: BLE001 - a template that does not render is the checkpoint's
             raise FlSimError(f"{path}: its chat template does not render a user turn with an image "
-                             f"({_why(exc)})") from None
+                             f"({one_line(exc)})") from None
 
     def _template(self, path: Path, blank: np.ndarray) -> tuple[list[int], list[int]]:
         """Token ids before and after the question in one rendered user turn, the image laid out by the
@@ -166,7 +162,7 @@ class CheckpointPrompter(Prompter):
                     out = self.processor(text=[part], images=[blank[0]], add_special_tokens=False)
                 except Exception as exc:  # noqa: BLE001 - a processor that cannot lay out an image is the checkpoint's
                     raise FlSimError(f"{path}: its processor does not lay out one image in a prompt "
-                                     f"({_why(exc)})") from None
+                                     f"({one_line(exc)})") from None
                 ids.append([int(t) for t in np.asarray(out["input_ids"]).reshape(-1)])
             else:
                 ids.append(self.words(part))

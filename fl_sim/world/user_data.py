@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_sim import FlSimError
+from fl_sim import FlSimError, one_line
 from fl_sim.world import user_sources
 from fl_sim.world.answers import ANSWER_TOKENS, normalise
 from fl_sim.world.domains import DOMAINS
@@ -102,7 +102,7 @@ def _rows(name: str, split: str, ds, spec, side: int, root: Path) -> dict:
             cell = row[spec.image]
             named = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
             raise FlSimError(f"{at}: the image{f' {named!r}' if named else ''} does not decode "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                             f"({one_line(exc)})") from None
         questions.append(_text(at, "question", row[spec.question], converted))
         answers.append(_text(at, "answer", row[spec.answer], converted))
         types.append(str(row[spec.question_type]) if spec.question_type else TYPE_DEFAULT)

@@ -168,7 +168,7 @@ def test_broken_family_checkpoints_are_one_line_errors(family_checkpoints, tmp_p
         check_answer_room(str(family_checkpoints["clip-llama"]), 500, None)
 
 
-def test_the_config_check_knows_every_family_without_torch():
+def test_the_config_check_lists_every_family_the_adapters_run():
     from fl_sim.models.families import supported
     from fl_sim.models.provider import VLM_TYPES
 
