@@ -62,6 +62,29 @@ def _named_domain(name, key, expected):
     return _run(name, _with(**{f"domains.{key}": 'path = "d"\n'}), expected)
 
 
+def _processor_case(name, change: dict, expected):
+    """A LLaVA checkpoint ``ck`` with its own processor (a word-level tokenizer, an image processor and a
+    chat template that places the image), as tier ``mine``, its files then changed by ``change`` (file ->
+    content, ``None`` removes it): the processor's files are what is wrong, so nothing needs real weights."""
+    import numpy as np
+    from safetensors.numpy import save
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(["<unk>", "</s>", "<image>", "what", "?"])}, "<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    files = {"config.json": json.dumps({"model_type": "llava", "vision_config": {}, "text_config": {},
+                                        "image_token_index": 2}),
+             "model.safetensors": save({"w": np.zeros(1, np.float32)}), "tokenizer.json": tok.to_str(),
+             "tokenizer_config.json": json.dumps({"eos_token": "</s>", "processor_class": "LlavaProcessor"}),
+             "preprocessor_config.json": json.dumps({"image_processor_type": "CLIPImageProcessor"}),
+             "chat_template.jinja": "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+                                    "<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"}
+    files = {f"ck/{k}": v for k, v in (files | change).items() if v is not None}
+    return (name, files | {"e.toml": _with(models='tiers = { mine = "ck" }\n')}, ["run", "{dir}/e.toml"], expected)
+
+
 CASES = [
     # ------------------------------------------------------------ the file itself
     ("undecodable bytes", {"e.toml": b"rounds = 3\n\xff\xfe\n"}, ["run", "{dir}/e.toml"], "not UTF-8"),
@@ -94,6 +117,20 @@ CASES = [
         {"model_type": "llava", "vision_config": {}, "text_config": {}, "image_token_index": 4}),
         "e.toml": _with(models='tiers = { mine = "ck" }\n')},
      ["run", "{dir}/e.toml"], "ck': model.safetensors is not whole safetensors"),
+    _processor_case("a processor without an image processor", {"preprocessor_config.json": None},
+                    "ck': a tokenizer but no image processor"),
+    _processor_case("a chat template that drops the image", {"chat_template.jinja": "{% for m in messages %}"
+                                                             "{{ m['content'][-1]['text'] }}{% endfor %}"},
+                    "ck': its chat template renders no image in a user turn with an image"),
+    _processor_case("a tokenizer.json that does not load", {"tokenizer.json": '{"model": '},
+                    "ck': tokenizer.json does not load"),
+    _processor_case("an image token outside the tokenizer", {"config.json": json.dumps(
+        {"model_type": "llava", "vision_config": {}, "text_config": {}, "image_token_index": 9})},
+                    "ck': the model's image token id 9 is not in its tokenizer (5 tokens)"),
+    _processor_case("a processor class transformers lacks", {"tokenizer_config.json": json.dumps(
+        {"processor_class": "NoSuchProcessor"})}, "tokenizer_config.json names processor_class 'NoSuchProcessor'"),
+    _processor_case("processor settings that are not JSON", {"preprocessor_config.json": "{image"},
+                    "ck': preprocessor_config.json does not parse as JSON"),
     _run("a user domain that is not a directory", _with(**{"domains.mine": 'path = "nowhere"\n'}),
          "domains.mine ("),
     _run("a user domain named like a built-in one", _with(**{"domains.dusk": 'path = "nowhere"\n'}),

@@ -90,13 +90,16 @@ def prompter_for(model_path: str, cache_dir: str | None, catalog: DomainCatalog 
 
 @lru_cache(maxsize=8)
 def _prompter_for(model_path: str, device: str) -> Prompter:
+    from transformers import AutoConfig
+
     from fl_sim import FlSimError, one_line
     from fl_sim.models.families import family_of
     from fl_sim.models.mllm import visual_tokens
     from fl_sim.models.prompts import CheckpointPrompter
 
+    # the processor first, from the config alone: what is wrong with it is said before the weights load
+    pr = CheckpointPrompter(model_path, AutoConfig.from_pretrained(model_path, local_files_only=True), IMAGE_SHAPE)
     model = _base_model(model_path, device)
-    pr = CheckpointPrompter(model_path, model.config, IMAGE_SHAPE)
     fam = family_of(model)
     try:  # the tower's tokens of one image, the embeddings they make, and where each token sits in the image
         vis = visual_tokens(model, pr.pixels(np.zeros((1, *IMAGE_SHAPE), np.uint8)))

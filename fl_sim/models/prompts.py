@@ -23,8 +23,8 @@ import torch
 
 from fl_sim import FlSimError, one_line
 from fl_sim.models.mllm import Prompter
+from fl_sim.models.processor_files import IMAGE_PROCESSOR_FILES, has_own_processor  # noqa: F401 - re-exported
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "preprocessor_config.json", "processor_config.json")
 FALLBACK_TEMPLATE = "USER: {image} {question} ASSISTANT:"  # LLaVA-1.5's format, when a checkpoint has no template
@@ -67,11 +67,6 @@ def load_processor(path: Path):
                    chat_template=template.read_text() if template.is_file() else None, **settings)
 
 
-def has_own_processor(path: str | Path) -> bool:
-    """Whether the checkpoint directory carries its own tokenizer (and so its own processor)."""
-    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
-
-
 def image_token_id(config) -> int:
     tid = getattr(config, "image_token_id", None)
     return int(tid if tid is not None else config.image_token_index)
@@ -85,7 +80,7 @@ class CheckpointPrompter(Prompter):
         from fl_sim.models.families import FAMILIES
 
         path = Path(path)
-        if not any((path / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
+        if not any((path / f).is_file() for f in IMAGE_PROCESSOR_FILES):
             raise FlSimError(f"{path}: a tokenizer but no image processor (preprocessor_config.json or "
                              "processor_config.json); save the model's processor (AutoProcessor) beside it")
         try:

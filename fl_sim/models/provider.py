@@ -84,8 +84,17 @@ def check_checkpoint(role: str, path: str) -> dict:
     if mtype not in VLM_TYPES:
         raise FlSimError(f"models.{role} = {path!r}: model type {mtype!r} is not supported; fl-sim runs "
                          f"{', '.join(VLM_TYPES)} checkpoints")
-    if cfg.get("image_token_index", cfg.get("image_token_id")) is None:
+    image_token = cfg.get("image_token_index", cfg.get("image_token_id"))
+    if image_token is None:
         raise FlSimError(f"models.{role} = {path!r}: the checkpoint names no image token (image_token_index)")
+    from fl_sim.models.processor_files import check_processor_files, has_own_processor
+
+    folder = Path(path).expanduser()
+    if has_own_processor(folder):
+        try:
+            check_processor_files(folder, image_token)
+        except FlSimError as exc:
+            raise FlSimError(f"models.{role} = {path!r}: {str(exc).removeprefix(f'{folder}: ')}") from None
     return cfg
 
 
