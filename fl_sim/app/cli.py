@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from fl_sim import FlSimError, Stopped
 from fl_sim.config.overrides import parse_set_overrides
-from fl_sim.quiet import quiet_libraries
+from fl_sim.quiet import quiet_data, quiet_libraries
 
 log = logging.getLogger("fl_sim")
 
@@ -71,7 +71,7 @@ def _user_domains(args):
     if not cfg.domains:
         raise FlSimError(f"--domains {args.domains}: the file declares no [domains.NAME]")
     catalog = DomainCatalog(cfg.domains, args.cache_dir)
-    quiet_libraries()
+    quiet_data()
     catalog.build_all()
     return catalog
 
@@ -142,6 +142,11 @@ def cmd_run(args) -> int:
     if not args.resume:  # a run directory that holds another experiment, before any model is loaded
         check_same_setup(run_dir_for(cfg), cfg, "delete it, resume it with `fl-sim run --resume`, or give the "
                          "run another name (--set name=...)")
+    if cfg.domains:  # the user's data, read and checked before torch is imported (the run reuses it)
+        from fl_sim.world.catalog import catalog_of
+
+        quiet_data()
+        catalog_of(cfg).build_all()
     start_libraries()
     from fl_sim.app.run import run_experiment
     from fl_sim.callbacks.console import ConsoleProgress

@@ -60,14 +60,14 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path | None = None, on_round=Non
         raise FlSimError(f"fleet.replay names this run's own directory {run_dir}; give the run another name "
                          "(--set name=...)")
     check_run(cfg)  # everything the run was given, before a model is loaded or Ray starts
+    from fl_sim.world.catalog import catalog_of
+
+    catalog = catalog_of(cfg)
+    catalog.build_all()  # the user domains' data, read and checked before torch is imported
     from fl_sim.models import placement
 
     placement.check(cfg.simulation, cfg.cloud)
     placement.use(cfg.simulation.device, cfg.simulation.precision)  # the server's models and passes
-    from fl_sim.world.catalog import catalog_of
-
-    catalog = catalog_of(cfg)
-    catalog.build_all()  # the user domains' data, read and checked before any model trains
     from fl_sim.app.preflight import check_loadable
     from fl_sim.callbacks.checkpointing import Checkpointing
     from fl_sim.callbacks.continual import ContinualFigures
