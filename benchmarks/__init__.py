@@ -16,7 +16,8 @@ What several benchmarks share is in ``benchmarks/lib.py``. Models and datasets c
 import importlib
 
 # the smoke order
-BENCHMARKS = ("startup", "compression", "scale", "cloud", "cost_curves", "hardware", "model_size", "regions")
+BENCHMARKS = ("startup", "compression", "scale", "cloud", "cost_curves", "hardware", "model_size", "regions",
+              "user_data")
 
 
 def load(name: str):

@@ -5,6 +5,9 @@ A coarse model, per term (bytes):
     driver and models           2 GiB
     Ray workers                 0.6 GiB each (CPUs / num_cpus_per_client workers: Flower's pool size)
     the cloud's actors          0.6 GiB each (teacher replicas, AKD and evaluation actors: ``[cloud]``)
+    adapters                    4 B x LoRA parameters (``strategy.lora_r`` x layers x (8 width + 3 FFN
+                                width) per tier: q, k, v, o, gate, up, down) x 4 (weights, gradients, two
+                                Adam moments), in the driver, each Ray worker and each cloud actor
     registered devices          500 B each in the driver (profile), plus 150 B per domain in the driver and
                                 each worker (device partitions); Flower holds nothing per device
                                 (docs/notes.md, retired investigations);
@@ -46,14 +49,44 @@ PARTITION_BUILD_BYTES = 2_000  # per device, computing one domain's partitions (
 ROUND_SAMPLE_BYTES = 200_000
 ROUND_DISK_BYTES = 4_000
 BUILTIN_DOMAINS = 4  # every run evaluates the built-in domains (fl_sim.callbacks.evaluation.eval_domains)
+ADAPTER_COPIES = 4  # weights, gradients and two Adam moments
 
 
 def domains(cfg) -> int:
-    """Domains whose splits a run holds: the built-in ones plus the combinations its fleet may meet (a trace's
-    schedules are not read here: they name at most the domains a drawn schedule could)."""
+    """Domains whose splits a run holds: the built-in ones, its datasets on disk (``[domains]``) and the
+    combinations its fleet may meet (a trace's schedules are not read here: they name at most the domains a
+    drawn schedule could)."""
     f = cfg.fleet
     named = set(f.schedule.domains) | {f.schedule.first} if f.schedule is not None else set(f.shift_domains)
-    return BUILTIN_DOMAINS + sum(1 for d in named if "+" in d)
+    return BUILTIN_DOMAINS + len(cfg.domains) + sum(1 for d in named if "+" in d)
+
+
+def tier_shapes(cfg) -> dict[str, tuple[int, int, int]]:
+    """``{tier: (width, layers, FFN width)}`` of each device tier's language model: the zoo's presets, or
+    the checkpoints' ``config.json`` (a tier whose config does not read is left out: ``check_model_dirs``
+    names it)."""
+    import json
+
+    from fl_sim.models.presets import get_zoo
+
+    if not cfg.models.tiers:
+        return {name: (p.hidden, p.layers, 4 * p.hidden) for name, p in get_zoo(cfg.zoo).tiers.items()}
+    shapes = {}
+    for name, spec in cfg.models.tiers.items():
+        path = Path(spec if isinstance(spec, str) else spec.checkpoint).expanduser() / "config.json"
+        try:
+            t = json.loads(path.read_text()).get("text_config") or {}
+            h = int(t.get("hidden_size", 0))
+            shapes[name] = (h, int(t.get("num_hidden_layers", 0)), int(t.get("intermediate_size") or 4 * h))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+    return {n: s for n, s in shapes.items() if s[0] > 0}
+
+
+def adapter_bytes(cfg) -> int:
+    """Bytes of one copy of every tier's LoRA adapters in training (``ADAPTER_COPIES``)."""
+    params = sum(cfg.strategy.lora_r * layers * (8 * h + 3 * ffn) for h, layers, ffn in tier_shapes(cfg).values())
+    return 4 * ADAPTER_COPIES * params
 
 
 def workers(cfg) -> int:
@@ -74,6 +107,7 @@ def needs(cfg, n_devices: int, cloud_workers: int = 0) -> dict[str, dict[str, fl
     memory = {"driver and models": DRIVER_BYTES,
               "Ray workers (simulation.num_cpus / num_cpus_per_client)": w * WORKER_BYTES,
               "the cloud's actors ([cloud], strategy.akd.workers)": cloud_workers * WORKER_BYTES,
+              "adapters (strategy.lora_r)": (w + cloud_workers + 1) * adapter_bytes(cfg),
               "registered devices (fleet.num_devices)": n_devices * (PER_DEVICE_BYTES + PARTITION_BUILD_BYTES
                                                                      + PER_DEVICE_DOMAIN_BYTES * n_dom * (w + 1)),
               "datasets (eval.n_test, fleet.samples_per_round)": data,

@@ -167,21 +167,7 @@ def check_answer_room(teacher: str, max_new_tokens: int, cache_dir: str | None, 
 def check_adapter_rank(cfg) -> None:
     """``strategy.lora_r`` is at most the width of every tier's language model (a LoRA rank above it adds
     values and no expressiveness); the widths come from the zoo's presets or the checkpoints' configs."""
-    import json
-
-    from fl_sim.models.presets import get_zoo
-
-    widths = {}
-    if cfg.models.tiers:
-        for name, spec in cfg.models.tiers.items():
-            path = Path(spec if isinstance(spec, str) else spec.checkpoint).expanduser() / "config.json"
-            try:
-                widths[name] = int((json.loads(path.read_text()).get("text_config") or {}).get("hidden_size", 0))
-            except (OSError, ValueError, TypeError):
-                continue  # check_model_dirs has said what is wrong with it
-    else:
-        widths = {name: p.hidden for name, p in get_zoo(cfg.zoo).tiers.items()}
-    widths = {n: w for n, w in widths.items() if w > 0}
+    widths = {name: shape[0] for name, shape in capacity.tier_shapes(cfg).items()}
     if widths:
         name = min(widths, key=widths.get)
         if cfg.strategy.lora_r > widths[name]:

@@ -76,8 +76,9 @@ def _text(at: str, what: str, value, converted: list) -> str:
     return text
 
 
-def _rows(name: str, split: str, ds, spec, side: int, root: Path) -> dict:
-    where = f"domains.{name} ({spec.path}) split {split!r}"
+def _readable(where: str, ds, spec):
+    """``ds`` (one split of the source) checked to have the configured columns and a row, its images left
+    undecoded (each is decoded by ``_samples``, so a bad one is named)."""
     cols = [spec.image, spec.question, spec.answer] + ([spec.question_type] if spec.question_type else [])
     missing = [c for c in cols if c not in ds.column_names]
     if missing:
@@ -85,15 +86,22 @@ def _rows(name: str, split: str, ds, spec, side: int, root: Path) -> dict:
     if len(ds) == 0:
         raise FlSimError(f"{where}: the split is empty")
     from datasets import Image
+
+    if isinstance(ds.features[spec.image], Image):
+        ds = ds.cast_column(spec.image, Image(decode=False))
+    return ds
+
+
+def _samples(name: str, where: str, ds, spec, side: int, root: Path, grouped: bool):
+    """The rows of ``ds`` one at a time as samples of domain ``name`` (with ``grouped``, each with the
+    digest of its converted pixels as ``group``: the held-out split keeps an image's rows together)."""
     from PIL import Image as PILImage
 
-    if isinstance(ds.features[spec.image], Image):  # decode here, row by row, so a bad image is named
-        ds = ds.cast_column(spec.image, Image(decode=False))
-    images, questions, answers, types, converted = [], [], [], [], []
+    converted = []
     for i, row in enumerate(ds, start=1):
         at = f"{where} row {i}"
         try:
-            images.append(to_rgb(row[spec.image], side, lambda p, at=at: PILImage.open(inside(root, p, at))))
+            image = to_rgb(row[spec.image], side, lambda p, at=at: PILImage.open(inside(root, p, at)))
         except FlSimError:
             raise
         except ImageError as exc:
@@ -103,30 +111,64 @@ def _rows(name: str, split: str, ds, spec, side: int, root: Path) -> dict:
             named = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
             raise FlSimError(f"{at}: the image{f' {named!r}' if named else ''} does not decode "
                              f"({one_line(exc)})") from None
-        questions.append(_text(at, "question", row[spec.question], converted))
-        answers.append(_text(at, "answer", row[spec.answer], converted))
-        types.append(str(row[spec.question_type]) if spec.question_type else TYPE_DEFAULT)
+        sample = {"image": image, "question": _text(at, "question", row[spec.question], converted),
+                  "answer": _text(at, "answer", row[spec.answer], converted),
+                  "family": str(row[spec.question_type]) if spec.question_type else TYPE_DEFAULT,
+                  "domain": name, "caption": ""}
+        if grouped:
+            sample["group"] = hashlib.sha1(image.tobytes()).hexdigest()
+        yield sample
     if converted:
         log.warning("%s: %d numbers converted to text (%s)", where, len(converted), ", ".join(converted[:3]))
-    return {"image": images, "question": questions, "answer": answers, "family": types}
 
 
-def _held_out(name: str, images: list[np.ndarray], fraction: float) -> np.ndarray:
-    """Boolean test mask: ``fraction`` of the distinct images (and all their rows), seeded by ``name``."""
-    keys = [hashlib.sha1(im.tobytes()).digest() for im in images]
-    groups = list(dict.fromkeys(keys))
+def _write(where: str, rows, features, scratch: Path):
+    """The samples ``rows`` (a generator's arguments) written to Arrow in batches as they come
+    (``Dataset.from_generator``): the conversion holds a batch of samples, whatever the dataset's size."""
+    from datasets import Dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        return Dataset.from_generator(_samples, features=features, gen_kwargs=rows, cache_dir=str(scratch),
+                                      keep_in_memory=False)
+    except DatasetGenerationError as exc:  # the generator's own one-line error, unwrapped
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, FlSimError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise FlSimError(f"{where}: the rows do not convert ({one_line(exc)})") from None
+
+
+def _held_out(name: str, groups: list[str], fraction: float) -> np.ndarray:
+    """Boolean test mask: ``fraction`` of the distinct images (``groups``: one digest per row; all their
+    rows), seeded by ``name``."""
+    distinct = list(dict.fromkeys(groups))
     rng = np.random.default_rng([VERSION, zlib.crc32(name.encode())])
-    order = rng.permutation(len(groups))
-    n_test = min(len(groups) - 1, max(1, math.ceil(fraction * len(groups))))
-    test = {groups[i] for i in order[:n_test]}
-    return np.array([k in test for k in keys])
+    order = rng.permutation(len(distinct))
+    n_test = min(len(distinct) - 1, max(1, math.ceil(fraction * len(distinct))))
+    test = {distinct[i] for i in order[:n_test]}
+    return np.array([g in test for g in groups])
+
+
+def _check_disk(where: str, rows: int, folder: Path) -> None:
+    """The converted rows (and, while a held-out split is cut, a second copy) fit the cache's disk."""
+    from fl_sim.app.capacity import DISK_PER_SAMPLE_BYTES, free_disk
+    from fl_sim.report.table import human_bytes
+
+    need, free = 2 * rows * DISK_PER_SAMPLE_BYTES, free_disk(folder)
+    if need > free:
+        raise FlSimError(f"{where}: converting its {rows} rows needs about {human_bytes(need, binary=True)} of "
+                         f"disk under {folder}, which has {human_bytes(free, binary=True)} free")
 
 
 def build(name: str, spec, cell_px: int, cache_dir: str | None) -> Path:
     """Convert (once, cached) the dataset of domain ``name``; returns its cache folder (``train``, ``test``).
     Every problem with the data is a one-line ``FlSimError`` naming the dataset, raised before anything is
-    written to the cache."""
-    from datasets import Dataset
+    written to the cache. The rows stream through: decoded, checked and written to Arrow in batches."""
+    import tempfile
+
+    from datasets import Value
 
     from fl_sim.cache import cache_root, get_or_build, stable_hash
     from fl_sim.world.features import split_features
@@ -145,37 +187,47 @@ def build(name: str, spec, cell_px: int, cache_dir: str | None) -> Path:
     out = cache_root(cache_dir) / "data" / f"user-{name}-{key}"
 
     def make(tmp: Path) -> dict:
-        side = 3 * cell_px
+        side, features = 3 * cell_px, split_features(cell_px)
         dd = user_sources.read(where, path, spec.format, cache_root(cache_dir) / "hf")
-        if spec.test_split in dd:
-            train_name = next((s for s in ("train", *dd) if s in dd and s != spec.test_split), None)
-            if train_name is None:
-                raise FlSimError(f"domains.{name} ({spec.path}): only the test split {spec.test_split!r}, "
-                                 "no train split")
-            parts = {"train": _rows(name, train_name, dd[train_name], spec, side, root),
-                     "test": _rows(name, spec.test_split, dd[spec.test_split], spec, side, root)}
-        else:
-            src = "train" if "train" in dd else next(iter(dd))
-            rows = _rows(name, src, dd[src], spec, side, root)
-            if len(set(hashlib.sha1(im.tobytes()).digest() for im in rows["image"])) < 2:
-                raise FlSimError(f"domains.{name} ({spec.path}): one distinct image; a held-out test split needs two")
-            test = _held_out(name, rows["image"], spec.test_fraction)
-            parts = {s: {k: [v for v, t in zip(vals, test) if t == (s == "test")] for k, vals in rows.items()}
-                     for s in ("train", "test")}
-        counts = {}
-        for s, rows in parts.items():
-            n = len(rows["question"])
-            table = rows | {"domain": [name] * n, "caption": [""] * n}
-            Dataset.from_dict(table, features=split_features(cell_px)).save_to_disk(str(tmp / s))
-            counts[s] = n
-        words = sorted({w for rows in parts.values() for t in rows["question"] + rows["answer"] for w in t.split()})
-        return {"domain": name, "source": str(path.resolve()), "rows": counts, "words": words,
-                "types": sorted({t for rows in parts.values() for t in rows["family"]})}
+        at = {s: f"domains.{name} ({spec.path}) split {s!r}" for s in dd}
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.name}-gen.") as scratch:
+            def rows(split: str, grouped: bool) -> dict:
+                return {"name": name, "where": at[split], "ds": _readable(at[split], dd[split], spec),
+                        "spec": spec, "side": side, "root": root, "grouped": grouped}
+
+            _check_disk(where, sum(len(dd[s]) for s in dd), tmp.parent)
+            if spec.test_split in dd:
+                train_name = next((s for s in ("train", *dd) if s in dd and s != spec.test_split), None)
+                if train_name is None:
+                    raise FlSimError(f"domains.{name} ({spec.path}): only the test split {spec.test_split!r}, "
+                                     "no train split")
+                parts = {"train": _write(where, rows(train_name, False), features, Path(scratch)),
+                         "test": _write(where, rows(spec.test_split, False), features, Path(scratch))}
+            else:
+                src = "train" if "train" in dd else next(iter(dd))
+                grouped = features.copy()
+                grouped["group"] = Value("string")
+                both = _write(where, rows(src, True), grouped, Path(scratch))
+                groups = both["group"]
+                if len(set(groups)) < 2:
+                    raise FlSimError(f"domains.{name} ({spec.path}): one distinct image; a held-out test split "
+                                     "needs two")
+                test = _held_out(name, groups, spec.test_fraction)
+                both = both.remove_columns("group")
+                parts = {s: both.select(np.flatnonzero(test == (s == "test"))) for s in ("train", "test")}
+            counts, words, types = {}, set(), set()
+            for s, ds in parts.items():
+                ds.save_to_disk(str(tmp / s))  # select()ed rows are written out in batches
+                counts[s] = len(ds)
+                for batch in ds.select_columns(["question", "answer", "family"]).iter(batch_size=10_000):
+                    words.update(w for t in batch["question"] + batch["answer"] for w in t.split())
+                    types.update(batch["family"])
+        return {"domain": name, "source": str(path.resolve()), "rows": counts, "words": sorted(words),
+                "types": sorted(types)}
 
     get_or_build(out, make, f"dataset of domain {name}")
     _BUILT[memo] = out
     return out
-
 
 
 def load(name: str, spec, split: str, n: int, seed: int, cell_px: int, cache_dir: str | None):

@@ -251,4 +251,4 @@ def test_the_capacity_check_counts_the_clouds_workers(monkeypatch):
                  {"simulation.precision": "bf16"}, {"strategy.akd.steps": 0}):
         assert cloud_workers(cfg(**none, **over), 3) == 0, over
     base, more = (sum(capacity.needs(cfg(), 100, w)["memory"].values()) for w in (0, 2))
-    assert more - base == pytest.approx(2 * capacity.WORKER_BYTES)
+    assert more - base == pytest.approx(2 * (capacity.WORKER_BYTES + capacity.adapter_bytes(cfg())))
