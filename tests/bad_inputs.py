@@ -58,6 +58,13 @@ def _dataset_case(name, last_row: dict, expected, extra_files=None):
     return (name, files, ["run", "{dir}/e.toml"], expected)
 
 
+def _latin1_case():
+    """``_dataset_case``'s folder with its metadata written in Latin-1 (a question with an accent)."""
+    name, files, argv, _ = _dataset_case("", {"file_name": "img2.png", "question": "caf\u00e9?", "answer": "blue"}, "")
+    files["d/metadata.jsonl"] = files["d/metadata.jsonl"].replace("\\u00e9", "\u00e9").encode("latin-1")
+    return ("Latin-1 metadata", files, argv, "metadata.jsonl line 3 is not UTF-8 text (byte 0xe9)")
+
+
 def _named_domain(name, key, expected):
     return _run(name, _with(**{f"domains.{key}": 'path = "d"\n'}), expected)
 
@@ -156,6 +163,9 @@ CASES = [
                                               "answer": "a"}, "row 3: the question has 100000 words"),
     _dataset_case("an answer longer than a model answers", {"file_name": "img2.png", "question": "q?",
                                                             "answer": "very " * 30}, "row 3: the answer has 30"),
+    _dataset_case("a row without its file_name", {"question": "which colour?", "answer": "blue"},
+                  "row 3: the image is refused: no image"),
+    _latin1_case(),
     _run("an unknown device", _with(simulation='device = "tpu"\n'), "simulation.device"),
     _run("a negative GPU share", _with(simulation="num_gpus_per_client = -1\n"), "simulation.num_gpus_per_client"),
     _run("an unknown precision", _with(simulation='precision = "fp8"\n'), "simulation.precision"),

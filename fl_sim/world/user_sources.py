@@ -130,6 +130,24 @@ def _strings(value) -> list[str]:
     return []
 
 
+TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt")
+
+
+def not_utf8(root: Path) -> str | None:
+    """The first text file under ``root`` (metadata, JSON lines, CSV) that is not UTF-8, as ``NAME line N is
+    not UTF-8 text``, read line by line; ``None`` when every one is."""
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES)
+    for f in files:
+        with open(f, "rb") as fh:
+            for n, line in enumerate(fh, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    name = f.name if f == root else f.relative_to(root)
+                    return f"{name} line {n} is not UTF-8 text (byte {exc.object[exc.start]:#x})"
+    return None
+
+
 def read(where: str, path: Path, fmt: str, hf_cache: Path):
     """The dataset at ``path`` as a ``DatasetDict`` (``fmt``: ``"auto"`` or a ``datasets`` builder name)."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
@@ -142,6 +160,12 @@ def read(where: str, path: Path, fmt: str, hf_cache: Path):
         except FlSimError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the builder says, one line naming the dataset
+            while exc.__cause__ is not None:  # what went wrong under datasets' "error while generating"
+                exc = exc.__cause__
+            if isinstance(exc, UnicodeDecodeError):
+                bad = not_utf8(root_of(path))
+                if bad:
+                    raise FlSimError(f"{where}: {bad}; save it as UTF-8") from None
             first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
             if "corresponds to no data" in first:
                 raise FlSimError(f"{where}: the split is empty (its files hold no rows)") from None
