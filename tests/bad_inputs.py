@@ -58,6 +58,17 @@ def _dataset_case(name, last_row: dict, expected, extra_files=None):
     return (name, files, ["run", "{dir}/e.toml"], expected)
 
 
+def _nan_tiff() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), np.nan, np.float32), mode="F").save(buf, format="TIFF")
+    return buf.getvalue()
+
+
 def _latin1_case():
     """``_dataset_case``'s folder with its metadata written in Latin-1 (a question with an accent)."""
     name, files, argv, _ = _dataset_case("", {"file_name": "img2.png", "question": "caf\u00e9?", "answer": "blue"}, "")
@@ -166,6 +177,8 @@ CASES = [
     _dataset_case("a row without its file_name", {"question": "which colour?", "answer": "blue"},
                   "row 3: the image is refused: no image"),
     _latin1_case(),
+    _dataset_case("a float image of NaN", {"file_name": "nan.tiff", "question": "which colour?", "answer": "blue"},
+                  "row 3: the image 'nan.tiff' is refused: NaN", {"d/nan.tiff": _nan_tiff()}),
     _run("an unknown device", _with(simulation='device = "tpu"\n'), "simulation.device"),
     _run("a negative GPU share", _with(simulation="num_gpus_per_client = -1\n"), "simulation.num_gpus_per_client"),
     _run("an unknown precision", _with(simulation='precision = "fp8"\n'), "simulation.precision"),

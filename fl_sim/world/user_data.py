@@ -99,18 +99,19 @@ def _samples(name: str, where: str, ds, spec, side: int, root: Path, grouped: bo
 
     converted = []
     for i, row in enumerate(ds, start=1):
-        at = f"{where} row {i}"
+        at, cell = f"{where} row {i}", row[spec.image]
+        named = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
+        shown = Path(named).resolve().relative_to(root.resolve()) if named and Path(named).resolve().is_relative_to(
+            root.resolve()) else named
+        the_image = f"the image {str(shown)!r}" if named else "the image"
         try:
-            image = to_rgb(row[spec.image], side, lambda p, at=at: PILImage.open(inside(root, p, at)))
+            image = to_rgb(cell, side, lambda p, at=at: PILImage.open(inside(root, p, at)))
         except FlSimError:
             raise
         except ImageError as exc:
-            raise FlSimError(f"{at}: the image is refused: {exc}") from None
+            raise FlSimError(f"{at}: {the_image} is refused: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - an image that does not decode: name it
-            cell = row[spec.image]
-            named = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
-            raise FlSimError(f"{at}: the image{f' {named!r}' if named else ''} does not decode "
-                             f"({one_line(exc)})") from None
+            raise FlSimError(f"{at}: {the_image} does not decode ({one_line(exc)})") from None
         sample = {"image": image, "question": _text(at, "question", row[spec.question], converted),
                   "answer": _text(at, "answer", row[spec.answer], converted),
                   "family": str(row[spec.question_type]) if spec.question_type else TYPE_DEFAULT,
