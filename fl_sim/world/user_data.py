@@ -92,6 +92,15 @@ def _readable(where: str, ds, spec):
     return ds
 
 
+def _the_image(cell, root: Path) -> str:
+    """``the image 'PATH'`` (relative to the dataset's folder) for a row's image cell, when it names a file."""
+    named = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
+    if not named:
+        return "the image"
+    full = Path(named).resolve()
+    return f"the image {str(full.relative_to(root.resolve()) if full.is_relative_to(root.resolve()) else named)!r}"
+
+
 def _samples(name: str, where: str, ds, spec, side: int, root: Path, grouped: bool):
     """The rows of ``ds`` one at a time as samples of domain ``name`` (with ``grouped``, each with the
     digest of its converted pixels as ``group``: the held-out split keeps an image's rows together)."""
@@ -100,18 +109,14 @@ def _samples(name: str, where: str, ds, spec, side: int, root: Path, grouped: bo
     converted = []
     for i, row in enumerate(ds, start=1):
         at, cell = f"{where} row {i}", row[spec.image]
-        named = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
-        shown = Path(named).resolve().relative_to(root.resolve()) if named and Path(named).resolve().is_relative_to(
-            root.resolve()) else named
-        the_image = f"the image {str(shown)!r}" if named else "the image"
         try:
             image = to_rgb(cell, side, lambda p, at=at: PILImage.open(inside(root, p, at)))
         except FlSimError:
             raise
         except ImageError as exc:
-            raise FlSimError(f"{at}: {the_image} is refused: {exc}") from None
+            raise FlSimError(f"{at}: {_the_image(cell, root)} is refused: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - an image that does not decode: name it
-            raise FlSimError(f"{at}: {the_image} does not decode ({one_line(exc)})") from None
+            raise FlSimError(f"{at}: {_the_image(cell, root)} does not decode ({one_line(exc)})") from None
         sample = {"image": image, "question": _text(at, "question", row[spec.question], converted),
                   "answer": _text(at, "answer", row[spec.answer], converted),
                   "family": str(row[spec.question_type]) if spec.question_type else TYPE_DEFAULT,
