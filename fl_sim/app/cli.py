@@ -105,7 +105,7 @@ def cmd_evaluate(args) -> int:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise FlSimError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist")
     start_libraries()
-    from fl_sim.app.zoo_evaluation import check_targets, evaluate_zoo, print_eval
+    from fl_sim.app.zoo_evaluation import check_reference, check_targets, evaluate_zoo, print_eval, reference_table
     from fl_sim.models.zoo import pretrain_zoo
 
     with _progress(args.quiet) as p:
@@ -113,14 +113,15 @@ def cmd_evaluate(args) -> int:
                            progress=p, workers=args.workers, catalog=catalog)
     t0 = time.time()
     table = evaluate_zoo(zoo, n_test=args.n_test, seed=args.seed, cache_dir=args.cache_dir, catalog=catalog)
-    print_eval(table)
-    checks = check_targets(table, catalog.names())
+    reference = reference_table(args.n_test, seed=args.seed, cache_dir=args.cache_dir, catalog=catalog)
+    print_eval(table | {"reference": reference} if reference else table)
+    checks = check_targets(table, catalog.names()) + check_reference(table, reference)
     for line in checks:
         print(line)
     print(f"evaluate: {time.time() - t0:.1f} s on {args.n_test} test samples per domain")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"table": table, "targets": checks}, f, indent=1)
+            json.dump({"table": table, "reference": reference, "targets": checks}, f, indent=1)
     return 0
 
 

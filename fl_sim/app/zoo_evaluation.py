@@ -26,6 +26,29 @@ def evaluate_zoo(zoo, n_test: int = 300, seed: int = 0, cell_px: int = 16, cache
     return {name: evaluate(m, zoo.prompter, sets) for name, m in zoo.models.items()}
 
 
+def reference_table(n_test: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None,
+                    catalog=NO_DOMAINS) -> dict:
+    """``{domain: {"vqa": acc, "vqa_exact": acc}}`` of the supervised reference (``fl_sim.models.reference``)
+    on each domain of ``catalog``: trained on its train split, scored on the test samples the models are."""
+    from fl_sim.models.reference import reference_accuracy
+
+    train_rows = 10**9  # every row (the reference draws at most its own max_rows)
+    return {d: reference_accuracy(load_split(d, "train", train_rows, seed, cell_px, cache_dir, catalog),
+                                  load_split(d, "test", n_test, seed, cell_px, cache_dir, catalog), seed)
+            for d in catalog.names()}
+
+
+def check_reference(table: dict, reference: dict) -> list[str]:
+    """One line per user domain: the teacher against the supervised reference, MET when it is at or above."""
+    lines = []
+    for d, ref in reference.items():
+        t = table["teacher"][d]["vqa"]
+        lines.append(f"[{'MET' if t >= ref['vqa'] else 'MISSED'}] teacher >= the supervised reference on {d} "
+                     f"(teacher {t:.1%}, reference {ref['vqa']:.1%}: a CNN + bag-of-words answer classifier "
+                     "trained on its train split)")
+    return lines
+
+
 def print_eval(table: dict) -> None:
     from fl_sim.report.table import print_rows
 
