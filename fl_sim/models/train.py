@@ -23,6 +23,7 @@ from fl_sim.world.domains import DOMAINS, compositional_cells
 from fl_sim.world.scenes import COLOURS, DIGIT_SHAPES, GEOMETRIC_SHAPES, GRID, SIZES
 
 # the LM that stage A+ trains the tower under, thrown away afterwards
+ANCHOR_WEIGHT = 10.0  # stage A+: the built-in tokens' relative drift from stage A's, against the answers' loss
 PROXY_LM = ModelPreset(role="teacher", hidden=128, layers=2, heads=4, steps=1, lr=1e-3,
                        description="stage A+ proxy LM")
 
@@ -136,25 +137,38 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
 
     A fresh MLLM (``frontend`` + projector + the small ``PROXY_LM``) trains every parameter, the tower at
     ``fe.user_lr``, on answers from every built-in domain and every user domain (half the samples from the
-    user's); stage A's per-cell loss (``heads``, trained on) stays on the batch's built-in samples, so the
-    built-in features are kept while the new ones form. Then ``frontend`` takes the trained tower's weights
-    and the rest is discarded; every model of the zoo is trained on top of it. Returns the training metrics
-    and the held-out cell accuracy after it (stage A's measure: what the built-in features kept).
+    user's); on the batch's built-in samples, stage A's per-cell loss (``heads``, trained on) stays and the
+    tower's tokens are held to stage A's (their squared drift relative to their mean square, weighted
+    ``ANCHOR_WEIGHT``: what every model reads from a built-in image, counts included, is kept), so the
+    built-in features are kept while the new ones form on the user's images. Then ``frontend`` takes the
+    trained tower's weights and the rest is discarded; every model of the zoo is trained on top of it.
+    Returns the training metrics and the held-out cell accuracy after it (stage A's measure: what the
+    built-in features kept).
     """
+    import copy
+
     torch.manual_seed(seed)
     proxy = build_mllm(PROXY_LM, fe, cell_px, tokenizer)
     tower = proxy.model.vision_tower
     tower.load_state_dict(frontend.state_dict())
+    before = copy.deepcopy(frontend).eval().requires_grad_(False)  # stage A's tower, the anchor
     user_domains = catalog.names()
     domains = list(DOMAINS) + user_domains
     weights = [0.5 / len(DOMAINS)] * len(DOMAINS) + [0.5 / len(user_domains)] * len(user_domains)
 
-    def keep_cells(samples):
+    def keep_built_in(samples):
         built_in = [s for s in samples if "objects" in s]
-        return heads.loss(tower, built_in) if built_in else 0.0
+        if not built_in:
+            return 0.0
+        x = Prompter.pixels(np.stack([s["image"] for s in built_in]))
+        new = tower(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+        with torch.no_grad():
+            old = before(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+        drift = (new - old).pow(2).mean() / old.pow(2).mean().clamp_min(1e-8)
+        return heads.loss(tower, built_in) + ANCHOR_WEIGHT * drift
 
     metrics = train_answers(proxy, Prompter(tokenizer), domains, fe.user_steps, fe.batch_size, PROXY_LM.lr, seed,
-                            cell_px, progress, weights=weights, tower_lr=fe.user_lr, extra=(heads, keep_cells),
+                            cell_px, progress, weights=weights, tower_lr=fe.user_lr, extra=(heads, keep_built_in),
                             catalog=catalog)
     frontend.load_state_dict(tower.state_dict())
     frontend.eval()

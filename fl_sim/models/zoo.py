@@ -35,7 +35,8 @@ from fl_sim.world.user_data import build as build_user
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
-USER_STAGE_VERSION = 2  # stage A+ keeps stage A's per-cell loss on the built-in samples
+USER_STAGE_VERSION = 3  # stage A+ keeps stage A's per-cell loss and tokens on the built-in samples
+USER_RECIPE_VERSION = 2  # with user domains, the teacher's steps grow so the built-in domains keep theirs
 
 
 @dataclass
@@ -84,11 +85,13 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
     domains = (compositional_cells() if preset.compositional else list(DOMAINS)) if preset.role == "teacher" \
         else ["source"]
     weights = [preset.domain_weights.get(d, 1.0) for d in domains] if preset.domain_weights else None
+    steps = preset.steps
     if preset.role == "teacher" and catalog:  # the teacher learns every user domain, each as much as a
-        w = weights or [1.0] * len(domains)   # built-in domain (a quarter of the built-in world's share)
-        weights = w + [sum(w) / len(DOMAINS)] * len(catalog.names())
+        w = weights or [1.0] * len(domains)   # built-in domain (a quarter of the built-in world's share),
+        weights = w + [sum(w) / len(DOMAINS)] * len(catalog.names())  # in added steps: the built-in
+        steps = round(preset.steps * sum(weights) / sum(w))            # domains keep their samples
         domains = domains + catalog.names()
-    metrics = train_answers(model, Prompter(tokenizer), domains, preset.steps, preset.batch_size, preset.lr,
+    metrics = train_answers(model, Prompter(tokenizer), domains, steps, preset.batch_size, preset.lr,
                             seed, cell_px, report or _progress_factory(progress, f"stage B {role_name}"),
                             weights=weights, catalog=catalog)
     quant = quantize_linears(model.model.language_model, preset.precision, preset.group_size)
@@ -204,9 +207,10 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     tokenizer = load_tokenizer(cache_dir, catalog=catalog)
     base = {"v": RECIPE_VERSION, "data": GENERATOR_VERSION, "cell_px": cell_px, "seed": seed,
             "vocab": tokenizer.get_vocab()}
-    if catalog:  # the datasets on disk the teacher trains on, by content
+    if catalog:  # the datasets on disk the teacher trains on, by content, and how it trains on them
         base["user_domains"] = {n: build_user(n, spec, cell_px, catalog.cache_dir).name
                                 for n, spec in catalog.specs.items()}
+        base["user_recipe"] = USER_RECIPE_VERSION
 
     fe_spec = zoo.frontend.key() | ({"user_stage": zoo.frontend.user_stage() | {"v": USER_STAGE_VERSION}}
                                     if catalog and zoo.frontend.user_steps else {})

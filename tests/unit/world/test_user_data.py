@@ -167,7 +167,9 @@ def test_a_tiny_fleet_shifts_to_a_user_domain(tmp_path, cache_dir, tiny_zoo):
     assert {row["shift_domain"] for row in fleet} == {"fruit"}
     models = json.loads((run_dir / "models.json").read_text())
     assert models["teacher"]["path"] != str(tiny_zoo.paths["teacher"])  # a zoo of its own: new words, new data
-    assert "fruit" in json.loads((Path(models["teacher"]["path"]) / "MANIFEST.json").read_text())["meta"]["trained_on"]
+    teacher = json.loads((Path(models["teacher"]["path"]) / "MANIFEST.json").read_text())["meta"]
+    assert "fruit" in teacher["trained_on"]
+    assert teacher["train"]["steps"] == round(30 * 5 / 4)  # the built-in domains keep the preset's 30 steps
     # stage A+: the shared front-end trained on the user's images too (its own folder, its own weights)
     metas = {p: json.loads((p / "MANIFEST.json").read_text())["meta"]
              for p in Path(cache_dir, "models").glob("frontend-*")}
