@@ -22,8 +22,8 @@ from fl_sim.world.data import sample_stream
 from fl_sim.world.domains import DOMAINS, compositional_cells
 from fl_sim.world.scenes import COLOURS, DIGIT_SHAPES, GEOMETRIC_SHAPES, GRID, SIZES
 
-# the LM that stage A+ trains the tower under, thrown away afterwards
 ANCHOR_WEIGHT = 10.0  # stage A+: the built-in tokens' relative drift from stage A's, against the answers' loss
+# the LM that stage A+ trains the tower under, thrown away afterwards
 PROXY_LM = ModelPreset(role="teacher", hidden=128, layers=2, heads=4, steps=1, lr=1e-3,
                        description="stage A+ proxy LM")
 
