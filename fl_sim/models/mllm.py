@@ -22,7 +22,7 @@ from fl_sim.models import placement
 from fl_sim.models.families import base, family_of
 from fl_sim.models.presets import FrontendPreset, ModelPreset
 from fl_sim.world.scenes import GRID
-from fl_sim.world.tokenizer import BOS, EOS, IMAGE, PAD, SEP
+from fl_sim.world.tokenizer import BOS, BUILT_IN_VOCAB, EOS, IMAGE, PAD, SEP
 
 MAX_POSITIONS = 64
 
@@ -38,9 +38,14 @@ def build_frontend(fe: FrontendPreset, cell_px: int) -> SiglipVisionModel:
 
 
 def build_mllm(preset: ModelPreset, fe: FrontendPreset, cell_px: int, tokenizer) -> LlavaForConditionalGeneration:
-    """A fresh ``LlavaForConditionalGeneration`` (SigLIP + GELU-MLP projector + Phi decoder)."""
+    """A fresh ``LlavaForConditionalGeneration`` (SigLIP + GELU-MLP projector + Phi decoder).
+
+    Its initial weights do not depend on a run's own words: the model is drawn for the built-in vocabulary
+    and the user's word embeddings are added after every other draw, so a model trained on the built-in
+    world starts where the default zoo's does, whatever data the run brings."""
     ids = tokenizer.convert_tokens_to_ids
-    text = PhiConfig(vocab_size=len(tokenizer), hidden_size=preset.hidden, intermediate_size=4 * preset.hidden,
+    text = PhiConfig(vocab_size=min(len(tokenizer), BUILT_IN_VOCAB), hidden_size=preset.hidden,
+                     intermediate_size=4 * preset.hidden,
                      num_hidden_layers=preset.layers, num_attention_heads=preset.heads,
                      max_position_embeddings=MAX_POSITIONS, pad_token_id=ids(PAD), bos_token_id=ids(BOS),
                      eos_token_id=ids(EOS), resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
@@ -50,6 +55,8 @@ def build_mllm(preset: ModelPreset, fe: FrontendPreset, cell_px: int, tokenizer)
                       image_seq_length=GRID * GRID, projector_hidden_act="gelu",
                       pad_token_id=ids(PAD), bos_token_id=ids(BOS), eos_token_id=ids(EOS), tie_word_embeddings=True)
     model = LlavaForConditionalGeneration(cfg)
+    if len(tokenizer) > BUILT_IN_VOCAB:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     # Tied input/output word embeddings: captions then align word embeddings with visual features,
     # which is what lets small LMs learn conjunctions ("is there a red circle?"); untied, a 2-layer LM
     # stayed at chance on existence questions for 600 steps (measured).

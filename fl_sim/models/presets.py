@@ -39,11 +39,12 @@ class FrontendPreset(Strict):
         "with compositional: the share of stage-A samples drawn from the four built-in domains (the rest "
         "from the cells); the device tiers, trained on source alone, learn little on a front-end that "
         "saw source in 1 sample of 22"))
-    user_steps: int = Field(600, ge=0, description=(
+    user_steps: int = Field(3000, ge=0, description=(
         "stage A+ steps, run only when the experiment declares domains on disk: the user's images carry no "
-        "per-cell labels, so the tower trains on answers instead, under a small proxy LM, on every built-in "
-        "and user domain (half the samples from the user's); 0 = the user's images never reach the front-end"))
-    user_lr: float = Field(5e-4, gt=0, description="stage A+ learning rate of the tower (the proxy LM: 1e-3)")
+        "per-cell labels, so the tower learns them from the answers, through a small classifier over the "
+        "user's most frequent answers (fl_sim.models.answer_head), while built-in samples keep stage A's "
+        "per-cell read-outs and tokens; 0 = the user's images never reach the front-end"))
+    user_lr: float = Field(2e-3, gt=0, description="stage A+ learning rate of the tower (the heads: 2e-3)")
 
     def key(self) -> dict:
         """Stage A+ settings are left out: they count (in the zoo's cache key) only when user domains exist."""

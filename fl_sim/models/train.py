@@ -1,5 +1,5 @@
 """Pretraining recipes: stage A (vision front-end on per-cell attributes), stage A+ (the front-end on
-answers, when the experiment brings its own data), stage B (projector + LM).
+the user's answers, when the experiment brings its own data), stage B (projector + LM).
 
 Both stages draw fresh samples every batch from the deterministic generator (a pretraining stream that
 never touches the cached train/test splits), use fp32 (bf16 autocast is ~100x slower on CPUs without
@@ -8,6 +8,7 @@ AVX512-BF16, measured on this machine), AdamW with linear warm-up and cosine dec
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -15,17 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl_sim.models.mllm import Prompter, build_mllm
-from fl_sim.models.presets import FrontendPreset, ModelPreset
+from fl_sim.models.answer_head import AnswerHead, answer_classes
+from fl_sim.models.mllm import Prompter
+from fl_sim.models.presets import FrontendPreset
 from fl_sim.world.catalog import NO_DOMAINS
 from fl_sim.world.data import sample_stream
 from fl_sim.world.domains import DOMAINS, compositional_cells
 from fl_sim.world.scenes import COLOURS, DIGIT_SHAPES, GEOMETRIC_SHAPES, GRID, SIZES
 
 ANCHOR_WEIGHT = 10.0  # stage A+: the built-in tokens' relative drift from stage A's, against the answers' loss
-# the LM that stage A+ trains the tower under, thrown away afterwards
-PROXY_LM = ModelPreset(role="teacher", hidden=128, layers=2, heads=4, steps=1, lr=1e-3,
-                       description="stage A+ proxy LM")
+HEAD_LR = 2e-3  # stage A+: the answer head's and the per-cell heads' learning rate (the tower's: user_lr)
 
 SHAPE_CLASSES = ["empty"] + GEOMETRIC_SHAPES + DIGIT_SHAPES
 COLOUR_CLASSES = ["empty"] + list(COLOURS)
@@ -135,45 +135,59 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
                    seed: int, progress=None) -> dict:
     """Stage A+: the front-end learns the user's images, which have no per-cell labels to supervise stage A.
 
-    A fresh MLLM (``frontend`` + projector + the small ``PROXY_LM``) trains every parameter, the tower at
-    ``fe.user_lr``, on answers from every built-in domain and every user domain (half the samples from the
-    user's); on the batch's built-in samples, stage A's per-cell loss (``heads``, trained on) stays and the
-    tower's tokens are held to stage A's (their squared drift relative to their mean square, weighted
-    ``ANCHOR_WEIGHT``: what every model reads from a built-in image, counts included, is kept), so the
-    built-in features are kept while the new ones form on the user's images. Then ``frontend`` takes the
-    trained tower's weights and the rest is discarded; every model of the zoo is trained on top of it.
-    Returns the training metrics and the held-out cell accuracy after it (stage A's measure: what the
-    built-in features kept).
+    Each step, the tower (at ``fe.user_lr``) and an ``AnswerHead`` answer a batch of the user domains' train
+    rows (every user domain drawn alike, rows whose answer is not among the head's classes left out), and a
+    half batch of built-in samples keeps what stage A built: its per-cell loss (``heads``, trained on) and
+    the tower's tokens held to stage A's (their squared drift relative to their mean square, weighted
+    ``ANCHOR_WEIGHT``), so what every model reads from a built-in image is kept while the user's features
+    form. The head is discarded; every model of the zoo is trained on top of the tower.
+    Returns the training metrics, the head's accuracy on the user's test rows (what the tokens tell of the
+    user's answers) and the held-out cell accuracy after it (stage A's measure: what the built-in features kept).
     """
-    import copy
-
     torch.manual_seed(seed)
-    proxy = build_mllm(PROXY_LM, fe, cell_px, tokenizer)
-    tower = proxy.model.vision_tower
-    tower.load_state_dict(frontend.state_dict())
-    before = copy.deepcopy(frontend).eval().requires_grad_(False)  # stage A's tower, the anchor
     user_domains = catalog.names()
-    domains = list(DOMAINS) + user_domains
-    weights = [0.5 / len(DOMAINS)] * len(DOMAINS) + [0.5 / len(user_domains)] * len(user_domains)
-
-    def keep_built_in(samples):
-        built_in = [s for s in samples if "objects" in s]
-        if not built_in:
-            return 0.0
-        x = Prompter.pixels(np.stack([s["image"] for s in built_in]))
-        new = tower(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+    train_answers_ = [a for d in user_domains for a in catalog.load(d, "train", 10**12, seed, cell_px)["answer"]]
+    classes = answer_classes(train_answers_)
+    if not classes:
+        return {"steps": 0, "domains": user_domains, "skipped": "no answer of the user's train rows repeats"}
+    prompter = Prompter(tokenizer)
+    head = AnswerHead(frontend.config.hidden_size, prompter.n_visual, len(tokenizer), classes)
+    before = copy.deepcopy(frontend).eval().requires_grad_(False)  # stage A's tower, the anchor
+    user = MixedStream(user_domains, seed, cell_px, catalog=catalog)
+    built_in = MixedStream(list(DOMAINS), seed, cell_px)
+    opt = torch.optim.AdamW([{"params": list(head.parameters()) + list(heads.parameters())},
+                             {"params": list(frontend.parameters()), "lr": fe.user_lr}], lr=HEAD_LR, weight_decay=1e-4)
+    sched = _schedule(opt, fe.user_steps, max(1, fe.user_steps // 20))
+    frontend.train()
+    t0, ema = time.time(), None
+    for step in range(fe.user_steps):
+        known = head.known(user.batch(fe.batch_size))
+        loss = head.loss(frontend, prompter, known) if known else torch.zeros(())
+        anchor = built_in.batch(max(1, fe.batch_size // 2))
+        x = Prompter.pixels(np.stack([s["image"] for s in anchor]))
+        new = frontend(pixel_values=x, output_hidden_states=True).hidden_states[-1]
         with torch.no_grad():
             old = before(pixel_values=x, output_hidden_states=True).hidden_states[-1]
         drift = (new - old).pow(2).mean() / old.pow(2).mean().clamp_min(1e-8)
-        return heads.loss(tower, built_in) + ANCHOR_WEIGHT * drift
-
-    metrics = train_answers(proxy, Prompter(tokenizer), domains, fe.user_steps, fe.batch_size, PROXY_LM.lr, seed,
-                            cell_px, progress, weights=weights, tower_lr=fe.user_lr, extra=(heads, keep_built_in),
-                            catalog=catalog)
-    frontend.load_state_dict(tower.state_dict())
+        total = loss + heads.loss(frontend, anchor) + ANCHOR_WEIGHT * drift
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        sched.step()
+        ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss)
+        if progress:
+            progress(step + 1, fe.user_steps, ema)
     frontend.eval()
-    acc = heads.accuracy(frontend, MixedStream(list(DOMAINS), seed + 1, cell_px).batch(256))
-    return metrics | {"domains": domains, "proxy_lm": PROXY_LM.key(), "cell_accuracy": acc}
+    test = [s for d in user_domains for s in _rows(catalog.load(d, "test", 1000, seed, cell_px))]
+    return {"seconds": time.time() - t0, "steps": fe.user_steps, "final_loss_ema": ema, "domains": user_domains,
+            "answers": len(classes), "answer_accuracy": head.accuracy(frontend, prompter, test),
+            "drift": float(drift), "cell_accuracy": heads.accuracy(frontend, MixedStream(list(DOMAINS), seed + 1,
+                                                                                         cell_px).batch(256))}
+
+
+def _rows(ds) -> list[dict]:
+    cols = {k: ds[k] for k in ("image", "question", "answer")}
+    return [{k: v[i] for k, v in cols.items()} for i in range(len(ds))]
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -188,24 +202,13 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: int, lr: float, seed: int,
-                  cell_px: int, progress=None, trainable=None, weights=None, tower_lr: float | None = None,
-                  extra=None, catalog=NO_DOMAINS) -> dict:
+                  cell_px: int, progress=None, trainable=None, weights=None, catalog=NO_DOMAINS) -> dict:
     """Stage B: train ``trainable`` parameters (default: all but the vision tower) on answers only,
-    drawing each sample's domain uniformly or in proportion to ``weights`` (one per domain). With
-    ``tower_lr`` the vision tower trains too, at that learning rate, and ``extra = (module, loss)`` adds
-    ``loss(samples)`` to every step's loss and trains ``module``'s parameters with it (stage A+)."""
+    drawing each sample's domain uniformly or in proportion to ``weights`` (one per domain)."""
     torch.manual_seed(seed)
-    tower = model.model.vision_tower
-    tower.requires_grad_(tower_lr is not None)
+    model.model.vision_tower.requires_grad_(False)
     params = [p for p in (trainable if trainable is not None else model.parameters()) if p.requires_grad]
-    tower_ids = {id(p) for p in tower.parameters()}
-    groups = [{"params": [p for p in params if id(p) not in tower_ids]}]
-    if tower_lr is not None:
-        groups.append({"params": [p for p in params if id(p) in tower_ids], "lr": tower_lr})
-    if extra is not None:
-        groups.append({"params": list(extra[0].parameters())})
-        params = params + groups[-1]["params"]
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = _schedule(opt, steps, max(1, steps // 20))
     stream = MixedStream(domains, seed, cell_px, weights=weights, catalog=catalog)
     model.train()
@@ -222,8 +225,6 @@ def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: in
             labels = batch.pop("labels")
             logits = model(**batch, pixel_values=prompter.pixels(np.stack([s["image"] for s in g]))).logits
             loss = loss + per_sample_loss(logits, labels).sum() / len(samples)
-        if extra is not None:
-            loss = loss + extra[1](samples)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -35,8 +35,8 @@ from fl_sim.world.user_data import build as build_user
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
-USER_STAGE_VERSION = 3  # stage A+ keeps stage A's per-cell loss and tokens on the built-in samples
-USER_RECIPE_VERSION = 2  # with user domains, the teacher's steps grow so the built-in domains keep theirs
+USER_STAGE_VERSION = 4  # stage A+ trains the tower through an answer classifier, anchored on built-in samples
+USER_RECIPE_VERSION = 3  # with user domains, the teacher trains twice the steps: half the samples are the user's
 
 
 @dataclass
@@ -86,10 +86,11 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
         else ["source"]
     weights = [preset.domain_weights.get(d, 1.0) for d in domains] if preset.domain_weights else None
     steps = preset.steps
-    if preset.role == "teacher" and catalog:  # the teacher learns every user domain, each as much as a
-        w = weights or [1.0] * len(domains)   # built-in domain (a quarter of the built-in world's share),
-        weights = w + [sum(w) / len(DOMAINS)] * len(catalog.names())  # in added steps: the built-in
-        steps = round(preset.steps * sum(weights) / sum(w))            # domains keep their samples
+    if preset.role == "teacher" and catalog:  # the user's domains together get as many samples as the
+        w = weights or [1.0] * len(domains)   # built-in world (each alike), in added steps: the built-in
+        n = len(catalog.names())              # domains keep theirs
+        weights = w + [sum(w) / n] * n
+        steps = round(preset.steps * sum(weights) / sum(w))
         domains = domains + catalog.names()
     metrics = train_answers(model, Prompter(tokenizer), domains, steps, preset.batch_size, preset.lr,
                             seed, cell_px, report or _progress_factory(progress, f"stage B {role_name}"),

@@ -107,6 +107,34 @@ def test_the_vocabulary_covers_the_new_words_and_the_cache_key_follows_the_data(
     assert "Durian." in load_tokenizer(cache_dir, catalog=DomainCatalog({"fruit": spec}, cache_dir)).get_vocab()
 
 
+def test_a_users_words_come_after_the_built_in_ids_and_leave_the_models_initial_weights(tmp_path, cache_dir):
+    """User words that are also built-in words ("how", "many") keep their ids, the new ones come after, and a
+    model drawn for the larger vocabulary starts with the built-in one's weights (its user rows added)."""
+    import torch
+
+    from fl_sim.models.mllm import build_mllm
+    from fl_sim.models.presets import get_zoo
+    from fl_sim.world.tokenizer import BUILT_IN_VOCAB, load_tokenizer
+
+    src = image_folder(tmp_path / "a", extra_rows=[{"file_name": "img0.png", "question": "how many are there ?",
+                                                    "answer": "four", "kind": "count"}])
+    base = load_tokenizer(cache_dir)
+    tok = load_tokenizer(cache_dir, catalog=DomainCatalog({"fruit": UserDomainConfig(path=str(src))}, cache_dir))
+    assert len(base) == BUILT_IN_VOCAB
+    assert {w: i for w, i in tok.get_vocab().items() if i < BUILT_IN_VOCAB} == base.get_vocab()
+    assert tok.convert_tokens_to_ids("Banana.") >= BUILT_IN_VOCAB
+    zoo = get_zoo("tiny")
+    torch.manual_seed(0)
+    plain = build_mllm(zoo.tiers["tiny-low"], zoo.frontend, 16, base).state_dict()
+    torch.manual_seed(0)
+    model = build_mllm(zoo.tiers["tiny-low"], zoo.frontend, 16, tok)
+    wider = model.state_dict()
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    assert model.config.text_config.vocab_size == len(tok)
+    assert all(torch.equal(v, wider[k][:len(v)]) for k, v in plain.items())
+    assert wider["lm_head.weight"].shape[0] == len(tok) > BUILT_IN_VOCAB
+
+
 def test_answers_are_normalised():
     assert normalise("Two Cats.") == normalise("2 cats") == "2 cats"
     assert matches("the apple", "An Apple!") and not matches("cat", "cats")
@@ -169,13 +197,15 @@ def test_a_tiny_fleet_shifts_to_a_user_domain(tmp_path, cache_dir, tiny_zoo):
     assert models["teacher"]["path"] != str(tiny_zoo.paths["teacher"])  # a zoo of its own: new words, new data
     teacher = json.loads((Path(models["teacher"]["path"]) / "MANIFEST.json").read_text())["meta"]
     assert "fruit" in teacher["trained_on"]
-    assert teacher["train"]["steps"] == round(30 * 5 / 4)  # the built-in domains keep the preset's 30 steps
+    assert teacher["train"]["steps"] == 2 * 30  # the user's half: the built-in domains keep the preset's 30 steps
     # stage A+: the shared front-end trained on the user's images too (its own folder, its own weights)
     metas = {p: json.loads((p / "MANIFEST.json").read_text())["meta"]
              for p in Path(cache_dir, "models").glob("frontend-*")}
     adapted = [p for p, m in metas.items() if "fruit" in m.get("train_user", {}).get("domains", [])]
     assert len(adapted) == 1 and "train_user" not in metas[tiny_zoo.paths["frontend"]]
-    assert metas[adapted[0]]["train_user"]["steps"] == 10
+    stage = metas[adapted[0]]["train_user"]
+    assert stage["steps"] == 10 and stage["answers"] >= 2  # "one", "two" and the fruits given twice
+    assert 0 <= stage["answer_accuracy"] <= 1 and stage["drift"] >= 0
     from safetensors.torch import load_file
 
     def tower(folder):
