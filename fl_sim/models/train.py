@@ -146,8 +146,8 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
     """
     torch.manual_seed(seed)
     user_domains = catalog.names()
-    train_answers_ = [a for d in user_domains for a in catalog.load(d, "train", 10**12, seed, cell_px)["answer"]]
-    classes = answer_classes(train_answers_)
+    given = [a for d in user_domains for a in catalog.load(d, "train", 10**12, seed, cell_px)["answer"]]
+    classes = answer_classes(given)
     if not classes:
         return {"steps": 0, "domains": user_domains, "skipped": "no answer of the user's train rows repeats"}
     prompter = Prompter(tokenizer)
