@@ -174,7 +174,7 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
         total.backward()
         opt.step()
         sched.step()
-        ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss)
+        ema = float(loss.detach()) if ema is None else 0.95 * ema + 0.05 * float(loss.detach())
         if progress:
             progress(step + 1, fe.user_steps, ema)
     frontend.eval()
