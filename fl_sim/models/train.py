@@ -181,8 +181,8 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
     test = [s for d in user_domains for s in _rows(catalog.load(d, "test", 1000, seed, cell_px))]
     return {"seconds": time.time() - t0, "steps": fe.user_steps, "final_loss_ema": ema, "domains": user_domains,
             "answers": len(classes), "answer_accuracy": head.accuracy(frontend, prompter, test),
-            "drift": float(drift), "cell_accuracy": heads.accuracy(frontend, MixedStream(list(DOMAINS), seed + 1,
-                                                                                         cell_px).batch(256))}
+            "drift": float(drift.detach()),
+            "cell_accuracy": heads.accuracy(frontend, MixedStream(list(DOMAINS), seed + 1, cell_px).batch(256))}
 
 
 def _rows(ds) -> list[dict]:
