@@ -135,6 +135,30 @@ def test_a_users_words_come_after_the_built_in_ids_and_leave_the_models_initial_
     assert wider["lm_head.weight"].shape[0] == len(tok) > BUILT_IN_VOCAB
 
 
+def test_a_refitted_tier_starts_from_the_built_in_tier_with_the_users_words_added(tmp_path, cache_dir):
+    """With user domains a device tier starts from its built-in counterpart's saved weights (every built-in
+    row as saved), its user word rows appended and still tied to the output layer."""
+    import torch
+
+    from fl_sim.models.mllm import build_mllm, load_mllm
+    from fl_sim.models.presets import get_zoo
+    from fl_sim.models.zoo import _start
+    from fl_sim.world.tokenizer import load_tokenizer
+
+    src = image_folder(tmp_path / "a")
+    base = load_tokenizer(cache_dir)
+    tok = load_tokenizer(cache_dir, catalog=DomainCatalog({"fruit": UserDomainConfig(path=str(src))}, cache_dir))
+    zoo = get_zoo("tiny")
+    torch.manual_seed(5)
+    build_mllm(zoo.tiers["tiny-low"], zoo.frontend, 16, base).save_pretrained(tmp_path / "tier")
+    saved = load_mllm(tmp_path / "tier")
+    model = _start(zoo.tiers["tiny-low"], zoo, 16, 0, tok, tmp_path / "tier")
+    wider = model.state_dict()
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    assert model.config.text_config.vocab_size == len(tok) > len(base)
+    assert all(torch.equal(v, wider[k][:len(v)]) for k, v in saved.state_dict().items())
+
+
 def test_answers_are_normalised():
     assert normalise("Two Cats.") == normalise("2 cats") == "2 cats"
     assert matches("the apple", "An Apple!") and not matches("cat", "cats")
@@ -198,6 +222,9 @@ def test_a_tiny_fleet_shifts_to_a_user_domain(tmp_path, cache_dir, tiny_zoo):
     teacher = json.loads((Path(models["teacher"]["path"]) / "MANIFEST.json").read_text())["meta"]
     assert "fruit" in teacher["trained_on"]
     assert teacher["train"]["steps"] == 2 * 30  # the user's half: the built-in domains keep the preset's 30 steps
+    for tier in ("tiny-high", "tiny-low"):  # re-fitted from the tiny zoo's own tiers, in a quarter of the steps
+        meta = json.loads((Path(models[tier]["path"]) / "MANIFEST.json").read_text())["meta"]
+        assert meta["refit_from"] == tiny_zoo.paths[tier].name and meta["train"]["steps"] == 20 // 4
     # stage A+: the shared front-end trained on the user's images too (its own folder, its own weights)
     metas = {p: json.loads((p / "MANIFEST.json").read_text())["meta"]
              for p in Path(cache_dir, "models").glob("frontend-*")}
