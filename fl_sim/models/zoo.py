@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
 USER_STAGE_VERSION = 4  # stage A+ trains the tower through an answer classifier, anchored on built-in samples
 USER_RECIPE_VERSION = 3  # with user domains, the teacher trains twice the steps: half the samples are the user's
-# With user domains a tier is re-fitted, not retrained: it starts from the same preset's tier of the zoo without
-# them (built first when missing) and trains this share of its steps on the adapted front-end. Trained from
-# scratch instead, the small tiers' seed-sensitive recipe put phone-low on fruit at 36.0 % on source against
-# the default zoo's 68.5 % (docs/notes.md); re-fitted, 71.7 % in 600 steps.
+# With user domains a device tier is re-fitted, not retrained: it starts from the same preset's tier of the zoo
+# without them (built first when missing), with the user's word rows appended, and trains 1/REFIT_SHARE of its
+# steps on source over the adapted front-end (it learns the user's data in the fleet). Retrained from scratch,
+# the small tiers' seed-sensitive recipe put phone-low on fruit at 36.0 % on source against the default
+# zoo's 68.5 % (docs/notes.md, The zoos).
 REFIT_SHARE = 4
 
 

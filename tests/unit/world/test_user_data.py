@@ -202,7 +202,7 @@ def test_bad_data_is_one_line_naming_the_dataset_and_caches_nothing(tmp_path, ca
 
 @pytest.mark.slow
 def test_a_tiny_fleet_shifts_to_a_user_domain(tmp_path, cache_dir, tiny_zoo):
-    """Two rounds of fedavg on the tiny zoo (retrained for the new vocabulary, the teacher on the user domain
+    """Two rounds of fedavg on the tiny zoo (re-fitted for the new vocabulary, the teacher on the user domain
     too): devices shift to the user domain, which is evaluated with normalised and raw accuracy."""
     from fl_sim.app.run import run_experiment
     from fl_sim.callbacks.results_file import read_results
@@ -222,6 +222,7 @@ def test_a_tiny_fleet_shifts_to_a_user_domain(tmp_path, cache_dir, tiny_zoo):
     teacher = json.loads((Path(models["teacher"]["path"]) / "MANIFEST.json").read_text())["meta"]
     assert "fruit" in teacher["trained_on"]
     assert teacher["train"]["steps"] == 2 * 30  # the user's half: the built-in domains keep the preset's 30 steps
+    assert "refit_from" not in teacher
     for tier in ("tiny-high", "tiny-low"):  # re-fitted from the tiny zoo's own tiers, in a quarter of the steps
         meta = json.loads((Path(models[tier]["path"]) / "MANIFEST.json").read_text())["meta"]
         assert meta["refit_from"] == tiny_zoo.paths[tier].name and meta["train"]["steps"] == 20 // 4
