@@ -5,8 +5,9 @@ seeds, on the zoo's own front-end and vocabulary (or an experiment's, with --dom
     python experiments/tier_seeds.py --role phone-low --seeds 0 1 --domains experiments/textures.toml
 
 The front-end is the zoo's cached one (pretrained first if missing); only the tier's own weights and
-sample order follow the seed, so the spread is the recipe's, not the front-end's. About 2-4 minutes a
-seed for the default zoo's tiers on 2 CPU cores.
+sample order follow the seed, so the spread is the recipe's, not the front-end's. The tier always trains
+from scratch here, with --domains too (a zoo with user domains re-fits its tiers instead: REFIT_SHARE in
+fl_sim/models/zoo.py). About 2-4 minutes a seed for the default zoo's tiers on 2 CPU cores.
 """
 
 import argparse
