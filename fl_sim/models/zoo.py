@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
 USER_STAGE_VERSION = 4  # stage A+ trains the tower through an answer classifier, anchored on built-in samples
 USER_RECIPE_VERSION = 3  # with user domains, the teacher trains twice the steps: half the samples are the user's
-# With user domains a device tier is re-fitted, not retrained: it starts from the same preset's tier of the zoo
-# without them (built first when missing), with the user's word rows appended, and trains 1/REFIT_SHARE of its
-# steps on source over the adapted front-end (it learns the user's data in the fleet). Retrained from scratch,
-# the small tiers' seed-sensitive recipe put phone-low on fruit at 36.0 % on source against the default
-# zoo's 68.5 % (docs/notes.md, The zoos).
+# With user domains every model is re-fitted, not retrained: it starts from the same preset's model of the zoo
+# without them (built first when missing), with the user's word rows appended, over the adapted front-end.
+# A device tier trains 1/REFIT_SHARE of its steps on source (it learns the user's data in the fleet): from
+# scratch, the small tiers' seed-sensitive recipe put phone-low on fruit at 36.0 % on source against the
+# default zoo's 68.5 %. The teacher trains its whole user recipe again (twice its steps, half the user's):
+# from scratch, fruit's teacher lost 3.3 points on digits (docs/notes.md, The zoos).
 REFIT_SHARE = 4
 
 
@@ -96,7 +97,7 @@ def _start(preset: ModelPreset, zoo: ZooPreset, cell_px: int, seed: int, tokeniz
 def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPreset, frontend_dir: Path,
                  cell_px: int, seed: int, tokenizer, progress, report=None, catalog=NO_DOMAINS,
                  refit_from: Path | None = None) -> dict:
-    """Stage B of one model, saved to ``folder``; returns its manifest. ``refit_from``: a device tier's folder in
+    """Stage B of one model, saved to ``folder``; returns its manifest. ``refit_from``: the same role's folder in
     the zoo without user domains, re-fitted to this front-end and vocabulary (``REFIT_SHARE``)."""
     from transformers import SiglipVisionModel
 
@@ -105,7 +106,7 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
     domains = (compositional_cells() if preset.compositional else list(DOMAINS)) if preset.role == "teacher" \
         else ["source"]
     weights = [preset.domain_weights.get(d, 1.0) for d in domains] if preset.domain_weights else None
-    steps = preset.steps if refit_from is None else max(1, preset.steps // REFIT_SHARE)
+    steps = preset.steps if refit_from is None or preset.role == "teacher" else max(1, preset.steps // REFIT_SHARE)
     if preset.role == "teacher" and catalog:  # the user's domains together get as many samples as the
         w = weights or [1.0] * len(domains)   # built-in world (each alike), in added steps: the built-in
         n = len(catalog.names())              # domains keep theirs
@@ -278,12 +279,13 @@ def _build_zoo(name: str, cell_px: int, seed: int, cache_dir: str | None, overri
     get_or_build(fe_dir, build_fe, "front-end")
     presets = {"teacher": zoo.teacher, **zoo.tiers}
     wanted = [r for r in presets if (roles is None or r in roles) and r not in overridden]
-    tiers = {r for r in wanted if r != "teacher"}
-    refit_from = _build_zoo(name, cell_px, seed, cache_dir, set(), progress, workers, tiers, NO_DOMAINS)[2] \
-        if catalog and tiers else {}
+    refit_from = _build_zoo(name, cell_px, seed, cache_dir, set(), progress, workers, set(wanted), NO_DOMAINS)[2] \
+        if catalog and wanted else {}
 
     def key(role):
         refit = {"refit_from": refit_from[role].name, "refit_share": REFIT_SHARE} if role in refit_from else {}
+        if refit and role == "teacher":
+            refit["teacher_steps"] = "full"
         return stable_hash(base | {"frontend": fe_key, "preset": presets[role].key(), "role": role} | refit)
 
     folders = {role: root / f"{role}-{key(role)}" for role in wanted}
