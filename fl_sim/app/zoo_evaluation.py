@@ -28,7 +28,7 @@ def evaluate_zoo(zoo, n_test: int = 300, seed: int = 0, cell_px: int = 16, cache
 
 def reference_table(n_test: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None,
                     catalog=NO_DOMAINS) -> dict:
-    """``{domain: {"vqa": acc, "vqa_exact": acc}}`` of the supervised reference (``fl_sim.models.reference``)
+    """``{domain: {"vqa": acc, "vqa_exact": acc, TYPE: acc, ...}}`` of the supervised reference (``fl_sim.models.reference``)
     on each domain of ``catalog``: trained on its train split, scored on the test samples the models are."""
     from fl_sim.models.reference import reference_accuracy
 
@@ -49,21 +49,36 @@ def check_reference(table: dict, reference: dict) -> list[str]:
     return lines
 
 
+TOTALS = ("vqa", "vqa_exact", "bleu")  # a row's keys that are not a family or question type
+
+
 def print_eval(table: dict) -> None:
+    """The models x domains table (built-in families as columns), then, per user domain with two or more
+    question types (``question_type``), one table of the models' accuracy on each type."""
     from fl_sim.report.table import print_rows
 
-    rows = []
+    rows, user = [], {}
     exact = any("vqa_exact" in r for by_domain in table.values() for r in by_domain.values())
     for model, by_domain in table.items():
         for domain, r in by_domain.items():
+            is_user = "vqa_exact" in r
             row = {"model": model, "domain": domain}
-            row |= {f: (100 * r[f] if f in r else None) for f in VQA_FAMILIES}
+            row |= {f: (100 * r[f] if f in r and not is_user else None) for f in VQA_FAMILIES}
             row |= {"VQA": 100 * r.get("vqa", 0.0)}
             if exact:  # user domains: VQA on normalised answers, raw exact match beside it
-                row["exact"] = 100 * r["vqa_exact"] if "vqa_exact" in r else None
+                row["exact"] = 100 * r["vqa_exact"] if is_user else None
             row["BLEU"] = r.get("bleu")
             rows.append(row)
+            if is_user and any(k not in TOTALS for k in r):
+                user.setdefault(domain, {})[model] = r
     print_rows(rows, title="exact-match VQA accuracy (%) per model x domain x family; caption BLEU-4")
+    for domain, by_model in user.items():
+        types = sorted({k for r in by_model.values() for k in r if k not in TOTALS})
+        if len(types) < 2:
+            continue
+        print_rows([{"model": m} | {t: (100 * r[t] if t in r else None) for t in types} | {"all": 100 * r["vqa"]}
+                    for m, r in by_model.items()],
+                   title=f"{domain}: VQA % by question type")
 
 
 def check_targets(table: dict, user_domains: list[str] = ()) -> list[str]:

@@ -135,9 +135,9 @@ def test_a_users_words_come_after_the_built_in_ids_and_leave_the_models_initial_
     assert wider["lm_head.weight"].shape[0] == len(tok) > BUILT_IN_VOCAB
 
 
-def test_a_refitted_tier_starts_from_the_built_in_tier_with_the_users_words_added(tmp_path, cache_dir):
-    """With user domains a device tier starts from its built-in counterpart's saved weights (every built-in
-    row as saved), its user word rows appended and still tied to the output layer."""
+def test_a_refitted_model_starts_from_the_built_in_one_with_the_users_words_added(tmp_path, cache_dir):
+    """With user domains a model (teacher or tier) starts from its built-in counterpart's saved weights (every
+    built-in row as saved), its user word rows appended and still tied to the output layer."""
     import torch
 
     from fl_sim.models.mllm import build_mllm, load_mllm
@@ -222,7 +222,7 @@ def test_a_tiny_fleet_shifts_to_a_user_domain(tmp_path, cache_dir, tiny_zoo):
     teacher = json.loads((Path(models["teacher"]["path"]) / "MANIFEST.json").read_text())["meta"]
     assert "fruit" in teacher["trained_on"]
     assert teacher["train"]["steps"] == 2 * 30  # the user's half: the built-in domains keep the preset's 30 steps
-    assert "refit_from" not in teacher
+    assert teacher["refit_from"] == tiny_zoo.paths["teacher"].name  # re-fitted from the tiny zoo's teacher
     for tier in ("tiny-high", "tiny-low"):  # re-fitted from the tiny zoo's own tiers, in a quarter of the steps
         meta = json.loads((Path(models[tier]["path"]) / "MANIFEST.json").read_text())["meta"]
         assert meta["refit_from"] == tiny_zoo.paths[tier].name and meta["train"]["steps"] == 20 // 4
