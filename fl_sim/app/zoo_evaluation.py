@@ -28,8 +28,9 @@ def evaluate_zoo(zoo, n_test: int = 300, seed: int = 0, cell_px: int = 16, cache
 
 def reference_table(n_test: int, seed: int = 0, cell_px: int = 16, cache_dir: str | None = None,
                     catalog=NO_DOMAINS) -> dict:
-    """``{domain: {"vqa": acc, "vqa_exact": acc, TYPE: acc, ...}}`` of the supervised reference (``fl_sim.models.reference``)
-    on each domain of ``catalog``: trained on its train split, scored on the test samples the models are."""
+    """``{domain: {"vqa": acc, "vqa_exact": acc, TYPE: acc, ...}}`` of the supervised reference
+    (``fl_sim.models.reference``) on each domain of ``catalog``: trained on its train split, scored on the
+    test samples the models are."""
     from fl_sim.models.reference import reference_accuracy
 
     train_rows = 10**9  # every row (the reference draws at most its own max_rows)

@@ -101,4 +101,5 @@ def reference_accuracy(train, test, seed: int = 0) -> dict[str, float]:
     correct = np.array([matches(p, a) for p, a in zip(pred, answers)])
     types = sorted(set(fam[keep]))
     by_type = {t: float(correct[fam[keep] == t].mean()) for t in types} if len(types) > 1 else {}
-    return by_type | {"vqa": float(correct.mean()), "vqa_exact": float(np.mean([p == a for p, a in zip(pred, answers)]))}
+    exact = np.mean([p == a for p, a in zip(pred, answers)])
+    return by_type | {"vqa": float(correct.mean()), "vqa_exact": float(exact)}
