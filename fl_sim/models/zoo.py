@@ -218,8 +218,9 @@ def pretrain_zoo(name: str = "default", cell_px: int = 16, seed: int = 0, cache_
     uses ``fl_sim.app.cli.default_pretrain_workers()``); the models are the same either way. A script calling this with
     ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard of spawned processes. ``roles``
     (default: all) limits the zoo to those roles (the others are neither trained nor loaded). With
-    ``catalog`` (the run's domains on disk), the device tiers are re-fitted from the zoo's tiers without them
-    (``REFIT_SHARE``), which are built first when the cache lacks them.
+    ``catalog`` (the run's domains on disk), every model is re-fitted from the same role of the zoo without
+    them (the teacher with its whole user recipe, a tier in 1/``REFIT_SHARE`` of its steps), which is built
+    first when the cache lacks it.
     """
     zoo = get_zoo(name)
     if workers < 1:
