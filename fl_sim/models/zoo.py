@@ -46,6 +46,11 @@ USER_RECIPE_VERSION = 3  # with user domains, the teacher trains twice the steps
 REFIT_SHARE = 4
 
 
+def _refit_share(preset: ModelPreset) -> int:
+    """The share of its steps a re-fitted model trains: all of them for the teacher, 1/REFIT_SHARE for a tier."""
+    return 1 if preset.role == "teacher" else REFIT_SHARE
+
+
 @dataclass
 class Zoo:
     """Loaded models: ``teacher`` and ``tiers`` (name -> model), with their metadata and the prompter."""
@@ -98,7 +103,7 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
                  cell_px: int, seed: int, tokenizer, progress, report=None, catalog=NO_DOMAINS,
                  refit_from: Path | None = None) -> dict:
     """Stage B of one model, saved to ``folder``; returns its manifest. ``refit_from``: the same role's folder in
-    the zoo without user domains, re-fitted to this front-end and vocabulary (``REFIT_SHARE``)."""
+    the zoo without user domains, re-fitted to this front-end and vocabulary (``_refit_share``)."""
     from transformers import SiglipVisionModel
 
     model = _start(preset, zoo, cell_px, seed, tokenizer, refit_from)
@@ -106,7 +111,7 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
     domains = (compositional_cells() if preset.compositional else list(DOMAINS)) if preset.role == "teacher" \
         else ["source"]
     weights = [preset.domain_weights.get(d, 1.0) for d in domains] if preset.domain_weights else None
-    steps = preset.steps if refit_from is None or preset.role == "teacher" else max(1, preset.steps // REFIT_SHARE)
+    steps = preset.steps if refit_from is None else max(1, preset.steps // _refit_share(preset))
     if preset.role == "teacher" and catalog:  # the user's domains together get as many samples as the
         w = weights or [1.0] * len(domains)   # built-in world (each alike), in added steps: the built-in
         n = len(catalog.names())              # domains keep theirs
@@ -284,9 +289,8 @@ def _build_zoo(name: str, cell_px: int, seed: int, cache_dir: str | None, overri
         if catalog and wanted else {}
 
     def key(role):
-        refit = {"refit_from": refit_from[role].name, "refit_share": REFIT_SHARE} if role in refit_from else {}
-        if refit and role == "teacher":
-            refit["teacher_steps"] = "full"
+        refit = {"refit_from": refit_from[role].name, "refit_share": _refit_share(presets[role])} \
+            if role in refit_from else {}
         return stable_hash(base | {"frontend": fe_key, "preset": presets[role].key(), "role": role} | refit)
 
     folders = {role: root / f"{role}-{key(role)}" for role in wanted}
