@@ -21,7 +21,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-USER_STAGE = ("user_steps", "user_lr")
+USER_STAGE = ("user_steps", "user_lr", "user_shift")
 
 
 class FrontendPreset(Strict):
@@ -45,6 +45,10 @@ class FrontendPreset(Strict):
         "user's most frequent answers (fl_sim.models.answer_head), while built-in samples keep stage A's "
         "per-cell read-outs and tokens; 0 = the user's images never reach the front-end"))
     user_lr: float = Field(2e-3, gt=0, description="stage A+ learning rate of the tower (the heads: 2e-3)")
+    user_shift: int = Field(2, ge=0, description=(
+        "stage A+: each user image is moved by up to this many pixels each way (edges repeated), fresh every "
+        "step, so the tower learns what is drawn rather than where its few hundred train pictures put it; "
+        "small against a 64-pixel picture, so an answer about position keeps its meaning; 0 = as stored"))
 
     def key(self) -> dict:
         """Stage A+ settings are left out: they count (in the zoo's cache key) only when user domains exist."""

@@ -69,8 +69,14 @@ def _cell_labels(samples) -> torch.Tensor:
     return torch.from_numpy(lab)
 
 
+def tower_tokens(frontend, samples) -> torch.Tensor:
+    """The tower's last hidden states for ``samples``' images, ``(B, cells, hidden)``."""
+    x = Prompter.pixels(np.stack([s["image"] for s in samples]))
+    return frontend(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+
+
 class CellHeads(nn.Module):
-    """Stage A's linear read-outs of every cell's shape, colour, size, row and column from the tower."""
+    """Stage A's linear read-outs of every cell's shape, colour, size, row and column from the tower's tokens."""
 
     NAMES = ("shape", "colour", "size", "row", "column")
 
@@ -80,21 +86,19 @@ class CellHeads(nn.Module):
                                     nn.Linear(hidden, len(SIZE_CLASSES)), nn.Linear(hidden, GRID),
                                     nn.Linear(hidden, GRID)])
 
-    def forward(self, frontend, samples) -> list[torch.Tensor]:
-        x = Prompter.pixels(np.stack([s["image"] for s in samples]))
-        feats = frontend(pixel_values=x, output_hidden_states=True).hidden_states[-1]
-        return [head(feats) for head in self.heads]
+    def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        return [head(tokens) for head in self.heads]
 
-    def loss(self, frontend, samples) -> torch.Tensor:
+    def loss(self, tokens: torch.Tensor, samples) -> torch.Tensor:
         lab = _cell_labels(samples)
         return sum(nn.functional.cross_entropy(lg.flatten(0, 1), lab[..., k].flatten())
-                   for k, lg in enumerate(self(frontend, samples)))
+                   for k, lg in enumerate(self(tokens)))
 
     @torch.no_grad()
     def accuracy(self, frontend, samples) -> dict[str, float]:
         lab = _cell_labels(samples)
         return {name: float((lg.argmax(-1) == lab[..., k]).float().mean())
-                for k, (name, lg) in enumerate(zip(self.NAMES, self(frontend, samples)))}
+                for k, (name, lg) in enumerate(zip(self.NAMES, self(tower_tokens(frontend, samples))))}
 
 
 def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progress=None) -> tuple[dict, CellHeads]:
@@ -119,7 +123,8 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
     t0 = time.time()
 
     for step in range(fe.steps):
-        loss = heads.loss(frontend, stream.batch(fe.batch_size))
+        batch = stream.batch(fe.batch_size)
+        loss = heads.loss(tower_tokens(frontend, batch), batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -136,7 +141,8 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
     """Stage A+: the front-end learns the user's images, which have no per-cell labels to supervise stage A.
 
     Each step, the tower (at ``fe.user_lr``) and an ``AnswerHead`` answer a batch of the user domains' train
-    rows (every user domain drawn alike, rows whose answer is not among the head's classes left out), and a
+    rows (every user domain drawn alike, each image ``shifted`` by up to ``fe.user_shift`` pixels, rows whose
+    answer is not among the head's classes left out), and a
     half batch of built-in samples keeps what stage A built: its per-cell loss (``heads``, trained on) and
     the tower's tokens held to stage A's (their squared drift relative to their mean square, weighted
     ``ANCHOR_WEIGHT``), so what every model reads from a built-in image is kept while the user's features
@@ -155,21 +161,21 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
     before = copy.deepcopy(frontend).eval().requires_grad_(False)  # stage A's tower, the anchor
     user = MixedStream(user_domains, seed, cell_px, catalog=catalog)
     built_in = MixedStream(list(DOMAINS), seed, cell_px)
+    moves = np.random.default_rng([seed, 98])
     opt = torch.optim.AdamW([{"params": list(head.parameters()) + list(heads.parameters())},
                              {"params": list(frontend.parameters()), "lr": fe.user_lr}], lr=HEAD_LR, weight_decay=1e-4)
     sched = _schedule(opt, fe.user_steps, max(1, fe.user_steps // 20))
     frontend.train()
     t0, ema = time.time(), None
     for step in range(fe.user_steps):
-        known = head.known(user.batch(fe.batch_size))
+        known = head.known(shifted(user.batch(fe.batch_size), fe.user_shift, moves))
         loss = head.loss(frontend, prompter, known) if known else torch.zeros(())
         anchor = built_in.batch(max(1, fe.batch_size // 2))
-        x = Prompter.pixels(np.stack([s["image"] for s in anchor]))
-        new = frontend(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+        new = tower_tokens(frontend, anchor)
         with torch.no_grad():
-            old = before(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+            old = tower_tokens(before, anchor)
         drift = (new - old).pow(2).mean() / old.pow(2).mean().clamp_min(1e-8)
-        total = loss + heads.loss(frontend, anchor) + ANCHOR_WEIGHT * drift
+        total = loss + heads.loss(new, anchor) + ANCHOR_WEIGHT * drift
         opt.zero_grad()
         total.backward()
         opt.step()
@@ -183,6 +189,19 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
             "answers": len(classes), "answer_accuracy": head.accuracy(frontend, prompter, test),
             "drift": float(drift.detach()),
             "cell_accuracy": heads.accuracy(frontend, MixedStream(list(DOMAINS), seed + 1, cell_px).batch(256))}
+
+
+def shifted(samples, shift: int, rng: np.random.Generator) -> list[dict]:
+    """``samples`` with each image moved by up to ``shift`` pixels along each axis, its edges repeated."""
+    if not shift:
+        return samples
+    out = []
+    for s in samples:
+        h, w = s["image"].shape[:2]
+        dy, dx = (int(v) for v in rng.integers(-shift, shift + 1, 2))
+        padded = np.pad(s["image"], ((shift, shift), (shift, shift), (0, 0)), mode="edge")
+        out.append(dict(s, image=padded[shift + dy:shift + dy + h, shift + dx:shift + dx + w]))
+    return out
 
 
 def _rows(ds) -> list[dict]:

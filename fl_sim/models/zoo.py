@@ -35,7 +35,7 @@ from fl_sim.world.user_data import build as build_user
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
-USER_STAGE_VERSION = 4  # stage A+ trains the tower through an answer classifier, anchored on built-in samples
+USER_STAGE_VERSION = 5  # stage A+: the tower learns the (shifted) user images through an answer classifier
 USER_RECIPE_VERSION = 3  # with user domains, the teacher trains twice the steps: half the samples are the user's
 # With user domains every model is re-fitted, not retrained: it starts from the same preset's model of the zoo
 # without them (built first when missing), with the user's word rows appended, over the adapted front-end.

@@ -42,3 +42,21 @@ def test_the_head_learns_answers_from_the_towers_tokens(cache_dir):
     assert head.accuracy(tower, prompter, data) == 1.0
     green = dict(sample("red"), answer="green")
     assert head.accuracy(tower, prompter, [green]) == 0.0
+
+
+def test_stage_a_plus_moves_each_user_image_by_at_most_its_shift_with_edges_repeated():
+    from fl_sim.models.train import shifted
+
+    img = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    samples = [{"image": img, "answer": "a"} for _ in range(50)]
+    assert shifted(samples, 0, np.random.default_rng(0)) is samples
+    moved = shifted(samples, 2, np.random.default_rng(0))
+    seen = set()
+    for s in moved:
+        assert s["image"].shape == img.shape and s["answer"] == "a"
+        # the centre pixel of the moved image is the original's, up to 2 rows and columns away
+        (y, x), = [(y, x) for y in range(8) for x in range(8) if (img[y, x] == s["image"][4, 4]).all()]
+        assert abs(y - 4) <= 2 and abs(x - 4) <= 2
+        seen.add((y, x))
+    assert len(seen) > 10  # fresh moves, not one
+    assert (samples[0]["image"] == img).all()  # the stored image is left as it was
