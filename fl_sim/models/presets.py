@@ -46,9 +46,10 @@ class FrontendPreset(Strict):
         "per-cell read-outs and tokens; 0 = the user's images never reach the front-end"))
     user_lr: float = Field(2e-3, gt=0, description="stage A+ learning rate of the tower (the heads: 2e-3)")
     user_shift: int = Field(2, ge=0, description=(
-        "stage A+: each user image is moved by up to this many pixels each way (edges repeated), fresh every "
-        "step, so the tower learns what is drawn rather than where its few hundred train pictures put it; "
-        "small against a 64-pixel picture, so an answer about position keeps its meaning; 0 = as stored"))
+        "each user image is moved by up to this many pixels each way (edges repeated), fresh each time a "
+        "model trains on it (stage A+, the teacher's stage B), so they learn what is drawn rather than where "
+        "the train pictures happen to put it; small against the 48-pixel picture, so an answer about "
+        "position keeps its meaning; 0 = as stored"))
 
     def key(self) -> dict:
         """Stage A+ settings are left out: they count (in the zoo's cache key) only when user domains exist."""

@@ -34,11 +34,15 @@ SIZE_CLASSES = ["empty"] + SIZES
 
 class MixedStream:
     """Fresh samples from several domains; each sample's domain is drawn uniformly, or in proportion to
-    ``weights`` (one per domain)."""
+    ``weights`` (one per domain). A sample of a dataset on disk (a domain of ``catalog``) is ``shifted`` by up
+    to ``shift`` pixels: its few train pictures are drawn again and again, the built-in world's never."""
 
-    def __init__(self, domains, seed: int, cell_px: int, families=None, weights=None, catalog=NO_DOMAINS):
+    def __init__(self, domains, seed: int, cell_px: int, families=None, weights=None, catalog=NO_DOMAINS,
+                 shift: int = 0):
         self.streams = [sample_stream(d, "train", seed, cell_px, families, catalog) for d in domains]
+        self.on_disk = [d in catalog for d in domains]
         self.rng = np.random.default_rng([seed, 99])
+        self.moves, self.shift = np.random.default_rng([seed, 98]), shift
         self.p = None if weights is None else np.asarray(weights, float) / float(np.sum(weights))
 
     def _pick(self) -> int:
@@ -47,7 +51,12 @@ class MixedStream:
         return int(self.rng.choice(len(self.streams), p=self.p))
 
     def batch(self, n: int) -> list[dict]:
-        return [next(self.streams[self._pick()]) for _ in range(n)]
+        out = []
+        for _ in range(n):
+            k = self._pick()
+            s = next(self.streams[k])
+            out.append(shifted([s], self.shift, self.moves)[0] if self.on_disk[k] else s)
+        return out
 
 
 def _schedule(opt, steps: int, warmup: int):
@@ -142,11 +151,11 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
 
     Each step, the tower (at ``fe.user_lr``) and an ``AnswerHead`` answer a batch of the user domains' train
     rows (every user domain drawn alike, each image ``shifted`` by up to ``fe.user_shift`` pixels, rows whose
-    answer is not among the head's classes left out), and a
-    half batch of built-in samples keeps what stage A built: its per-cell loss (``heads``, trained on) and
-    the tower's tokens held to stage A's (their squared drift relative to their mean square, weighted
-    ``ANCHOR_WEIGHT``), so what every model reads from a built-in image is kept while the user's features
-    form. The head is discarded; every model of the zoo is trained on top of the tower.
+    answer is not among the head's classes left out), and a half batch of built-in samples keeps what stage A
+    built: its per-cell loss (``heads``, trained on) and the tower's tokens held to stage A's (their squared
+    drift relative to their mean square, weighted ``ANCHOR_WEIGHT``), so what every model reads from a
+    built-in image is kept while the user's features form. The head is discarded; every model of the zoo is
+    trained on top of the tower.
     Returns the training metrics, the head's accuracy on the user's test rows (what the tokens tell of the
     user's answers) and the held-out cell accuracy after it (stage A's measure: what the built-in features kept).
     """
@@ -159,16 +168,15 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
     prompter = Prompter(tokenizer)
     head = AnswerHead(frontend.config.hidden_size, prompter.n_visual, len(tokenizer), classes)
     before = copy.deepcopy(frontend).eval().requires_grad_(False)  # stage A's tower, the anchor
-    user = MixedStream(user_domains, seed, cell_px, catalog=catalog)
+    user = MixedStream(user_domains, seed, cell_px, catalog=catalog, shift=fe.user_shift)
     built_in = MixedStream(list(DOMAINS), seed, cell_px)
-    moves = np.random.default_rng([seed, 98])
     opt = torch.optim.AdamW([{"params": list(head.parameters()) + list(heads.parameters())},
                              {"params": list(frontend.parameters()), "lr": fe.user_lr}], lr=HEAD_LR, weight_decay=1e-4)
     sched = _schedule(opt, fe.user_steps, max(1, fe.user_steps // 20))
     frontend.train()
     t0, ema = time.time(), None
     for step in range(fe.user_steps):
-        known = head.known(shifted(user.batch(fe.batch_size), fe.user_shift, moves))
+        known = head.known(user.batch(fe.batch_size))
         loss = head.loss(frontend, prompter, known) if known else torch.zeros(())
         anchor = built_in.batch(max(1, fe.batch_size // 2))
         new = tower_tokens(frontend, anchor)
@@ -221,15 +229,17 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train_answers(model, prompter: Prompter, domains, steps: int, batch_size: int, lr: float, seed: int,
-                  cell_px: int, progress=None, trainable=None, weights=None, catalog=NO_DOMAINS) -> dict:
+                  cell_px: int, progress=None, trainable=None, weights=None, catalog=NO_DOMAINS,
+                  shift: int = 0) -> dict:
     """Stage B: train ``trainable`` parameters (default: all but the vision tower) on answers only,
-    drawing each sample's domain uniformly or in proportion to ``weights`` (one per domain)."""
+    drawing each sample's domain uniformly or in proportion to ``weights`` (one per domain), the images of
+    ``catalog``'s datasets moved by up to ``shift`` pixels."""
     torch.manual_seed(seed)
     model.model.vision_tower.requires_grad_(False)
     params = [p for p in (trainable if trainable is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = _schedule(opt, steps, max(1, steps // 20))
-    stream = MixedStream(domains, seed, cell_px, weights=weights, catalog=catalog)
+    stream = MixedStream(domains, seed, cell_px, weights=weights, catalog=catalog, shift=shift)
     model.train()
     t0, ema = time.time(), None
     for step in range(steps):

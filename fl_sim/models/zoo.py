@@ -36,7 +36,7 @@ from fl_sim.world.user_data import build as build_user
 log = logging.getLogger(__name__)
 RECIPE_VERSION = 2
 USER_STAGE_VERSION = 5  # stage A+: the tower learns the (shifted) user images through an answer classifier
-USER_RECIPE_VERSION = 3  # with user domains, the teacher trains twice the steps: half the samples are the user's
+USER_RECIPE_VERSION = 4  # with user domains, the teacher trains twice the steps: half the samples the user's, shifted
 # With user domains every model is re-fitted, not retrained: it starts from the same preset's model of the zoo
 # without them (built first when missing), with the user's word rows appended, over the adapted front-end.
 # A device tier trains 1/REFIT_SHARE of its steps on source (it learns the user's data in the fleet): from
@@ -120,7 +120,7 @@ def _train_model(folder: Path, role_name: str, preset: ModelPreset, zoo: ZooPres
         domains = domains + catalog.names()
     metrics = train_answers(model, Prompter(tokenizer), domains, steps, preset.batch_size, preset.lr,
                             seed, cell_px, report or _progress_factory(progress, f"stage B {role_name}"),
-                            weights=weights, catalog=catalog)
+                            weights=weights, catalog=catalog, shift=zoo.frontend.user_shift)
     quant = quantize_linears(model.model.language_model, preset.precision, preset.group_size)
     proj = quantize_linears(model.model.multi_modal_projector, preset.precision, preset.group_size)
     head = quantize_linears(model.lm_head, preset.precision, preset.group_size)

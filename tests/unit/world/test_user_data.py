@@ -240,3 +240,16 @@ def test_a_tiny_fleet_shifts_to_a_user_domain(tmp_path, cache_dir, tiny_zoo):
         return load_file(folder / "model.safetensors")
     user, plain = tower(adapted[0]), tower(tiny_zoo.paths["frontend"])
     assert user.keys() == plain.keys() and any(not (user[k] == plain[k]).all() for k in user)
+
+
+def test_training_streams_move_the_users_pictures_and_leave_the_built_in_world_as_drawn(tmp_path, cache_dir):
+    from fl_sim.models.train import MixedStream
+
+    catalog = DomainCatalog({"fruit": UserDomainConfig(path=str(image_folder(tmp_path / "f")))}, cache_dir)
+    plain = MixedStream(["source", "fruit"], 0, 16, catalog=catalog).batch(60)
+    moved = MixedStream(["source", "fruit"], 0, 16, catalog=catalog, shift=2).batch(60)
+    assert [s["domain"] for s in plain] == [s["domain"] for s in moved]  # the same draws
+    pairs = [(a["image"], b["image"], a["domain"]) for a, b in zip(plain, moved)]
+    assert all((a == b).all() for a, b, d in pairs if d == "source")
+    user = [(a, b) for a, b, d in pairs if d == "fruit"]
+    assert user and any((a != b).any() for a, b in user) and all(a.shape == b.shape for a, b in user)
