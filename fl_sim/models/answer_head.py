@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl_sim.models.mllm import Prompter
+from fl_sim.models.mllm import Prompter, tower_tokens
 from fl_sim.world.answers import normalise
 
 MAX_ANSWERS = 1000  # classes: the most frequent normalised answers given at least twice
@@ -45,8 +45,7 @@ class AnswerHead(nn.Module):
         return [s for s in samples if normalise(str(s["answer"])) in self.classes]
 
     def logits(self, tower, prompter: Prompter, samples) -> torch.Tensor:
-        x = Prompter.pixels(np.stack([s["image"] for s in samples]))
-        vis = tower(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+        vis = tower_tokens(tower, np.stack([s["image"] for s in samples]))
         ids = [prompter.words(str(s["question"])) or [0] for s in samples]
         words = torch.zeros((len(ids), max(map(len, ids))), dtype=torch.long)  # 0: the tokenizer's <pad>
         for i, w in enumerate(ids):

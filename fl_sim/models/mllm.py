@@ -37,6 +37,11 @@ def build_frontend(fe: FrontendPreset, cell_px: int) -> SiglipVisionModel:
     return SiglipVisionModel(vision_config(fe, cell_px))
 
 
+def tower_tokens(tower: SiglipVisionModel, images) -> torch.Tensor:
+    """The tower's last hidden states for uint8 ``images`` ``(B, H, W, 3)``: ``(B, cells, hidden)``."""
+    return tower(pixel_values=Prompter.pixels(images), output_hidden_states=True).hidden_states[-1]
+
+
 def build_mllm(preset: ModelPreset, fe: FrontendPreset, cell_px: int, tokenizer) -> LlavaForConditionalGeneration:
     """A fresh ``LlavaForConditionalGeneration`` (SigLIP + GELU-MLP projector + Phi decoder).
 

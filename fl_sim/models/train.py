@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fl_sim.models.answer_head import AnswerHead, answer_classes
-from fl_sim.models.mllm import Prompter
+from fl_sim.models.mllm import Prompter, tower_tokens
 from fl_sim.models.presets import FrontendPreset
 from fl_sim.world.catalog import NO_DOMAINS
 from fl_sim.world.data import sample_stream
@@ -78,10 +78,8 @@ def _cell_labels(samples) -> torch.Tensor:
     return torch.from_numpy(lab)
 
 
-def tower_tokens(frontend, samples) -> torch.Tensor:
-    """The tower's last hidden states for ``samples``' images, ``(B, cells, hidden)``."""
-    x = Prompter.pixels(np.stack([s["image"] for s in samples]))
-    return frontend(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+def _images(samples) -> np.ndarray:
+    return np.stack([s["image"] for s in samples])
 
 
 class CellHeads(nn.Module):
@@ -107,7 +105,7 @@ class CellHeads(nn.Module):
     def accuracy(self, frontend, samples) -> dict[str, float]:
         lab = _cell_labels(samples)
         return {name: float((lg.argmax(-1) == lab[..., k]).float().mean())
-                for k, (name, lg) in enumerate(zip(self.NAMES, self(tower_tokens(frontend, samples))))}
+                for k, (name, lg) in enumerate(zip(self.NAMES, self(tower_tokens(frontend, _images(samples)))))}
 
 
 def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progress=None) -> tuple[dict, CellHeads]:
@@ -133,7 +131,7 @@ def train_frontend(frontend, fe: FrontendPreset, cell_px: int, seed: int, progre
 
     for step in range(fe.steps):
         batch = stream.batch(fe.batch_size)
-        loss = heads.loss(tower_tokens(frontend, batch), batch)
+        loss = heads.loss(tower_tokens(frontend, _images(batch)), batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -179,9 +177,9 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
         known = head.known(user.batch(fe.batch_size))
         loss = head.loss(frontend, prompter, known) if known else torch.zeros(())
         anchor = built_in.batch(max(1, fe.batch_size // 2))
-        new = tower_tokens(frontend, anchor)
+        new = tower_tokens(frontend, _images(anchor))
         with torch.no_grad():
-            old = tower_tokens(before, anchor)
+            old = tower_tokens(before, _images(anchor))
         drift = (new - old).pow(2).mean() / old.pow(2).mean().clamp_min(1e-8)
         total = loss + heads.loss(new, anchor) + ANCHOR_WEIGHT * drift
         opt.zero_grad()
