@@ -55,7 +55,7 @@ class MixedStream:
         for _ in range(n):
             k = self._pick()
             s = next(self.streams[k])
-            out.append(shifted([s], self.shift, self.moves)[0] if self.on_disk[k] else s)
+            out.append(shifted(s, self.shift, self.moves) if self.on_disk[k] else s)
         return out
 
 
@@ -197,17 +197,14 @@ def adapt_frontend(frontend, heads: CellHeads, fe: FrontendPreset, tokenizer, ca
             "cell_accuracy": heads.accuracy(frontend, MixedStream(list(DOMAINS), seed + 1, cell_px).batch(256))}
 
 
-def shifted(samples, shift: int, rng: np.random.Generator) -> list[dict]:
-    """``samples`` with each image moved by up to ``shift`` pixels along each axis, its edges repeated."""
+def shifted(sample: dict, shift: int, rng: np.random.Generator) -> dict:
+    """``sample`` with its image moved by up to ``shift`` pixels along each axis, its edges repeated."""
     if not shift:
-        return samples
-    out = []
-    for s in samples:
-        h, w = s["image"].shape[:2]
-        dy, dx = (int(v) for v in rng.integers(-shift, shift + 1, 2))
-        padded = np.pad(s["image"], ((shift, shift), (shift, shift), (0, 0)), mode="edge")
-        out.append(dict(s, image=padded[shift + dy:shift + dy + h, shift + dx:shift + dx + w]))
-    return out
+        return sample
+    h, w = sample["image"].shape[:2]
+    dy, dx = (int(v) for v in rng.integers(-shift, shift + 1, 2))
+    padded = np.pad(sample["image"], ((shift, shift), (shift, shift), (0, 0)), mode="edge")
+    return dict(sample, image=padded[shift + dy:shift + dy + h, shift + dx:shift + dx + w])
 
 
 def _rows(ds) -> list[dict]:

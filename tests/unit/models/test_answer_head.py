@@ -48,9 +48,10 @@ def test_stage_a_plus_moves_each_user_image_by_at_most_its_shift_with_edges_repe
     from fl_sim.models.train import shifted
 
     img = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
-    samples = [{"image": img, "answer": "a"} for _ in range(50)]
-    assert shifted(samples, 0, np.random.default_rng(0)) is samples
-    moved = shifted(samples, 2, np.random.default_rng(0))
+    sample = {"image": img, "answer": "a"}
+    assert shifted(sample, 0, np.random.default_rng(0)) is sample
+    rng = np.random.default_rng(0)
+    moved = [shifted(sample, 2, rng) for _ in range(50)]
     seen = set()
     for s in moved:
         assert s["image"].shape == img.shape and s["answer"] == "a"
@@ -59,4 +60,4 @@ def test_stage_a_plus_moves_each_user_image_by_at_most_its_shift_with_edges_repe
         assert abs(y - 4) <= 2 and abs(x - 4) <= 2
         seen.add((y, x))
     assert len(seen) > 10  # fresh moves, not one
-    assert (samples[0]["image"] == img).all()  # the stored image is left as it was
+    assert (sample["image"] == img).all() and sample["image"] is img  # the stored image is left as it was
